@@ -1,0 +1,86 @@
+%% @doc Start, stop and inspect the storage, and run raw Redis commands.
+%%
+%% The configuration is a map (see the README), given to `start/1' or taken
+%% from the application environment key `config' by `start/0'.
+-module(emqx_redis_storage).
+
+-export([start/0, start/1, stop/0, status/0]).
+-export([connect/1, q/1, q/2]).
+
+-type command() :: [binary() | iodata() | atom() | integer() | float()].
+-export_type([command/0]).
+
+-spec start() -> ok | {error, term()}.
+start() ->
+    case application:ensure_all_started(emqx_redis_storage) of
+        {ok, _} -> ok;
+        {error, {emqx_redis_storage, {Reason, {emqx_redis_storage_app, start, _}}}} -> {error, Reason};
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Starts the application with `Config'; `{error, already_started}' if it runs.
+-spec start(map()) -> ok | {error, term()}.
+start(Config) when is_map(Config) ->
+    case lists:keymember(emqx_redis_storage, 1, application:which_applications()) of
+        true ->
+            {error, already_started};
+        false ->
+            _ = application:load(emqx_redis_storage),
+            ok = application:set_env(emqx_redis_storage, config, Config),
+            start()
+    end;
+start(_Config) ->
+    {error, {invalid_config, <<>>, <<"a map">>}}.
+
+-spec stop() -> ok.
+stop() ->
+    case application:stop(emqx_redis_storage) of
+        ok -> ok;
+        {error, {not_started, emqx_redis_storage}} -> ok
+    end.
+
+%% @doc `#{started, mode, servers, database, pool_size, connected}'; never a secret.
+-spec status() -> map().
+status() ->
+    case emqx_redis_storage_client:default() of
+        {error, not_started} ->
+            #{started => false, connected => false};
+        {ok, Client} ->
+            Connected = q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>},
+            (emqx_redis_storage_client:info(Client))#{started => true, connected => Connected}
+    end.
+
+%% @doc A client of its own, apart from the application's default one, for a
+%% `redis' config map such as `#{servers => <<"127.0.0.1:7000">>}'. It is closed
+%% when the last reference to it is garbage collected.
+-spec connect(map()) -> {ok, emqx_redis_storage_client:t()} | {error, term()}.
+connect(Redis) ->
+    case emqx_redis_storage_config:parse(#{redis => Redis}) of
+        {ok, #{redis := Parsed}} -> emqx_redis_storage_client:connect(Parsed);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc One raw command on the default client: `q([<<"PING">>])' gives
+%% `{ok, <<"PONG">>}'. Replies: binaries, integers, lists, `undefined' for nil.
+-spec q(command()) -> {ok, term()} | {error, term()}.
+q(Command) ->
+    case emqx_redis_storage_client:default() of
+        {ok, Client} -> q(Client, Command);
+        {error, _} = Error -> Error
+    end.
+
+-spec q(emqx_redis_storage_client:t(), command()) -> {ok, term()} | {error, term()}.
+q(Client, [_ | _] = Command) ->
+    try [to_arg(A) || A <- Command] of
+        Args -> emqx_redis_storage_client:call(Client, q, [Args])
+    catch
+        error:badarg -> {error, {bad_command, Command}}
+    end;
+q(_Client, Command) ->
+    {error, {bad_command, Command}}.
+
+to_arg(Bin) when is_binary(Bin) -> Bin;
+to_arg(Int) when is_integer(Int) -> integer_to_binary(Int);
+to_arg(Atom) when is_atom(Atom) -> atom_to_binary(Atom);
+to_arg(Float) when is_float(Float) -> float_to_binary(Float, [short]);
+to_arg(IoData) -> iolist_to_binary(IoData).

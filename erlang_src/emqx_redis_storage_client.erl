@@ -1,0 +1,98 @@
+%% @doc Client handles and the one call helper.
+%%
+%% A client is a connection pool to one Redis deployment, held by a NIF
+%% resource: several may exist per VM, and the application owns a default one.
+%% `call/3' starts a NIF operation and waits for its `{Ref, Result}' reply with
+%% a deadline; after a timeout, the late reply is either cancelled inside the
+%% NIF or received here, so it never piles up in the caller's mailbox.
+-module(emqx_redis_storage_client).
+
+-export([connect/1, info/1, call/3, call_timeout/4, wait/2]).
+-export([default/0, set_default/1, clear_default/0]).
+
+-record(client, {res :: reference(), timeout :: pos_integer(), info :: map()}).
+-opaque t() :: #client{}.
+-export_type([t/0]).
+
+-define(DEFAULT_KEY, {?MODULE, default}).
+
+%% @doc Connects with a normalised `redis' config (see emqx_redis_storage_config).
+-spec connect(map()) -> {ok, t()} | {error, term()}.
+connect(#{connect_timeout := ConnectTimeout, command_timeout := CommandTimeout} = Redis) ->
+    Nif = maps:with(
+        [redis_type, servers, database, username, password, pool_size,
+         connect_timeout, command_timeout],
+        Redis
+    ),
+    %% The NIF allows two connect attempts; the margin covers scheduling.
+    Deadline = 2 * ConnectTimeout + 1000,
+    Start = fun(Ref) -> emqx_redis_storage_nif:connect(Ref, Nif#{password := reveal(Redis)}) end,
+    case wait(Start, Deadline) of
+        {ok, Res} -> {ok, #client{res = Res, timeout = CommandTimeout, info = public_info(Redis)}};
+        {error, timeout} -> {error, {connection, <<"connect timeout">>}};
+        {error, _} = Error -> Error
+    end.
+
+reveal(#{password := Fun}) when is_function(Fun, 0) -> Fun();
+reveal(#{password := Password}) -> Password.
+
+public_info(#{redis_type := Mode, servers := Servers, database := Db, pool_size := Pool}) ->
+    #{
+        mode => Mode,
+        servers => [iolist_to_binary([Host, $:, integer_to_binary(Port)]) || {Host, Port} <- Servers],
+        database => Db,
+        pool_size => Pool
+    }.
+
+%% @doc What may be shown about a client: never a secret.
+-spec info(t()) -> map().
+info(#client{info = Info}) -> Info.
+
+%% @doc Runs `emqx_redis_storage_nif:Fun(Res, Ref, Args...)' within the
+%% client's command timeout.
+-spec call(t(), atom(), list()) -> {ok, term()} | {error, term()}.
+call(#client{timeout = Timeout} = Client, Fun, Args) ->
+    call_timeout(Client, Fun, Args, Timeout).
+
+-spec call_timeout(t(), atom(), list(), timeout()) -> {ok, term()} | {error, term()}.
+call_timeout(#client{res = Res}, Fun, Args, Timeout) ->
+    wait(fun(Ref) -> apply(emqx_redis_storage_nif, Fun, [Res, Ref | Args]) end, Timeout).
+
+%% @doc Starts a NIF operation with a fresh reference and waits for its reply.
+-spec wait(fun((reference()) -> term()), timeout()) -> {ok, term()} | {error, term()}.
+wait(Start, Timeout) ->
+    Ref = make_ref(),
+    case Start(Ref) of
+        {error, _} = Error ->
+            Error;
+        Ticket ->
+            receive
+                {Ref, Result} -> Result
+            after Timeout ->
+                case emqx_redis_storage_nif:cancel(Ticket) of
+                    cancelled ->
+                        {error, timeout};
+                    sent ->
+                        %% The reply was already on its way; it is certain to arrive.
+                        receive
+                            {Ref, Result} -> Result
+                        end
+                end
+            end
+    end.
+
+-spec default() -> {ok, t()} | {error, not_started}.
+default() ->
+    case persistent_term:get(?DEFAULT_KEY, undefined) of
+        undefined -> {error, not_started};
+        Client -> {ok, Client}
+    end.
+
+-spec set_default(t()) -> ok.
+set_default(#client{} = Client) ->
+    persistent_term:put(?DEFAULT_KEY, Client).
+
+-spec clear_default() -> ok.
+clear_default() ->
+    _ = persistent_term:erase(?DEFAULT_KEY),
+    ok.

@@ -1,0 +1,241 @@
+%% @doc Checks and normalises the configuration map.
+%%
+%% Keys may be atoms or binaries (HOCON gives binaries). A bad value is
+%% rejected with `{error, {invalid_config, Field, Expected}}', where `Field' is
+%% the dotted path (`<<"redis.connect_timeout">>') and `Expected' says what
+%% would be accepted. Secret values are never part of an error.
+-module(emqx_redis_storage_config).
+
+-export([parse/1, parse_duration/2]).
+
+-type field_type() ::
+    {enum, [atom()]}
+    | servers
+    | non_neg_integer
+    | pos_integer
+    | {duration, ms | s}
+    | text
+    | secret
+    | {map, schema()}.
+-type schema() :: [{atom(), field_type(), Default :: term()}].
+
+-define(NONE, '$none').
+
+schema() ->
+    [
+        {redis, {map, redis_schema()}, #{}},
+        {key_prefix, text, <<"emqx:">>}
+    ].
+
+redis_schema() ->
+    [
+        {redis_type, {enum, [single]}, single},
+        {servers, servers, <<"127.0.0.1:6379">>},
+        {database, non_neg_integer, 0},
+        {username, text, undefined},
+        {password, secret, undefined},
+        {pool_size, pos_integer, 4},
+        {connect_timeout, {duration, ms}, 5000},
+        {command_timeout, {duration, ms}, 5000}
+    ].
+
+%% @doc The normalised configuration, with every default filled in.
+-spec parse(map()) -> {ok, map()} | {error, {invalid_config, binary(), binary()}}.
+parse(Config) ->
+    try
+        {ok, check_map(<<>>, schema(), alias_server(Config))}
+    catch
+        throw:{invalid_config, _, _} = Reason -> {error, Reason}
+    end.
+
+%% EMQX calls the single-server field `server' and the others `servers'.
+alias_server(#{redis := Redis} = Config) when is_map(Redis) ->
+    Config#{redis := alias_server_redis(Redis)};
+alias_server(#{<<"redis">> := Redis} = Config) when is_map(Redis) ->
+    Config#{<<"redis">> := alias_server_redis(Redis)};
+alias_server(Config) ->
+    Config.
+
+alias_server_redis(Redis) ->
+    case [K || K <- [server, <<"server">>], maps:is_key(K, Redis)] of
+        [] ->
+            Redis;
+        [Key] ->
+            case lookup(servers, Redis) of
+                ?NONE -> (maps:remove(Key, Redis))#{servers => maps:get(Key, Redis)};
+                _ -> invalid(<<"redis.server">>, <<"either server or servers, not both">>)
+            end;
+        _ ->
+            invalid(<<"redis.server">>, <<"given twice">>)
+    end.
+
+-spec check_map(binary(), schema(), term()) -> map().
+check_map(Path, Schema, Map) when is_map(Map) ->
+    Known = [Name || {Name, _, _} <- Schema],
+    [
+        invalid(join(Path, Key), <<"a known field (", (names(Known))/binary, ")">>)
+     || Key <- maps:keys(Map), not lists:member(to_atom_key(Key, Known), Known)
+    ],
+    maps:from_list([
+        {Name, check_field(join(Path, Name), Type, lookup(Name, Map), Default)}
+     || {Name, Type, Default} <- Schema
+    ]);
+check_map(Path, _Schema, _Other) ->
+    invalid(Path, <<"a map">>).
+
+check_field(Path, {map, Schema}, ?NONE, Default) ->
+    check_map(Path, Schema, Default);
+check_field(_Path, _Type, ?NONE, Default) ->
+    Default;
+check_field(_Path, _Type, undefined, undefined) ->
+    undefined;
+check_field(Path, Type, Value, _Default) ->
+    check(Path, Type, Value).
+
+-spec check(binary(), field_type(), term()) -> term().
+check(Path, {enum, Allowed}, Value) ->
+    case [A || A <- Allowed, A =:= Value orelse atom_to_binary(A) =:= text_or_none(Value)] of
+        [Atom] -> Atom;
+        [] -> invalid(Path, <<"one of: ", (names(Allowed))/binary>>)
+    end;
+check(Path, servers, Value) ->
+    parse_servers(Path, Value);
+check(_Path, non_neg_integer, N) when is_integer(N), N >= 0 ->
+    N;
+check(Path, non_neg_integer, _) ->
+    invalid(Path, <<"an integer >= 0">>);
+check(_Path, pos_integer, N) when is_integer(N), N > 0 ->
+    N;
+check(Path, pos_integer, _) ->
+    invalid(Path, <<"an integer > 0">>);
+check(Path, {duration, Unit}, Value) ->
+    case parse_duration(Value, Unit) of
+        {ok, N} when N > 0 -> N;
+        _ -> invalid(Path, duration_expected(Unit))
+    end;
+check(Path, text, Value) ->
+    case text_or_none(Value) of
+        ?NONE -> invalid(Path, <<"a string">>);
+        Bin -> Bin
+    end;
+check(_Path, secret, Fun) when is_function(Fun, 0) ->
+    Fun;
+check(Path, secret, Value) ->
+    case text_or_none(Value) of
+        ?NONE -> invalid(Path, <<"a string, or a fun returning it">>);
+        Bin -> secret(Bin)
+    end;
+check(Path, {map, Schema}, Value) ->
+    check_map(Path, Schema, Value).
+
+%% Kept behind a fun so the value does not show in crash reports or logs.
+secret(Bin) -> fun() -> Bin end.
+
+duration_expected(ms) ->
+    <<"a duration: milliseconds as an integer, or a string such as \"500ms\", \"5s\", \"1m\"">>;
+duration_expected(s) ->
+    <<"a duration: seconds as an integer, or a string such as \"30s\", \"24h\", \"7d\"">>.
+
+%% @doc A duration in `Unit': an integer (already in `Unit') or a string of
+%% one or more `<number><unit>' parts, e.g. `"1h30m"'; units ms, s, m, h, d.
+-spec parse_duration(term(), ms | s) -> {ok, non_neg_integer()} | error.
+parse_duration(N, _Unit) when is_integer(N), N >= 0 ->
+    {ok, N};
+parse_duration(Value, Unit) ->
+    case text_or_none(Value) of
+        ?NONE ->
+            error;
+        Bin ->
+            case re:run(Bin, <<"^(?:[0-9]+(?:ms|s|m|h|d))+$">>, [{capture, none}]) of
+                match ->
+                    Parts = re:run(Bin, <<"([0-9]+)(ms|s|m|h|d)">>, [global, {capture, all_but_first, binary}]),
+                    {match, Pairs} = Parts,
+                    Ms = lists:sum([binary_to_integer(N) * unit_ms(U) || [N, U] <- Pairs]),
+                    to_unit(Ms, Unit);
+                nomatch ->
+                    error
+            end
+    end.
+
+to_unit(Ms, ms) -> {ok, Ms};
+to_unit(Ms, s) when Ms rem 1000 =:= 0 -> {ok, Ms div 1000};
+to_unit(_Ms, s) -> error.
+
+unit_ms(<<"ms">>) -> 1;
+unit_ms(<<"s">>) -> 1000;
+unit_ms(<<"m">>) -> 60000;
+unit_ms(<<"h">>) -> 3600000;
+unit_ms(<<"d">>) -> 86400000.
+
+%% "host[:port],host[:port]" (or a list of such strings) into [{Host, Port}].
+parse_servers(Path, Value) ->
+    Entries =
+        case text_or_none(Value) of
+            ?NONE when is_list(Value), Value =/= [] -> [text_or_none(V) || V <- Value];
+            ?NONE -> [?NONE];
+            Bin -> binary:split(Bin, <<",">>, [global, trim_all])
+        end,
+    case Entries of
+        [] -> invalid(Path, servers_expected());
+        _ -> [parse_server(Path, string:trim(E)) || E <- Entries]
+    end.
+
+parse_server(Path, ?NONE) ->
+    invalid(Path, servers_expected());
+parse_server(Path, Entry) ->
+    {Host, PortText} =
+        case binary:split(Entry, <<":">>, [global]) of
+            [H] -> {H, <<"6379">>};
+            [H, P] -> {H, P};
+            _ -> invalid(Path, servers_expected())
+        end,
+    case {Host, catch binary_to_integer(PortText)} of
+        {<<>>, _} -> invalid(Path, servers_expected());
+        {_, Port} when is_integer(Port), Port > 0, Port < 65536 -> {Host, Port};
+        _ -> invalid(Path, servers_expected())
+    end.
+
+servers_expected() ->
+    <<"\"host[:port]\" or \"host[:port],host[:port],...\" with ports 1..65535">>.
+
+text_or_none(Bin) when is_binary(Bin) ->
+    Bin;
+text_or_none(Atom) when is_atom(Atom), Atom =/= undefined ->
+    atom_to_binary(Atom);
+text_or_none(List) when is_list(List) ->
+    try unicode:characters_to_binary(List) of
+        Bin when is_binary(Bin) -> Bin;
+        _ -> ?NONE
+    catch
+        _:_ -> ?NONE
+    end;
+text_or_none(_) ->
+    ?NONE.
+
+lookup(Name, Map) ->
+    case Map of
+        #{Name := V} -> V;
+        _ -> maps:get(atom_to_binary(Name), Map, ?NONE)
+    end.
+
+to_atom_key(Key, _Known) when is_atom(Key) -> Key;
+to_atom_key(Key, Known) when is_binary(Key) ->
+    case [K || K <- Known, atom_to_binary(K) =:= Key] of
+        [K] -> K;
+        [] -> Key
+    end;
+to_atom_key(Key, _Known) ->
+    Key.
+
+join(<<>>, Name) -> name(Name);
+join(Path, Name) -> <<Path/binary, ".", (name(Name))/binary>>.
+
+name(Name) when is_atom(Name) -> atom_to_binary(Name);
+name(Name) when is_binary(Name) -> Name;
+name(Other) -> iolist_to_binary(io_lib:format("~0p", [Other])).
+
+names(Atoms) -> iolist_to_binary(lists:join(", ", [atom_to_binary(A) || A <- Atoms])).
+
+-spec invalid(binary(), binary()) -> no_return().
+invalid(Path, Expected) ->
+    throw({invalid_config, Path, Expected}).

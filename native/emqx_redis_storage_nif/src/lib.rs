@@ -1,0 +1,26 @@
+//! The NIF library of emqx_redis_storage. NIF functions live in the module of
+//! their domain; this file only loads the library.
+
+mod client;
+mod config;
+mod error;
+mod nif;
+mod runtime;
+mod value;
+
+use rustler::{Env, Term};
+
+mod atoms {
+    rustler::atoms! { worker_threads }
+}
+
+/// `load_info` is `#{worker_threads => N}`, chosen by the Erlang side.
+fn load(_env: Env, load_info: Term) -> bool {
+    let workers = load_info
+        .map_get(atoms::worker_threads())
+        .and_then(|t| t.decode::<usize>())
+        .unwrap_or(2);
+    runtime::init(workers).is_ok()
+}
+
+rustler::init!("emqx_redis_storage_nif", load = load);
