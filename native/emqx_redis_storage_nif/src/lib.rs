@@ -1,12 +1,9 @@
-//! The NIF library of emqx_redis_storage. NIF functions live in the module of
-//! their domain; this file only loads the library.
+//! The NIF library of emqx_redis_storage: Erlang terms in, Redis logic from
+//! emqx_redis_storage_core, Erlang terms out. This file only loads it.
 
-mod client;
-mod config;
-mod error;
 mod nif;
 mod runtime;
-mod value;
+mod term;
 
 use rustler::{Env, Term};
 

@@ -2,40 +2,47 @@
 //! Each returns a ticket at once (or `{error, Reason}` for bad arguments) and
 //! answers the caller later with `{Ref, Result}`.
 
+use std::ops::Deref;
+
+use emqx_redis_storage_core::client::Client;
 use rustler::{Binary, Encoder, Env, ResourceArc, Term};
 
-use crate::client::Client;
-use crate::config::ClientConfig;
-use crate::error::Error;
 use crate::runtime::spawn_reply;
-use crate::value::Reply;
+use crate::term::{self, Reason, Reply};
 
 mod atoms {
     rustler::atoms! { error }
 }
 
-fn started<'a>(env: Env<'a>, result: Result<ResourceArc<crate::runtime::Ticket>, Error>) -> Term<'a> {
-    match result {
-        Ok(ticket) => ticket.encode(env),
-        Err(reason) => (atoms::error(), reason).encode(env),
+/// A client as an Erlang resource; dropped when the last term referring to it is gone.
+pub struct ClientRes(Client);
+
+#[rustler::resource_impl]
+impl rustler::Resource for ClientRes {}
+
+impl Deref for ClientRes {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.0
     }
 }
 
 #[rustler::nif]
 fn connect<'a>(env: Env<'a>, reply_ref: Term<'a>, config: Term<'a>) -> Term<'a> {
-    let result = ClientConfig::decode(config).map(|config| {
-        spawn_reply(env, reply_ref, async move {
-            Client::connect(config).await.map(ResourceArc::new)
-        })
-    });
-    started(env, result)
+    match term::client_config(config) {
+        Ok(config) => spawn_reply(env, reply_ref, async move {
+            let client = Client::connect(config).await?;
+            Ok(ResourceArc::new(ClientRes(client)))
+        }),
+        Err(reason) => (atoms::error(), Reason(&reason)).encode(env),
+    }
 }
 
 /// `args` is a list of binaries (the Erlang side converts other argument types).
 #[rustler::nif]
 fn q<'a>(
     env: Env<'a>,
-    client: ResourceArc<Client>,
+    client: ResourceArc<ClientRes>,
     reply_ref: Term<'a>,
     args: Vec<Binary<'a>>,
 ) -> Term<'a> {
@@ -43,19 +50,19 @@ fn q<'a>(
     for arg in &args {
         cmd.arg(arg.as_slice());
     }
-    let ticket = spawn_reply(env, reply_ref, async move { client.query(&cmd).await.map(Reply) });
-    ticket.encode(env)
+    spawn_reply(env, reply_ref, async move {
+        client.query(&cmd).await.map(Reply)
+    })
 }
 
 /// Panics inside a runtime task, to prove that such a panic is answered as
 /// `{error, {internal, Msg}}` and that the VM and the runtime survive it.
 #[rustler::nif]
 fn panic_in_task<'a>(env: Env<'a>, reply_ref: Term<'a>) -> Term<'a> {
-    let ticket = spawn_reply(env, reply_ref, async {
-        if true {
+    spawn_reply(env, reply_ref, async {
+        if std::hint::black_box(true) {
             panic!("deliberate panic in a runtime task");
         }
         Ok(())
-    });
-    ticket.encode(env)
+    })
 }

@@ -1,21 +1,23 @@
 //! The Tokio runtime and the asynchronous call path.
 //!
-//! A NIF that does I/O calls [`spawn_reply`]: it returns a [`Ticket`] at once and
-//! the task later sends `{Ref, {ok, Value} | {error, Reason}}` to the caller.
-//! If the caller gave up waiting, it cancels the ticket and the late reply is
-//! dropped here instead of landing in its mailbox.
+//! A NIF that does I/O calls [`spawn_reply`]: it returns a [`Ticket`] at once
+//! and the task later sends `{Ref, {ok, Value} | {error, Reason}}` to the
+//! caller. If the caller gave up waiting, it cancels the ticket and the late
+//! reply is dropped here instead of landing in its mailbox.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
+use emqx_redis_storage_core::error::panic_message;
+use emqx_redis_storage_core::gate::ReplyGate;
+use emqx_redis_storage_core::{Error, Result};
 use futures::FutureExt;
 use rustler::env::OwnedEnv;
 use rustler::{Encoder, Env, ResourceArc, Term};
 use tokio::runtime::Runtime;
 
-use crate::error::{Error, Result};
+use crate::term::Reason;
 
 mod atoms {
     rustler::atoms! { ok, error, cancelled, sent }
@@ -33,50 +35,29 @@ pub fn init(worker_threads: usize) -> std::io::Result<()> {
         .thread_name("emqx_redis_storage")
         .enable_all()
         .build()?;
-    // A concurrent init lost the race: its runtime is dropped here, before use.
+    // Loads are serialised by the VM, so this set cannot race.
     let _ = RUNTIME.set(runtime);
     Ok(())
 }
 
-pub fn handle() -> &'static tokio::runtime::Handle {
+fn handle() -> &'static tokio::runtime::Handle {
     RUNTIME
         .get()
-        .expect("runtime is created when the NIF loads")
+        .expect("the runtime is created when the NIF loads")
         .handle()
 }
 
-const PENDING: u8 = 0;
-const SENDING: u8 = 1;
-const CANCELLED: u8 = 2;
-
-/// One outstanding request. Exactly one of "the reply is sent" and "the caller
-/// cancelled" wins, decided by a single compare-and-swap.
-pub struct Ticket {
-    state: AtomicU8,
-}
+/// One outstanding request, as an Erlang resource.
+pub struct Ticket(ReplyGate);
 
 #[rustler::resource_impl]
 impl rustler::Resource for Ticket {}
 
-impl Ticket {
-    fn claim_for_reply(&self) -> bool {
-        self.state
-            .compare_exchange(PENDING, SENDING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    fn cancel(&self) -> bool {
-        self.state
-            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-}
-
-/// `cancelled` when the reply will never be sent; `sent` when it has been or is
-/// being sent, so the caller must receive it (it is guaranteed to arrive).
+/// `cancelled` when the reply will never be sent; `sent` when it has been or
+/// is being sent, so the caller must receive it (it is certain to arrive).
 #[rustler::nif]
 fn cancel(ticket: ResourceArc<Ticket>) -> rustler::Atom {
-    if ticket.cancel() {
+    if ticket.0.cancel() {
         atoms::cancelled()
     } else {
         atoms::sent()
@@ -85,7 +66,7 @@ fn cancel(ticket: ResourceArc<Ticket>) -> rustler::Atom {
 
 /// Runs `work` on the runtime and answers the calling process with
 /// `{Ref, {ok, Value}}` or `{Ref, {error, Reason}}`. Never blocks.
-pub fn spawn_reply<'a, T, F>(env: Env<'a>, reply_ref: Term<'a>, work: F) -> ResourceArc<Ticket>
+pub fn spawn_reply<'a, T, F>(env: Env<'a>, reply_ref: Term<'a>, work: F) -> Term<'a>
 where
     T: Encoder + Send + 'static,
     F: Future<Output = Result<T>> + Send + 'static,
@@ -93,35 +74,23 @@ where
     let pid = env.pid();
     let mut msg_env = OwnedEnv::new();
     let saved_ref = msg_env.save(reply_ref);
-    let ticket = ResourceArc::new(Ticket {
-        state: AtomicU8::new(PENDING),
-    });
+    let ticket = ResourceArc::new(Ticket(ReplyGate::new()));
     let task_ticket = ticket.clone();
     handle().spawn(async move {
         let result = AssertUnwindSafe(work)
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
-        if task_ticket.claim_for_reply() {
+        if task_ticket.0.claim_for_reply() {
             // The caller may have exited; then there is nobody to answer.
             let _ = msg_env.send_and_clear(&pid, |env| {
                 let body = match &result {
                     Ok(value) => (atoms::ok(), value).encode(env),
-                    Err(reason) => (atoms::error(), reason).encode(env),
+                    Err(reason) => (atoms::error(), Reason(reason)).encode(env),
                 };
                 (saved_ref.load(env), body).encode(env)
             });
         }
     });
-    ticket
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic".to_string()
-    }
+    ticket.encode(env)
 }

@@ -22,9 +22,6 @@ pub struct Client {
     command_timeout: Duration,
 }
 
-#[rustler::resource_impl]
-impl rustler::Resource for Client {}
-
 impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client> {
         let (host, port) = config.servers[0].clone();
@@ -49,9 +46,10 @@ impl Client {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let connect_all = futures::future::try_join_all((0..config.pool_size).map(|_| {
-            ConnectionManager::new_with_config(client.clone(), manager_config.clone())
-        }));
+        let connect_all =
+            futures::future::try_join_all((0..config.pool_size).map(|_| {
+                ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+            }));
         // The manager retries once; two attempts must still fit the caller's wait.
         let pool = tokio::time::timeout(config.connect_timeout * 2, connect_all)
             .await

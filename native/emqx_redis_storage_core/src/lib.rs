@@ -1,0 +1,9 @@
+//! The Redis logic of emqx_redis_storage, with no Erlang types in it: the NIF
+//! crate decodes arguments, calls into here and encodes the results.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod gate;
+
+pub use error::{Error, Result};

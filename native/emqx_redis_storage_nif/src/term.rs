@@ -1,0 +1,133 @@
+//! Conversions between Erlang terms and the core crate's types.
+//!
+//! Redis replies look the way eredis shows them: bulk and status strings are
+//! binaries, nil is `undefined`, arrays are lists.
+
+use std::time::Duration;
+
+use emqx_redis_storage_core::config::ClientConfig;
+use emqx_redis_storage_core::Error;
+use redis::Value;
+use rustler::types::binary::NewBinary;
+use rustler::{Atom, Binary, Decoder, Encoder, Env, Term};
+
+mod atoms {
+    rustler::atoms! { undefined, error, timeout, redis, connection, internal, invalid_config }
+}
+
+/// A binary term holding a copy of `bytes`.
+pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut out = NewBinary::new(env, bytes.len());
+    out.as_mut_slice().copy_from_slice(bytes);
+    Binary::from(out).to_term(env)
+}
+
+/// An error as the `Reason` of `{error, Reason}`.
+pub struct Reason<'e>(pub &'e Error);
+
+impl Encoder for Reason<'_> {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self.0 {
+            Error::Timeout => atoms::timeout().encode(env),
+            Error::Redis(m) => (atoms::redis(), m.as_str()).encode(env),
+            Error::Connection(m) => (atoms::connection(), m.as_str()).encode(env),
+            Error::Internal(m) => (atoms::internal(), m.as_str()).encode(env),
+            Error::InvalidConfig(field, m) => {
+                (atoms::invalid_config(), *field, m.as_str()).encode(env)
+            }
+        }
+    }
+}
+
+/// A reply read from Redis, waiting to be encoded in the caller's message.
+pub struct Reply(pub Value);
+
+impl Encoder for Reply {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        value(env, &self.0)
+    }
+}
+
+fn value<'a>(env: Env<'a>, v: &Value) -> Term<'a> {
+    match v {
+        Value::Nil => atoms::undefined().encode(env),
+        Value::Int(i) => i.encode(env),
+        Value::BulkString(b) => binary(env, b),
+        Value::SimpleString(s) => binary(env, s.as_bytes()),
+        Value::Okay => binary(env, b"OK"),
+        Value::Array(items) | Value::Set(items) | Value::Push { data: items, .. } => items
+            .iter()
+            .map(|item| value(env, item))
+            .collect::<Vec<_>>()
+            .encode(env),
+        Value::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| (value(env, k), value(env, v)))
+            .collect::<Vec<_>>()
+            .encode(env),
+        Value::Attribute { data, .. } => value(env, data),
+        Value::Double(d) => d.encode(env),
+        Value::Boolean(b) => b.encode(env),
+        Value::VerbatimString { text, .. } => binary(env, text.as_bytes()),
+        Value::BigNumber(digits) => binary(env, digits),
+        // An error inside a reply (a failed command inside EXEC) stays in its
+        // place so that the other results are not lost.
+        Value::ServerError(e) => {
+            (atoms::error(), binary(env, e.to_string().as_bytes())).encode(env)
+        }
+        // `Value` is non-exhaustive: a kind added later is shown as text, never a panic.
+        #[allow(unreachable_patterns)]
+        other => binary(env, format!("{other:?}").as_bytes()),
+    }
+}
+
+fn field<'a, T: Decoder<'a>>(map: Term<'a>, name: &'static str) -> Result<T, Error> {
+    let wrong = |what: &str| Error::InvalidConfig(name, what.to_string());
+    let key = Atom::from_str(map.get_env(), name).map_err(|_| wrong("bad field name"))?;
+    let value = map.map_get(key).map_err(|_| wrong("missing"))?;
+    value.decode().map_err(|_| wrong("wrong type"))
+}
+
+/// `undefined` or a UTF-8 binary.
+fn optional_text(map: Term, name: &'static str) -> Result<Option<String>, Error> {
+    let value: Term = field(map, name)?;
+    if value.decode::<Atom>().ok() == Some(atoms::undefined()) {
+        return Ok(None);
+    }
+    let bytes: Binary = value
+        .decode()
+        .map_err(|_| Error::InvalidConfig(name, "expected a binary".into()))?;
+    String::from_utf8(bytes.as_slice().to_vec())
+        .map(Some)
+        .map_err(|_| Error::InvalidConfig(name, "expected UTF-8".into()))
+}
+
+fn millis(map: Term, name: &'static str) -> Result<Duration, Error> {
+    match field::<u64>(map, name)? {
+        0 => Err(Error::InvalidConfig(name, "must be positive".into())),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+/// The client config map that `emqx_redis_storage_client` builds. Decoding
+/// still fails cleanly, never panics, if a caller of the raw NIF passes
+/// something else.
+pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
+    let servers: Vec<(String, u16)> = field(map, "servers")?;
+    if servers.is_empty() {
+        return Err(Error::InvalidConfig("servers", "empty".into()));
+    }
+    let pool_size: usize = field(map, "pool_size")?;
+    if pool_size == 0 {
+        return Err(Error::InvalidConfig("pool_size", "must be positive".into()));
+    }
+    Ok(ClientConfig {
+        servers,
+        database: field(map, "database")?,
+        username: optional_text(map, "username")?,
+        password: optional_text(map, "password")?,
+        pool_size,
+        connect_timeout: millis(map, "connect_timeout")?,
+        command_timeout: millis(map, "command_timeout")?,
+    })
+}
