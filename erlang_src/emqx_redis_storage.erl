@@ -25,9 +25,16 @@ start(Config) when is_map(Config) ->
         true ->
             {error, already_started};
         false ->
-            _ = application:load(emqx_redis_storage),
-            ok = application:set_env(emqx_redis_storage, config, Config),
-            start()
+            %% Checked here as well as at application start, so that a bad
+            %% config is a plain error rather than a failed application start.
+            case emqx_redis_storage_config:parse(Config) of
+                {ok, _} ->
+                    _ = application:load(emqx_redis_storage),
+                    ok = application:set_env(emqx_redis_storage, config, Config),
+                    start();
+                {error, _} = Error ->
+                    Error
+            end
     end;
 start(_Config) ->
     {error, {invalid_config, <<>>, <<"a map">>}}.
@@ -72,12 +79,29 @@ q(Command) ->
 -spec q(emqx_redis_storage_client:t(), command()) -> {ok, term()} | {error, term()}.
 q(Client, [_ | _] = Command) ->
     try [to_arg(A) || A <- Command] of
-        Args -> emqx_redis_storage_client:call(Client, q, [Args])
+        [Name | _] = Args ->
+            Upper = string:uppercase(Name),
+            case lists:member(Upper, connection_state_commands()) of
+                true -> {error, {unsupported_command, Upper}};
+                false -> emqx_redis_storage_client:call(Client, q, [Args])
+            end
     catch
         error:badarg -> {error, {bad_command, Command}}
     end;
 q(_Client, Command) ->
     {error, {bad_command, Command}}.
+
+%% Every call shares multiplexed connections with other callers, so commands
+%% that change a connection's state or block it would break theirs.
+connection_state_commands() ->
+    [
+        <<"MULTI">>, <<"EXEC">>, <<"DISCARD">>, <<"WATCH">>, <<"UNWATCH">>,
+        <<"SUBSCRIBE">>, <<"PSUBSCRIBE">>, <<"SSUBSCRIBE">>, <<"UNSUBSCRIBE">>,
+        <<"PUNSUBSCRIBE">>, <<"SUNSUBSCRIBE">>, <<"MONITOR">>, <<"SELECT">>,
+        <<"QUIT">>, <<"RESET">>, <<"AUTH">>, <<"HELLO">>, <<"CLIENT">>,
+        <<"BLPOP">>, <<"BRPOP">>, <<"BLMOVE">>, <<"BRPOPLPUSH">>, <<"BLMPOP">>,
+        <<"BZPOPMIN">>, <<"BZPOPMAX">>, <<"BZMPOP">>, <<"WAIT">>, <<"WAITAOF">>
+    ].
 
 to_arg(Bin) when is_binary(Bin) -> Bin;
 to_arg(Int) when is_integer(Int) -> integer_to_binary(Int);

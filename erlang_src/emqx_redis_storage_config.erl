@@ -177,14 +177,14 @@ parse_servers(Path, Value) ->
         end,
     case Entries of
         [] -> invalid(Path, servers_expected());
-        _ -> [parse_server(Path, string:trim(E)) || E <- Entries]
+        _ -> [parse_server(Path, E) || E <- Entries]
     end.
 
 parse_server(Path, ?NONE) ->
     invalid(Path, servers_expected());
 parse_server(Path, Entry) ->
     {Host, PortText} =
-        case binary:split(Entry, <<":">>, [global]) of
+        case binary:split(string:trim(Entry), <<":">>, [global]) of
             [H] -> {H, <<"6379">>};
             [H, P] -> {H, P};
             _ -> invalid(Path, servers_expected())

@@ -58,11 +58,20 @@ impl Client {
                 Error::Timeout => Error::Connection("connect timeout".into()),
                 other => other,
             })?;
-        Ok(Client {
+        let client = Client {
             pool,
             next: AtomicUsize::new(0),
             command_timeout: config.command_timeout,
-        })
+        };
+        // A connection is made even when Redis then refuses every command
+        // (NOAUTH, NOPERM): find out now, not on the first real call.
+        for conn in &client.pool {
+            let mut conn = conn.clone();
+            client
+                .bounded(redis::cmd("PING").query_async::<()>(&mut conn))
+                .await?;
+        }
+        Ok(client)
     }
 
     /// A connection from the pool, round robin.

@@ -1,0 +1,383 @@
+%% Foundation: start/stop, configuration, raw commands, failures of Redis,
+%% concurrency, timeouts and panics, all against real redis-server processes.
+-module(emqx_redis_storage_SUITE).
+
+-compile([export_all, nowarn_export_all]).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+all() ->
+    [
+        start_and_stop,
+        start_from_application_env,
+        start_twice_is_refused,
+        start_fails_cleanly_when_redis_is_unreachable,
+        config_errors_name_the_field,
+        config_accepts_every_documented_form,
+        raw_commands_give_plain_terms,
+        binary_values_round_trip_every_byte,
+        bad_commands_are_errors,
+        password_and_acl_user,
+        secrets_are_never_shown,
+        several_clients_in_one_vm,
+        redis_down_answers_within_deadline,
+        redis_restarted_calls_work_again,
+        many_concurrent_callers_get_their_own_replies,
+        timed_out_replies_never_reach_the_mailbox,
+        panic_in_a_task_is_answered
+    ].
+
+init_per_suite(Config) ->
+    Redis = redis_test_server:start(),
+    [{redis, Redis} | Config].
+
+end_per_suite(Config) ->
+    redis_test_server:stop(?config(redis, Config)).
+
+init_per_testcase(_Case, Config) ->
+    ok = emqx_redis_storage:stop(),
+    Config.
+
+end_per_testcase(_Case, _Config) ->
+    ok = emqx_redis_storage:stop(),
+    application:unset_env(emqx_redis_storage, config).
+
+redis_config(Config) ->
+    #{redis => #{servers => redis_test_server:address(?config(redis, Config))}}.
+
+%%--------------------------------------------------------------------
+
+start_and_stop(Config) ->
+    ?assertEqual(#{started => false, connected => false}, emqx_redis_storage:status()),
+    ?assertEqual({error, not_started}, emqx_redis_storage:q([<<"PING">>])),
+    ok = emqx_redis_storage:start(redis_config(Config)),
+    ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])),
+    Address = redis_test_server:address(?config(redis, Config)),
+    ?assertMatch(
+        #{started := true, connected := true, mode := single, servers := [Address], database := 0},
+        emqx_redis_storage:status()
+    ),
+    ok = emqx_redis_storage:stop(),
+    ?assertEqual({error, not_started}, emqx_redis_storage:q([<<"PING">>])),
+    ok = emqx_redis_storage:start(redis_config(Config)),
+    ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])).
+
+start_from_application_env(Config) ->
+    application:load(emqx_redis_storage),
+    ok = application:set_env(emqx_redis_storage, config, redis_config(Config)),
+    ok = emqx_redis_storage:start(),
+    ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])).
+
+start_twice_is_refused(Config) ->
+    ok = emqx_redis_storage:start(redis_config(Config)),
+    ?assertEqual({error, already_started}, emqx_redis_storage:start(redis_config(Config))),
+    ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])).
+
+start_fails_cleanly_when_redis_is_unreachable(_Config) ->
+    Port = closed_port(),
+    {Micros, Result} = timer:tc(fun() ->
+        emqx_redis_storage:start(#{redis => #{servers => port_address(Port), connect_timeout => 500}})
+    end),
+    ?assertMatch({error, {connection, _}}, Result),
+    ?assert(Micros < 2000000),
+    ?assertEqual(#{started => false, connected => false}, emqx_redis_storage:status()).
+
+config_errors_name_the_field(Config) ->
+    Good = redis_config(Config),
+    Cases = [
+        {#{redis => #{servers => <<"127.0.0.1:99999">>}}, <<"redis.servers">>},
+        {#{redis => #{servers => <<"127.0.0.1:port">>}}, <<"redis.servers">>},
+        {#{redis => #{servers => <<>>}}, <<"redis.servers">>},
+        {#{redis => #{servers => 42}}, <<"redis.servers">>},
+        {#{redis => #{server => <<"a:1">>, servers => <<"b:2">>}}, <<"redis.server">>},
+        {#{redis => #{redis_type => galaxy}}, <<"redis.redis_type">>},
+        {#{redis => #{database => -1}}, <<"redis.database">>},
+        {#{redis => #{pool_size => 0}}, <<"redis.pool_size">>},
+        {#{redis => #{connect_timeout => "5 parsecs"}}, <<"redis.connect_timeout">>},
+        {#{redis => #{command_timeout => 0}}, <<"redis.command_timeout">>},
+        {#{redis => #{password => 42}}, <<"redis.password">>},
+        {#{redis => #{colour => blue}}, <<"redis.colour">>},
+        {#{redis => not_a_map}, <<"redis">>},
+        {#{key_prefix => 1}, <<"key_prefix">>},
+        {#{surprise => 1}, <<"surprise">>}
+    ],
+    lists:foreach(
+        fun({Bad, Field}) ->
+            Merged = merge(Good, Bad),
+            case emqx_redis_storage:start(Merged) of
+                {error, {invalid_config, Field, Expected}} when is_binary(Expected), Expected =/= <<>> ->
+                    ok;
+                Other ->
+                    ct:fail({expected_invalid, Field, Bad, Other})
+            end,
+            ?assertEqual(#{started => false, connected => false}, emqx_redis_storage:status())
+        end,
+        Cases
+    ),
+    ?assertMatch({error, {invalid_config, _, _}}, emqx_redis_storage:start(not_a_map)).
+
+merge(#{redis := R1} = A, #{redis := R2} = B) when is_map(R2) -> maps:merge(A, B#{redis := maps:merge(R1, R2)});
+merge(A, B) -> maps:merge(A, B).
+
+config_accepts_every_documented_form(Config) ->
+    Address = redis_test_server:address(?config(redis, Config)),
+    Forms = [
+        #{redis => #{server => Address}},
+        #{redis => #{servers => binary_to_list(Address)}},
+        #{redis => #{servers => [Address]}},
+        #{<<"redis">> => #{<<"servers">> => Address, <<"redis_type">> => <<"single">>}},
+        #{redis => #{servers => Address, connect_timeout => "2s", command_timeout => <<"1500ms">>}},
+        #{redis => #{servers => Address, connect_timeout => 2000, command_timeout => "1m"}},
+        #{redis => #{servers => Address, database => 3, pool_size => 1}, key_prefix => "test:"}
+    ],
+    lists:foreach(
+        fun(Form) ->
+            ok = emqx_redis_storage:start(Form),
+            ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])),
+            ok = emqx_redis_storage:stop()
+        end,
+        Forms
+    ),
+    %% database is really selected
+    ok = emqx_redis_storage:start(#{redis => #{servers => Address, database => 3}}),
+    {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"db-probe">>, <<"3">>]),
+    ?assertEqual("3", redis_test_server:cmd(?config(redis, Config), ["-n", "3", "GET", "db-probe"])),
+    ?assertEqual("", redis_test_server:cmd(?config(redis, Config), ["-n", "0", "GET", "db-probe"])),
+    ?assertEqual({ok, 90}, emqx_redis_storage_config:parse_duration("1m30s", s)),
+    ?assertEqual({ok, 86400}, emqx_redis_storage_config:parse_duration(<<"24h">>, s)),
+    ?assertEqual(error, emqx_redis_storage_config:parse_duration("1500ms", s)),
+    ?assertEqual({ok, 1500}, emqx_redis_storage_config:parse_duration("1500ms", ms)),
+    ?assertEqual(error, emqx_redis_storage_config:parse_duration("-5s", ms)).
+
+raw_commands_give_plain_terms(Config) ->
+    ok = emqx_redis_storage:start(redis_config(Config)),
+    Q = fun emqx_redis_storage:q/1,
+    ?assertEqual({ok, <<"OK">>}, Q([<<"SET">>, <<"k1">>, <<"v1">>])),
+    ?assertEqual({ok, <<"v1">>}, Q([<<"GET">>, <<"k1">>])),
+    ?assertEqual({ok, undefined}, Q([<<"GET">>, <<"no-such-key">>])),
+    ?assertEqual({ok, 3}, Q(["RPUSH", list, a, 1, 2.5])),
+    ?assertEqual({ok, [<<"a">>, <<"1">>, <<"2.5">>]}, Q([<<"LRANGE">>, <<"list">>, 0, -1])),
+    ?assertEqual({ok, 6}, Q([<<"INCRBY">>, <<"counter">>, 6])),
+    ?assertEqual({ok, []}, Q([<<"LRANGE">>, <<"empty">>, 0, -1])),
+    ?assertMatch({error, {redis, <<"WRONGTYPE", _/binary>>}}, Q([<<"GET">>, <<"list">>])),
+    ?assertMatch({error, {redis, <<"ERR", _/binary>>}}, Q([<<"NO-SUCH-COMMAND">>])),
+    ?assertEqual({ok, 3}, Q([<<"DEL">>, <<"list">>, <<"k1">>, <<"counter">>])).
+
+binary_values_round_trip_every_byte(Config) ->
+    ok = emqx_redis_storage:start(redis_config(Config)),
+    Every = list_to_binary(lists:seq(0, 255)),
+    Big = binary:copy(Every, 4096),
+    lists:foreach(
+        fun(Value) ->
+            {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, Every, Value]),
+            ?assertEqual({ok, Value}, emqx_redis_storage:q([<<"GET">>, Every]))
+        end,
+        [<<>>, Every, Big]
+    ).
+
+bad_commands_are_errors(Config) ->
+    ok = emqx_redis_storage:start(redis_config(Config)),
+    ?assertEqual({error, {bad_command, []}}, emqx_redis_storage:q([])),
+    ?assertEqual({error, {bad_command, ping}}, emqx_redis_storage:q(ping)),
+    ?assertMatch({error, {bad_command, _}}, emqx_redis_storage:q([<<"GET">>, {key, 1}])),
+    ?assertMatch({error, {bad_command, _}}, emqx_redis_storage:q([<<"GET">>, self()])),
+    %% commands that would change the state of a connection shared with
+    %% other callers, or block it, are refused
+    [
+        ?assertEqual({error, {unsupported_command, Name}}, emqx_redis_storage:q([Cmd, <<"x">>, 0]))
+     || {Cmd, Name} <- [
+            {<<"multi">>, <<"MULTI">>},
+            {<<"EXEC">>, <<"EXEC">>},
+            {"watch", <<"WATCH">>},
+            {<<"SUBSCRIBE">>, <<"SUBSCRIBE">>},
+            {<<"select">>, <<"SELECT">>},
+            {<<"BLPOP">>, <<"BLPOP">>},
+            {<<"MONITOR">>, <<"MONITOR">>}
+        ]
+    ],
+    ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])).
+
+password_and_acl_user(_Config) ->
+    Redis = redis_test_server:start(#{
+        conf => ["requirepass topsecret", "user app on >apppass ~* &* +@all"]
+    }),
+    try
+        Address = redis_test_server:address(Redis),
+        ok = emqx_redis_storage:start(#{redis => #{servers => Address, password => <<"topsecret">>}}),
+        ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])),
+        ok = emqx_redis_storage:stop(),
+        ok = emqx_redis_storage:start(#{redis => #{servers => Address, username => "app", password => "apppass"}}),
+        ?assertEqual({ok, <<"app">>}, emqx_redis_storage:q([<<"ACL">>, <<"WHOAMI">>])),
+        ok = emqx_redis_storage:stop(),
+        ?assertMatch(
+            {error, {connection, _}},
+            emqx_redis_storage:start(#{redis => #{servers => Address, password => <<"wrong">>}})
+        ),
+        ?assertMatch(
+            {error, {redis, <<"NOAUTH", _/binary>>}},
+            emqx_redis_storage:start(#{redis => #{servers => Address}})
+        )
+    after
+        redis_test_server:stop(Redis)
+    end.
+
+secrets_are_never_shown(_Config) ->
+    Redis = redis_test_server:start(#{conf => ["requirepass hunter2-secret"]}),
+    try
+        Address = redis_test_server:address(Redis),
+        Cfg = #{redis => #{servers => Address, password => <<"hunter2-secret">>}},
+        ok = emqx_redis_storage:start(Cfg),
+        Shown = lists:flatten(io_lib:format("~p", [emqx_redis_storage:status()])),
+        ?assertEqual(nomatch, string:find(Shown, "hunter2")),
+        {ok, Client} = emqx_redis_storage:connect(maps:get(redis, Cfg)),
+        ?assertEqual(nomatch, string:find(lists:flatten(io_lib:format("~p", [Client])), "hunter2")),
+        ok = emqx_redis_storage:stop(),
+        %% an error about the password does not repeat it
+        {error, Reason} = emqx_redis_storage:start(Cfg#{redis := #{servers => Address, password => 12345678}}),
+        ?assertEqual(nomatch, string:find(lists:flatten(io_lib:format("~p", [Reason])), "12345678"))
+    after
+        redis_test_server:stop(Redis)
+    end.
+
+several_clients_in_one_vm(Config) ->
+    Other = redis_test_server:start(),
+    try
+        {ok, A} = emqx_redis_storage:connect(#{servers => redis_test_server:address(?config(redis, Config))}),
+        {ok, B} = emqx_redis_storage:connect(#{servers => redis_test_server:address(Other)}),
+        {ok, <<"OK">>} = emqx_redis_storage:q(A, [<<"SET">>, <<"who">>, <<"a">>]),
+        {ok, <<"OK">>} = emqx_redis_storage:q(B, [<<"SET">>, <<"who">>, <<"b">>]),
+        ?assertEqual({ok, <<"a">>}, emqx_redis_storage:q(A, [<<"GET">>, <<"who">>])),
+        ?assertEqual({ok, <<"b">>}, emqx_redis_storage:q(B, [<<"GET">>, <<"who">>])),
+        %% a client is usable from any process
+        Parent = self(),
+        spawn(fun() -> Parent ! {got, emqx_redis_storage:q(B, [<<"GET">>, <<"who">>])} end),
+        receive
+            {got, Got} -> ?assertEqual({ok, <<"b">>}, Got)
+        after 5000 -> ct:fail(no_reply)
+        end
+    after
+        redis_test_server:stop(Other)
+    end.
+
+redis_down_answers_within_deadline(_Config) ->
+    Redis = redis_test_server:start(),
+    try
+        ok = emqx_redis_storage:start(#{
+            redis => #{servers => redis_test_server:address(Redis), command_timeout => 1000, connect_timeout => 300}
+        }),
+        {ok, <<"PONG">>} = emqx_redis_storage:q([<<"PING">>]),
+        redis_test_server:kill(Redis),
+        lists:foreach(
+            fun(_) ->
+                {Micros, Result} = timer:tc(fun() -> emqx_redis_storage:q([<<"PING">>]) end),
+                ?assertMatch({error, _}, Result),
+                ?assert(Micros < 1500000, {took_us, Micros})
+            end,
+            lists:seq(1, 10)
+        ),
+        ?assertMatch(#{started := true, connected := false}, emqx_redis_storage:status())
+    after
+        redis_test_server:stop(Redis)
+    end.
+
+redis_restarted_calls_work_again(_Config) ->
+    Redis = redis_test_server:start(),
+    try
+        ok = emqx_redis_storage:start(#{
+            redis => #{servers => redis_test_server:address(Redis), command_timeout => 1000, connect_timeout => 300}
+        }),
+        {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"before">>, <<"1">>]),
+        ok = redis_test_server:restart(Redis),
+        %% the pool reconnects by itself; a call may fail while it does
+        ok = wait_until(fun() -> emqx_redis_storage:q([<<"PING">>]) =:= {ok, <<"PONG">>} end, 5000),
+        %% every connection of the pool works again, not just one
+        [?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])) || _ <- lists:seq(1, 20)],
+        ?assertMatch(#{connected := true}, emqx_redis_storage:status())
+    after
+        redis_test_server:stop(Redis)
+    end.
+
+many_concurrent_callers_get_their_own_replies(Config) ->
+    ok = emqx_redis_storage:start(redis_config(Config)),
+    Parent = self(),
+    Procs = 200,
+    PerProc = 50,
+    Pids = [
+        spawn_link(fun() ->
+            Results = [
+                begin
+                    Token = term_to_binary({P, I, make_ref()}),
+                    emqx_redis_storage:q([<<"ECHO">>, Token]) =:= {ok, Token}
+                end
+             || I <- lists:seq(1, PerProc)
+            ],
+            Parent ! {done, self(), lists:all(fun(X) -> X end, Results), process_info(self(), message_queue_len)}
+        end)
+     || P <- lists:seq(1, Procs)
+    ],
+    lists:foreach(
+        fun(Pid) ->
+            receive
+                {done, Pid, AllMatched, QueueLen} ->
+                    ?assert(AllMatched),
+                    ?assertEqual({message_queue_len, 0}, QueueLen)
+            after 60000 -> ct:fail({no_answer_from, Pid})
+            end
+        end,
+        Pids
+    ).
+
+timed_out_replies_never_reach_the_mailbox(_Config) ->
+    Redis = redis_test_server:start(),
+    try
+        {ok, Client} = emqx_redis_storage:connect(#{
+            servers => redis_test_server:address(Redis), command_timeout => 20
+        }),
+        {ok, <<"PONG">>} = emqx_redis_storage:q(Client, [<<"PING">>]),
+        ok = redis_test_server:pause(Redis),
+        Results = [emqx_redis_storage:q(Client, [<<"SET">>, integer_to_binary(I), <<"x">>]) || I <- lists:seq(1, 1000)],
+        ?assertEqual([{error, timeout}], lists:usort(Results)),
+        ok = redis_test_server:resume(Redis),
+        %% Redis now answers every queued command; none of it may arrive here.
+        ok = wait_until(fun() -> emqx_redis_storage:q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>} end, 5000),
+        timer:sleep(500),
+        ?assertEqual({messages, []}, process_info(self(), messages))
+    after
+        redis_test_server:stop(Redis)
+    end.
+
+panic_in_a_task_is_answered(Config) ->
+    ok = emqx_redis_storage:start(redis_config(Config)),
+    Start = fun(Ref) -> emqx_redis_storage_nif:panic_in_task(Ref) end,
+    ?assertEqual(
+        {error, {internal, <<"deliberate panic in a runtime task">>}},
+        emqx_redis_storage_client:wait(Start, 5000)
+    ),
+    %% the runtime and its worker threads survive: many more panics, then real work
+    [{error, {internal, _}} = emqx_redis_storage_client:wait(Start, 5000) || _ <- lists:seq(1, 10)],
+    ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])).
+
+%%--------------------------------------------------------------------
+
+wait_until(Fun, Ms) when Ms =< 0 ->
+    case Fun() of
+        true -> ok;
+        false -> {error, timeout}
+    end;
+wait_until(Fun, Ms) ->
+    case Fun() of
+        true ->
+            ok;
+        false ->
+            timer:sleep(50),
+            wait_until(Fun, Ms - 50)
+    end.
+
+closed_port() ->
+    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(S),
+    ok = gen_tcp:close(S),
+    Port.
+
+port_address(Port) -> iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]).
