@@ -1,0 +1,81 @@
+%% Works as a dependency: a scratch rebar3 project lists this repository as a
+%% git dependency (a file:// URL at the current commit), compiles it, starts
+%% it from its own sys.config and talks to Redis through it.
+-module(emqx_redis_storage_dep_SUITE).
+
+-compile([export_all, nowarn_export_all]).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+all() -> [scratch_project_builds_and_uses_it].
+
+init_per_suite(Config) ->
+    [{redis, redis_test_server:start()} | Config].
+
+end_per_suite(Config) ->
+    redis_test_server:stop(?config(redis, Config)).
+
+scratch_project_builds_and_uses_it(Config) ->
+    Root = project_root(),
+    Sha = string:trim(run("git rev-parse HEAD", Root)),
+    Dir = filename:join(redis_test_server:tmp_root(), "consumer"),
+    _ = file:del_dir_r(Dir),
+    ok = filelib:ensure_path(filename:join(Dir, "src")),
+    ok = filelib:ensure_path(filename:join(Dir, "config")),
+    write(Dir, "rebar.config", io_lib:format(
+        "{deps, [{emqx_redis_storage, {git, \"file://~s\", {ref, \"~s\"}}}]}.~n", [Root, Sha])),
+    write(Dir, "src/consumer.app.src",
+        "{application, consumer, [{vsn, \"1\"}, {applications, [kernel, stdlib, emqx_redis_storage]}]}.\n"),
+    write(Dir, "src/consumer.erl",
+        "-module(consumer).\n"
+        "-export([check/0]).\n"
+        "check() ->\n"
+        "    {ok, _} = application:ensure_all_started(consumer),\n"
+        "    Ping = emqx_redis_storage:q([<<\"PING\">>]),\n"
+        "    Set = emqx_redis_storage:q([<<\"SET\">>, <<\"consumer\">>, <<\"was here\">>]),\n"
+        "    io:format(\"RESULT ~p~n\", [{Ping, Set}]).\n"),
+    Address = redis_test_server:address(?config(redis, Config)),
+    write(Dir, "config/sys.config", io_lib:format(
+        "[{emqx_redis_storage, [{config, #{redis => #{servers => <<\"~s\">>}}}]}].~n", [Address])),
+    %% Reuse the already compiled Rust dependencies of this checkout.
+    Env = "CARGO_TARGET_DIR=" ++ filename:join(Root, "target") ++ " ",
+    _ = run(Env ++ "rebar3 compile", Dir),
+    ?assert(filelib:is_regular(filename:join(Dir, "_build/default/lib/emqx_redis_storage/priv/emqx_redis_storage_nif.so"))),
+    Out = run(
+        "erl -noshell -pa _build/default/lib/*/ebin -config config/sys.config "
+        "-eval 'consumer:check(), halt().'",
+        Dir
+    ),
+    ?assertNotEqual(nomatch, string:find(Out, "RESULT {{ok,<<\"PONG\">>},{ok,<<\"OK\">>}}"), Out),
+    ?assertEqual("was here", redis_test_server:cmd(?config(redis, Config), ["GET", "consumer"])).
+
+project_root() ->
+    case os:getenv("EMQX_REDIS_STORAGE_ROOT") of
+        false ->
+            %% _build/test/lib/emqx_redis_storage/ebin -> the checkout
+            Ebin = filename:dirname(code:which(emqx_redis_storage)),
+            filename:absname(filename:join(Ebin, "../../../../.."));
+        Root ->
+            Root
+    end.
+
+write(Dir, Name, Content) ->
+    ok = file:write_file(filename:join(Dir, Name), Content).
+
+%% Runs a shell command in Dir; fails the test with its output if it fails.
+run(Cmd, Dir) ->
+    Port = open_port({spawn, "sh -c '" ++ Cmd ++ "' 2>&1"}, [exit_status, {cd, Dir}, stderr_to_stdout, binary]),
+    collect(Port, Cmd, []).
+
+collect(Port, Cmd, Acc) ->
+    receive
+        {Port, {data, Data}} ->
+            collect(Port, Cmd, [Data | Acc]);
+        {Port, {exit_status, 0}} ->
+            binary_to_list(iolist_to_binary(lists:reverse(Acc)));
+        {Port, {exit_status, Status}} ->
+            ct:fail({command_failed, Cmd, Status, iolist_to_binary(lists:reverse(Acc))})
+    after 600000 ->
+        ct:fail({command_timeout, Cmd})
+    end.
