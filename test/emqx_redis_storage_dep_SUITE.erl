@@ -65,7 +65,10 @@ write(Dir, Name, Content) ->
 
 %% Runs a shell command in Dir; fails the test with its output if it fails.
 run(Cmd, Dir) ->
-    Port = open_port({spawn, "sh -c '" ++ Cmd ++ "' 2>&1"}, [exit_status, {cd, Dir}, stderr_to_stdout, binary]),
+    Port = open_port(
+        {spawn_executable, "/bin/sh"},
+        [{args, ["-c", Cmd]}, exit_status, {cd, Dir}, stderr_to_stdout, binary]
+    ),
     collect(Port, Cmd, []).
 
 collect(Port, Cmd, Acc) ->
