@@ -1031,7 +1031,7 @@ mod tests {
     }
 
     /// Builds 1,000,000 exact routes `dev/<0..100>/<0..100>/<0..10>/<0..10>`
-    /// plus 100,000 wildcard filters over `dev/<0..span>/<0..span>/..` (each
+    /// plus 100,000 distinct wildcard filters over `dev/<0..span>/<0..span>/..` (each
     /// level literal or `+`, a third cut short by `#`), then times 1,000,000
     /// matches of random exact topics. Every route has its own destination,
     /// so the result size is the number of matching routes. A small `span`
@@ -1071,7 +1071,10 @@ mod tests {
                 levels.push("#".into());
             }
             let filter = levels.join("/");
-            if filter.contains(['+', '#']) && idx.insert(filter.as_bytes(), next_dest) {
+            // Distinct filters, so a popular one like `dev/#` is not
+            // counted thousands of times.
+            if filter.contains(['+', '#']) && idx.dests(filter.as_bytes()).is_empty() {
+                idx.insert(filter.as_bytes(), next_dest);
                 next_dest += 1;
                 wildcard += 1;
             }
