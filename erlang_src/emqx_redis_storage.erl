@@ -58,12 +58,13 @@ status() ->
     end.
 
 %% @doc A client of its own, apart from the application's default one, for a
-%% `redis' config map such as `#{servers => <<"127.0.0.1:7000">>}'. It is closed
-%% when the last reference to it is garbage collected.
+%% config map of the same shape as `start/1' takes, such as
+%% `#{redis => #{servers => <<"127.0.0.1:7000">>}}'. It is closed when the
+%% last reference to it is garbage collected.
 -spec connect(map()) -> {ok, emqx_redis_storage_client:t()} | {error, term()}.
-connect(Redis) ->
-    case emqx_redis_storage_config:parse(#{redis => Redis}) of
-        {ok, #{redis := Parsed}} -> emqx_redis_storage_client:connect(Parsed);
+connect(Config) ->
+    case emqx_redis_storage_config:parse(Config) of
+        {ok, #{key_prefix := Prefix} = Parsed} -> emqx_redis_storage_client:connect(Parsed, Prefix);
         {error, _} = Error -> Error
     end.
 
@@ -71,10 +72,7 @@ connect(Redis) ->
 %% `{ok, <<"PONG">>}'. Replies: binaries, integers, lists, `undefined' for nil.
 -spec q(command()) -> {ok, term()} | {error, term()}.
 q(Command) ->
-    case emqx_redis_storage_client:default() of
-        {ok, Client} -> q(Client, Command);
-        {error, _} = Error -> Error
-    end.
+    emqx_redis_storage_client:with_default(fun(Client) -> q(Client, Command) end).
 
 -spec q(emqx_redis_storage_client:t(), command()) -> {ok, term()} | {error, term()}.
 q(Client, [_ | _] = Command) ->

@@ -9,8 +9,8 @@
 start(_Type, _Args) ->
     Config = application:get_env(emqx_redis_storage, config, #{}),
     case emqx_redis_storage_config:parse(Config) of
-        {ok, #{redis := Redis}} ->
-            case emqx_redis_storage_client:connect(Redis) of
+        {ok, #{key_prefix := Prefix} = Parsed} ->
+            case emqx_redis_storage_client:connect(Parsed, Prefix) of
                 {ok, Client} ->
                     ok = emqx_redis_storage_client:set_default(Client),
                     emqx_redis_storage_sup:start_link();

@@ -7,18 +7,25 @@
 %% NIF or received here, so it never piles up in the caller's mailbox.
 -module(emqx_redis_storage_client).
 
--export([connect/1, info/1, call/3, call_timeout/4, wait/2]).
+-export([connect/2, info/1, settings/1, call/3, call_timeout/4, wait/2, with_default/1]).
 -export([default/0, set_default/1, clear_default/0]).
 
--record(client, {res :: reference(), timeout :: pos_integer(), info :: map()}).
+-record(client, {
+    res :: reference(),
+    timeout :: pos_integer(),
+    info :: map(),
+    %% The `persistence' section of the config: TTLs and size limits.
+    settings :: map()
+}).
 -opaque t() :: #client{}.
 -export_type([t/0]).
 
 -define(DEFAULT_KEY, {?MODULE, default}).
 
-%% @doc Connects with a normalised `redis' config (see emqx_redis_storage_config).
--spec connect(map()) -> {ok, t()} | {error, term()}.
-connect(#{connect_timeout := ConnectTimeout, command_timeout := CommandTimeout} = Redis) ->
+%% @doc Connects with a normalised config (see emqx_redis_storage_config).
+-spec connect(map(), binary()) -> {ok, t()} | {error, term()}.
+connect(#{redis := Redis, persistence := Settings}, KeyPrefix) ->
+    #{connect_timeout := ConnectTimeout, command_timeout := CommandTimeout} = Redis,
     Nif = maps:with(
         [redis_type, servers, database, username, password, pool_size,
          connect_timeout, command_timeout],
@@ -26,9 +33,13 @@ connect(#{connect_timeout := ConnectTimeout, command_timeout := CommandTimeout} 
     ),
     %% The NIF allows two connect attempts; the margin covers scheduling.
     Deadline = 2 * ConnectTimeout + 1000,
-    Start = fun(Ref) -> emqx_redis_storage_nif:connect(Ref, Nif#{password := reveal(Redis)}) end,
+    Start = fun(Ref) ->
+        emqx_redis_storage_nif:connect(Ref, Nif#{password := reveal(Redis), key_prefix => KeyPrefix})
+    end,
     case wait(Start, Deadline) of
-        {ok, Res} -> {ok, #client{res = Res, timeout = CommandTimeout, info = public_info(Redis)}};
+        {ok, Res} ->
+            Info = (public_info(Redis))#{key_prefix => KeyPrefix},
+            {ok, #client{res = Res, timeout = CommandTimeout, info = Info, settings = Settings}};
         {error, timeout} -> {error, {connection, <<"connect timeout">>}};
         {error, _} = Error -> Error
     end.
@@ -47,6 +58,18 @@ public_info(#{redis_type := Mode, servers := Servers, database := Db, pool_size 
 %% @doc What may be shown about a client: never a secret.
 -spec info(t()) -> map().
 info(#client{info = Info}) -> Info.
+
+%% @doc The `persistence' settings the client was made with.
+-spec settings(t()) -> map().
+settings(#client{settings = Settings}) -> Settings.
+
+%% @doc Runs `Fun(Client)' with the application's default client.
+-spec with_default(fun((t()) -> Result)) -> Result | {error, not_started}.
+with_default(Fun) ->
+    case default() of
+        {ok, Client} -> Fun(Client);
+        {error, _} = Error -> Error
+    end.
 
 %% @doc Runs `emqx_redis_storage_nif:Fun(Res, Ref, Args...)' within the
 %% client's command timeout.

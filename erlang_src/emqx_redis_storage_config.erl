@@ -15,6 +15,7 @@
     | pos_integer
     | {duration, ms | s}
     | text
+    | key_prefix
     | secret
     | {map, schema()}.
 -type schema() :: [{atom(), field_type(), Default :: term()}].
@@ -24,7 +25,17 @@
 schema() ->
     [
         {redis, {map, redis_schema()}, #{}},
-        {key_prefix, text, <<"emqx:">>}
+        {persistence, {map, persistence_schema()}, #{}},
+        {key_prefix, key_prefix, <<"emqx:">>}
+    ].
+
+persistence_schema() ->
+    [
+        {session_ttl, {duration, s}, 86400},
+        {message_ttl, {duration, s}, 86400},
+        {max_session_size, pos_integer, 1048576},
+        {max_message_size, pos_integer, 1048576},
+        {max_queue_len, pos_integer, 1000}
     ].
 
 redis_schema() ->
@@ -117,6 +128,16 @@ check(Path, text, Value) ->
     case text_or_none(Value) of
         ?NONE -> invalid(Path, <<"a string">>);
         Bin -> Bin
+    end;
+check(Path, key_prefix, Value) ->
+    case text_or_none(Value) of
+        Bin when is_binary(Bin), byte_size(Bin) =< 64 ->
+            case binary:match(Bin, [<<"{">>, <<"}">>]) of
+                nomatch -> Bin;
+                _ -> invalid(Path, <<"a string without { or } (they would break hash tags)">>)
+            end;
+        _ ->
+            invalid(Path, <<"a string of at most 64 bytes">>)
     end;
 check(_Path, secret, Fun) when is_function(Fun, 0) ->
     Fun;

@@ -4,6 +4,11 @@
 -module(emqx_redis_storage_nif).
 
 -export([connect/2, q/3, cancel/1, panic_in_task/1]).
+-export([
+    session_save/7, session_load/3, session_delete/3, session_info/3, session_count/2,
+    session_list/4, lease_acquire/6, lease_renew/5, lease_release/4,
+    channel_register/4, channel_lookup/3, channel_unregister/4, channel_cleanup/3
+]).
 
 -on_load(init/0).
 
@@ -40,3 +45,45 @@ cancel(_Ticket) -> ?NOT_LOADED.
 
 -spec panic_in_task(reference()) -> ticket().
 panic_in_task(_Ref) -> ?NOT_LOADED.
+
+%% Sessions, leases and the registry. `Fence' is an integer or `nil' (none).
+%% Replies: see emqx_redis_session and emqx_redis_registry.
+
+-spec session_save(reference(), reference(), binary(), binary(), pos_integer(), binary(), integer() | nil) -> ticket().
+session_save(_C, _Ref, _ClientId, _Data, _TtlMs, _Node, _Fence) -> ?NOT_LOADED.
+
+-spec session_load(reference(), reference(), binary()) -> ticket().
+session_load(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec session_delete(reference(), reference(), binary()) -> ticket().
+session_delete(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec session_info(reference(), reference(), binary()) -> ticket().
+session_info(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec session_count(reference(), reference()) -> ticket().
+session_count(_C, _Ref) -> ?NOT_LOADED.
+
+-spec session_list(reference(), reference(), non_neg_integer(), non_neg_integer()) -> ticket().
+session_list(_C, _Ref, _Limit, _Offset) -> ?NOT_LOADED.
+
+-spec lease_acquire(reference(), reference(), binary(), binary(), pos_integer(), pos_integer()) -> ticket().
+lease_acquire(_C, _Ref, _ClientId, _Owner, _LeaseMs, _FenceTtlMs) -> ?NOT_LOADED.
+
+-spec lease_renew(reference(), reference(), binary(), integer(), pos_integer()) -> ticket().
+lease_renew(_C, _Ref, _ClientId, _Fence, _LeaseMs) -> ?NOT_LOADED.
+
+-spec lease_release(reference(), reference(), binary(), integer()) -> ticket().
+lease_release(_C, _Ref, _ClientId, _Fence) -> ?NOT_LOADED.
+
+-spec channel_register(reference(), reference(), binary(), binary()) -> ticket().
+channel_register(_C, _Ref, _ClientId, _Node) -> ?NOT_LOADED.
+
+-spec channel_lookup(reference(), reference(), binary()) -> ticket().
+channel_lookup(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec channel_unregister(reference(), reference(), binary(), binary()) -> ticket().
+channel_unregister(_C, _Ref, _ClientId, _Node) -> ?NOT_LOADED.
+
+-spec channel_cleanup(reference(), reference(), binary()) -> ticket().
+channel_cleanup(_C, _Ref, _Node) -> ?NOT_LOADED.

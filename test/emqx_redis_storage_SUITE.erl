@@ -100,6 +100,11 @@ config_errors_name_the_field(Config) ->
         {#{redis => #{colour => blue}}, <<"redis.colour">>},
         {#{redis => not_a_map}, <<"redis">>},
         {#{key_prefix => 1}, <<"key_prefix">>},
+        {#{key_prefix => <<"a{b}:">>}, <<"key_prefix">>},
+        {#{persistence => #{session_ttl => "1x"}}, <<"persistence.session_ttl">>},
+        {#{persistence => #{session_ttl => "1500ms"}}, <<"persistence.session_ttl">>},
+        {#{persistence => #{max_queue_len => 0}}, <<"persistence.max_queue_len">>},
+        {#{persistence => #{max_session_size => -1}}, <<"persistence.max_session_size">>},
         {#{surprise => 1}, <<"surprise">>}
     ],
     lists:foreach(
@@ -230,7 +235,7 @@ secrets_are_never_shown(_Config) ->
         ok = emqx_redis_storage:start(Cfg),
         Shown = lists:flatten(io_lib:format("~p", [emqx_redis_storage:status()])),
         ?assertEqual(nomatch, string:find(Shown, "hunter2")),
-        {ok, Client} = emqx_redis_storage:connect(maps:get(redis, Cfg)),
+        {ok, Client} = emqx_redis_storage:connect(Cfg),
         ?assertEqual(nomatch, string:find(lists:flatten(io_lib:format("~p", [Client])), "hunter2")),
         ok = emqx_redis_storage:stop(),
         %% an error about the password does not repeat it
@@ -243,8 +248,8 @@ secrets_are_never_shown(_Config) ->
 several_clients_in_one_vm(Config) ->
     Other = redis_test_server:start(),
     try
-        {ok, A} = emqx_redis_storage:connect(#{servers => redis_test_server:address(?config(redis, Config))}),
-        {ok, B} = emqx_redis_storage:connect(#{servers => redis_test_server:address(Other)}),
+        {ok, A} = emqx_redis_storage:connect(redis_config(Config)),
+        {ok, B} = emqx_redis_storage:connect(#{redis => #{servers => redis_test_server:address(Other)}}),
         {ok, <<"OK">>} = emqx_redis_storage:q(A, [<<"SET">>, <<"who">>, <<"a">>]),
         {ok, <<"OK">>} = emqx_redis_storage:q(B, [<<"SET">>, <<"who">>, <<"b">>]),
         ?assertEqual({ok, <<"a">>}, emqx_redis_storage:q(A, [<<"GET">>, <<"who">>])),
@@ -332,7 +337,7 @@ timed_out_replies_never_reach_the_mailbox(_Config) ->
     Redis = redis_test_server:start(),
     try
         {ok, Client} = emqx_redis_storage:connect(#{
-            servers => redis_test_server:address(Redis), command_timeout => 20
+            redis => #{servers => redis_test_server:address(Redis), command_timeout => 20}
         }),
         {ok, <<"PONG">>} = emqx_redis_storage:q(Client, [<<"PING">>]),
         ok = redis_test_server:pause(Redis),

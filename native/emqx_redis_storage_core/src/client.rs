@@ -11,15 +11,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
+use redis::{
+    Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, RedisConnectionInfo, Script,
+};
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
+use crate::keys::Keys;
 
 pub struct Client {
     pool: Vec<ConnectionManager>,
     next: AtomicUsize,
     command_timeout: Duration,
+    keys: Keys,
 }
 
 impl Client {
@@ -62,6 +66,7 @@ impl Client {
             pool,
             next: AtomicUsize::new(0),
             command_timeout: config.command_timeout,
+            keys: Keys::new(&config.key_prefix),
         };
         // A connection is made even when Redis then refuses every command
         // (NOAUTH, NOPERM): find out now, not on the first real call.
@@ -91,9 +96,56 @@ impl Client {
         }
     }
 
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     /// One command; a Redis error reply becomes `Err(Error::Redis)`.
-    pub async fn query(&self, cmd: &Cmd) -> Result<Value> {
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
         let mut conn = self.conn();
         self.bounded(cmd.query_async(&mut conn)).await
+    }
+
+    /// Runs a Lua script by its SHA, loading it first if Redis does not know it.
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<T> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.conn();
+        self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Redis's clock in Unix milliseconds: the one clock every node agrees on.
+    pub async fn now_ms(&self) -> Result<i64> {
+        let (secs, micros): (i64, i64) = self.query(&redis::cmd("TIME")).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// Commands for each of `slots`, added by `add(slot, pipeline)`, sent as
+    /// one pipeline; the replies in order. Used by the global views over
+    /// per-slot indexes.
+    pub async fn for_slots<T: FromRedisValue>(
+        &self,
+        slots: impl IntoIterator<Item = u16>,
+        add: impl Fn(u16, &mut Pipeline),
+    ) -> Result<Vec<T>> {
+        let mut pipe = Pipeline::new();
+        for slot in slots {
+            add(slot, &mut pipe);
+        }
+        if pipe.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        self.bounded(pipe.query_async(&mut conn)).await
     }
 }

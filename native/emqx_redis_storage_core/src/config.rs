@@ -15,6 +15,8 @@ pub struct ClientConfig {
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// Every key starts with it.
+    pub key_prefix: Vec<u8>,
 }
 
 /// Hand-written so that the password can never be printed.
@@ -28,6 +30,7 @@ impl fmt::Debug for ClientConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("key_prefix", &String::from_utf8_lossy(&self.key_prefix))
             .finish()
     }
 }
@@ -46,6 +49,7 @@ mod tests {
             pool_size: 1,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
+            key_prefix: b"emqx:".to_vec(),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

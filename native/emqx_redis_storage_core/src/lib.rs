@@ -5,5 +5,10 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod keys;
+pub mod registry;
+pub mod route_index;
+pub mod session;
+pub mod topic;
 
 pub use error::{Error, Result};

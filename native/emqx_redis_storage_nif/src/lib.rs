@@ -3,6 +3,7 @@
 
 mod nif;
 mod runtime;
+mod session;
 mod term;
 
 use rustler::{Env, Term};

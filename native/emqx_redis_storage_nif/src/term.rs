@@ -39,6 +39,48 @@ impl Encoder for Reason<'_> {
     }
 }
 
+/// An owned Erlang term built on a runtime thread, encoded when the reply is
+/// sent. Atoms are only ever static names, so no atom comes from Redis data.
+pub enum Out {
+    Atom(&'static str),
+    Int(i64),
+    Bin(Vec<u8>),
+    List(Vec<Out>),
+    Tuple(Vec<Out>),
+}
+
+impl Out {
+    pub fn bin_or(value: Option<Vec<u8>>, none: &'static str) -> Out {
+        value.map_or(Out::Atom(none), Out::Bin)
+    }
+
+    pub fn bins(values: Vec<Vec<u8>>) -> Out {
+        Out::List(values.into_iter().map(Out::Bin).collect())
+    }
+}
+
+impl Encoder for Out {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self {
+            Out::Atom(name) => match Atom::from_str(env, name) {
+                Ok(atom) => atom.encode(env),
+                Err(_) => atoms::undefined().encode(env),
+            },
+            Out::Int(i) => i.encode(env),
+            Out::Bin(b) => binary(env, b),
+            Out::List(items) => items
+                .iter()
+                .map(|item| item.encode(env))
+                .collect::<Vec<_>>()
+                .encode(env),
+            Out::Tuple(items) => {
+                let terms: Vec<Term<'a>> = items.iter().map(|item| item.encode(env)).collect();
+                rustler::types::tuple::make_tuple(env, &terms)
+            }
+        }
+    }
+}
+
 /// A reply read from Redis, waiting to be encoded in the caller's message.
 pub struct Reply(pub Value);
 
@@ -129,5 +171,6 @@ pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
         pool_size,
         connect_timeout: millis(map, "connect_timeout")?,
         command_timeout: millis(map, "command_timeout")?,
+        key_prefix: field::<Binary>(map, "key_prefix")?.as_slice().to_vec(),
     })
 }

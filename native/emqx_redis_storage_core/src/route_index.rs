@@ -1096,15 +1096,24 @@ mod tests {
         let match_time = start.elapsed();
         assert!(total >= topics.len());
 
+        // Topics outside every route's namespace: the floor cost.
+        let misses: Vec<Vec<u8>> = topics.iter().map(|t| [b"app", &t[3..]].concat()).collect();
+        let start = Instant::now();
+        let none: usize = misses.iter().map(|t| idx.matches(t).len()).sum();
+        let miss_time = start.elapsed();
+        assert_eq!(none, 0);
+
         println!(
             "span {span}: build 1,000,000 exact routes {:?}, 100,000 wildcard filters {:?} \
-             ({} trie nodes); 1,000,000 matches {:?} = {:.0} ns/match, {:.1} routes/match; RSS {}",
+             ({} trie nodes); 1,000,000 matches {:?} = {:.0} ns/match, {:.1} routes/match; \
+             non-matching topics {:.0} ns/match; RSS {}",
             exact_time,
             wildcard_time,
             idx.node_count(),
             match_time,
             match_time.as_nanos() as f64 / topics.len() as f64,
             total as f64 / topics.len() as f64,
+            miss_time.as_nanos() as f64 / misses.len() as f64,
             rss_mib()
         );
     }

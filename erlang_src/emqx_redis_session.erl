@@ -1,0 +1,185 @@
+%% @doc MQTT sessions in Redis, and the takeover lease that fences writers.
+%%
+%% A session is any Erlang term. Each operation is one round trip and atomic:
+%% the session and its index entry change together (one Lua script over keys
+%% in the client's hash slot). Sessions expire by TTL (the MQTT session expiry
+%% interval); expired ones are never counted or listed.
+%%
+%% Takeover: the node that takes a client over calls `acquire_lease/3' and
+%% passes the fence it gets to `save_session/3'. Fences strictly increase per
+%% client, so a save from a node that lost the lease is refused with
+%% `{error, stale_fence}' and changes nothing.
+-module(emqx_redis_session).
+
+-export([save_session/2, save_session/3, load_session/1, delete_session/1]).
+-export([list_sessions/2, count_sessions/0, session_info/1]).
+-export([acquire_lease/3, renew_lease/3, release_lease/2]).
+
+-type client_id() :: binary().
+-type fence() :: integer().
+-type owner() :: node() | binary().
+-type save_opts() :: #{ttl => pos_integer(), node => node(), fence => fence()}.
+-export_type([client_id/0, fence/0, owner/0, save_opts/0]).
+
+-define(MAX_PAGE, 10000).
+
+-spec save_session(client_id(), term()) -> ok | {error, term()}.
+save_session(ClientId, Session) ->
+    save_session(ClientId, Session, #{}).
+
+%% @doc Saves `Session'. Options: `ttl' in seconds (default: config
+%% `persistence.session_ttl'), `node' (default: `node()'), `fence' (from
+%% `acquire_lease/3'; a save with an older fence than the newest is refused).
+-spec save_session(client_id(), term(), save_opts()) -> ok | {error, term()}.
+save_session(ClientId, Session, Opts) ->
+    with_client(ClientId, fun(Client) ->
+        #{session_ttl := DefaultTtl, max_session_size := Max} = emqx_redis_storage_client:settings(Client),
+        case save_opts(Opts, DefaultTtl) of
+            {ok, Ttl, Node, Fence} ->
+                case emqx_redis_storage_terms:encode(Session, Max) of
+                    {ok, Data} ->
+                        case call(Client, session_save, [ClientId, Data, Ttl * 1000, Node, Fence]) of
+                            {ok, {_Created, _Updated, _Expires, _Node}} -> ok;
+                            {ok, stale_fence} -> {error, stale_fence};
+                            {error, _} = Error -> Error
+                        end;
+                    {error, _} = Error ->
+                        Error
+                end;
+            {error, _} = Error ->
+                Error
+        end
+    end).
+
+save_opts(Opts, DefaultTtl) when is_map(Opts) ->
+    Ttl = maps:get(ttl, Opts, DefaultTtl),
+    Node = maps:get(node, Opts, node()),
+    Fence = maps:get(fence, Opts, nil),
+    Unknown = maps:keys(maps:without([ttl, node, fence], Opts)),
+    if
+        Unknown =/= [] -> {error, {invalid_option, hd(Unknown)}};
+        not (is_integer(Ttl) andalso Ttl > 0) -> {error, {invalid_option, {ttl, Ttl}}};
+        not is_atom(Node) -> {error, {invalid_option, {node, Node}}};
+        not (is_integer(Fence) orelse Fence =:= nil) -> {error, {invalid_option, {fence, Fence}}};
+        true -> {ok, Ttl, atom_to_binary(Node), Fence}
+    end;
+save_opts(Opts, _DefaultTtl) ->
+    {error, {invalid_option, Opts}}.
+
+-spec load_session(client_id()) -> {ok, term()} | {error, term()}.
+load_session(ClientId) ->
+    with_client(ClientId, fun(Client) ->
+        case call(Client, session_load, [ClientId]) of
+            {ok, undefined} -> {error, not_found};
+            {ok, Data} -> emqx_redis_storage_terms:decode(Data);
+            {error, _} = Error -> Error
+        end
+    end).
+
+%% @doc Deletes the session; `ok' also if there was none. Its lease and
+%% fence are kept, so a stale writer stays fenced off.
+-spec delete_session(client_id()) -> ok | {error, term()}.
+delete_session(ClientId) ->
+    with_client(ClientId, fun(Client) ->
+        case call(Client, session_delete, [ClientId]) of
+            {ok, ok} -> ok;
+            {error, _} = Error -> Error
+        end
+    end).
+
+%% @doc `#{created_at, updated_at, expires_at}' (Unix ms, Redis's clock) and `node'.
+-spec session_info(client_id()) -> {ok, map()} | {error, term()}.
+session_info(ClientId) ->
+    with_client(ClientId, fun(Client) ->
+        case call(Client, session_info, [ClientId]) of
+            {ok, undefined} ->
+                {error, not_found};
+            {ok, {Created, Updated, Expires, NodeBin}} ->
+                Node =
+                    case emqx_redis_storage_terms:to_node(NodeBin) of
+                        {ok, Atom} -> Atom;
+                        {error, _} -> NodeBin
+                    end,
+                {ok, #{created_at => Created, updated_at => Updated, expires_at => Expires, node => Node}};
+            {error, _} = Error ->
+                Error
+        end
+    end).
+
+%% @doc One page of the client ids of live sessions. Order: by Redis Cluster
+%% hash slot of the client id, then by expiry time, then by client id; the
+%% pages of a store that nobody writes to meanwhile neither skip nor repeat.
+-spec list_sessions(non_neg_integer(), non_neg_integer()) -> {ok, [client_id()]} | {error, term()}.
+list_sessions(Limit, Offset) when
+    is_integer(Limit), Limit >= 0, Limit =< ?MAX_PAGE, is_integer(Offset), Offset >= 0
+->
+    emqx_redis_storage_client:with_default(fun(Client) -> call(Client, session_list, [Limit, Offset]) end);
+list_sessions(Limit, Offset) ->
+    {error, {invalid_page, #{limit => Limit, offset => Offset, max_limit => ?MAX_PAGE}}}.
+
+%% @doc The number of live sessions.
+-spec count_sessions() -> {ok, non_neg_integer()} | {error, term()}.
+count_sessions() ->
+    emqx_redis_storage_client:with_default(fun(Client) -> call(Client, session_count, []) end).
+
+%% @doc Takes the client's lease for `LeaseMs' and returns a new fence, higher
+%% than every fence issued before for this client. Held by another owner:
+%% `{error, {held_by, Owner}}'. The same owner may take it again (new fence).
+-spec acquire_lease(client_id(), owner(), pos_integer()) -> {ok, fence()} | {error, term()}.
+acquire_lease(ClientId, Owner, LeaseMs) ->
+    with_client(ClientId, fun(Client) ->
+        #{session_ttl := FenceTtl} = emqx_redis_storage_client:settings(Client),
+        case {lease_ms(LeaseMs), emqx_redis_storage_terms:owner_to_bin(Owner)} of
+            {ok, {ok, OwnerBin}} ->
+                lease_call(Client, lease_acquire, [ClientId, OwnerBin, LeaseMs, FenceTtl * 1000]);
+            {ok, Error} ->
+                Error;
+            {Error, _} ->
+                Error
+        end
+    end).
+
+%% @doc Extends the lease held with `Fence' by `LeaseMs'.
+-spec renew_lease(client_id(), fence(), pos_integer()) -> ok | {error, term()}.
+renew_lease(ClientId, Fence, LeaseMs) ->
+    with_client(ClientId, fun(Client) ->
+        case {fence(Fence), lease_ms(LeaseMs)} of
+            {ok, ok} -> lease_call(Client, lease_renew, [ClientId, Fence, LeaseMs]);
+            {ok, Error} -> Error;
+            {Error, _} -> Error
+        end
+    end).
+
+%% @doc Gives up the lease held with `Fence'; `ok' if it had already expired.
+-spec release_lease(client_id(), fence()) -> ok | {error, term()}.
+release_lease(ClientId, Fence) ->
+    with_client(ClientId, fun(Client) ->
+        case fence(Fence) of
+            ok -> lease_call(Client, lease_release, [ClientId, Fence]);
+            Error -> Error
+        end
+    end).
+
+lease_call(Client, Fun, Args) ->
+    case call(Client, Fun, Args) of
+        {ok, ok} -> ok;
+        {ok, {fence, Fence}} -> {ok, Fence};
+        {ok, not_held} -> {error, not_held};
+        {ok, {held_by, Owner}} -> {error, {held_by, emqx_redis_storage_terms:bin_to_owner(Owner)}};
+        {error, _} = Error -> Error
+    end.
+
+lease_ms(Ms) when is_integer(Ms), Ms > 0 -> ok;
+lease_ms(Ms) -> {error, {invalid_lease_ms, Ms}}.
+
+fence(Fence) when is_integer(Fence) -> ok;
+fence(Fence) -> {error, {invalid_fence, Fence}}.
+
+with_client(ClientId, Fun) ->
+    case emqx_redis_storage_terms:client_id(ClientId) of
+        ok -> emqx_redis_storage_client:with_default(Fun);
+        {error, _} = Error -> Error
+    end.
+
+call(Client, Fun, Args) ->
+    emqx_redis_storage_client:call(Client, Fun, Args).

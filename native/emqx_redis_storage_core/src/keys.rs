@@ -1,0 +1,246 @@
+//! Every Redis key name of the project is built here.
+//!
+//! Layout (with the default prefix `emqx:`):
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `emqx:sess:{C}` | hash | a session: `data`, `created_at`, `updated_at`, `expires_at`, `node` |
+//! | `emqx:lease:{C}` | hash | the takeover lease: `owner`, `fence`; expires with the lease |
+//! | `emqx:fence:{C}` | string | the last fence issued for the client |
+//! | `emqx:q:{C}` | zset | queued message ids, scored by arrival sequence |
+//! | `emqx:qx:{C}` | zset | queued message ids, scored by expiry time (ms) |
+//! | `emqx:qm:{C}` | hash | queue counters: `seq`, `dropped` |
+//! | `emqx:msg:{C}:<id>` | string | one message body; expires with the message |
+//! | `emqx:sidx:{S}` | zset | sessions of slot S: client id scored by expiry time (ms) |
+//! | `emqx:chan:{S}` | hash | client registry of slot S: client id -> node |
+//!
+//! `{C}` is the client id as a Redis Cluster hash tag, so all keys of one
+//! client live in one slot and are changed atomically by one script. The
+//! client id is escaped (`%` -> `%25`, `{` -> `%7B`, `}` -> `%7D`) so that any
+//! byte string is a valid, unambiguous tag. `{S}` is a tag chosen to hash to
+//! slot S: the per-slot indexes live in the same slot as the clients they
+//! index, which keeps index and data atomic on a cluster as well, and spreads
+//! them over all shards instead of one hot key.
+
+use std::sync::OnceLock;
+
+/// Redis Cluster has 16384 hash slots.
+pub const SLOTS: u16 = 16384;
+
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: Vec<u8>,
+}
+
+impl Keys {
+    pub fn new(prefix: &[u8]) -> Self {
+        Keys {
+            prefix: prefix.to_vec(),
+        }
+    }
+
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    fn client_key(&self, kind: &str, client_id: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + kind.len() + client_id.len() + 4);
+        key.extend_from_slice(&self.prefix);
+        key.extend_from_slice(kind.as_bytes());
+        key.extend_from_slice(b":{");
+        escape_into(&mut key, client_id);
+        key.push(b'}');
+        key
+    }
+
+    fn slot_key(&self, kind: &str, slot: u16) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + kind.len() + 12);
+        key.extend_from_slice(&self.prefix);
+        key.extend_from_slice(kind.as_bytes());
+        key.extend_from_slice(b":{");
+        key.extend_from_slice(slot_tag(slot).as_bytes());
+        key.push(b'}');
+        key
+    }
+
+    pub fn session(&self, client_id: &[u8]) -> Vec<u8> {
+        self.client_key("sess", client_id)
+    }
+
+    pub fn lease(&self, client_id: &[u8]) -> Vec<u8> {
+        self.client_key("lease", client_id)
+    }
+
+    pub fn fence(&self, client_id: &[u8]) -> Vec<u8> {
+        self.client_key("fence", client_id)
+    }
+
+    pub fn queue(&self, client_id: &[u8]) -> Vec<u8> {
+        self.client_key("q", client_id)
+    }
+
+    pub fn queue_expiry(&self, client_id: &[u8]) -> Vec<u8> {
+        self.client_key("qx", client_id)
+    }
+
+    pub fn queue_meta(&self, client_id: &[u8]) -> Vec<u8> {
+        self.client_key("qm", client_id)
+    }
+
+    /// The prefix of every message body key of a client; the message id follows.
+    pub fn message_prefix(&self, client_id: &[u8]) -> Vec<u8> {
+        let mut key = self.client_key("msg", client_id);
+        key.push(b':');
+        key
+    }
+
+    pub fn session_index(&self, slot: u16) -> Vec<u8> {
+        self.slot_key("sidx", slot)
+    }
+
+    pub fn channels(&self, slot: u16) -> Vec<u8> {
+        self.slot_key("chan", slot)
+    }
+}
+
+fn escape_into(out: &mut Vec<u8>, id: &[u8]) {
+    for &b in id {
+        match b {
+            b'%' => out.extend_from_slice(b"%25"),
+            b'{' => out.extend_from_slice(b"%7B"),
+            b'}' => out.extend_from_slice(b"%7D"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// The Redis Cluster slot of a client's keys.
+pub fn client_slot(client_id: &[u8]) -> u16 {
+    let mut tag = Vec::with_capacity(client_id.len());
+    escape_into(&mut tag, client_id);
+    if tag.is_empty() {
+        // `{}` is no hash tag: Redis hashes the whole key then. Client ids
+        // are never empty (checked on the Erlang side), so this is unused.
+        return 0;
+    }
+    crc16(&tag) % SLOTS
+}
+
+/// A short tag that hashes to `slot`, the same for every process and version.
+pub fn slot_tag(slot: u16) -> &'static str {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); SLOTS as usize];
+        let mut missing = SLOTS as usize;
+        let mut n: u64 = 0;
+        while missing > 0 {
+            let candidate = format!("s{n}");
+            let slot = (crc16(candidate.as_bytes()) % SLOTS) as usize;
+            if tags[slot].is_empty() {
+                tags[slot] = candidate;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &tags[(slot % SLOTS) as usize]
+}
+
+/// CRC16-CCITT (XMODEM), the hash of Redis Cluster key slots.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= (byte as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The hash tag Redis takes from a key: the bytes between the first `{` and
+/// the first `}` after it, if not empty; else the whole key.
+#[cfg(test)]
+fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn slot(key: &[u8]) -> u16 {
+        crc16(hash_tag(key)) % SLOTS
+    }
+
+    #[test]
+    fn crc16_matches_the_redis_cluster_specification() {
+        // The check value given in the Redis Cluster specification.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        // Known slots (CLUSTER KEYSLOT).
+        assert_eq!(crc16(b"foo") % SLOTS, 12182);
+        assert_eq!(crc16(b"user1000") % SLOTS, 3443);
+    }
+
+    #[test]
+    fn layout_is_readable() {
+        let k = Keys::new(b"emqx:");
+        assert_eq!(k.session(b"c1"), b"emqx:sess:{c1}");
+        assert_eq!(k.lease(b"c1"), b"emqx:lease:{c1}");
+        assert_eq!(k.queue(b"c1"), b"emqx:q:{c1}");
+        assert_eq!(k.message_prefix(b"c1"), b"emqx:msg:{c1}:");
+        assert_eq!(k.session(b"a{b}%"), b"emqx:sess:{a%7Bb%7D%25}");
+    }
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        let k = Keys::new(b"p:");
+        for s in 0..SLOTS {
+            assert_eq!(slot(&k.session_index(s)), s);
+            assert_eq!(slot(&k.channels(s)), s);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_clients_keys_share_its_slot(id in proptest::collection::vec(any::<u8>(), 1..40)) {
+            let k = Keys::new(b"emqx:");
+            let s = client_slot(&id);
+            prop_assert_eq!(slot(&k.session(&id)), s);
+            prop_assert_eq!(slot(&k.lease(&id)), s);
+            prop_assert_eq!(slot(&k.fence(&id)), s);
+            prop_assert_eq!(slot(&k.queue(&id)), s);
+            prop_assert_eq!(slot(&k.queue_expiry(&id)), s);
+            prop_assert_eq!(slot(&k.queue_meta(&id)), s);
+            let mut msg = k.message_prefix(&id);
+            msg.extend_from_slice(b"any}{id");
+            prop_assert_eq!(slot(&msg), s);
+            prop_assert_eq!(slot(&k.session_index(s)), s);
+            prop_assert_eq!(slot(&k.channels(s)), s);
+        }
+
+        #[test]
+        fn distinct_clients_have_distinct_keys(
+            a in proptest::collection::vec(any::<u8>(), 1..12),
+            b in proptest::collection::vec(any::<u8>(), 1..12),
+        ) {
+            prop_assume!(a != b);
+            let k = Keys::new(b"emqx:");
+            prop_assert_ne!(k.session(&a), k.session(&b));
+            prop_assert_ne!(k.message_prefix(&a), k.message_prefix(&b));
+        }
+    }
+}

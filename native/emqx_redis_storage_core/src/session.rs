@@ -1,0 +1,261 @@
+//! Sessions, their per-slot index and the takeover lease with fencing.
+//!
+//! A session is a hash that expires by TTL. Its entry in the index of its
+//! slot is scored by its expiry time, so counting and listing skip expired
+//! sessions without reading them, and saves reclaim expired entries.
+
+use std::sync::LazyLock;
+
+use redis::{Script, Value};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::keys::{client_slot, SLOTS};
+
+static SAVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/session_save.lua")));
+static DELETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/session_delete.lua")));
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/lease_acquire.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/lease_renew.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/lease_release.lua")));
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: i64,
+    pub node: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    Ok(SessionInfo),
+    /// Refused: a newer fence than the one given has been issued.
+    StaleFence,
+}
+
+/// A lease operation was refused because someone else holds the lease
+/// (`Some(owner)`) or nobody does (`None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotHeld(pub Option<Vec<u8>>);
+
+pub struct SaveArgs<'a> {
+    pub client_id: &'a [u8],
+    pub data: &'a [u8],
+    pub ttl_ms: u64,
+    pub node: &'a [u8],
+    pub fence: Option<i64>,
+}
+
+pub async fn save(client: &Client, args: SaveArgs<'_>) -> Result<Saved> {
+    let keys = client.keys();
+    let id = args.client_id;
+    let ttl = args.ttl_ms.to_string();
+    let fence = args.fence.map(|f| f.to_string()).unwrap_or_default();
+    let reply: Vec<i64> = client
+        .eval(
+            &SAVE,
+            &[
+                &keys.session(id),
+                &keys.fence(id),
+                &keys.session_index(client_slot(id)),
+            ],
+            &[id, args.data, ttl.as_bytes(), args.node, fence.as_bytes()],
+        )
+        .await?;
+    match reply.as_slice() {
+        [1, created_at, updated_at, expires_at] => Ok(Saved::Ok(SessionInfo {
+            created_at: *created_at,
+            updated_at: *updated_at,
+            expires_at: *expires_at,
+            node: args.node.to_vec(),
+        })),
+        [0, _] => Ok(Saved::StaleFence),
+        _ => Err(unexpected("session_save", &reply)),
+    }
+}
+
+pub async fn load(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>> {
+    let key = client.keys().session(client_id);
+    client.query(redis::cmd("HGET").arg(key).arg("data")).await
+}
+
+pub async fn delete(client: &Client, client_id: &[u8]) -> Result<bool> {
+    let keys = client.keys();
+    let deleted: i64 = client
+        .eval(
+            &DELETE,
+            &[
+                &keys.session(client_id),
+                &keys.session_index(client_slot(client_id)),
+            ],
+            &[client_id],
+        )
+        .await?;
+    Ok(deleted == 1)
+}
+
+pub async fn info(client: &Client, client_id: &[u8]) -> Result<Option<SessionInfo>> {
+    let key = client.keys().session(client_id);
+    let fields: (Option<i64>, Option<i64>, Option<i64>, Option<Vec<u8>>) = client
+        .query(redis::cmd("HMGET").arg(key).arg(&[
+            "created_at",
+            "updated_at",
+            "expires_at",
+            "node",
+        ]))
+        .await?;
+    Ok(match fields {
+        (Some(created_at), Some(updated_at), Some(expires_at), Some(node)) => Some(SessionInfo {
+            created_at,
+            updated_at,
+            expires_at,
+            node,
+        }),
+        _ => None,
+    })
+}
+
+/// Live (unexpired) sessions in each slot, as of Redis's clock `now`.
+async fn live_per_slot(client: &Client, now: i64) -> Result<Vec<u64>> {
+    let keys = client.keys();
+    client
+        .for_slots(0..SLOTS, |slot, pipe| {
+            pipe.cmd("ZCOUNT")
+                .arg(keys.session_index(slot))
+                .arg(format!("({now}"))
+                .arg("+inf");
+        })
+        .await
+}
+
+/// The number of live sessions. Also reclaims the index entries of expired
+/// sessions in every slot.
+pub async fn count(client: &Client) -> Result<u64> {
+    let now = client.now_ms().await?;
+    let keys = client.keys();
+    let live: Vec<u64> = client
+        .for_slots(0..SLOTS, |slot, pipe| {
+            let index = keys.session_index(slot);
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(now)
+                .ignore()
+                .cmd("ZCARD")
+                .arg(index);
+        })
+        .await?;
+    Ok(live.iter().sum())
+}
+
+/// One page of live sessions' client ids. Order: by hash slot of the client
+/// id, then by expiry time, then by client id; stable while the store is quiet.
+pub async fn list(client: &Client, limit: u64, offset: u64) -> Result<Vec<Vec<u8>>> {
+    let now = client.now_ms().await?;
+    let counts = live_per_slot(client, now).await?;
+    // The slots that hold the page, with the range to take from each.
+    let mut ranges = Vec::new();
+    let (mut skip, mut want) = (offset, limit);
+    for (slot, &n) in counts.iter().enumerate() {
+        if want == 0 {
+            break;
+        }
+        if skip >= n {
+            skip -= n;
+            continue;
+        }
+        let take = (n - skip).min(want);
+        ranges.push((slot as u16, skip, take));
+        want -= take;
+        skip = 0;
+    }
+    let keys = client.keys();
+    let pages: Vec<Vec<Vec<u8>>> = client
+        .for_slots(ranges.iter().map(|r| r.0), |slot, pipe| {
+            if let Some((_, skip, take)) = ranges.iter().find(|r| r.0 == slot) {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(keys.session_index(slot))
+                    .arg(format!("({now}"))
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(*skip)
+                    .arg(*take);
+            }
+        })
+        .await?;
+    Ok(pages.into_iter().flatten().collect())
+}
+
+pub async fn acquire_lease(
+    client: &Client,
+    client_id: &[u8],
+    owner: &[u8],
+    lease_ms: u64,
+    fence_ttl_ms: u64,
+) -> Result<std::result::Result<i64, NotHeld>> {
+    let keys = client.keys();
+    let reply: (i64, Value) = client
+        .eval(
+            &ACQUIRE,
+            &[&keys.lease(client_id), &keys.fence(client_id)],
+            &[
+                owner,
+                lease_ms.to_string().as_bytes(),
+                fence_ttl_ms.to_string().as_bytes(),
+            ],
+        )
+        .await?;
+    match reply {
+        (1, Value::Int(fence)) => Ok(Ok(fence)),
+        (0, Value::BulkString(holder)) => Ok(Err(NotHeld(Some(holder)))),
+        other => Err(unexpected("lease_acquire", &other)),
+    }
+}
+
+pub async fn renew_lease(
+    client: &Client,
+    client_id: &[u8],
+    fence: i64,
+    lease_ms: u64,
+) -> Result<std::result::Result<(), NotHeld>> {
+    let keys = client.keys();
+    let reply: Vec<Value> = client
+        .eval(
+            &RENEW,
+            &[&keys.lease(client_id), &keys.fence(client_id)],
+            &[
+                fence.to_string().as_bytes(),
+                lease_ms.to_string().as_bytes(),
+            ],
+        )
+        .await?;
+    lease_outcome("lease_renew", reply)
+}
+
+pub async fn release_lease(
+    client: &Client,
+    client_id: &[u8],
+    fence: i64,
+) -> Result<std::result::Result<(), NotHeld>> {
+    let key = client.keys().lease(client_id);
+    let reply: Vec<Value> = client
+        .eval(&RELEASE, &[&key], &[fence.to_string().as_bytes()])
+        .await?;
+    lease_outcome("lease_release", reply)
+}
+
+fn lease_outcome(script: &str, reply: Vec<Value>) -> Result<std::result::Result<(), NotHeld>> {
+    match reply.as_slice() {
+        [Value::Int(1)] => Ok(Ok(())),
+        [Value::Int(0), Value::BulkString(owner)] if owner.is_empty() => Ok(Err(NotHeld(None))),
+        [Value::Int(0), Value::BulkString(owner)] => Ok(Err(NotHeld(Some(owner.clone())))),
+        _ => Err(unexpected(script, &reply)),
+    }
+}
+
+pub(crate) fn unexpected(script: &str, reply: &impl std::fmt::Debug) -> Error {
+    Error::Internal(format!("unexpected reply from {script}: {reply:?}"))
+}
