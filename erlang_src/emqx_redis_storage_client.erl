@@ -7,7 +7,7 @@
 %% NIF or received here, so it never piles up in the caller's mailbox.
 -module(emqx_redis_storage_client).
 
--export([connect/2, info/1, settings/1, call/3, call_timeout/4, wait/2, with_default/1]).
+-export([connect/2, info/1, settings/1, res/1, call/3, call_timeout/4, wait/2, with_default/1]).
 -export([default/0, set_default/1, clear_default/0]).
 
 -record(client, {
@@ -24,7 +24,7 @@
 
 %% @doc Connects with a normalised config (see emqx_redis_storage_config).
 -spec connect(map(), binary()) -> {ok, t()} | {error, term()}.
-connect(#{redis := Redis, persistence := Settings}, KeyPrefix) ->
+connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
     #{connect_timeout := ConnectTimeout, command_timeout := CommandTimeout} = Redis,
     Nif = maps:with(
         [redis_type, servers, database, username, password, pool_size,
@@ -34,11 +34,12 @@ connect(#{redis := Redis, persistence := Settings}, KeyPrefix) ->
     %% The NIF allows two connect attempts; the margin covers scheduling.
     Deadline = 2 * ConnectTimeout + 1000,
     Start = fun(Ref) ->
-        emqx_redis_storage_nif:connect(Ref, Nif#{password := reveal(Redis), key_prefix => KeyPrefix})
+        Router = maps:with([route_index, route_shards, route_sync_interval], Config),
+        emqx_redis_storage_nif:connect(Ref, maps:merge(Nif#{password := reveal(Redis), key_prefix => KeyPrefix}, Router))
     end,
     case wait(Start, Deadline) of
         {ok, Res} ->
-            Info = (public_info(Redis))#{key_prefix => KeyPrefix},
+            Info = (public_info(Redis))#{key_prefix => KeyPrefix, route_index => maps:get(route_index, Config)},
             {ok, #client{res = Res, timeout = CommandTimeout, info = Info, settings = Settings}};
         {error, timeout} -> {error, {connection, <<"connect timeout">>}};
         {error, _} = Error -> Error
@@ -58,6 +59,10 @@ public_info(#{redis_type := Mode, servers := Servers, database := Db, pool_size 
 %% @doc What may be shown about a client: never a secret.
 -spec info(t()) -> map().
 info(#client{info = Info}) -> Info.
+
+%% @doc The NIF resource, for the synchronous NIFs that take it directly.
+-spec res(t()) -> reference().
+res(#client{res = Res}) -> Res.
 
 %% @doc The `persistence' settings the client was made with.
 -spec settings(t()) -> map().

@@ -26,7 +26,10 @@ schema() ->
     [
         {redis, {map, redis_schema()}, #{}},
         {persistence, {map, persistence_schema()}, #{}},
-        {key_prefix, key_prefix, <<"emqx:">>}
+        {key_prefix, key_prefix, <<"emqx:">>},
+        {route_index, {enum, [local, redis]}, local},
+        {route_shards, pos_integer, 16},
+        {route_sync_interval, {duration, ms}, 5000}
     ].
 
 persistence_schema() ->

@@ -9,6 +9,11 @@
     session_list/4, lease_acquire/6, lease_renew/5, lease_release/4,
     channel_register/4, channel_lookup/3, channel_unregister/4, channel_cleanup/3
 ]).
+-export([
+    topic_validate/2, topic_match/2, route_add/4, route_delete/4, route_lookup/3,
+    route_filters/2, route_cleanup/3, route_match_local/2, route_match_redis/3,
+    route_index_ready/1
+]).
 
 -on_load(init/0).
 
@@ -87,3 +92,37 @@ channel_unregister(_C, _Ref, _ClientId, _Node) -> ?NOT_LOADED.
 
 -spec channel_cleanup(reference(), reference(), binary()) -> ticket().
 channel_cleanup(_C, _Ref, _Node) -> ?NOT_LOADED.
+
+%% Topic rules and routes (synchronous: topic_*, route_match_local, route_index_ready).
+%% `Dest' is `Node' or `{Group, Node}'; replies hold node atoms that exist, or
+%% binaries for names the VM has no atom for.
+
+-spec topic_validate(name | filter, binary()) -> ok | {error, atom()}.
+topic_validate(_Kind, _Topic) -> ?NOT_LOADED.
+
+-spec topic_match(binary(), binary()) -> boolean().
+topic_match(_Name, _Filter) -> ?NOT_LOADED.
+
+-spec route_add(reference(), reference(), binary(), term()) -> ticket() | {error, badarg}.
+route_add(_C, _Ref, _Filter, _Dest) -> ?NOT_LOADED.
+
+-spec route_delete(reference(), reference(), binary(), term()) -> ticket() | {error, badarg}.
+route_delete(_C, _Ref, _Filter, _Dest) -> ?NOT_LOADED.
+
+-spec route_lookup(reference(), reference(), binary()) -> ticket().
+route_lookup(_C, _Ref, _Filter) -> ?NOT_LOADED.
+
+-spec route_filters(reference(), reference()) -> ticket().
+route_filters(_C, _Ref) -> ?NOT_LOADED.
+
+-spec route_cleanup(reference(), reference(), atom()) -> ticket() | {error, badarg}.
+route_cleanup(_C, _Ref, _Node) -> ?NOT_LOADED.
+
+-spec route_match_local(reference(), binary()) -> {ok, list()} | not_ready | {error, atom()}.
+route_match_local(_C, _Topic) -> ?NOT_LOADED.
+
+-spec route_match_redis(reference(), reference(), binary()) -> ticket().
+route_match_redis(_C, _Ref, _Topic) -> ?NOT_LOADED.
+
+-spec route_index_ready(reference()) -> boolean().
+route_index_ready(_C) -> ?NOT_LOADED.

@@ -18,12 +18,16 @@ use redis::{
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::router::{self, Router};
 
 pub struct Client {
     pool: Vec<ConnectionManager>,
     next: AtomicUsize,
     command_timeout: Duration,
     keys: Keys,
+    router: Router,
+    /// Dropped with the client; background tasks (the route index sync) end then.
+    _shutdown: tokio::sync::watch::Sender<()>,
 }
 
 impl Client {
@@ -41,7 +45,7 @@ impl Client {
         let info = ConnectionAddr::Tcp(host, port)
             .into_connection_info()?
             .set_redis_settings(redis_info);
-        let client = redis::Client::open(info)?;
+        let redis_client = redis::Client::open(info)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
@@ -50,10 +54,9 @@ impl Client {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let connect_all =
-            futures::future::try_join_all((0..config.pool_size).map(|_| {
-                ConnectionManager::new_with_config(client.clone(), manager_config.clone())
-            }));
+        let connect_all = futures::future::try_join_all((0..config.pool_size).map(|_| {
+            ConnectionManager::new_with_config(redis_client.clone(), manager_config.clone())
+        }));
         // The manager retries once; two attempts must still fit the caller's wait.
         let pool = tokio::time::timeout(config.connect_timeout * 2, connect_all)
             .await
@@ -62,11 +65,14 @@ impl Client {
                 Error::Timeout => Error::Connection("connect timeout".into()),
                 other => other,
             })?;
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(());
         let client = Client {
             pool,
             next: AtomicUsize::new(0),
             command_timeout: config.command_timeout,
             keys: Keys::new(&config.key_prefix),
+            router: Router::new(config.router.clone()),
+            _shutdown: shutdown,
         };
         // A connection is made even when Redis then refuses every command
         // (NOAUTH, NOPERM): find out now, not on the first real call.
@@ -75,6 +81,20 @@ impl Client {
             client
                 .bounded(redis::cmd("PING").query_async::<()>(&mut conn))
                 .await?;
+        }
+        if config.router.mode == router::IndexMode::Redis {
+            router::load_match_script(&client).await?;
+        }
+        if let Some(index) = &client.router.index {
+            tokio::spawn(router::sync_index(
+                index.clone(),
+                redis_client,
+                client.conn(),
+                client.keys.clone(),
+                config.router.clone(),
+                config.connect_timeout,
+                shutdown_rx,
+            ));
         }
         Ok(client)
     }
@@ -98,6 +118,10 @@ impl Client {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// One command; a Redis error reply becomes `Err(Error::Redis)`.

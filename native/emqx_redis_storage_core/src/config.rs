@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::router::RouterConfig;
+
 #[derive(Clone)]
 pub struct ClientConfig {
     /// `(host, port)`; a single Redis uses the first.
@@ -17,6 +19,7 @@ pub struct ClientConfig {
     pub command_timeout: Duration,
     /// Every key starts with it.
     pub key_prefix: Vec<u8>,
+    pub router: RouterConfig,
 }
 
 /// Hand-written so that the password can never be printed.
@@ -31,6 +34,7 @@ impl fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("key_prefix", &String::from_utf8_lossy(&self.key_prefix))
+            .field("router", &self.router)
             .finish()
     }
 }
@@ -50,6 +54,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
             key_prefix: b"emqx:".to_vec(),
+            router: RouterConfig::default(),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

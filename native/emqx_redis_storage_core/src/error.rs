@@ -31,6 +31,7 @@ impl From<redis::RedisError> for Error {
             // Shown as Redis prints it: "WRONGTYPE Operation against a key ...".
             match (e.code(), e.detail()) {
                 (Some(code), Some(detail)) => Error::Redis(format!("{code} {detail}")),
+                (Some(code), None) => Error::Redis(format!("{code} {e}")),
                 _ => Error::Redis(e.to_string()),
             }
         }

@@ -13,6 +13,9 @@
 //! | `emqx:msg:{C}:<id>` | string | one message body; expires with the message |
 //! | `emqx:sidx:{S}` | zset | sessions of slot S: client id scored by expiry time (ms) |
 //! | `emqx:chan:{S}` | hash | client registry of slot S: client id -> node |
+//! | `emqx:rt:{rN}` | hash | routes of shard N: filter -> NUL-joined dests; `"\0v"` -> version |
+//! | `emqx:rtrie:{rN}` | hash | prefixes of shard N's wildcard filters -> count |
+//! | `emqx:rt:events` | pub/sub channel | every route change, with shard and version |
 //!
 //! `{C}` is the client id as a Redis Cluster hash tag, so all keys of one
 //! client live in one slot and are changed atomically by one script. The
@@ -100,6 +103,27 @@ impl Keys {
 
     pub fn channels(&self, slot: u16) -> Vec<u8> {
         self.slot_key("chan", slot)
+    }
+
+    fn shard_key(&self, kind: &str, shard: u16) -> Vec<u8> {
+        let mut key = self.prefix.clone();
+        key.extend_from_slice(format!("{kind}:{{r{shard}}}").as_bytes());
+        key
+    }
+
+    /// The routes of one shard; its trie shares the hash tag.
+    pub fn routes(&self, shard: u16) -> Vec<u8> {
+        self.shard_key("rt", shard)
+    }
+
+    pub fn route_trie(&self, shard: u16) -> Vec<u8> {
+        self.shard_key("rtrie", shard)
+    }
+
+    pub fn route_events(&self) -> Vec<u8> {
+        let mut key = self.prefix.clone();
+        key.extend_from_slice(b"rt:events");
+        key
     }
 }
 
@@ -203,6 +227,9 @@ mod tests {
         assert_eq!(k.queue(b"c1"), b"emqx:q:{c1}");
         assert_eq!(k.message_prefix(b"c1"), b"emqx:msg:{c1}:");
         assert_eq!(k.session(b"a{b}%"), b"emqx:sess:{a%7Bb%7D%25}");
+        assert_eq!(k.routes(3), b"emqx:rt:{r3}");
+        assert_eq!(k.route_trie(3), b"emqx:rtrie:{r3}");
+        assert_eq!(k.route_events(), b"emqx:rt:events");
     }
 
     #[test]

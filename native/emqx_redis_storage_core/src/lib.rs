@@ -8,6 +8,7 @@ pub mod gate;
 pub mod keys;
 pub mod registry;
 pub mod route_index;
+pub mod router;
 pub mod session;
 pub mod topic;
 

@@ -2,6 +2,7 @@
 //! emqx_redis_storage_core, Erlang terms out. This file only loads it.
 
 mod nif;
+mod router;
 mod runtime;
 mod session;
 mod term;

@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use emqx_redis_storage_core::config::ClientConfig;
+use emqx_redis_storage_core::router::{IndexMode, RouterConfig};
 use emqx_redis_storage_core::Error;
 use redis::Value;
 use rustler::types::binary::NewBinary;
 use rustler::{Atom, Binary, Decoder, Encoder, Env, Term};
 
 mod atoms {
-    rustler::atoms! { undefined, error, timeout, redis, connection, internal, invalid_config }
+    rustler::atoms! { undefined, error, timeout, redis, connection, internal, invalid_config, local }
 }
 
 /// A binary term holding a copy of `bytes`.
@@ -20,6 +21,14 @@ pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     let mut out = NewBinary::new(env, bytes.len());
     out.as_mut_slice().copy_from_slice(bytes);
     Binary::from(out).to_term(env)
+}
+
+/// A node name as its existing atom, or as a binary. Never creates an atom.
+pub fn node<'a>(env: Env<'a>, name: &[u8]) -> Term<'a> {
+    match Atom::existing_from_utf8_bytes(env, name) {
+        Ok(atom) => atom.encode(env),
+        Err(_) => binary(env, name),
+    }
 }
 
 /// An error as the `Reason` of `{error, Reason}`.
@@ -43,6 +52,9 @@ impl Encoder for Reason<'_> {
 /// sent. Atoms are only ever static names, so no atom comes from Redis data.
 pub enum Out {
     Atom(&'static str),
+    /// A node name: its atom if the VM has it, else a binary (the Erlang side
+    /// decides, within a bound, whether to create the atom).
+    Node(Vec<u8>),
     Int(i64),
     Bin(Vec<u8>),
     List(Vec<Out>),
@@ -66,6 +78,7 @@ impl Encoder for Out {
                 Ok(atom) => atom.encode(env),
                 Err(_) => atoms::undefined().encode(env),
             },
+            Out::Node(name) => node(env, name),
             Out::Int(i) => i.encode(env),
             Out::Bin(b) => binary(env, b),
             Out::List(items) => items
@@ -172,5 +185,22 @@ pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
         connect_timeout: millis(map, "connect_timeout")?,
         command_timeout: millis(map, "command_timeout")?,
         key_prefix: field::<Binary>(map, "key_prefix")?.as_slice().to_vec(),
+        router: RouterConfig {
+            shards: match field::<u16>(map, "route_shards")? {
+                0 => {
+                    return Err(Error::InvalidConfig(
+                        "route_shards",
+                        "must be positive".into(),
+                    ))
+                }
+                n => n,
+            },
+            mode: if field::<Atom>(map, "route_index")? == atoms::local() {
+                IndexMode::Local
+            } else {
+                IndexMode::Redis
+            },
+            sync_interval: millis(map, "route_sync_interval")?,
+        },
     })
 }

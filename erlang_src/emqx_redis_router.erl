@@ -1,0 +1,144 @@
+%% @doc The routing table in Redis: which nodes (or shared-subscription
+%% groups on nodes) subscribe to filters matching a topic.
+%%
+%% Every function works on the application's default client, and takes a
+%% client from `emqx_redis_storage:connect/1' as an optional first argument.
+%% `match_routes' is answered from a local in-memory index that follows the
+%% changes of every node through Redis (config `route_index => local', the
+%% default), or by a Lua script inside Redis (`route_index => redis'). While
+%% the local index is loading or catching up after a gap, Redis answers.
+-module(emqx_redis_router).
+
+-export([add_route/2, delete_route/2, match_routes/1, lookup_routes/1, has_route/2]).
+-export([topics/0, cleanup_node/1]).
+-export([add_route/3, delete_route/3, match_routes/2, lookup_routes/2, has_route/3]).
+-export([topics/1, cleanup_node/2, index_ready/1]).
+
+-type dest() :: node() | {Group :: binary(), node()}.
+-type client() :: emqx_redis_storage_client:t().
+-export_type([dest/0]).
+
+-spec add_route(binary(), dest()) -> ok | {error, term()}.
+add_route(Filter, Dest) -> with_default(fun(C) -> add_route(C, Filter, Dest) end).
+
+-spec delete_route(binary(), dest()) -> ok | {error, term()}.
+delete_route(Filter, Dest) -> with_default(fun(C) -> delete_route(C, Filter, Dest) end).
+
+-spec match_routes(binary()) -> {ok, [dest()]} | {error, term()}.
+match_routes(Topic) -> with_default(fun(C) -> match_routes(C, Topic) end).
+
+-spec lookup_routes(binary()) -> {ok, [dest()]} | {error, term()}.
+lookup_routes(Filter) -> with_default(fun(C) -> lookup_routes(C, Filter) end).
+
+-spec has_route(binary(), dest()) -> boolean().
+has_route(Filter, Dest) -> with_default(fun(C) -> has_route(C, Filter, Dest) end) =:= true.
+
+-spec topics() -> {ok, [binary()]} | {error, term()}.
+topics() -> with_default(fun topics/1).
+
+-spec cleanup_node(node()) -> {ok, non_neg_integer()} | {error, term()}.
+cleanup_node(Node) -> with_default(fun(C) -> cleanup_node(C, Node) end).
+
+%% @doc Adds a route; adding it again changes nothing.
+-spec add_route(client(), binary(), dest()) -> ok | {error, term()}.
+add_route(Client, Filter, Dest) ->
+    with_route(Filter, Dest, fun() -> call(Client, route_add, [Filter, Dest]) end).
+
+%% @doc Removes a route; `ok' also if it was not there.
+-spec delete_route(client(), binary(), dest()) -> ok | {error, term()}.
+delete_route(Client, Filter, Dest) ->
+    with_route(Filter, Dest, fun() -> call(Client, route_delete, [Filter, Dest]) end).
+
+%% @doc Every dest with a filter that matches the topic name, each once.
+-spec match_routes(client(), binary()) -> {ok, [dest()]} | {error, term()}.
+match_routes(Client, Topic) when is_binary(Topic) ->
+    case emqx_redis_storage_nif:route_match_local(emqx_redis_storage_client:res(Client), Topic) of
+        {ok, Dests} -> {ok, node_atoms(Dests)};
+        not_ready -> dests(emqx_redis_storage_client:call(Client, route_match_redis, [Topic]));
+        {error, Reason} -> {error, {invalid_topic, Reason}}
+    end;
+match_routes(_Client, Topic) ->
+    {error, {invalid_topic, Topic}}.
+
+%% @doc The dests of exactly this filter.
+-spec lookup_routes(client(), binary()) -> {ok, [dest()]} | {error, term()}.
+lookup_routes(Client, Filter) ->
+    case emqx_redis_topic:validate(filter, Filter) of
+        ok -> dests(emqx_redis_storage_client:call(Client, route_lookup, [Filter]));
+        {error, Reason} -> {error, {invalid_topic, Reason}}
+    end.
+
+-spec has_route(client(), binary(), dest()) -> boolean().
+has_route(Client, Filter, Dest) ->
+    case lookup_routes(Client, Filter) of
+        {ok, Dests} -> lists:member(Dest, Dests);
+        {error, _} -> false
+    end.
+
+%% @doc Every filter that has at least one route, sorted.
+-spec topics(client()) -> {ok, [binary()]} | {error, term()}.
+topics(Client) ->
+    emqx_redis_storage_client:call(Client, route_filters, []).
+
+%% @doc Removes every route of a node that died, including its
+%% shared-subscription dests; returns how many.
+-spec cleanup_node(client(), node()) -> {ok, non_neg_integer()} | {error, term()}.
+cleanup_node(Client, Node) ->
+    case valid_node(Node) of
+        true -> emqx_redis_storage_client:call(Client, route_cleanup, [Node]);
+        false -> {error, {invalid_node, Node}}
+    end.
+
+%% @doc True once the client's local index is loaded and in step with Redis.
+-spec index_ready(client()) -> boolean().
+index_ready(Client) ->
+    emqx_redis_storage_nif:route_index_ready(emqx_redis_storage_client:res(Client)).
+
+%%--------------------------------------------------------------------
+
+with_route(Filter, Dest, Fun) ->
+    case {emqx_redis_topic:validate(filter, Filter), valid_dest(Dest)} of
+        {ok, true} -> Fun();
+        {ok, false} -> {error, {invalid_dest, Dest}};
+        {{error, Reason}, _} -> {error, {invalid_topic, Reason}}
+    end.
+
+%% Node names hold neither NUL nor \x01 (the dest encoding's separators);
+%% group names are non-empty MQTT strings without NUL, '/', '+' or '#'.
+valid_dest({Group, Node}) when is_binary(Group), Group =/= <<>> ->
+    valid_node(Node) andalso
+        unicode:characters_to_binary(Group) =:= Group andalso
+        binary:match(Group, [<<0>>, <<"/">>, <<"+">>, <<"#">>]) =:= nomatch;
+valid_dest(Node) ->
+    valid_node(Node).
+
+valid_node(Node) when is_atom(Node) ->
+    binary:match(atom_to_binary(Node), [<<0>>, <<1>>]) =:= nomatch;
+valid_node(_) ->
+    false.
+
+call(Client, Fun, Args) ->
+    case emqx_redis_storage_client:call(Client, Fun, Args) of
+        {ok, ok} -> ok;
+        {error, _} = Error -> Error
+    end.
+
+dests({ok, Dests}) -> {ok, node_atoms(Dests)};
+dests({error, _} = Error) -> Error.
+
+%% Names of nodes this VM has no atom for arrive as binaries.
+node_atoms(Dests) -> [node_dest(D) || D <- Dests].
+
+node_dest(Node) when is_atom(Node) -> Node;
+node_dest({Group, Node}) when is_atom(Node) -> {Group, Node};
+node_dest({Group, Node}) -> {Group, to_node(Node)};
+node_dest(Node) -> to_node(Node).
+
+to_node(Bin) ->
+    case emqx_redis_storage_terms:to_node(Bin) of
+        {ok, Atom} -> Atom;
+        {error, _} -> Bin
+    end.
+
+with_default(Fun) ->
+    emqx_redis_storage_client:with_default(Fun).
