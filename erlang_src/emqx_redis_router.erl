@@ -9,9 +9,9 @@
 %% the local index is loading or catching up after a gap, Redis answers.
 -module(emqx_redis_router).
 
--export([add_route/2, delete_route/2, match_routes/1, lookup_routes/1, has_route/2]).
+-export([add_route/2, add_routes/1, delete_route/2, match_routes/1, lookup_routes/1, has_route/2]).
 -export([topics/0, cleanup_node/1]).
--export([add_route/3, delete_route/3, match_routes/2, lookup_routes/2, has_route/3]).
+-export([add_route/3, add_routes/2, delete_route/3, match_routes/2, lookup_routes/2, has_route/3]).
 -export([topics/1, cleanup_node/2, index_ready/1]).
 
 -type dest() :: node() | {Group :: binary(), node()}.
@@ -20,6 +20,9 @@
 
 -spec add_route(binary(), dest()) -> ok | {error, term()}.
 add_route(Filter, Dest) -> with_default(fun(C) -> add_route(C, Filter, Dest) end).
+
+-spec add_routes([{binary(), dest()}]) -> {ok, non_neg_integer()} | {error, term()}.
+add_routes(Routes) -> with_default(fun(C) -> add_routes(C, Routes) end).
 
 -spec delete_route(binary(), dest()) -> ok | {error, term()}.
 delete_route(Filter, Dest) -> with_default(fun(C) -> delete_route(C, Filter, Dest) end).
@@ -42,7 +45,40 @@ cleanup_node(Node) -> with_default(fun(C) -> cleanup_node(C, Node) end).
 %% @doc Adds a route; adding it again changes nothing.
 -spec add_route(client(), binary(), dest()) -> ok | {error, term()}.
 add_route(Client, Filter, Dest) ->
-    with_route(Filter, Dest, fun() -> call(Client, route_add, [Filter, Dest]) end).
+    case add_routes(Client, [{Filter, Dest}]) of
+        {ok, _} -> ok;
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Adds many routes at once: how a node restores its routes. Sent in
+%% calls of up to 10,000 routes, each within the command timeout (one
+%% script call per shard and 1,000 routes). Returns how many were new. On
+%% an error, the calls before it have taken effect.
+-spec add_routes(client(), [{binary(), dest()}]) -> {ok, non_neg_integer()} | {error, term()}.
+add_routes(Client, Routes) when is_list(Routes) ->
+    case [R || R <- Routes, not valid_route(R)] of
+        [] -> add_batches(Client, Routes, 0);
+        [{Filter, Dest} | _] -> with_route(Filter, Dest, fun() -> ok end);
+        [Bad | _] -> {error, {invalid_route, Bad}}
+    end;
+add_routes(_Client, Routes) ->
+    {error, {invalid_route, Routes}}.
+
+add_batches(_Client, [], Added) ->
+    {ok, Added};
+add_batches(Client, Routes, Added) ->
+    {Batch, Rest} =
+        case length(Routes) > 10000 of
+            true -> lists:split(10000, Routes);
+            false -> {Routes, []}
+        end,
+    case emqx_redis_storage_client:call(Client, route_add, [Batch]) of
+        {ok, N} -> add_batches(Client, Rest, Added + N);
+        {error, _} = Error -> Error
+    end.
+
+valid_route({Filter, Dest}) -> with_route(Filter, Dest, fun() -> ok end) =:= ok;
+valid_route(_) -> false.
 
 %% @doc Removes a route; `ok' also if it was not there.
 -spec delete_route(client(), binary(), dest()) -> ok | {error, term()}.

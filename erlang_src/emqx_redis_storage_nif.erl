@@ -10,7 +10,7 @@
     channel_register/4, channel_lookup/3, channel_unregister/4, channel_cleanup/3
 ]).
 -export([
-    topic_validate/2, topic_match/2, route_add/4, route_delete/4, route_lookup/3,
+    topic_validate/2, topic_match/2, route_add/3, route_delete/4, route_lookup/3,
     route_filters/2, route_cleanup/3, route_match_local/2, route_match_redis/3,
     route_index_ready/1
 ]).
@@ -103,8 +103,8 @@ topic_validate(_Kind, _Topic) -> ?NOT_LOADED.
 -spec topic_match(binary(), binary()) -> boolean().
 topic_match(_Name, _Filter) -> ?NOT_LOADED.
 
--spec route_add(reference(), reference(), binary(), term()) -> ticket() | {error, badarg}.
-route_add(_C, _Ref, _Filter, _Dest) -> ?NOT_LOADED.
+-spec route_add(reference(), reference(), [{binary(), term()}]) -> ticket() | {error, badarg}.
+route_add(_C, _Ref, _Routes) -> ?NOT_LOADED.
 
 -spec route_delete(reference(), reference(), binary(), term()) -> ticket() | {error, badarg}.
 route_delete(_C, _Ref, _Filter, _Dest) -> ?NOT_LOADED.

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(make git openssl erlang-nox erlang-dev erlang-common-test erlang-eunit
-          erlang-dialyzer erlang-proper erlang-tools rebar3 redis-server redis-tools
+          erlang-dialyzer erlang-proper erlang-proper-dev erlang-tools rebar3 redis-server redis-tools
           redis-sentinel gnuplot-nox)
 
 for tool in cargo cargo-clippy rustfmt; do

@@ -80,10 +80,6 @@ fn split_dests(joined: &[u8]) -> impl Iterator<Item = &[u8]> {
     joined.split(|&b| b == 0)
 }
 
-fn is_wildcard(filter: &[u8]) -> bool {
-    filter.iter().any(|&b| b == b'+' || b == b'#')
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexMode {
     /// Match from the in-memory index, kept in sync through pub/sub.
@@ -261,27 +257,46 @@ fn shard_keys(client: &Client, filter: &[u8]) -> (u16, Vec<u8>, Vec<u8>) {
     (shard, keys.routes(shard), keys.route_trie(shard))
 }
 
-/// Adds a route; true if it was new.
-pub async fn add(client: &Client, filter: &[u8], dest: &[u8]) -> Result<bool> {
-    let (shard, routes, trie) = shard_keys(client, filter);
-    let wildcard: &[u8] = if is_wildcard(filter) { b"1" } else { b"0" };
-    let (added, _version): (i64, u64) = client
-        .eval(
-            &ADD,
-            &[&routes, &trie],
-            &[
-                filter,
-                dest,
-                wildcard,
-                &client.keys().route_events(),
-                shard.to_string().as_bytes(),
-            ],
-        )
-        .await?;
-    if let Some(index) = &client.router().index {
-        index.preview(true, filter, dest);
+/// Adds routes `(filter, dest)`; returns how many were new. One script call
+/// per shard and batch: restoring a node's many routes is cheap.
+pub async fn add(client: &Client, routes: &[(Vec<u8>, Vec<u8>)]) -> Result<u64> {
+    const BATCH: usize = 1000;
+    let shards = client.router().config.shards;
+    let mut by_shard: Vec<Vec<&(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); shards as usize];
+    for route in routes {
+        by_shard[shard_of(&route.0, shards) as usize].push(route);
     }
-    Ok(added == 1)
+    let keys = client.keys();
+    let events = keys.route_events();
+    let calls = by_shard
+        .iter()
+        .enumerate()
+        .flat_map(|(shard, routes)| routes.chunks(BATCH).map(move |batch| (shard as u16, batch)))
+        .map(|(shard, batch)| {
+            let (routes_key, trie_key) = (keys.routes(shard), keys.route_trie(shard));
+            let shard_text = shard.to_string();
+            let events = &events;
+            async move {
+                let mut args: Vec<&[u8]> = vec![events, shard_text.as_bytes()];
+                for (filter, dest) in batch {
+                    args.push(filter);
+                    args.push(dest);
+                }
+                let (added, _version): (u64, u64) =
+                    client.eval(&ADD, &[&routes_key, &trie_key], &args).await?;
+                Ok::<u64, Error>(added)
+            }
+        });
+    let added: u64 = futures::future::try_join_all(calls)
+        .await?
+        .into_iter()
+        .sum();
+    if let Some(index) = &client.router().index {
+        for (filter, dest) in routes {
+            index.preview(true, filter, dest);
+        }
+    }
+    Ok(added)
 }
 
 /// Removes a route; true if it was there.

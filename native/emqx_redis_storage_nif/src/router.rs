@@ -57,21 +57,23 @@ fn badarg<'a>(env: Env<'a>) -> Term<'a> {
     (atoms::error(), rustler::types::atom::badarg()).encode(env)
 }
 
+/// `routes` is a list of `{Filter, Dest}`; replies with the number added.
 #[rustler::nif]
 fn route_add<'a>(
     env: Env<'a>,
     client: ResourceArc<ClientRes>,
     reply_ref: Term<'a>,
-    filter: Binary,
-    dest: Term<'a>,
+    routes: Vec<(Binary<'a>, Term<'a>)>,
 ) -> Term<'a> {
-    let Some(dest) = dest_arg(dest) else {
-        return badarg(env);
-    };
-    let filter = filter.to_vec();
+    let mut owned = Vec::with_capacity(routes.len());
+    for (filter, dest) in routes {
+        let Some(dest) = dest_arg(dest) else {
+            return badarg(env);
+        };
+        owned.push((filter.to_vec(), dest));
+    }
     spawn_reply(env, reply_ref, async move {
-        router::add(&client, &filter, &dest).await?;
-        Ok(Out::Atom("ok"))
+        Ok(Out::Int(router::add(&client, &owned).await? as i64))
     })
 }
 
