@@ -5,12 +5,15 @@
 
 -export([start/0, start/1, stop/1, kill/1, pause/1, resume/1, restart/1]).
 -export([port/1, address/1, dir/1, cmd/2, tmp_root/0, stop_all/0]).
+-export([certs/0, start_cluster/1, stop_cluster/1, start_sentinel/1, stop_sentinel/1]).
 
 -type server() :: #{port := inet:port_number(), dir := file:filename(), conf := [string()]}.
 -export_type([server/0]).
 
 %% @doc Starts a redis-server. `Opts': `conf' (extra config lines, e.g.
-%% ["requirepass secret"]), `port' (to reuse one).
+%% ["requirepass secret"]), `port' (to reuse one), `tls' (the map from
+%% `certs/0': the server then speaks only TLS on its port), `exe' (the
+%% program, redis-server or redis-sentinel).
 -spec start() -> server().
 start() -> start(#{}).
 
@@ -19,14 +22,35 @@ start(Opts) ->
     Port = maps:get(port, Opts, free_port()),
     Dir = filename:join(tmp_root(), "redis-" ++ integer_to_list(Port)),
     ok = filelib:ensure_path(Dir),
-    Server = #{port => Port, dir => Dir, conf => maps:get(conf, Opts, [])},
+    Server = #{
+        port => Port,
+        dir => Dir,
+        conf => maps:get(conf, Opts, []),
+        tls => maps:get(tls, Opts, undefined),
+        exe => maps:get(exe, Opts, "redis-server")
+    },
     launch(Server),
     Server.
 
-launch(#{port := Port, dir := Dir, conf := Extra} = Server) ->
+launch(#{port := Port, dir := Dir, conf := Extra, tls := Tls, exe := Exe} = Server) ->
     Conf = filename:join(Dir, "redis.conf"),
-    Lines = [
-        "port " ++ integer_to_list(Port),
+    Listen =
+        case Tls of
+            undefined ->
+                ["port " ++ integer_to_list(Port)];
+            #{ca := Ca, server_cert := Cert, server_key := Key} ->
+                [
+                    "port 0",
+                    "tls-port " ++ integer_to_list(Port),
+                    "tls-cert-file " ++ Cert,
+                    "tls-key-file " ++ Key,
+                    "tls-ca-cert-file " ++ Ca,
+                    "tls-auth-clients optional",
+                    "tls-replication yes",
+                    "tls-cluster yes"
+                ]
+        end,
+    Lines = Listen ++ [
         "bind 127.0.0.1",
         "protected-mode no",
         "daemonize yes",
@@ -39,13 +63,13 @@ launch(#{port := Port, dir := Dir, conf := Extra} = Server) ->
     ],
     ok = file:write_file(Conf, [[L, $\n] || L <- Lines]),
     _ = file:delete(pidfile(Server)),
-    Out = os:cmd("redis-server " ++ Conf ++ " 2>&1"),
+    Out = os:cmd(Exe ++ " " ++ Conf ++ " 2>&1"),
     wait_ready(Server, Out, 100).
 
 wait_ready(Server, Out, 0) ->
     error({redis_did_not_start, Server, Out, log(Server)});
-wait_ready(#{port := Port} = Server, Out, N) ->
-    case ping(Port) of
+wait_ready(Server, Out, N) ->
+    case ping(Server) of
         true ->
             ok;
         false ->
@@ -54,7 +78,10 @@ wait_ready(#{port := Port} = Server, Out, N) ->
     end.
 
 %% True once the server answers (any reply: it may demand a password).
-ping(Port) ->
+ping(#{tls := #{} = Tls} = Server) ->
+    string:find(cmd(Server#{tls := Tls}, ["PING"]), "PONG") =/= nomatch orelse
+        string:find(cmd(Server, ["PING"]), "NOAUTH") =/= nomatch;
+ping(#{port := Port}) ->
     case gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 500) of
         {ok, S} ->
             ok = gen_tcp:send(S, <<"PING\r\n">>),
@@ -124,8 +151,16 @@ dir(#{dir := Dir}) -> Dir.
 
 %% @doc Runs redis-cli against the server (for checks independent of the NIF).
 -spec cmd(server(), [string()]) -> string().
-cmd(#{port := Port}, Args) ->
-    string:trim(os:cmd(lists:flatten(["redis-cli -p ", integer_to_list(Port), [[" '", A, "'"] || A <- Args]]))).
+cmd(Server, Args) ->
+    string:trim(os:cmd(lists:flatten([cli(Server), [[" '", A, "'"] || A <- Args], " 2>&1"]))).
+
+cli(#{port := Port} = Server) ->
+    ["redis-cli -h 127.0.0.1 -p ", integer_to_list(Port), cli_tls(maps:get(tls, Server, undefined))].
+
+cli_tls(undefined) ->
+    "";
+cli_tls(#{ca := Ca, client_cert := Cert, client_key := Key}) ->
+    [" --tls --cacert ", Ca, " --cert ", Cert, " --key ", Key].
 
 %% @doc Kills every server started under `tmp_root()' (cleanup after a crash).
 -spec stop_all() -> ok.
@@ -167,3 +202,140 @@ free_port() ->
         6379 -> free_port();
         _ -> Port
     end.
+
+%%--------------------------------------------------------------------
+%% TLS
+
+%% @doc A CA, a server certificate for 127.0.0.1/localhost signed by it, a
+%% client certificate signed by it, and a second, unrelated CA; made with
+%% openssl once per test run.
+-spec certs() -> #{atom() => string()}.
+certs() ->
+    Dir = filename:join(tmp_root(), "certs"),
+    Files = #{
+        ca => filename:join(Dir, "ca.pem"),
+        server_cert => filename:join(Dir, "server.pem"),
+        server_key => filename:join(Dir, "server.key"),
+        client_cert => filename:join(Dir, "client.pem"),
+        client_key => filename:join(Dir, "client.key"),
+        other_ca => filename:join(Dir, "other-ca.pem")
+    },
+    case filelib:is_regular(maps:get(other_ca, Files)) of
+        true ->
+            Files;
+        false ->
+            ok = filelib:ensure_path(Dir),
+            Ext = filename:join(Dir, "san.ext"),
+            ok = file:write_file(Ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+            Steps = [
+                "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+                "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout other-ca.key -out other-ca.pem",
+                "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+                "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem",
+                "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr",
+                "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem"
+            ],
+            [run_in(Dir, Step) || Step <- Steps],
+            Files
+    end.
+
+run_in(Dir, Cmd) ->
+    Out = os:cmd("cd " ++ Dir ++ " && " ++ Cmd ++ " 2>&1; echo EXIT=$?"),
+    case string:find(Out, "EXIT=0") of
+        nomatch -> error({command_failed, Cmd, Out});
+        _ -> ok
+    end.
+
+%%--------------------------------------------------------------------
+%% Redis Cluster
+
+%% @doc A real Redis Cluster of `masters' masters with `replicas' replicas
+%% each (defaults 3 and 1), made by `redis-cli --cluster create'. `tls' as
+%% for start/1. Returns the servers, masters first.
+-spec start_cluster(map()) -> [server()].
+start_cluster(Opts) ->
+    Masters = maps:get(masters, Opts, 3),
+    Replicas = maps:get(replicas, Opts, 1),
+    Tls = maps:get(tls, Opts, undefined),
+    Conf = [
+        "cluster-enabled yes",
+        "cluster-config-file nodes.conf",
+        "cluster-node-timeout 1000",
+        "cluster-replica-validity-factor 0",
+        "cluster-allow-replica-migration no",
+        "appendonly yes",
+        "appendfsync always"
+        | maps:get(conf, Opts, [])
+    ],
+    Servers = [
+        start(#{port => cluster_port(), conf => Conf, tls => Tls})
+     || _ <- lists:seq(1, Masters * (1 + Replicas))
+    ],
+    Addrs = [["127.0.0.1:", integer_to_list(port(S))] || S <- Servers],
+    Out = os:cmd(lists:flatten([
+        "redis-cli", cli_tls(Tls), " --cluster create ", lists:join(" ", Addrs),
+        " --cluster-replicas ", integer_to_list(Replicas), " --cluster-yes 2>&1"
+    ])),
+    case string:find(Out, "All 16384 slots covered") of
+        nomatch -> error({cluster_create_failed, Out});
+        _ -> ok
+    end,
+    [wait_cluster_ok(S, 200) || S <- Servers],
+    Servers.
+
+wait_cluster_ok(Server, 0) ->
+    error({cluster_not_ok, port(Server), cmd(Server, ["CLUSTER", "INFO"])});
+wait_cluster_ok(Server, N) ->
+    case string:find(cmd(Server, ["CLUSTER", "INFO"]), "cluster_state:ok") of
+        nomatch -> timer:sleep(50), wait_cluster_ok(Server, N - 1);
+        _ -> ok
+    end.
+
+%% A free port whose cluster bus port (+10000) is free too.
+cluster_port() ->
+    Port = free_port(),
+    case Port < 55535 andalso port_free(Port + 10000) of
+        true -> Port;
+        false -> cluster_port()
+    end.
+
+port_free(Port) ->
+    case gen_tcp:listen(Port, [{ip, {127, 0, 0, 1}}]) of
+        {ok, S} -> gen_tcp:close(S), true;
+        {error, _} -> false
+    end.
+
+-spec stop_cluster([server()]) -> ok.
+stop_cluster(Servers) ->
+    lists:foreach(fun stop/1, Servers).
+
+%%--------------------------------------------------------------------
+%% Sentinel
+
+%% @doc A master, one replica and three sentinels watching them as
+%% `mymaster'. Returns `#{master, replica, sentinels}'.
+-spec start_sentinel(map()) -> map().
+start_sentinel(Opts) ->
+    Tls = maps:get(tls, Opts, undefined),
+    Extra = maps:get(conf, Opts, []),
+    Master = start(#{conf => ["appendonly yes", "appendfsync always" | Extra], tls => Tls}),
+    Replica = start(#{
+        conf => ["appendonly yes", "appendfsync always", "replicaof 127.0.0.1 " ++ integer_to_list(port(Master)) | Extra],
+        tls => Tls
+    }),
+    SentinelConf = [
+        "sentinel monitor mymaster 127.0.0.1 " ++ integer_to_list(port(Master)) ++ " 2",
+        "sentinel down-after-milliseconds mymaster 500",
+        "sentinel failover-timeout mymaster 3000",
+        "sentinel parallel-syncs mymaster 1"
+        | maps:get(sentinel_conf, Opts, [])
+    ],
+    Sentinels = [
+        start(#{exe => "redis-sentinel", conf => SentinelConf, tls => Tls})
+     || _ <- lists:seq(1, 3)
+    ],
+    #{master => Master, replica => Replica, sentinels => Sentinels}.
+
+-spec stop_sentinel(map()) -> ok.
+stop_sentinel(#{master := M, replica := R, sentinels := S}) ->
+    lists:foreach(fun stop/1, [M, R | S]).
