@@ -9,6 +9,10 @@
     session_list/4, lease_acquire/6, lease_renew/5, lease_release/4,
     channel_register/4, channel_lookup/3, channel_unregister/4, channel_cleanup/3
 ]).
+-export([
+    message_store/5, message_get/5, message_ack/4, message_delete/3, message_count/3,
+    message_info/3
+]).
 
 -on_load(init/0).
 
@@ -87,3 +91,23 @@ channel_unregister(_C, _Ref, _ClientId, _Node) -> ?NOT_LOADED.
 
 -spec channel_cleanup(reference(), reference(), binary()) -> ticket().
 channel_cleanup(_C, _Ref, _Node) -> ?NOT_LOADED.
+
+%% Message queues. Replies: see emqx_redis_message.
+
+-spec message_store(reference(), reference(), binary(), [{binary(), pos_integer(), binary()}], pos_integer()) -> ticket().
+message_store(_C, _Ref, _ClientId, _Messages, _MaxLen) -> ?NOT_LOADED.
+
+-spec message_get(reference(), reference(), binary(), non_neg_integer(), non_neg_integer()) -> ticket().
+message_get(_C, _Ref, _ClientId, _Offset, _Limit) -> ?NOT_LOADED.
+
+-spec message_ack(reference(), reference(), binary(), binary()) -> ticket().
+message_ack(_C, _Ref, _ClientId, _MsgId) -> ?NOT_LOADED.
+
+-spec message_delete(reference(), reference(), binary()) -> ticket().
+message_delete(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec message_count(reference(), reference(), binary()) -> ticket().
+message_count(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec message_info(reference(), reference(), binary()) -> ticket().
+message_info(_C, _Ref, _ClientId) -> ?NOT_LOADED.
