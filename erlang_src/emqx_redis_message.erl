@@ -12,6 +12,9 @@
 %% Expired messages are never returned or counted, and Redis reclaims their
 %% memory by itself. A queue holds at most `persistence.max_queue_len'
 %% messages: storing more drops the oldest, which `queue_info/1' counts.
+%%
+%% Limits per call: 10000 messages and 64 MiB of encoded messages per
+%% `store_messages/2', 10000 messages per `get_messages/3' page.
 -module(emqx_redis_message).
 
 -export([store_message/2, store_messages/2, get_messages/3, ack_message/2]).
@@ -110,7 +113,8 @@ ttl(_Msg, Default) ->
     {ok, Default}.
 
 %% @doc Up to `Limit' (at most 10000) live messages, oldest first, from the
-%% `Offset'-th on (0 is the oldest).
+%% `Offset'-th on (0 is the oldest). Reading does not remove them: ack them.
+%% A body in Redis that is no term gives `{error, {undecodable, MsgId}}'.
 -spec get_messages(emqx_redis_session:client_id(), non_neg_integer(), non_neg_integer()) ->
     {ok, [message()]} | {error, term()}.
 get_messages(ClientId, Offset, Limit) ->

@@ -23,6 +23,7 @@ all() ->
         awkward_client_and_message_ids,
         invalid_input_is_refused,
         too_large_messages_and_batches_are_refused,
+        bad_data_in_redis_is_an_error_not_a_crash,
         redis_paused_gives_timeout_within_deadline,
         {group, default_ttl},
         {group, queue_limit}
@@ -88,13 +89,17 @@ messages_come_back_exactly_and_in_order(_Config) ->
             timestamp => erlang:system_time(millisecond),
             extra => {self(), make_ref(), [1.5, -7, 1 bsl 80, "list"]}
         },
-        #{id => <<"only-id">>}
+        #{id => <<"only-id">>},
+        %% the longest MQTT 5 message expiry interval (136 years)
+        #{id => <<"longest-expiry">>, expiry_interval => 4294967295}
     ],
     [ok = ?M:store_message(<<"c">>, Msg) || Msg <- Msgs],
     {ok, Got} = ?M:get_messages(<<"c">>, 0, 100),
     ?assertEqual(length(Msgs), length(Got)),
     [?assert(G =:= M, maps:get(id, M)) || {G, M} <- lists:zip(Got, Msgs)],
     ?assertEqual({ok, length(Msgs)}, ?M:count_messages(<<"c">>)),
+    ?assert(pttl(<<"emqx:msg:{c}:longest-expiry">>) > 4294967295000 - 60000),
+    ?assert(pttl(<<"emqx:q:{c}">>) > 4294967295000 - 60000),
     %% a batch of nothing is fine and changes nothing
     ?assertEqual(ok, ?M:store_messages(<<"c">>, [])),
     ?assertEqual({ok, length(Msgs)}, ?M:count_messages(<<"c">>)).
@@ -356,6 +361,24 @@ too_large_messages_and_batches_are_refused(_Config) ->
         ?M:store_messages(<<"c">>, Many)
     ),
     ?assertEqual({ok, 1}, ?M:count_messages(<<"c">>)).
+
+bad_data_in_redis_is_an_error_not_a_crash(_Config) ->
+    ok = ?M:store_messages(<<"c">>, [#{id => <<"good">>}, #{id => <<"bad">>}]),
+    %% somebody overwrote a body: a valid header, but no term after it
+    {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:msg:{c}:bad">>, <<0:64, "garbage">>]),
+    ?assertEqual({error, {undecodable, <<"bad">>}}, ?M:get_messages(<<"c">>, 0, 10)),
+    ?assertEqual({ok, [#{id => <<"good">>}]}, ?M:get_messages(<<"c">>, 0, 1)),
+    %% the operator's way out: ack it
+    ok = ?M:ack_message(<<"c">>, <<"bad">>),
+    ?assertEqual({ok, [#{id => <<"good">>}]}, ?M:get_messages(<<"c">>, 0, 10)),
+    %% shorter than the header
+    {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:msg:{c}:good">>, <<"abc">>]),
+    ?assertMatch({error, {internal, _}}, ?M:get_messages(<<"c">>, 0, 10)),
+    %% a queue key of the wrong type
+    {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:q:{w}">>, <<"x">>]),
+    ?assertMatch({error, {redis, <<"WRONGTYPE", _/binary>>}}, ?M:store_message(<<"w">>, #{id => <<"m">>})),
+    ?assertMatch({error, {redis, <<"WRONGTYPE", _/binary>>}}, ?M:get_messages(<<"w">>, 0, 10)),
+    ?assertMatch({error, {redis, <<"WRONGTYPE", _/binary>>}}, ?M:queue_info(<<"w">>)).
 
 redis_paused_gives_timeout_within_deadline(Config) ->
     Redis = ?config(redis, Config),
