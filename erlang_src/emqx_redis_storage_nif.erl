@@ -14,6 +14,10 @@
     route_filters/2, route_cleanup/3, route_match_local/2, route_match_redis/3,
     route_index_ready/1
 ]).
+-export([
+    message_store/5, message_get/5, message_ack/4, message_delete/3, message_count/3,
+    message_info/3
+]).
 
 -on_load(init/0).
 
@@ -126,3 +130,22 @@ route_match_redis(_C, _Ref, _Topic) -> ?NOT_LOADED.
 
 -spec route_index_ready(reference()) -> boolean().
 route_index_ready(_C) -> ?NOT_LOADED.
+%% Message queues. Replies: see emqx_redis_message.
+
+-spec message_store(reference(), reference(), binary(), [{binary(), pos_integer(), binary()}], pos_integer()) -> ticket().
+message_store(_C, _Ref, _ClientId, _Messages, _MaxLen) -> ?NOT_LOADED.
+
+-spec message_get(reference(), reference(), binary(), non_neg_integer(), non_neg_integer()) -> ticket().
+message_get(_C, _Ref, _ClientId, _Offset, _Limit) -> ?NOT_LOADED.
+
+-spec message_ack(reference(), reference(), binary(), binary()) -> ticket().
+message_ack(_C, _Ref, _ClientId, _MsgId) -> ?NOT_LOADED.
+
+-spec message_delete(reference(), reference(), binary()) -> ticket().
+message_delete(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec message_count(reference(), reference(), binary()) -> ticket().
+message_count(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec message_info(reference(), reference(), binary()) -> ticket().
+message_info(_C, _Ref, _ClientId) -> ?NOT_LOADED.

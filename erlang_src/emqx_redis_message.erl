@@ -1,0 +1,201 @@
+%% @doc Per-client queues of QoS 1/2 messages in Redis.
+%%
+%% A message is a map with a binary `id' and any other fields; it comes back
+%% from `get_messages/3' exactly as it was stored. Messages come back in the
+%% order Redis accepted them (an arrival sequence taken inside Redis, so the
+%% order is right for concurrent writers on any node, whatever their clocks).
+%% Each operation is one round trip and atomic (one Lua script over keys in
+%% the client's hash slot); a batch is queued all together or not at all.
+%%
+%% A message expires after its `expiry_interval' (seconds, the MQTT 5 message
+%% expiry interval) if it has one, else after `persistence.message_ttl'.
+%% Expired messages are never returned or counted, and Redis reclaims their
+%% memory by itself. A queue holds at most `persistence.max_queue_len'
+%% messages: storing more drops the oldest, which `queue_info/1' counts.
+%%
+%% Limits per call: 10000 messages and 64 MiB of encoded messages per
+%% `store_messages/2', 10000 messages per `get_messages/3' page.
+-module(emqx_redis_message).
+
+-export([store_message/2, store_messages/2, get_messages/3, ack_message/2]).
+-export([delete_messages/1, count_messages/1, queue_info/1]).
+
+-type message_id() :: binary().
+-type message() :: #{id := message_id(), expiry_interval => pos_integer(), term() => term()}.
+-type queue_info() :: #{
+    len := non_neg_integer(),
+    dropped := non_neg_integer(),
+    oldest_at := integer() | undefined
+}.
+-export_type([message_id/0, message/0, queue_info/0]).
+
+%% Messages per store_messages/2 call and per get_messages/3 page.
+-define(MAX_BATCH, 10000).
+-define(MAX_PAGE, 10000).
+%% Encoded bytes per store_messages/2 call: one Redis request holds them all.
+-define(MAX_BATCH_BYTES, 64 * 1024 * 1024).
+-define(MAX_ID, 65535).
+%% The MQTT 5 message expiry interval is a four-byte integer.
+-define(MAX_EXPIRY, 4294967295).
+%% Beyond any queue that fits in memory.
+-define(MAX_OFFSET, 1 bsl 32).
+
+-spec store_message(emqx_redis_session:client_id(), message()) -> ok | {error, term()}.
+store_message(ClientId, Msg) ->
+    store_messages(ClientId, [Msg]).
+
+%% @doc Queues `Msgs' in their order, in one round trip. A message whose id
+%% is queued already is left as it is (in its place, with its content).
+%% Errors: `{invalid_message, {id, Id | missing}}',
+%% `{invalid_message, {expiry_interval, Value}}', `{invalid_message, NotAMap}',
+%% `{too_large, #{id, size, max}}' (config `persistence.max_message_size'),
+%% `{batch_too_large, #{count, max}}' (more than 10000 messages) and
+%% `{batch_too_large, #{bytes, max}}' (the encoded messages up to the one that
+%% crossed the limit of 64 MiB; split the batch).
+-spec store_messages(emqx_redis_session:client_id(), [message()]) -> ok | {error, term()}.
+store_messages(ClientId, Msgs) ->
+    with_client([emqx_redis_storage_terms:client_id(ClientId), batch(Msgs)], fun(Client) ->
+        #{message_ttl := Ttl, max_message_size := MaxSize, max_queue_len := MaxLen} =
+            emqx_redis_storage_client:settings(Client),
+        case encode_all(Msgs, min(Ttl, ?MAX_EXPIRY), MaxSize, 0, []) of
+            {ok, []} -> ok;
+            {ok, Encoded} -> unwrap(call(Client, message_store, [ClientId, Encoded, MaxLen]));
+            {error, _} = Error -> Error
+        end
+    end).
+
+batch(Msgs) ->
+    try length(Msgs) of
+        N when N =< ?MAX_BATCH -> ok;
+        N -> {error, {batch_too_large, #{count => N, max => ?MAX_BATCH}}}
+    catch
+        error:badarg -> {error, {invalid_batch, Msgs}}
+    end.
+
+%% `[{Id, TtlMs, Body}]' for the NIF, or the first problem found.
+encode_all([], _Ttl, _MaxSize, _Bytes, Acc) ->
+    {ok, lists:reverse(Acc)};
+encode_all([Msg | Rest], Ttl, MaxSize, Bytes, Acc) ->
+    case encode(Msg, Ttl, MaxSize) of
+        {ok, {_, _, Body} = Encoded} when Bytes + byte_size(Body) =< ?MAX_BATCH_BYTES ->
+            encode_all(Rest, Ttl, MaxSize, Bytes + byte_size(Body), [Encoded | Acc]);
+        {ok, {_, _, Body}} ->
+            %% The messages up to this one are too large already.
+            {error, {batch_too_large, #{bytes => Bytes + byte_size(Body), max => ?MAX_BATCH_BYTES}}};
+        {error, _} = Error ->
+            Error
+    end.
+
+encode(#{id := Id} = Msg, DefaultTtl, MaxSize) ->
+    case {message_id(Id), ttl(Msg, DefaultTtl)} of
+        {{error, _}, _} ->
+            {error, {invalid_message, {id, Id}}};
+        {ok, {error, _} = Error} ->
+            Error;
+        {ok, {ok, Ttl}} ->
+            case emqx_redis_storage_terms:encode(Msg, MaxSize) of
+                {ok, Body} -> {ok, {Id, emqx_redis_storage_terms:ms(Ttl), Body}};
+                {error, {too_large, Info}} -> {error, {too_large, Info#{id => Id}}}
+            end
+    end;
+encode(Msg, _DefaultTtl, _MaxSize) when is_map(Msg) ->
+    {error, {invalid_message, {id, missing}}};
+encode(Msg, _DefaultTtl, _MaxSize) ->
+    {error, {invalid_message, Msg}}.
+
+ttl(#{expiry_interval := Seconds}, _Default) when
+    is_integer(Seconds), Seconds > 0, Seconds =< ?MAX_EXPIRY
+->
+    {ok, Seconds};
+ttl(#{expiry_interval := Other}, _Default) ->
+    {error, {invalid_message, {expiry_interval, Other}}};
+ttl(_Msg, Default) ->
+    {ok, Default}.
+
+%% @doc Up to `Limit' (at most 10000) live messages, oldest first, from the
+%% `Offset'-th on (0 is the oldest). Reading does not remove them: ack them.
+%% A body in Redis that is no term gives `{error, {undecodable, MsgId}}'.
+-spec get_messages(emqx_redis_session:client_id(), non_neg_integer(), non_neg_integer()) ->
+    {ok, [message()]} | {error, term()}.
+get_messages(ClientId, Offset, Limit) ->
+    with_client([emqx_redis_storage_terms:client_id(ClientId), page(Offset, Limit)], fun(Client) ->
+        case call(Client, message_get, [ClientId, Offset, Limit]) of
+            {ok, Page} -> decode_all(Page, []);
+            {error, _} = Error -> Error
+        end
+    end).
+
+page(Offset, Limit) when
+    is_integer(Offset), Offset >= 0, Offset =< ?MAX_OFFSET,
+    is_integer(Limit), Limit >= 0, Limit =< ?MAX_PAGE
+->
+    ok;
+page(Offset, Limit) ->
+    {error, {invalid_page, #{offset => Offset, limit => Limit, max_limit => ?MAX_PAGE}}}.
+
+decode_all([], Acc) ->
+    {ok, lists:reverse(Acc)};
+decode_all([{Id, Body} | Rest], Acc) ->
+    case emqx_redis_storage_terms:decode(Body) of
+        {ok, Msg} -> decode_all(Rest, [Msg | Acc]);
+        {error, undecodable} -> {error, {undecodable, Id}}
+    end.
+
+%% @doc Removes a message from the queue; `ok' also if it is not queued.
+-spec ack_message(emqx_redis_session:client_id(), message_id()) -> ok | {error, term()}.
+ack_message(ClientId, MsgId) ->
+    Checks = [emqx_redis_storage_terms:client_id(ClientId), invalid_id(MsgId)],
+    with_client(Checks, fun(Client) ->
+        unwrap(call(Client, message_ack, [ClientId, MsgId]))
+    end).
+
+invalid_id(MsgId) ->
+    case message_id(MsgId) of
+        ok -> ok;
+        {error, _} -> {error, {invalid_message_id, MsgId}}
+    end.
+
+message_id(Id) when is_binary(Id), byte_size(Id) > 0, byte_size(Id) =< ?MAX_ID -> ok;
+message_id(Id) -> {error, Id}.
+
+%% @doc Deletes every message of the client and its `dropped' count.
+-spec delete_messages(emqx_redis_session:client_id()) -> ok | {error, term()}.
+delete_messages(ClientId) ->
+    with_client([emqx_redis_storage_terms:client_id(ClientId)], fun(Client) ->
+        unwrap(call(Client, message_delete, [ClientId]))
+    end).
+
+%% @doc The number of live messages.
+-spec count_messages(emqx_redis_session:client_id()) -> {ok, non_neg_integer()} | {error, term()}.
+count_messages(ClientId) ->
+    with_client([emqx_redis_storage_terms:client_id(ClientId)], fun(Client) ->
+        call(Client, message_count, [ClientId])
+    end).
+
+%% @doc `len': live messages; `dropped': messages dropped because the queue
+%% was full, since the queue was created or deleted; `oldest_at': when the
+%% oldest live message was stored (Unix ms, Redis's clock) or `undefined'.
+-spec queue_info(emqx_redis_session:client_id()) -> {ok, queue_info()} | {error, term()}.
+queue_info(ClientId) ->
+    with_client([emqx_redis_storage_terms:client_id(ClientId)], fun(Client) ->
+        case call(Client, message_info, [ClientId]) of
+            {ok, {Len, Dropped, OldestAt}} ->
+                {ok, #{len => Len, dropped => Dropped, oldest_at => OldestAt}};
+            {error, _} = Error ->
+                Error
+        end
+    end).
+
+%% Runs `Fun' with the default client if every check is `ok', else returns
+%% the first error.
+with_client(Checks, Fun) ->
+    case [Error || {error, _} = Error <- Checks] of
+        [] -> emqx_redis_storage_client:with_default(Fun);
+        [Error | _] -> Error
+    end.
+
+call(Client, Fun, Args) ->
+    emqx_redis_storage_client:call(Client, Fun, Args).
+
+unwrap({ok, ok}) -> ok;
+unwrap({error, _} = Error) -> Error.

@@ -1,0 +1,2 @@
+-- The number of live messages.
+return redis.call('ZCARD', queue)

@@ -1,0 +1,55 @@
+-- The start of every message queue script (message.rs prepends it), so that
+-- each one first drops the messages that have expired.
+-- KEYS: queue (id -> arrival seq), expiry (id -> expiry ms), meta (seq, dropped)
+-- ARGV[1]: the prefix of the client's body keys (a body key is the prefix
+-- followed by the message id). Body keys are built here instead of being
+-- passed in KEYS: a batch would need one KEYS entry per message, and they
+-- carry the client's hash tag, so they are in the slot of KEYS[1] on Redis
+-- Cluster as well. The rest of ARGV belongs to the script.
+local queue, expiry, meta = KEYS[1], KEYS[2], KEYS[3]
+local body_prefix = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Calls fn(...) with the items in slices: unpack is bounded by Lua's C stack.
+local function in_slices(items, fn)
+    for i = 1, #items, 1000 do
+        fn(unpack(items, i, math.min(i + 999, #items)))
+    end
+end
+
+local function body_keys(ids)
+    local keys = {}
+    for i, id in ipairs(ids) do
+        keys[i] = body_prefix .. id
+    end
+    return keys
+end
+
+-- Removes messages from the queue, with their bodies.
+local function remove(ids)
+    in_slices(ids, function(...)
+        redis.call('ZREM', queue, ...)
+        redis.call('ZREM', expiry, ...)
+    end)
+    in_slices(body_keys(ids), function(...) redis.call('DEL', ...) end)
+end
+
+-- The queue keys live as long as the last message that expires, so a queue
+-- whose messages have all expired disappears without anyone reading it.
+local function expire_with_last_message()
+    local last = redis.call('ZRANGE', expiry, -1, -1, 'WITHSCORES')
+    if last[2] then
+        redis.call('PEXPIREAT', queue, last[2])
+        redis.call('PEXPIREAT', expiry, last[2])
+        redis.call('PEXPIREAT', meta, last[2])
+    end
+end
+
+-- Expired bodies are gone already (their keys expire at the same time).
+local expired = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
+if #expired > 0 then
+    in_slices(expired, function(...) redis.call('ZREM', queue, ...) end)
+    redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
+end
+

@@ -1,0 +1,303 @@
+//! Per-client queues of QoS 1/2 messages.
+//!
+//! A queue is three keys plus one string per message body, all in the
+//! client's hash slot, changed together by one Lua script per operation:
+//! `q:{C}` orders ids by an arrival sequence that the script takes from
+//! `qm:{C}` (Redis's order, whatever the writers' clocks), `qx:{C}` holds each
+//! id's expiry time, and `msg:{C}:<id>` holds the body and expires with the
+//! message, so Redis reclaims expired messages without anyone reading them.
+//! Each script first drops the ids of expired messages (`message_prelude.lua`).
+//!
+//! A stored body starts with an 8-byte big-endian header, the time (Unix ms,
+//! Redis's clock) it was stored; the rest is the caller's bytes.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::session::unexpected;
+
+/// Each script is the shared prelude followed by its own part.
+fn script(own: &str) -> Script {
+    Script::new(&[include_str!("lua/message_prelude.lua"), own].concat())
+}
+
+static STORE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_store.lua")));
+static GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_get.lua")));
+static ACK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_ack.lua")));
+static DELETE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_delete.lua")));
+static COUNT: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_count.lua")));
+static INFO: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_info.lua")));
+
+/// Length of the stored-at header in front of every stored body.
+pub const HEADER_LEN: usize = 8;
+
+/// A message to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub id: Vec<u8>,
+    /// Time to live from now, in ms.
+    pub ttl_ms: u64,
+    pub body: Vec<u8>,
+}
+
+/// A message read back from a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub id: Vec<u8>,
+    /// When it was stored, Unix ms (Redis's clock).
+    pub stored_at: i64,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Live messages.
+    pub len: u64,
+    /// Messages dropped because the queue was full, since the queue was
+    /// created (it is gone once empty and expired, or deleted).
+    pub dropped: u64,
+    /// When the oldest live message was stored, Unix ms.
+    pub oldest_at: Option<i64>,
+}
+
+/// The queue keys of a client, in the order the scripts take them, and the
+/// prefix of its body keys.
+struct QueueKeys {
+    keys: [Vec<u8>; 3],
+    body_prefix: Vec<u8>,
+}
+
+impl QueueKeys {
+    fn of(client: &Client, client_id: &[u8]) -> Self {
+        let keys = client.keys();
+        QueueKeys {
+            keys: [
+                keys.queue(client_id),
+                keys.queue_expiry(client_id),
+                keys.queue_meta(client_id),
+            ],
+            body_prefix: keys.message_prefix(client_id),
+        }
+    }
+
+    fn keys(&self) -> [&[u8]; 3] {
+        [&self.keys[0], &self.keys[1], &self.keys[2]]
+    }
+}
+
+/// Queues `messages` after those already queued, in their order, in one
+/// round trip. An id already queued is left as it is. Returns the queue
+/// length afterwards (at most `max_len`: the oldest are dropped).
+pub async fn store(
+    client: &Client,
+    client_id: &[u8],
+    messages: &[NewMessage],
+    max_len: u64,
+) -> Result<u64> {
+    let q = QueueKeys::of(client, client_id);
+    let numbers = store_numbers(max_len, messages);
+    client
+        .eval(
+            &STORE,
+            &q.keys(),
+            &store_argv(&q.body_prefix, &numbers, messages),
+        )
+        .await
+}
+
+/// The integers of the store script's ARGV as text: the max length, then
+/// each message's ttl.
+fn store_numbers(max_len: u64, messages: &[NewMessage]) -> Vec<String> {
+    std::iter::once(max_len)
+        .chain(messages.iter().map(|m| m.ttl_ms))
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// The store script's ARGV: body prefix, max length, then id, ttl and body
+/// of each message. `numbers` comes from [`store_numbers`].
+fn store_argv<'a>(
+    body_prefix: &'a [u8],
+    numbers: &'a [String],
+    messages: &'a [NewMessage],
+) -> Vec<&'a [u8]> {
+    let mut argv = Vec::with_capacity(2 + 3 * messages.len());
+    argv.push(body_prefix);
+    argv.push(numbers[0].as_bytes());
+    for (m, ttl) in messages.iter().zip(&numbers[1..]) {
+        argv.extend([m.id.as_slice(), ttl.as_bytes(), m.body.as_slice()]);
+    }
+    argv
+}
+
+/// Up to `limit` live messages from rank `offset` on, oldest first.
+pub async fn get(
+    client: &Client,
+    client_id: &[u8],
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<Queued>> {
+    let Some(last) = last_rank(offset, limit) else {
+        return Ok(Vec::new());
+    };
+    let q = QueueKeys::of(client, client_id);
+    let (first, last) = (offset.to_string(), last.to_string());
+    let flat: Vec<Vec<u8>> = client
+        .eval(
+            &GET,
+            &q.keys(),
+            &[&q.body_prefix, first.as_bytes(), last.as_bytes()],
+        )
+        .await?;
+    if !flat.len().is_multiple_of(2) {
+        return Err(unexpected("message_get", &flat.len()));
+    }
+    let mut page = Vec::with_capacity(flat.len() / 2);
+    let mut flat = flat.into_iter();
+    while let (Some(id), Some(stored)) = (flat.next(), flat.next()) {
+        let Some((stored_at, body)) = split_header(stored) else {
+            return Err(Error::Internal(format!(
+                "stored message {} has no header",
+                String::from_utf8_lossy(&id)
+            )));
+        };
+        page.push(Queued {
+            id,
+            stored_at,
+            body,
+        });
+    }
+    Ok(page)
+}
+
+/// The inclusive last rank of a page, or `None` for an empty page.
+fn last_rank(offset: u64, limit: u64) -> Option<u64> {
+    limit.checked_sub(1).map(|n| offset.saturating_add(n))
+}
+
+/// Removes a message; true if it was queued.
+pub async fn ack(client: &Client, client_id: &[u8], id: &[u8]) -> Result<bool> {
+    let q = QueueKeys::of(client, client_id);
+    let removed: i64 = client.eval(&ACK, &q.keys(), &[&q.body_prefix, id]).await?;
+    Ok(removed == 1)
+}
+
+/// Deletes the queue with every message and counter; returns how many
+/// messages were deleted.
+pub async fn delete(client: &Client, client_id: &[u8]) -> Result<u64> {
+    let q = QueueKeys::of(client, client_id);
+    client.eval(&DELETE, &q.keys(), &[&q.body_prefix]).await
+}
+
+/// The number of live messages.
+pub async fn count(client: &Client, client_id: &[u8]) -> Result<u64> {
+    let q = QueueKeys::of(client, client_id);
+    client.eval(&COUNT, &q.keys(), &[&q.body_prefix]).await
+}
+
+pub async fn info(client: &Client, client_id: &[u8]) -> Result<QueueInfo> {
+    let q = QueueKeys::of(client, client_id);
+    let (len, dropped, header): (u64, u64, Vec<u8>) =
+        client.eval(&INFO, &q.keys(), &[&q.body_prefix]).await?;
+    Ok(QueueInfo {
+        len,
+        dropped,
+        oldest_at: stored_at(&header),
+    })
+}
+
+/// The stored-at time of a header (or of a whole stored body).
+fn stored_at(stored: &[u8]) -> Option<i64> {
+    let header: [u8; HEADER_LEN] = stored.get(..HEADER_LEN)?.try_into().ok()?;
+    Some(i64::from_be_bytes(header))
+}
+
+/// A stored body as its stored-at time and the caller's bytes.
+fn split_header(mut stored: Vec<u8>) -> Option<(i64, Vec<u8>)> {
+    let at = stored_at(&stored)?;
+    stored.drain(..HEADER_LEN);
+    Some((at, stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What message_store.lua writes in front of a body.
+    fn header(at: i64) -> Vec<u8> {
+        at.to_be_bytes().to_vec()
+    }
+
+    #[test]
+    fn the_header_is_stripped_and_read_as_big_endian_ms() {
+        let mut stored = header(1_700_000_000_123);
+        stored.extend_from_slice(b"\x83term");
+        assert_eq!(
+            split_header(stored),
+            Some((1_700_000_000_123, b"\x83term".to_vec()))
+        );
+        // An empty body is still a body.
+        assert_eq!(split_header(header(42)), Some((42, Vec::new())));
+        assert_eq!(
+            stored_at(&[0, 0, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00]),
+            Some(0x018b_cfe5_6800)
+        );
+    }
+
+    #[test]
+    fn a_body_shorter_than_the_header_is_refused() {
+        assert_eq!(split_header(vec![1, 2, 3]), None);
+        assert_eq!(stored_at(b""), None);
+        assert_eq!(stored_at(&[0; 7]), None);
+    }
+
+    #[test]
+    fn store_argv_is_prefix_max_len_then_id_ttl_body_triples() {
+        let messages = [
+            NewMessage {
+                id: b"m1".to_vec(),
+                ttl_ms: 1000,
+                body: b"one".to_vec(),
+            },
+            NewMessage {
+                id: b"m2".to_vec(),
+                ttl_ms: 86_400_000,
+                body: Vec::new(),
+            },
+        ];
+        let numbers = store_numbers(5, &messages);
+        let argv = store_argv(b"emqx:msg:{c}:", &numbers, &messages);
+        let expected: [&[u8]; 8] = [
+            b"emqx:msg:{c}:",
+            b"5",
+            b"m1",
+            b"1000",
+            b"one",
+            b"m2",
+            b"86400000",
+            b"",
+        ];
+        assert_eq!(argv, expected);
+    }
+
+    #[test]
+    fn page_ranges_are_inclusive_and_empty_for_no_limit() {
+        assert_eq!(last_rank(0, 0), None);
+        assert_eq!(last_rank(0, 1), Some(0));
+        assert_eq!(last_rank(10, 100), Some(109));
+        assert_eq!(last_rank(u64::MAX, 2), Some(u64::MAX));
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_survives_the_header(at in 0i64..=i64::MAX, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut stored = header(at);
+            stored.extend_from_slice(&body);
+            prop_assert_eq!(split_header(stored), Some((at, body)));
+        }
+    }
+}
