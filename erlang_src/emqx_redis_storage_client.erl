@@ -26,27 +26,70 @@
 -spec connect(map(), binary()) -> {ok, t()} | {error, term()}.
 connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
     #{connect_timeout := ConnectTimeout, command_timeout := CommandTimeout} = Redis,
-    Nif = maps:with(
-        [redis_type, servers, database, username, password, pool_size,
-         connect_timeout, command_timeout],
-        Redis
-    ),
-    %% The NIF allows two connect attempts; the margin covers scheduling.
-    Deadline = 2 * ConnectTimeout + 1000,
-    Start = fun(Ref) ->
-        Router = maps:with([route_index, route_shards, route_sync_interval], Config),
-        emqx_redis_storage_nif:connect(Ref, maps:merge(Nif#{password := reveal(Redis), key_prefix => KeyPrefix}, Router))
-    end,
-    case wait(Start, Deadline) of
-        {ok, Res} ->
-            Info = (public_info(Redis))#{key_prefix => KeyPrefix, route_index => maps:get(route_index, Config)},
-            {ok, #client{res = Res, timeout = CommandTimeout, info = Info, settings = Settings}};
-        {error, timeout} -> {error, {connection, <<"connect timeout">>}};
-        {error, _} = Error -> Error
+    case tls(maps:get(ssl, Redis)) of
+        {ok, Tls} ->
+            Nif = maps:merge(
+                maps:with(
+                    [redis_type, servers, sentinel, sentinel_username, database, username,
+                     pool_size, connect_timeout, command_timeout, wait_replicas, wait_timeout],
+                    Redis
+                ),
+                maps:with([route_index, route_shards, route_sync_interval], Config)
+            ),
+            %% Secrets are revealed only inside the fun that hands them to the NIF.
+            Start = fun(Ref) ->
+                emqx_redis_storage_nif:connect(Ref, Nif#{
+                    key_prefix => KeyPrefix,
+                    tls => Tls,
+                    password => reveal(maps:get(password, Redis)),
+                    sentinel_password => reveal(maps:get(sentinel_password, Redis))
+                })
+            end,
+            %% The NIF allows two connect attempts; the margin covers scheduling.
+            case wait(Start, 2 * ConnectTimeout + 1000) of
+                {ok, Res} ->
+                    Info = (public_info(Redis))#{
+                        key_prefix => KeyPrefix, route_index => maps:get(route_index, Config)
+                    },
+                    {ok, #client{res = Res, timeout = CommandTimeout, info = Info, settings = Settings}};
+                {error, timeout} ->
+                    {error, {connection, <<"connect timeout">>}};
+                {error, _} = Error ->
+                    Error
+            end;
+        {error, _} = Error ->
+            Error
     end.
 
-reveal(#{password := Fun}) when is_function(Fun, 0) -> Fun();
-reveal(#{password := Password}) -> Password.
+reveal(Fun) when is_function(Fun, 0) -> Fun();
+reveal(Value) -> Value.
+
+%% The PEM files, read now so a missing or unreadable one is a clear error.
+tls(#{enable := false}) ->
+    {ok, undefined};
+tls(#{cacertfile := Ca, certfile := Cert, keyfile := Key, verify := Verify}) ->
+    Read = fun
+        (_Field, undefined) ->
+            undefined;
+        (Field, File) ->
+            case file:read_file(File) of
+                {ok, Pem} ->
+                    Pem;
+                {error, Why} ->
+                    Expected = io_lib:format("a readable file: ~ts: ~p", [File, Why]),
+                    throw({invalid_config, <<"redis.ssl.", Field/binary>>, iolist_to_binary(Expected)})
+            end
+    end,
+    try
+        {ok, #{
+            ca => Read(<<"cacertfile">>, Ca),
+            cert => Read(<<"certfile">>, Cert),
+            key => Read(<<"keyfile">>, Key),
+            verify => Verify =:= verify_peer
+        }}
+    catch
+        throw:Reason -> {error, Reason}
+    end.
 
 public_info(#{redis_type := Mode, servers := Servers, database := Db, pool_size := Pool}) ->
     #{

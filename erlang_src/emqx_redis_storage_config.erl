@@ -15,6 +15,8 @@
     | pos_integer
     | {duration, ms | s}
     | text
+    | boolean
+    | file
     | key_prefix
     | secret
     | {map, schema()}.
@@ -43,24 +45,54 @@ persistence_schema() ->
 
 redis_schema() ->
     [
-        {redis_type, {enum, [single]}, single},
+        {redis_type, {enum, [single, sentinel, cluster]}, single},
         {servers, servers, <<"127.0.0.1:6379">>},
+        {sentinel, text, undefined},
+        {sentinel_username, text, undefined},
+        {sentinel_password, secret, undefined},
         {database, non_neg_integer, 0},
         {username, text, undefined},
         {password, secret, undefined},
         {pool_size, pos_integer, 4},
         {connect_timeout, {duration, ms}, 5000},
-        {command_timeout, {duration, ms}, 5000}
+        {command_timeout, {duration, ms}, 5000},
+        {wait_replicas, non_neg_integer, 0},
+        {wait_timeout, {duration, ms}, 1000},
+        {ssl, {map, ssl_schema()}, #{}}
+    ].
+
+ssl_schema() ->
+    [
+        {enable, boolean, false},
+        {cacertfile, file, undefined},
+        {certfile, file, undefined},
+        {keyfile, file, undefined},
+        {verify, {enum, [verify_peer, verify_none]}, verify_peer},
+        %% redis-rs checks the certificate against the host in `servers';
+        %% another name cannot be asked for.
+        {server_name_indication, {enum, [disable]}, disable}
     ].
 
 %% @doc The normalised configuration, with every default filled in.
 -spec parse(map()) -> {ok, map()} | {error, {invalid_config, binary(), binary()}}.
 parse(Config) ->
     try
-        {ok, check_map(<<>>, schema(), alias_server(Config))}
+        {ok, check_combinations(check_map(<<>>, schema(), alias_server(Config)))}
     catch
         throw:{invalid_config, _, _} = Reason -> {error, Reason}
     end.
+
+%% Rules that tie fields together.
+check_combinations(#{redis := #{redis_type := sentinel, sentinel := undefined}}) ->
+    invalid(<<"redis.sentinel">>, <<"the master name the sentinels watch (redis_type is sentinel)">>);
+check_combinations(#{redis := #{redis_type := cluster, database := Db}}) when Db =/= 0 ->
+    invalid(<<"redis.database">>, <<"0: Redis Cluster has only database 0">>);
+check_combinations(#{redis := #{ssl := #{enable := true, certfile := C, keyfile := K}}}) when
+    (C =:= undefined) =/= (K =:= undefined)
+->
+    invalid(<<"redis.ssl.keyfile">>, <<"certfile and keyfile together, or neither">>);
+check_combinations(Config) ->
+    Config.
 
 %% EMQX calls the single-server field `server' and the others `servers'.
 alias_server(#{redis := Redis} = Config) when is_map(Redis) ->
@@ -131,6 +163,24 @@ check(Path, text, Value) ->
     case text_or_none(Value) of
         ?NONE -> invalid(Path, <<"a string">>);
         Bin -> Bin
+    end;
+check(_Path, boolean, Bool) when is_boolean(Bool) ->
+    Bool;
+check(Path, boolean, Value) ->
+    case text_or_none(Value) of
+        <<"true">> -> true;
+        <<"false">> -> false;
+        _ -> invalid(Path, <<"true or false">>)
+    end;
+check(Path, file, Value) ->
+    case text_or_none(Value) of
+        ?NONE ->
+            invalid(Path, <<"a file name">>);
+        Name ->
+            case filelib:is_regular(Name) of
+                true -> Name;
+                false -> invalid(Path, <<"an existing file: ", Name/binary, " is not one">>)
+            end
     end;
 check(Path, key_prefix, Value) ->
     case text_or_none(Value) of

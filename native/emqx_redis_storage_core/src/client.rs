@@ -1,86 +1,454 @@
-//! A connection to one Redis deployment, shared by every process of the VM
-//! that holds its handle.
+//! A connection to one Redis deployment (single, Sentinel or Cluster),
+//! shared by every process of the VM that holds its handle.
 //!
-//! Each pool slot is a redis-rs `ConnectionManager`: one multiplexed TCP
-//! connection that pipelines concurrent requests on the wire and reconnects
-//! by itself after the connection is lost. Every operation is bounded by the
-//! command timeout, including the time spent waiting for a reconnect.
+//! Single and Sentinel: a pool of redis-rs `ConnectionManager`s, each one
+//! multiplexed TCP (or TLS) connection that pipelines concurrent requests and
+//! reconnects by itself. Sentinel: the pool points at the master the
+//! sentinels name, and is rebuilt when a call meets a lost connection or a
+//! `READONLY` reply (redis-rs does not follow a failover by itself).
+//! Cluster: one redis-rs `ClusterConnection`, which routes by key slot and
+//! follows MOVED and ASK.
+//!
+//! Every operation is bounded by the command timeout, including waiting for
+//! a reconnect. A command that provably never reached Redis (the connection
+//! was already broken when it was written) is sent once more.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{
-    Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, RedisConnectionInfo, Script,
+    Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Pipeline,
+    RedisConnectionInfo, RedisFuture, RedisResult, TlsCertificates, TlsMode, Value,
 };
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Mode, Tls};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::router::{self, Router};
+use crate::scripts::Lua;
+
+/// A connection to send one command or pipeline on.
+#[derive(Clone)]
+pub enum Conn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Connections to one Redis server (the single one, or the current master).
+struct Pool {
+    conns: Vec<ConnectionManager>,
+    redis_client: redis::Client,
+}
+
+enum Target {
+    Node(RwLock<Arc<Pool>>),
+    Cluster(ClusterConnection),
+}
+
+/// Everything needed to reach Redis; cheap to clone into background tasks.
+#[derive(Clone)]
+pub struct Backend {
+    target: Arc<Target>,
+    config: Arc<ClientConfig>,
+    next: Arc<AtomicUsize>,
+    /// Held while the sentinels are asked for a new master: one at a time.
+    failover: Arc<tokio::sync::Mutex<()>>,
+}
 
 pub struct Client {
-    pool: Vec<ConnectionManager>,
-    next: AtomicUsize,
-    command_timeout: Duration,
+    backend: Backend,
     keys: Keys,
     router: Router,
     /// Dropped with the client; background tasks (the route index sync) end then.
     _shutdown: tokio::sync::watch::Sender<()>,
 }
 
-impl Client {
-    pub async fn connect(config: ClientConfig) -> Result<Client> {
-        let (host, port) = config.servers[0].clone();
-        let mut redis_info = RedisConnectionInfo::default()
-            .set_db(config.database)
-            .set_lib_name("emqx_redis_storage", env!("CARGO_PKG_VERSION"));
-        if let Some(user) = &config.username {
-            redis_info = redis_info.set_username(user);
+fn redis_settings(config: &ClientConfig) -> RedisConnectionInfo {
+    let mut info = RedisConnectionInfo::default()
+        .set_db(config.database)
+        .set_lib_name("emqx_redis_storage", env!("CARGO_PKG_VERSION"));
+    if let Some(user) = &config.username {
+        info = info.set_username(user);
+    }
+    if let Some(password) = &config.password {
+        info = info.set_password(password);
+    }
+    info
+}
+
+fn certificates(tls: &Tls) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            _ => None,
+        },
+        root_cert: tls.ca.clone(),
+    }
+}
+
+fn address(config: &ClientConfig, host: &str, port: u16) -> ConnectionAddr {
+    match &config.tls {
+        None => ConnectionAddr::Tcp(host.to_string(), port),
+        Some(tls) => ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure: !tls.verify,
+            tls_params: None,
+        },
+    }
+}
+
+/// A redis-rs client for one server of the deployment.
+fn node_client(config: &ClientConfig, host: &str, port: u16) -> RedisResult<redis::Client> {
+    let info = address(config, host, port)
+        .into_connection_info()?
+        .set_redis_settings(redis_settings(config));
+    match &config.tls {
+        None => redis::Client::open(info),
+        Some(tls) => redis::Client::build_with_tls(info, certificates(tls)),
+    }
+}
+
+/// A failure that shows the command never reached Redis: it may be resent.
+fn not_sent(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal() || {
+        let text = e.to_string().to_ascii_lowercase();
+        text.contains("broken pipe") || text.contains("not connected")
+    }
+}
+
+impl Backend {
+    async fn connect(config: ClientConfig) -> Result<Backend> {
+        let config = Arc::new(config);
+        let target = match &config.mode {
+            Mode::Cluster => Target::Cluster(connect_cluster(&config).await?),
+            Mode::Single | Mode::Sentinel { .. } => {
+                Target::Node(RwLock::new(Arc::new(connect_pool(&config).await?)))
+            }
+        };
+        Ok(Backend {
+            target: Arc::new(target),
+            config,
+            next: Arc::new(AtomicUsize::new(0)),
+            failover: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.target, Target::Cluster(_))
+    }
+
+    /// A connection: from the pool round robin, or the cluster connection.
+    pub fn conn(&self) -> Conn {
+        match &*self.target {
+            Target::Cluster(c) => Conn::Cluster(c.clone()),
+            Target::Node(pool) => {
+                let pool = pool.read().unwrap_or_else(|e| e.into_inner());
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.conns.len();
+                Conn::Node(pool.conns[i].clone())
+            }
         }
-        if let Some(password) = &config.password {
-            redis_info = redis_info.set_password(password);
+    }
+
+    /// A client for a pub/sub connection: the current server, or the
+    /// `attempt`-th seed of a cluster (a cluster forwards PUBLISH to all).
+    pub async fn pubsub(&self, attempt: usize) -> Result<redis::aio::PubSub> {
+        let client = match &*self.target {
+            Target::Node(pool) => pool
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .redis_client
+                .clone(),
+            Target::Cluster(_) => {
+                let (host, port) = &self.config.servers[attempt % self.config.servers.len()];
+                node_client(&self.config, host, *port)?
+            }
+        };
+        let pubsub = tokio::time::timeout(self.config.connect_timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| Error::Timeout)??;
+        Ok(pubsub)
+    }
+
+    /// Runs `op` on a connection within the command timeout; resends once a
+    /// command that never reached Redis, and follows a Sentinel failover.
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let attempts = async {
+            let mut last = None;
+            for _ in 0..2 {
+                match op(self.conn()).await {
+                    Ok(value) => return Ok(value),
+                    Err(e) => {
+                        let resend = not_sent(&e) || self.follow_failover(&e).await;
+                        if !resend {
+                            return Err(Error::from(e));
+                        }
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.map_or(Error::Timeout, Error::from))
+        };
+        tokio::time::timeout(self.config.command_timeout, attempts)
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    /// In Sentinel mode, after a lost connection or a write refused by a
+    /// replica, asks the sentinels for the master and reconnects to it if it
+    /// moved. True if the call should be tried again.
+    async fn follow_failover(&self, e: &redis::RedisError) -> bool {
+        let (Mode::Sentinel { .. }, Target::Node(pool)) = (&self.config.mode, &*self.target) else {
+            return false;
+        };
+        let readonly = e.code() == Some("READONLY");
+        if !(readonly || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+        {
+            return false;
         }
-        let info = ConnectionAddr::Tcp(host, port)
-            .into_connection_info()?
-            .set_redis_settings(redis_info);
-        let redis_client = redis::Client::open(info)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            // Reconnects are retried by the next call, not in a long backoff loop
-            // that would outlive the caller's deadline.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(200));
-        let connect_all = futures::future::try_join_all((0..config.pool_size).map(|_| {
+        let before = pool.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let _one_at_a_time = self.failover.lock().await;
+        let now = pool.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if !Arc::ptr_eq(&before, &now) {
+            return true; // another call already followed it
+        }
+        match connect_pool(&self.config).await {
+            Ok(fresh) => {
+                *pool.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await
+    }
+
+    /// A pipeline on one connection. On a cluster all its keys must share a
+    /// slot (it goes to the node of its first key).
+    pub async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
+        self.run(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs a Lua script by its SHA, loading it first if Redis does not know it.
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        script: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<T> {
+        let mut invocation = script.script().prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let invocation = &invocation;
+        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// Independent commands, each on any node, replies in order: one
+    /// pipeline on a single server, concurrent commands on a cluster (where
+    /// they may belong to different slots).
+    pub async fn each<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            futures::future::try_join_all(cmds.iter().map(|cmd| self.query(cmd))).await
+        } else {
+            let mut pipe = Pipeline::with_capacity(cmds.len());
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            self.pipeline(&pipe).await
+        }
+    }
+}
+
+async fn connect_pool(config: &ClientConfig) -> Result<Pool> {
+    let redis_client = match &config.mode {
+        Mode::Sentinel {
+            master,
+            username,
+            password,
+        } => {
+            let sentinels = config
+                .servers
+                .iter()
+                .map(|(host, port)| address(config, host, *port));
+            let mut builder =
+                SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
+                    .set_client_to_redis_db(config.database);
+            if let Some(user) = &config.username {
+                builder = builder.set_client_to_redis_username(user);
+            }
+            if let Some(pass) = &config.password {
+                builder = builder.set_client_to_redis_password(pass);
+            }
+            if let Some(user) = username {
+                builder = builder.set_client_to_sentinel_username(user);
+            }
+            if let Some(pass) = password {
+                builder = builder.set_client_to_sentinel_password(pass);
+            }
+            if let Some(tls) = &config.tls {
+                let mode = if tls.verify {
+                    TlsMode::Secure
+                } else {
+                    TlsMode::Insecure
+                };
+                builder = builder
+                    .set_client_to_redis_tls_mode(mode)
+                    .set_client_to_redis_certificates(certificates(tls))
+                    .set_client_to_sentinel_tls_mode(mode)
+                    .set_client_to_sentinel_certificates(certificates(tls));
+            }
+            let mut sentinel = builder.build()?;
+            tokio::time::timeout(config.connect_timeout, sentinel.async_get_client())
+                .await
+                .map_err(|_| Error::Connection("sentinels did not answer in time".into()))??
+        }
+        _ => {
+            let (host, port) = &config.servers[0];
+            node_client(config, host, *port)?
+        }
+    };
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.command_timeout))
+        // Reconnects are retried by the next call, not in a long backoff loop
+        // that would outlive the caller's deadline.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(200));
+    let connect_all =
+        futures::future::try_join_all((0..config.pool_size).map(|_| {
             ConnectionManager::new_with_config(redis_client.clone(), manager_config.clone())
         }));
-        // The manager retries once; two attempts must still fit the caller's wait.
-        let pool = tokio::time::timeout(config.connect_timeout * 2, connect_all)
-            .await
-            .map_err(|_| Error::Connection("connect timeout".into()))?
-            .map_err(|e| match Error::from(e) {
-                Error::Timeout => Error::Connection("connect timeout".into()),
-                other => other,
-            })?;
+    // The manager retries once; two attempts must still fit the caller's wait.
+    let conns = tokio::time::timeout(config.connect_timeout * 2, connect_all)
+        .await
+        .map_err(|_| Error::Connection("connect timeout".into()))?
+        .map_err(connect_error)?;
+    Ok(Pool {
+        conns,
+        redis_client,
+    })
+}
+
+async fn connect_cluster(config: &ClientConfig) -> Result<ClusterConnection> {
+    let seeds: Vec<ConnectionInfo> = config
+        .servers
+        .iter()
+        .map(|(host, port)| address(config, host, *port).into_connection_info())
+        .collect::<RedisResult<_>>()?;
+    let mut builder = ClusterClientBuilder::new(seeds)
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.command_timeout)
+        .retries(6)
+        .min_retry_wait(10)
+        .max_retry_wait(500);
+    if let Some(user) = &config.username {
+        builder = builder.username(user.clone());
+    }
+    if let Some(pass) = &config.password {
+        builder = builder.password(pass.clone());
+    }
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls(if tls.verify {
+                TlsMode::Secure
+            } else {
+                TlsMode::Insecure
+            })
+            .certs(certificates(tls));
+    }
+    let client = builder.build()?;
+    // redis-rs can wait forever for a cluster that does not answer.
+    tokio::time::timeout(config.connect_timeout * 2, client.get_async_connection())
+        .await
+        .map_err(|_| Error::Connection("connect timeout".into()))?
+        .map_err(connect_error)
+}
+
+fn connect_error(e: redis::RedisError) -> Error {
+    match Error::from(e) {
+        Error::Timeout => Error::Connection("connect timeout".into()),
+        other => other,
+    }
+}
+
+impl Client {
+    pub async fn connect(config: ClientConfig) -> Result<Client> {
+        // rustls needs one process-wide crypto provider; the first install wins.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let backend = Backend::connect(config.clone()).await?;
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(());
         let client = Client {
-            pool,
-            next: AtomicUsize::new(0),
-            command_timeout: config.command_timeout,
+            backend,
             keys: Keys::new(&config.key_prefix),
             router: Router::new(config.router.clone()),
             _shutdown: shutdown,
         };
         // A connection is made even when Redis then refuses every command
         // (NOAUTH, NOPERM): find out now, not on the first real call.
-        for conn in &client.pool {
-            let mut conn = conn.clone();
-            client
-                .bounded(redis::cmd("PING").query_async::<()>(&mut conn))
-                .await?;
+        let pings = match &*client.backend.target {
+            Target::Cluster(_) => 1,
+            Target::Node(_) => config.pool_size,
+        };
+        for _ in 0..pings {
+            client.backend.query::<Value>(&redis::cmd("PING")).await?;
         }
         if config.router.mode == router::IndexMode::Redis {
             router::load_match_script(&client).await?;
@@ -88,32 +456,17 @@ impl Client {
         if let Some(index) = &client.router.index {
             tokio::spawn(router::sync_index(
                 index.clone(),
-                redis_client,
-                client.conn(),
+                client.backend.clone(),
                 client.keys.clone(),
                 config.router.clone(),
-                config.connect_timeout,
                 shutdown_rx,
             ));
         }
         Ok(client)
     }
 
-    /// A connection from the pool, round robin.
-    pub fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        self.pool[i].clone()
-    }
-
-    /// Runs `op` within the command timeout.
-    pub async fn bounded<T, F>(&self, op: F) -> Result<T>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
-        match tokio::time::timeout(self.command_timeout, op).await {
-            Ok(result) => result.map_err(Error::from),
-            Err(_) => Err(Error::Timeout),
-        }
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     pub fn keys(&self) -> &Keys {
@@ -126,26 +479,98 @@ impl Client {
 
     /// One command; a Redis error reply becomes `Err(Error::Redis)`.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        let mut conn = self.conn();
-        self.bounded(cmd.query_async(&mut conn)).await
+        self.backend.query(cmd).await
     }
 
-    /// Runs a Lua script by its SHA, loading it first if Redis does not know it.
+    /// A read-only script.
     pub async fn eval<T: FromRedisValue>(
         &self,
-        script: &Script,
+        script: &Lua,
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T> {
-        let mut invocation = script.prepare_invoke();
+        self.backend.eval(script, keys, args).await
+    }
+
+    /// A script that writes. With `wait_replicas` set, it is followed on the
+    /// same connection by `WAIT`, and succeeds only once that many replicas
+    /// have the write.
+    pub async fn write_eval<T: FromRedisValue>(
+        &self,
+        script: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<T> {
+        let wanted = self.backend.config.wait_replicas;
+        if wanted == 0 {
+            return self.eval(script, keys, args).await;
+        }
+        let mut pipe = redis::pipe();
+        let eval = pipe.cmd("EVALSHA").arg(script.hash()).arg(keys.len());
         for key in keys {
-            invocation.key(*key);
+            eval.arg(*key);
         }
         for arg in args {
-            invocation.arg(*arg);
+            eval.arg(*arg);
         }
-        let mut conn = self.conn();
-        self.bounded(invocation.invoke_async(&mut conn)).await
+        pipe.cmd("WAIT")
+            .arg(wanted)
+            .arg(self.backend.config.wait_timeout.as_millis() as u64);
+        let (value, acked): (T, u32) = match self.backend.pipeline(&pipe).await {
+            // A script in a pipeline is not loaded on demand: load, then retry.
+            Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
+                self.load_script(script).await?;
+                self.backend.pipeline(&pipe).await?
+            }
+            other => other?,
+        };
+        if acked < wanted {
+            return Err(Error::NotReplicated { acked, wanted });
+        }
+        Ok(value)
+    }
+
+    /// A command that writes; see `write_eval`.
+    pub async fn write_query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        let wanted = self.backend.config.wait_replicas;
+        if wanted == 0 {
+            return self.query(cmd).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone())
+            .cmd("WAIT")
+            .arg(wanted)
+            .arg(self.backend.config.wait_timeout.as_millis() as u64);
+        let (value, acked): (T, u32) = self.backend.pipeline(&pipe).await?;
+        if acked < wanted {
+            return Err(Error::NotReplicated { acked, wanted });
+        }
+        Ok(value)
+    }
+
+    /// Loads a script on every node that may run it.
+    pub async fn load_script(&self, script: &Lua) -> Result<()> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(script.source());
+        match &*self.backend.target {
+            Target::Node(_) => {
+                self.query::<Value>(&load).await?;
+            }
+            Target::Cluster(conn) => {
+                let mut conn = conn.clone();
+                let route = redis::cluster_routing::RoutingInfo::MultiNode((
+                    redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                    Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+                ));
+                tokio::time::timeout(
+                    self.backend.config.command_timeout,
+                    conn.route_command(load, route),
+                )
+                .await
+                .map_err(|_| Error::Timeout)??;
+            }
+        }
+        Ok(())
     }
 
     /// Redis's clock in Unix milliseconds: the one clock every node agrees on.
@@ -154,22 +579,30 @@ impl Client {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    /// Commands for each of `slots`, added by `add(slot, pipeline)`, sent as
-    /// one pipeline; the replies in order. Used by the global views over
-    /// per-slot indexes.
+    /// The same kind of command for each slot; replies in order.
     pub async fn for_slots<T: FromRedisValue>(
         &self,
         slots: impl IntoIterator<Item = u16>,
-        add: impl Fn(u16, &mut Pipeline),
+        cmd: impl Fn(u16) -> Cmd,
     ) -> Result<Vec<T>> {
-        let mut pipe = Pipeline::new();
-        for slot in slots {
-            add(slot, &mut pipe);
-        }
-        if pipe.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn();
-        self.bounded(pipe.query_async(&mut conn)).await
+        self.backend
+            .each(slots.into_iter().map(cmd).collect())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unsent_commands_are_resent() {
+        let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "x"));
+        assert!(not_sent(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(not_sent(&redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe
+        ))));
+        assert!(!not_sent(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!not_sent(&io(std::io::ErrorKind::TimedOut)));
     }
 }

@@ -6,33 +6,74 @@ use std::time::Duration;
 
 use crate::router::RouterConfig;
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One Redis: `servers[0]`.
+    Single,
+    /// `servers` are sentinels watching the master named here.
+    Sentinel {
+        master: String,
+        username: Option<String>,
+        password: Option<String>,
+    },
+    /// `servers` are seed nodes of a Redis Cluster.
+    Cluster,
+}
+
+/// PEM contents, read by the Erlang side from the configured files.
+#[derive(Clone, Default)]
+pub struct Tls {
+    pub ca: Option<Vec<u8>>,
+    pub cert: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+    /// Check the server's certificate against the CA and the host name.
+    pub verify: bool,
+}
+
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// `(host, port)`; a single Redis uses the first.
+    pub mode: Mode,
+    /// `(host, port)`.
     pub servers: Vec<(String, u16)>,
     pub database: i64,
     pub username: Option<String>,
     pub password: Option<String>,
-    /// Multiplexed connections per client.
+    pub tls: Option<Tls>,
+    /// Multiplexed connections per client (single and sentinel modes).
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// Writes return only once this many replicas confirmed them (`WAIT`).
+    pub wait_replicas: u32,
+    pub wait_timeout: Duration,
     /// Every key starts with it.
     pub key_prefix: Vec<u8>,
     pub router: RouterConfig,
 }
 
-/// Hand-written so that the password can never be printed.
+fn hidden<T>(secret: &Option<T>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<hidden>")
+}
+
+/// Hand-written so that no password or key can ever be printed.
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match &self.mode {
+            Mode::Single => "single".to_string(),
+            Mode::Sentinel { master, .. } => format!("sentinel {master}"),
+            Mode::Cluster => "cluster".to_string(),
+        };
         f.debug_struct("ClientConfig")
+            .field("mode", &mode)
             .field("servers", &self.servers)
             .field("database", &self.database)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password", &hidden(&self.password))
+            .field("tls", &self.tls.as_ref().map(|t| t.verify))
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("wait_replicas", &self.wait_replicas)
             .field("key_prefix", &String::from_utf8_lossy(&self.key_prefix))
             .field("router", &self.router)
             .finish()
@@ -44,20 +85,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_output_hides_the_password() {
+    fn debug_output_hides_secrets() {
         let config = ClientConfig {
+            mode: Mode::Sentinel {
+                master: "mymaster".into(),
+                username: None,
+                password: Some("sentinel-s3cret".into()),
+            },
             servers: vec![("127.0.0.1".into(), 6380)],
             database: 0,
             username: Some("app".into()),
             password: Some("s3cret".into()),
+            tls: Some(Tls {
+                key: Some(b"PRIVATE KEY".to_vec()),
+                ..Tls::default()
+            }),
             pool_size: 1,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
             key_prefix: b"emqx:".to_vec(),
             router: RouterConfig::default(),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("PRIVATE"), "{shown}");
         assert!(shown.contains("<hidden>"), "{shown}");
     }
 }

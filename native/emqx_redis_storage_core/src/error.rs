@@ -15,6 +15,9 @@ pub enum Error {
     Internal(String),
     /// A configuration value that cannot be used; names the field.
     InvalidConfig(&'static str, String),
+    /// The write happened on the master, but `WAIT` saw fewer replicas
+    /// confirm it than `wait_replicas` asks for.
+    NotReplicated { acked: u32, wanted: u32 },
 }
 
 impl From<redis::RedisError> for Error {
@@ -46,6 +49,12 @@ impl fmt::Display for Error {
             Error::Connection(m) => write!(f, "connection: {m}"),
             Error::Internal(m) => write!(f, "internal: {m}"),
             Error::InvalidConfig(field, m) => write!(f, "invalid config {field}: {m}"),
+            Error::NotReplicated { acked, wanted } => {
+                write!(
+                    f,
+                    "written, but only {acked} of {wanted} replicas confirmed it"
+                )
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod message;
 pub mod registry;
 pub mod route_index;
 pub mod router;
+pub mod scripts;
 pub mod session;
 pub mod topic;
 

@@ -13,23 +13,23 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use crate::scripts::Lua;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::session::unexpected;
 
 /// Each script is the shared prelude followed by its own part.
-fn script(own: &str) -> Script {
-    Script::new(&[include_str!("lua/message_prelude.lua"), own].concat())
+fn script(own: &str) -> Lua {
+    Lua::new([include_str!("lua/message_prelude.lua"), own].concat())
 }
 
-static STORE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_store.lua")));
-static GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_get.lua")));
-static ACK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_ack.lua")));
-static DELETE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_delete.lua")));
-static COUNT: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_count.lua")));
-static INFO: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/message_info.lua")));
+static STORE: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_store.lua")));
+static GET: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_get.lua")));
+static ACK: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_ack.lua")));
+static DELETE: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_delete.lua")));
+static COUNT: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_count.lua")));
+static INFO: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_info.lua")));
 
 /// Length of the stored-at header in front of every stored body.
 pub const HEADER_LEN: usize = 8;
@@ -100,7 +100,7 @@ pub async fn store(
     let q = QueueKeys::of(client, client_id);
     let numbers = store_numbers(max_len, messages);
     client
-        .eval(
+        .write_eval(
             &STORE,
             &q.keys(),
             &store_argv(&q.body_prefix, &numbers, messages),
@@ -181,7 +181,9 @@ fn last_rank(offset: u64, limit: u64) -> Option<u64> {
 /// Removes a message; true if it was queued.
 pub async fn ack(client: &Client, client_id: &[u8], id: &[u8]) -> Result<bool> {
     let q = QueueKeys::of(client, client_id);
-    let removed: i64 = client.eval(&ACK, &q.keys(), &[&q.body_prefix, id]).await?;
+    let removed: i64 = client
+        .write_eval(&ACK, &q.keys(), &[&q.body_prefix, id])
+        .await?;
     Ok(removed == 1)
 }
 
@@ -189,7 +191,9 @@ pub async fn ack(client: &Client, client_id: &[u8], id: &[u8]) -> Result<bool> {
 /// messages were deleted.
 pub async fn delete(client: &Client, client_id: &[u8]) -> Result<u64> {
     let q = QueueKeys::of(client, client_id);
-    client.eval(&DELETE, &q.keys(), &[&q.body_prefix]).await
+    client
+        .write_eval(&DELETE, &q.keys(), &[&q.body_prefix])
+        .await
 }
 
 /// The number of live messages.

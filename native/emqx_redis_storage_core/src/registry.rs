@@ -4,21 +4,20 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use crate::scripts::Lua;
 
 use crate::client::Client;
 use crate::error::Result;
 use crate::keys::{client_slot, SLOTS};
 
-static UNREGISTER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/channel_unregister.lua")));
-static CLEANUP: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/channel_cleanup.lua")));
+static UNREGISTER: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("lua/channel_unregister.lua")));
+static CLEANUP: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/channel_cleanup.lua")));
 
 pub async fn register(client: &Client, client_id: &[u8], node: &[u8]) -> Result<()> {
     let key = client.keys().channels(client_slot(client_id));
     client
-        .query::<()>(redis::cmd("HSET").arg(key).arg(client_id).arg(node))
+        .write_query::<()>(redis::cmd("HSET").arg(key).arg(client_id).arg(node))
         .await
 }
 
@@ -33,7 +32,7 @@ pub async fn lookup(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>
 pub async fn unregister(client: &Client, client_id: &[u8], node: &[u8]) -> Result<bool> {
     let key = client.keys().channels(client_slot(client_id));
     let removed: i64 = client
-        .eval(&UNREGISTER, &[&key], &[client_id, node])
+        .write_eval(&UNREGISTER, &[&key], &[client_id, node])
         .await?;
     Ok(removed == 1)
 }
@@ -43,14 +42,16 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
     let keys = client.keys();
     // Only slots whose hash exists need the script.
     let exists: Vec<i64> = client
-        .for_slots(0..SLOTS, |slot, pipe| {
-            pipe.cmd("EXISTS").arg(keys.channels(slot));
+        .for_slots(0..SLOTS, |slot| {
+            let mut cmd = redis::cmd("EXISTS");
+            cmd.arg(keys.channels(slot));
+            cmd
         })
         .await?;
     let mut removed = 0u64;
     for (slot, _) in exists.iter().enumerate().filter(|(_, &e)| e == 1) {
         let n: u64 = client
-            .eval(&CLEANUP, &[&keys.channels(slot as u16)], &[node])
+            .write_eval(&CLEANUP, &[&keys.channels(slot as u16)], &[node])
             .await?;
         removed += n;
     }

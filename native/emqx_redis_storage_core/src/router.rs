@@ -23,18 +23,18 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::Value;
 
-use crate::client::Client;
+use crate::scripts::Lua;
+
+use crate::client::{Backend, Client};
 use crate::error::{Error, Result};
-use crate::keys::crc16;
+use crate::keys::{crc16, Keys};
 use crate::route_index::RouteIndex;
 
-static ADD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/route_add.lua")));
-static DELETE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/route_delete.lua")));
-static MATCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/route_match.lua")));
+static ADD: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/route_add.lua")));
+static DELETE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/route_delete.lua")));
+static MATCH: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/route_match.lua")));
 
 /// The hash field of a shard's version counter; no filter can contain NUL.
 const VERSION_FIELD: &[u8] = b"\0v";
@@ -282,8 +282,9 @@ pub async fn add(client: &Client, routes: &[(Vec<u8>, Vec<u8>)]) -> Result<u64> 
                     args.push(filter);
                     args.push(dest);
                 }
-                let (added, _version): (u64, u64) =
-                    client.eval(&ADD, &[&routes_key, &trie_key], &args).await?;
+                let (added, _version): (u64, u64) = client
+                    .write_eval(&ADD, &[&routes_key, &trie_key], &args)
+                    .await?;
                 Ok::<u64, Error>(added)
             }
         });
@@ -303,7 +304,7 @@ pub async fn add(client: &Client, routes: &[(Vec<u8>, Vec<u8>)]) -> Result<u64> 
 pub async fn delete(client: &Client, filter: &[u8], dest: &[u8]) -> Result<bool> {
     let (shard, routes, trie) = shard_keys(client, filter);
     let (removed, _version): (u64, u64) = client
-        .eval(
+        .write_eval(
             &DELETE,
             &[&routes, &trie],
             &[
@@ -333,18 +334,22 @@ pub async fn lookup(client: &Client, filter: &[u8]) -> Result<Vec<Vec<u8>>> {
 
 type Shard = (u64, Vec<(Vec<u8>, Vec<u8>)>);
 
+/// The same command for every shard, replies in shard order.
+fn per_shard(keys: &Keys, shards: u16, name: &str) -> Vec<redis::Cmd> {
+    (0..shards)
+        .map(|shard| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(keys.routes(shard));
+            cmd
+        })
+        .collect()
+}
+
 /// Every shard's version and routes (filter, NUL-joined dests), each shard
 /// read atomically by one HGETALL.
-async fn read_shards(
-    conn: &mut ConnectionManager,
-    keys: &crate::keys::Keys,
-    shards: u16,
-) -> redis::RedisResult<Vec<Shard>> {
-    let mut pipe = redis::pipe();
-    for shard in 0..shards {
-        pipe.cmd("HGETALL").arg(keys.routes(shard));
-    }
-    let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> = pipe.query_async(conn).await?;
+async fn read_shards(backend: &Backend, keys: &Keys, shards: u16) -> Result<Vec<Shard>> {
+    let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
+        backend.each(per_shard(keys, shards, "HGETALL")).await?;
     Ok(all
         .into_iter()
         .map(|fields| {
@@ -367,13 +372,11 @@ async fn read_shards(
 
 /// Every filter that has a route.
 pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
-    let keys = client.keys();
-    let mut pipe = redis::pipe();
-    for shard in 0..client.router().config.shards {
-        pipe.cmd("HKEYS").arg(keys.routes(shard));
-    }
-    let mut conn = client.conn();
-    let all: Vec<Vec<Vec<u8>>> = client.bounded(pipe.query_async(&mut conn)).await?;
+    let shards = client.router().config.shards;
+    let all: Vec<Vec<Vec<u8>>> = client
+        .backend()
+        .each(per_shard(client.keys(), shards, "HKEYS"))
+        .await?;
     let mut filters: Vec<Vec<u8>> = all
         .into_iter()
         .flatten()
@@ -386,16 +389,10 @@ pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
 /// Removes every route of a node (and of its shared-subscription dests).
 pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
     let pattern = node_pattern(node);
-    let events = client.keys().route_events();
+    let keys = client.keys();
+    let events = keys.route_events();
     let mut removed = 0;
-    let mut conn = client.conn();
-    let shards = client
-        .bounded(read_shards(
-            &mut conn,
-            client.keys(),
-            client.router().config.shards,
-        ))
-        .await?;
+    let shards = read_shards(client.backend(), keys, client.router().config.shards).await?;
     for (shard, (_, routes)) in shards.into_iter().enumerate() {
         let hit: Vec<&[u8]> = routes
             .iter()
@@ -412,22 +409,21 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
             args.push(filter);
             args.push(&pattern);
         }
-        let keys = client.keys();
         let (n, _): (u64, u64) = client
-            .eval(
+            .write_eval(
                 &DELETE,
                 &[&keys.routes(shard), &keys.route_trie(shard)],
                 &args,
             )
             .await?;
         removed += n;
-        if let Some(index) = &client.router().index {
-            let mut state = index.write();
-            if state.ready {
-                state
-                    .routes
-                    .remove_dests_where(|d| decode_dest(d).0 == node);
-            }
+    }
+    if let Some(index) = &client.router().index {
+        let mut state = index.write();
+        if state.ready {
+            state
+                .routes
+                .remove_dests_where(|d| decode_dest(d).0 == node);
         }
     }
     Ok(removed)
@@ -436,35 +432,32 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
 /// Loads the match script, which runs inside pipelines where it cannot be
 /// loaded on demand.
 pub async fn load_match_script(client: &Client) -> Result<()> {
-    let mut conn = client.conn();
-    client
-        .bounded(MATCH.prepare_invoke().load_async(&mut conn))
-        .await?;
-    Ok(())
+    client.load_script(&MATCH).await
 }
 
-/// Matches inside Redis: the match script on every shard, in one pipeline.
+/// Matches inside Redis: the match script on every shard (one pipeline on a
+/// single server, concurrent calls on a cluster, where shards live apart).
 pub async fn match_in_redis(client: &Client, topic: &[u8]) -> Result<Vec<Vec<u8>>> {
     let keys = client.keys();
     let shards = client.router().config.shards;
-    let mut conn = client.conn();
-    let build = || {
-        let mut pipe = redis::pipe();
-        for shard in 0..shards {
-            pipe.cmd("EVALSHA")
-                .arg(MATCH.get_hash())
-                .arg(2)
-                .arg(keys.routes(shard))
-                .arg(keys.route_trie(shard))
-                .arg(topic);
-        }
-        pipe
+    let calls = || {
+        (0..shards)
+            .map(|shard| {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(MATCH.hash())
+                    .arg(2)
+                    .arg(keys.routes(shard))
+                    .arg(keys.route_trie(shard))
+                    .arg(topic);
+                cmd
+            })
+            .collect::<Vec<_>>()
     };
-    let found: Vec<Vec<Vec<u8>>> = match client.bounded(build().query_async(&mut conn)).await {
+    let found: Vec<Vec<Vec<u8>>> = match client.backend().each(calls()).await {
         // After a Redis restart its script cache is empty again.
         Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
             load_match_script(client).await?;
-            client.bounded(build().query_async(&mut conn)).await?
+            client.backend().each(calls()).await?
         }
         other => other?,
     };
@@ -481,22 +474,21 @@ pub async fn match_in_redis(client: &Client, topic: &[u8]) -> Result<Vec<Vec<u8>
 /// Keeps a client's local index in step with Redis until `shutdown` closes.
 pub async fn sync_index(
     index: Arc<LocalIndex>,
-    redis_client: redis::Client,
-    mut conn: ConnectionManager,
-    client_keys: crate::keys::Keys,
+    backend: Backend,
+    keys: Keys,
     config: RouterConfig,
-    connect_timeout: Duration,
     mut shutdown: tokio::sync::watch::Receiver<()>,
 ) {
-    let channel = client_keys.route_events();
+    let mut attempt = 0;
     loop {
         // `follow` returns only when something broke; either way the index
         // may have missed changes, so it is stale until the next full load.
         tokio::select! {
-            _ = follow(&index, &redis_client, &mut conn, &client_keys, &config, connect_timeout, &channel) => {}
+            _ = follow(&index, &backend, &keys, &config, attempt) => {}
             _ = shutdown.changed() => return,
         };
         index.mark_stale();
+        attempt += 1;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = shutdown.changed() => return,
@@ -507,22 +499,19 @@ pub async fn sync_index(
 /// Subscribes, loads everything, then applies events until something breaks.
 async fn follow(
     index: &LocalIndex,
-    redis_client: &redis::Client,
-    conn: &mut ConnectionManager,
-    keys: &crate::keys::Keys,
+    backend: &Backend,
+    keys: &Keys,
     config: &RouterConfig,
-    connect_timeout: Duration,
-    channel: &[u8],
+    attempt: usize,
 ) -> Result<()> {
-    let mut pubsub = tokio::time::timeout(connect_timeout, redis_client.get_async_pubsub())
-        .await
-        .map_err(|_| Error::Timeout)??;
-    tokio::time::timeout(connect_timeout, pubsub.subscribe(channel))
+    let timeout = backend.config().connect_timeout;
+    let mut pubsub = backend.pubsub(attempt).await?;
+    tokio::time::timeout(timeout, pubsub.subscribe(keys.route_events()))
         .await
         .map_err(|_| Error::Timeout)??;
     let (mut sink, mut stream) = pubsub.split();
     // Subscribed first, loaded second: no change can fall between the two.
-    reload(index, conn, keys, config.shards).await?;
+    reload(index, backend, keys, config.shards).await?;
     let mut tick = tokio::time::interval(config.sync_interval);
     tick.tick().await;
     loop {
@@ -534,49 +523,40 @@ async fn follow(
                 let in_order = Event::parse(msg.get_payload_bytes())
                     .is_some_and(|event| index.apply(&event));
                 if !in_order {
-                    reload(index, conn, keys, config.shards).await?;
+                    reload(index, backend, keys, config.shards).await?;
                 }
             }
             _ = tick.tick() => {
                 // Catches what no later event would reveal: a lost last event,
                 // or a subscription that silently stopped delivering.
-                tokio::time::timeout(connect_timeout, sink.ping::<Value>())
+                tokio::time::timeout(timeout, sink.ping::<Value>())
                     .await
                     .map_err(|_| Error::Timeout)??;
-                if remote_versions(conn, keys, config.shards).await? != index.versions() {
-                    reload(index, conn, keys, config.shards).await?;
+                let versions: Vec<Option<u64>> = backend
+                    .each(
+                        (0..config.shards)
+                            .map(|shard| {
+                                let mut cmd = redis::cmd("HGET");
+                                cmd.arg(keys.routes(shard)).arg(VERSION_FIELD);
+                                cmd
+                            })
+                            .collect(),
+                    )
+                    .await?;
+                let versions: Vec<u64> = versions.into_iter().map(Option::unwrap_or_default).collect();
+                if versions != index.versions() {
+                    reload(index, backend, keys, config.shards).await?;
                 }
             }
         }
     }
 }
 
-async fn remote_versions(
-    conn: &mut ConnectionManager,
-    keys: &crate::keys::Keys,
-    shards: u16,
-) -> Result<Vec<u64>> {
-    let mut pipe = redis::pipe();
-    for shard in 0..shards {
-        pipe.cmd("HGET").arg(keys.routes(shard)).arg(VERSION_FIELD);
-    }
-    let versions: Vec<Option<u64>> = pipe.query_async(conn).await?;
-    Ok(versions
-        .into_iter()
-        .map(Option::unwrap_or_default)
-        .collect())
-}
-
-async fn reload(
-    index: &LocalIndex,
-    conn: &mut ConnectionManager,
-    keys: &crate::keys::Keys,
-    shards: u16,
-) -> Result<()> {
+async fn reload(index: &LocalIndex, backend: &Backend, keys: &Keys, shards: u16) -> Result<()> {
     index.mark_stale();
     let mut routes = RouteIndex::new();
     let mut versions = Vec::with_capacity(shards as usize);
-    for (version, filters) in read_shards(conn, keys, shards).await? {
+    for (version, filters) in read_shards(backend, keys, shards).await? {
         versions.push(version);
         for (filter, dests) in filters {
             for dest in split_dests(&dests) {

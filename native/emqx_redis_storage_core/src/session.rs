@@ -6,20 +6,19 @@
 
 use std::sync::LazyLock;
 
-use redis::{Script, Value};
+use redis::Value;
+
+use crate::scripts::Lua;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::keys::{client_slot, SLOTS};
 
-static SAVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/session_save.lua")));
-static DELETE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/session_delete.lua")));
-static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/lease_acquire.lua")));
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/lease_renew.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/lease_release.lua")));
+static SAVE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/session_save.lua")));
+static DELETE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/session_delete.lua")));
+static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/lease_acquire.lua")));
+static RENEW: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/lease_renew.lua")));
+static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/lease_release.lua")));
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -55,7 +54,7 @@ pub async fn save(client: &Client, args: SaveArgs<'_>) -> Result<Saved> {
     let ttl = args.ttl_ms.to_string();
     let fence = args.fence.map(|f| f.to_string()).unwrap_or_default();
     let reply: Vec<i64> = client
-        .eval(
+        .write_eval(
             &SAVE,
             &[
                 &keys.session(id),
@@ -85,7 +84,7 @@ pub async fn load(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>> 
 pub async fn delete(client: &Client, client_id: &[u8]) -> Result<bool> {
     let keys = client.keys();
     let deleted: i64 = client
-        .eval(
+        .write_eval(
             &DELETE,
             &[
                 &keys.session(client_id),
@@ -122,11 +121,12 @@ pub async fn info(client: &Client, client_id: &[u8]) -> Result<Option<SessionInf
 async fn live_per_slot(client: &Client, now: i64) -> Result<Vec<u64>> {
     let keys = client.keys();
     client
-        .for_slots(0..SLOTS, |slot, pipe| {
-            pipe.cmd("ZCOUNT")
-                .arg(keys.session_index(slot))
+        .for_slots(0..SLOTS, |slot| {
+            let mut cmd = redis::cmd("ZCOUNT");
+            cmd.arg(keys.session_index(slot))
                 .arg(format!("({now}"))
                 .arg("+inf");
+            cmd
         })
         .await
 }
@@ -136,19 +136,14 @@ async fn live_per_slot(client: &Client, now: i64) -> Result<Vec<u64>> {
 pub async fn count(client: &Client) -> Result<u64> {
     let now = client.now_ms().await?;
     let keys = client.keys();
-    let live: Vec<u64> = client
-        .for_slots(0..SLOTS, |slot, pipe| {
-            let index = keys.session_index(slot);
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&index)
-                .arg("-inf")
-                .arg(now)
-                .ignore()
-                .cmd("ZCARD")
-                .arg(index);
+    let _reclaimed: Vec<u64> = client
+        .for_slots(0..SLOTS, |slot| {
+            let mut cmd = redis::cmd("ZREMRANGEBYSCORE");
+            cmd.arg(keys.session_index(slot)).arg("-inf").arg(now);
+            cmd
         })
         .await?;
-    Ok(live.iter().sum())
+    Ok(live_per_slot(client, now).await?.iter().sum())
 }
 
 /// One page of live sessions' client ids. Order: by hash slot of the client
@@ -174,16 +169,20 @@ pub async fn list(client: &Client, limit: u64, offset: u64) -> Result<Vec<Vec<u8
     }
     let keys = client.keys();
     let pages: Vec<Vec<Vec<u8>>> = client
-        .for_slots(ranges.iter().map(|r| r.0), |slot, pipe| {
-            if let Some((_, skip, take)) = ranges.iter().find(|r| r.0 == slot) {
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(keys.session_index(slot))
-                    .arg(format!("({now}"))
-                    .arg("+inf")
-                    .arg("LIMIT")
-                    .arg(*skip)
-                    .arg(*take);
-            }
+        .for_slots(ranges.iter().map(|r| r.0), |slot| {
+            let (_, skip, take) = ranges
+                .iter()
+                .find(|r| r.0 == slot)
+                .copied()
+                .unwrap_or_default();
+            let mut cmd = redis::cmd("ZRANGEBYSCORE");
+            cmd.arg(keys.session_index(slot))
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(skip)
+                .arg(take);
+            cmd
         })
         .await?;
     Ok(pages.into_iter().flatten().collect())
@@ -198,7 +197,7 @@ pub async fn acquire_lease(
 ) -> Result<std::result::Result<i64, NotHeld>> {
     let keys = client.keys();
     let reply: (i64, Value) = client
-        .eval(
+        .write_eval(
             &ACQUIRE,
             &[&keys.lease(client_id), &keys.fence(client_id)],
             &[
@@ -223,7 +222,7 @@ pub async fn renew_lease(
 ) -> Result<std::result::Result<(), NotHeld>> {
     let keys = client.keys();
     let reply: Vec<Value> = client
-        .eval(
+        .write_eval(
             &RENEW,
             &[&keys.lease(client_id), &keys.fence(client_id)],
             &[
@@ -242,7 +241,7 @@ pub async fn release_lease(
 ) -> Result<std::result::Result<(), NotHeld>> {
     let key = client.keys().lease(client_id);
     let reply: Vec<Value> = client
-        .eval(&RELEASE, &[&key], &[fence.to_string().as_bytes()])
+        .write_eval(&RELEASE, &[&key], &[fence.to_string().as_bytes()])
         .await?;
     lease_outcome("lease_release", reply)
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use emqx_redis_storage_core::config::ClientConfig;
+use emqx_redis_storage_core::config::{ClientConfig, Mode, Tls};
 use emqx_redis_storage_core::router::{IndexMode, RouterConfig};
 use emqx_redis_storage_core::Error;
 use redis::Value;
@@ -13,7 +13,10 @@ use rustler::types::binary::NewBinary;
 use rustler::{Atom, Binary, Decoder, Encoder, Env, Term};
 
 mod atoms {
-    rustler::atoms! { undefined, error, timeout, redis, connection, internal, invalid_config, local }
+    rustler::atoms! {
+        undefined, error, timeout, redis, connection, internal, invalid_config, local,
+        not_replicated, acked, wanted, single, sentinel, cluster, ca, cert, key, verify
+    }
 }
 
 /// A binary term holding a copy of `bytes`.
@@ -44,6 +47,14 @@ impl Encoder for Reason<'_> {
             Error::InvalidConfig(field, m) => {
                 (atoms::invalid_config(), *field, m.as_str()).encode(env)
             }
+            Error::NotReplicated { acked, wanted } => (
+                atoms::not_replicated(),
+                rustler::types::map::map_new(env)
+                    .map_put(atoms::acked(), acked)
+                    .and_then(|m| m.map_put(atoms::wanted(), wanted))
+                    .unwrap_or_else(|_| atoms::undefined().encode(env)),
+            )
+                .encode(env),
         }
     }
 }
@@ -164,6 +175,22 @@ fn millis(map: Term, name: &'static str) -> Result<Duration, Error> {
     }
 }
 
+/// `undefined`, or `#{ca, cert, key => PEM binary | undefined, verify => boolean()}`.
+fn tls(term: Term) -> Result<Option<Tls>, Error> {
+    if term.decode::<Atom>().ok() == Some(atoms::undefined()) {
+        return Ok(None);
+    }
+    let pem = |name: &'static str| -> Result<Option<Vec<u8>>, Error> {
+        Ok(optional_text(term, name)?.map(String::into_bytes))
+    };
+    Ok(Some(Tls {
+        ca: pem("ca")?,
+        cert: pem("cert")?,
+        key: pem("key")?,
+        verify: field(term, "verify")?,
+    }))
+}
+
 /// The client config map that `emqx_redis_storage_client` builds. Decoding
 /// still fails cleanly, never panics, if a caller of the raw NIF passes
 /// something else.
@@ -176,7 +203,26 @@ pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
     if pool_size == 0 {
         return Err(Error::InvalidConfig("pool_size", "must be positive".into()));
     }
+    let mode: Atom = field(map, "redis_type")?;
+    let mode = if mode == atoms::single() {
+        Mode::Single
+    } else if mode == atoms::cluster() {
+        Mode::Cluster
+    } else if mode == atoms::sentinel() {
+        Mode::Sentinel {
+            master: optional_text(map, "sentinel")?
+                .ok_or_else(|| Error::InvalidConfig("sentinel", "missing".into()))?,
+            username: optional_text(map, "sentinel_username")?,
+            password: optional_text(map, "sentinel_password")?,
+        }
+    } else {
+        return Err(Error::InvalidConfig("redis_type", "unknown".into()));
+    };
     Ok(ClientConfig {
+        mode,
+        tls: tls(field(map, "tls")?)?,
+        wait_replicas: field(map, "wait_replicas")?,
+        wait_timeout: millis(map, "wait_timeout")?,
         servers,
         database: field(map, "database")?,
         username: optional_text(map, "username")?,

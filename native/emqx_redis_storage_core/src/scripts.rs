@@ -1,0 +1,29 @@
+//! Lua scripts that keep their source: redis-rs `Script` exposes only its
+//! SHA, and a cluster needs the source to load a script on every master.
+
+use redis::Script;
+
+pub struct Lua {
+    source: String,
+    script: Script,
+}
+
+impl Lua {
+    pub fn new(source: impl Into<String>) -> Self {
+        let source = source.into();
+        let script = Script::new(&source);
+        Lua { source, script }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn hash(&self) -> &str {
+        self.script.get_hash()
+    }
+
+    pub fn script(&self) -> &Script {
+        &self.script
+    }
+}
