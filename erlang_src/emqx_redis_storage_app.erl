@@ -13,12 +13,28 @@ start(_Type, _Args) ->
             case emqx_redis_storage_client:connect(Parsed, Prefix) of
                 {ok, Client} ->
                     ok = emqx_redis_storage_client:set_default(Client),
+                    warn_if_not_persistent(Client),
                     emqx_redis_storage_sup:start_link();
                 {error, _} = Error ->
                     Error
             end;
         {error, _} = Error ->
             Error
+    end.
+
+%% Without an append-only file, a Redis restart loses every session and
+%% queued message written since the last snapshot: say so at start. A
+%% restricted ACL user may not read the config; then nothing can be said.
+warn_if_not_persistent(Client) ->
+    case emqx_redis_storage:q(Client, [<<"CONFIG">>, <<"GET">>, <<"appendonly">>]) of
+        {ok, [_, <<"no">>]} ->
+            logger:warning(
+                "emqx_redis_storage: Redis at ~ts does not persist to disk (appendonly no); "
+                "a Redis restart loses sessions and queued messages",
+                [lists:join(",", maps:get(servers, emqx_redis_storage_client:info(Client)))]
+            );
+        _ ->
+            ok
     end.
 
 -spec stop(term()) -> ok.

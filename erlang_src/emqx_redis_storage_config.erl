@@ -244,10 +244,15 @@ unit_ms(<<"d">>) -> 86400000.
 %% "host[:port],host[:port]" (or a list of such strings) into [{Host, Port}].
 parse_servers(Path, Value) ->
     Entries =
-        case text_or_none(Value) of
-            ?NONE when is_list(Value), Value =/= [] -> [text_or_none(V) || V <- Value];
-            ?NONE -> [?NONE];
-            Bin -> binary:split(Bin, <<",">>, [global, trim_all])
+        case is_list(Value) andalso Value =/= [] andalso lists:all(fun(E) -> not is_integer(E) end, Value) of
+            true ->
+                %% a list of "host[:port]" entries
+                [text_or_none(V) || V <- Value];
+            false ->
+                case text_or_none(Value) of
+                    ?NONE -> [?NONE];
+                    Bin -> binary:split(Bin, <<",">>, [global, trim_all])
+                end
         end,
     case Entries of
         [] -> invalid(Path, servers_expected());

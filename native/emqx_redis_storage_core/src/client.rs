@@ -224,7 +224,10 @@ impl Backend {
                 match op(self.conn()).await {
                     Ok(value) => return Ok(value),
                     Err(e) => {
-                        let resend = not_sent(&e) || self.follow_failover(&e).await;
+                        // Failover first: a refused connection to a dead
+                        // master is "not sent" too, and resending it to the
+                        // same address would fail again.
+                        let resend = self.follow_failover(&e).await || not_sent(&e);
                         if !resend {
                             return Err(Error::from(e));
                         }
@@ -297,23 +300,110 @@ impl Backend {
             .await
     }
 
-    /// Independent commands, each on any node, replies in order: one
-    /// pipeline on a single server, concurrent commands on a cluster (where
-    /// they may belong to different slots).
+    /// Independent commands on keys of any slots, replies in order: one
+    /// pipeline on a single server; on a cluster one pipeline per master,
+    /// for the commands whose key slot it serves.
     pub async fn each<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        if self.is_cluster() {
-            futures::future::try_join_all(cmds.iter().map(|cmd| self.query(cmd))).await
-        } else {
+        let Target::Cluster(conn) = &*self.target else {
             let mut pipe = Pipeline::with_capacity(cmds.len());
             for cmd in cmds {
                 pipe.add_command(cmd);
             }
-            self.pipeline(&pipe).await
+            return self.pipeline(&pipe).await;
+        };
+        let work = async {
+            let values = match by_master(conn, &cmds).await {
+                Ok(values) => values,
+                // The topology moved under us (MOVED, a failover): one by one,
+                // which follows redirections.
+                Err(_) => {
+                    futures::future::try_join_all(cmds.iter().map(|cmd| {
+                        let mut conn = conn.clone();
+                        async move { cmd.query_async::<Value>(&mut conn).await }
+                    }))
+                    .await?
+                }
+            };
+            values
+                .into_iter()
+                .map(|v| T::from_redis_value(v))
+                .collect::<std::result::Result<Vec<T>, _>>()
+                .map_err(redis::RedisError::from)
+        };
+        tokio::time::timeout(self.config.command_timeout, work)
+            .await
+            .unwrap_or(Err(Error::Timeout.into_redis()))
+            .map_err(Error::from)
+    }
+}
+
+/// Sends `cmds` as one pipeline per master (from `CLUSTER SLOTS`), each
+/// command to the master of its key's slot; replies in the order of `cmds`.
+async fn by_master(conn: &ClusterConnection, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let mut conn = conn.clone();
+    let slots_cmd = redis::cmd("CLUSTER").arg("SLOTS").clone();
+    let ranges: Vec<(u16, u16)> = {
+        let reply = conn
+            .route_command(slots_cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+            .await?;
+        let entries: Vec<Vec<Value>> = FromRedisValue::from_redis_value(reply)?;
+        entries
+            .iter()
+            .filter_map(|e| match (e.first(), e.get(1)) {
+                (Some(Value::Int(a)), Some(Value::Int(b))) => Some((*a as u16, *b as u16)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut groups: Vec<(u16, Pipeline, Vec<usize>)> = Vec::new();
+    for (i, cmd) in cmds.iter().enumerate() {
+        let slot = cmd
+            .args_iter()
+            .nth(1)
+            .map(|arg| match arg {
+                redis::Arg::Simple(key) => crate::keys::key_slot(key),
+                _ => 0,
+            })
+            .unwrap_or(0);
+        let range = ranges
+            .iter()
+            .position(|(a, b)| (*a..=*b).contains(&slot))
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "slot not served")))?;
+        let start = ranges[range].0;
+        match groups.iter_mut().find(|g| g.0 == start) {
+            Some(group) => {
+                group.1.add_command(cmd.clone());
+                group.2.push(i);
+            }
+            None => {
+                let mut pipe = Pipeline::new();
+                pipe.add_command(cmd.clone());
+                groups.push((start, pipe, vec![i]));
+            }
         }
     }
+    let replies = futures::future::try_join_all(groups.into_iter().map(|(start, pipe, positions)| {
+        let mut conn = conn.clone();
+        async move {
+            let count = positions.len();
+            let route = SingleNodeRoutingInfo::SpecificNode(Route::new(start, SlotAddr::Master));
+            let values = conn.route_pipeline(pipe, 0, count, route).await?;
+            Ok::<_, redis::RedisError>(positions.into_iter().zip(values))
+        }
+    }))
+    .await?;
+    let mut out = vec![Value::Nil; cmds.len()];
+    for (i, value) in replies.into_iter().flatten() {
+        if let Value::ServerError(e) = value {
+            return Err(e.into());
+        }
+        out[i] = value;
+    }
+    Ok(out)
 }
 
 async fn connect_pool(config: &ClientConfig) -> Result<Pool> {

@@ -61,6 +61,16 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl Error {
+    /// As a redis-rs error, to travel through code that speaks redis-rs.
+    pub fn into_redis(self) -> redis::RedisError {
+        match self {
+            Error::Timeout => std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+            other => redis::RedisError::from((redis::ErrorKind::Client, "error", other.to_string())),
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// The text of a caught panic payload.

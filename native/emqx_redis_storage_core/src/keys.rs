@@ -187,9 +187,13 @@ pub fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
+/// The Redis Cluster slot of any key.
+pub fn key_slot(key: &[u8]) -> u16 {
+    crc16(hash_tag(key)) % SLOTS
+}
+
 /// The hash tag Redis takes from a key: the bytes between the first `{` and
 /// the first `}` after it, if not empty; else the whole key.
-#[cfg(test)]
 fn hash_tag(key: &[u8]) -> &[u8] {
     if let Some(open) = key.iter().position(|&b| b == b'{') {
         if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
@@ -207,7 +211,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn slot(key: &[u8]) -> u16 {
-        crc16(hash_tag(key)) % SLOTS
+        key_slot(key)
     }
 
     #[test]

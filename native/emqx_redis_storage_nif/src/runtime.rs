@@ -83,11 +83,18 @@ where
             .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
         if task_ticket.0.claim_for_reply() {
             // The caller may have exited; then there is nobody to answer.
+            // Once claimed, the reply must go out: the caller may be waiting
+            // for it without a deadline. Even a panic while encoding it
+            // becomes an error reply.
             let _ = msg_env.send_and_clear(&pid, |env| {
-                let body = match &result {
+                let body = std::panic::catch_unwind(AssertUnwindSafe(|| match &result {
                     Ok(value) => (atoms::ok(), value).encode(env),
                     Err(reason) => (atoms::error(), Reason(reason)).encode(env),
-                };
+                }))
+                .unwrap_or_else(|panic| {
+                    let reason = Error::Internal(panic_message(panic.as_ref()));
+                    (atoms::error(), Reason(&reason)).encode(env)
+                });
                 (saved_ref.load(env), body).encode(env)
             });
         }

@@ -1,0 +1,359 @@
+%% Every API on real Redis Cluster (3 masters + 3 replicas), real Sentinel
+%% (master, replica, 3 sentinels), real TLS (certificates made with openssl)
+%% and a least-privilege ACL user; failovers and a live resharding.
+-module(emqx_redis_deploy_SUITE).
+
+-compile([export_all, nowarn_export_all]).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+all() ->
+    [
+        {group, cluster},
+        {group, sentinel},
+        {group, tls},
+        {group, acl},
+        appendonly_off_is_warned
+    ].
+
+groups() ->
+    [
+        {cluster, [sequence], [
+            main_cases,
+            global_views_span_all_shards,
+            slot_migration_while_writers_run,
+            master_killed_replica_promoted_nothing_lost
+        ]},
+        {sentinel, [sequence], [main_cases, master_killed_failover_followed_nothing_lost]},
+        {tls, [], [
+            verified_tls_main_cases,
+            mutual_tls,
+            wrong_ca_fails_clearly,
+            wrong_name_fails_clearly,
+            tls_cluster_main_cases,
+            tls_sentinel_main_cases
+        ]},
+        {acl, [], [restricted_user_main_cases, user_without_rights_gets_clear_error]}
+    ].
+
+init_per_suite(Config) ->
+    ok = emqx_redis_storage:stop(),
+    Config.
+
+end_per_suite(_Config) ->
+    ok.
+
+init_per_group(cluster, Config) ->
+    Nodes = redis_test_server:start_cluster(#{}),
+    ok = emqx_redis_storage:start(cluster_config(Nodes, #{})),
+    [{nodes, Nodes} | Config];
+init_per_group(sentinel, Config) ->
+    Sentinel = redis_test_server:start_sentinel(#{}),
+    ok = wait_until(fun() -> replica_in_sync(Sentinel) end, 20000),
+    ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{})),
+    [{sentinel, Sentinel} | Config];
+init_per_group(_Group, Config) ->
+    Config.
+
+end_per_group(cluster, Config) ->
+    ok = emqx_redis_storage:stop(),
+    redis_test_server:stop_cluster(?config(nodes, Config));
+end_per_group(sentinel, Config) ->
+    ok = emqx_redis_storage:stop(),
+    redis_test_server:stop_sentinel(?config(sentinel, Config));
+end_per_group(_Group, _Config) ->
+    ok.
+
+init_per_testcase(_Case, Config) -> Config.
+end_per_testcase(_Case, _Config) -> ok.
+
+cluster_config(Nodes, Extra) ->
+    Redis = maps:merge(
+        #{redis_type => cluster, servers => [redis_test_server:address(N) || N <- Nodes]},
+        maps:get(redis, Extra, #{})
+    ),
+    maps:merge(#{route_sync_interval => 500}, Extra#{redis => Redis}).
+
+sentinel_config(#{sentinels := Sentinels}, Extra) ->
+    Redis = maps:merge(
+        #{
+            redis_type => sentinel,
+            sentinel => <<"mymaster">>,
+            servers => [redis_test_server:address(S) || S <- Sentinels]
+        },
+        maps:get(redis, Extra, #{})
+    ),
+    maps:merge(#{route_sync_interval => 500}, Extra#{redis => Redis}).
+
+%%--------------------------------------------------------------------
+%% every mode
+
+main_cases(_Config) ->
+    ok = storage_checks:all().
+
+%%--------------------------------------------------------------------
+%% cluster
+
+%% Sessions spread over every master; counting and listing see them all.
+global_views_span_all_shards(Config) ->
+    Ids = [<<"spread-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
+    [ok = emqx_redis_session:save_session(Id, x) || Id <- Ids],
+    Masters = masters(?config(nodes, Config)),
+    Per = [list_to_integer(redis_test_server:cmd(M, ["DBSIZE"])) || M <- Masters],
+    ct:log("keys per master: ~p", [Per]),
+    ?assert(lists:all(fun(N) -> N > 0 end, Per)),
+    {ok, N} = emqx_redis_session:count_sessions(),
+    ?assert(N >= 300),
+    {ok, Listed} = emqx_redis_session:list_sessions(10000, 0),
+    ?assertEqual([], Ids -- Listed),
+    [ok = emqx_redis_session:delete_session(Id) || Id <- Ids].
+
+%% Slots move between masters (MIGRATE, ASK and MOVED) while writers write;
+%% every write that was acknowledged can be read back afterwards.
+slot_migration_while_writers_run(Config) ->
+    [From, To | _] = masters(?config(nodes, Config)),
+    Parent = self(),
+    Stop = make_ref(),
+    Writers = [spawn_link(fun() -> writer(Parent, Stop, W, 0, []) end) || W <- lists:seq(1, 8)],
+    timer:sleep(300),
+    Out = os:cmd(lists:flatten([
+        "redis-cli --cluster reshard 127.0.0.1:", integer_to_list(redis_test_server:port(From)),
+        " --cluster-from ", node_id(From), " --cluster-to ", node_id(To),
+        " --cluster-slots 1000 --cluster-yes 2>&1"
+    ])),
+    ct:log("reshard: ~ts", [lists:sublist(Out, 2000)]),
+    ?assertEqual(nomatch, string:find(Out, "ERR")),
+    timer:sleep(300),
+    [W ! Stop || W <- Writers],
+    Acked = lists:append([receive {acked, W, A} -> A after 30000 -> ct:fail(writer_stuck) end || W <- Writers]),
+    ct:log("~p writes acknowledged during the resharding", [length(Acked)]),
+    ?assert(length(Acked) > 100),
+    [?assertEqual({ok, {written, Id}}, emqx_redis_session:load_session(Id)) || Id <- Acked],
+    ok = storage_checks:all().
+
+writer(Parent, Stop, W, I, Acked) ->
+    receive
+        Stop -> Parent ! {acked, self(), Acked}
+    after 0 ->
+        Id = iolist_to_binary(io_lib:format("mig-~p-~p", [W, I])),
+        case emqx_redis_session:save_session(Id, {written, Id}) of
+            ok -> writer(Parent, Stop, W, I + 1, [Id | Acked]);
+            {error, Reason} -> ct:log("write ~s failed: ~p", [Id, Reason]), writer(Parent, Stop, W, I + 1, Acked)
+        end
+    end.
+
+%% A master dies (SIGKILL); its replica takes over; writes that were
+%% acknowledged with wait_replicas => 1 are all still there.
+master_killed_replica_promoted_nothing_lost(Config) ->
+    Nodes = ?config(nodes, Config),
+    ok = emqx_redis_storage:stop(),
+    ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{wait_replicas => 1, wait_timeout => 2000}})),
+    Ids = [<<"durable-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
+    [ok = emqx_redis_session:save_session(Id, {kept, Id}) || Id <- Ids],
+    ok = emqx_redis_message:store_messages(<<"durable-queue">>, [#{id => integer_to_binary(I)} || I <- lists:seq(1, 100)]),
+    [Victim | _] = masters(Nodes),
+    T0 = erlang:monotonic_time(millisecond),
+    ok = redis_test_server:kill(Victim),
+    %% every shard answers again once the replica of the dead master took over
+    Sample = lists:sublist(Ids, 30),
+    ok = wait_until(fun() -> [emqx_redis_session:load_session(Id) || Id <- Sample] =:= [{ok, {kept, Id}} || Id <- Sample] end, 30000),
+    Recovery = erlang:monotonic_time(millisecond) - T0,
+    ct:log("cluster: calls succeed again ~p ms after the master was killed", [Recovery]),
+    ct:comment("recovered in ~p ms", [Recovery]),
+    [?assertEqual({ok, {kept, Id}}, emqx_redis_session:load_session(Id)) || Id <- Ids],
+    ?assertEqual({ok, 100}, emqx_redis_message:count_messages(<<"durable-queue">>)),
+    %% the promoted master has no replica left: writes there say so clearly
+    Results = [emqx_redis_session:save_session(Id, again) || Id <- Sample],
+    ?assert(lists:member({error, {not_replicated, #{acked => 0, wanted => 1}}}, Results)),
+    ok = emqx_redis_storage:stop(),
+    ok = emqx_redis_storage:start(cluster_config(Nodes, #{})),
+    ok = storage_checks:all().
+
+%% The servers that are masters now (ROLE's first line).
+masters(Nodes) ->
+    [N || N <- Nodes, string:prefix(redis_test_server:cmd(N, ["ROLE"]), "master") =/= nomatch].
+
+node_id(Node) -> redis_test_server:cmd(Node, ["CLUSTER", "MYID"]).
+
+%%--------------------------------------------------------------------
+%% sentinel
+
+master_killed_failover_followed_nothing_lost(Config) ->
+    Sentinel = ?config(sentinel, Config),
+    ok = emqx_redis_storage:stop(),
+    ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{wait_replicas => 1, wait_timeout => 2000}})),
+    Ids = [<<"durable-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
+    [ok = emqx_redis_session:save_session(Id, {kept, Id}) || Id <- Ids],
+    T0 = erlang:monotonic_time(millisecond),
+    ok = redis_test_server:kill(maps:get(master, Sentinel)),
+    %% wait_replicas => 1 cannot hold with the only replica promoted: write without it
+    ok = wait_until(fun() -> emqx_redis_session:load_session(hd(Ids)) =:= {ok, {kept, hd(Ids)}} end, 30000),
+    Recovery = erlang:monotonic_time(millisecond) - T0,
+    ct:log("sentinel: calls succeed again ~p ms after the master was killed", [Recovery]),
+    ct:comment("recovered in ~p ms", [Recovery]),
+    [?assertEqual({ok, {kept, Id}}, emqx_redis_session:load_session(Id)) || Id <- Ids],
+    %% writes now fail clearly: the new master has no replica to confirm them
+    ?assertMatch({error, {not_replicated, #{acked := 0, wanted := 1}}}, emqx_redis_session:save_session(<<"x">>, y)),
+    ok = emqx_redis_storage:stop(),
+    ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{})),
+    ok = storage_checks:all().
+
+replica_in_sync(#{replica := Replica}) ->
+    string:find(redis_test_server:cmd(Replica, ["INFO", "replication"]), "master_link_status:up") =/= nomatch.
+
+%%--------------------------------------------------------------------
+%% TLS
+
+tls_opts(Certs, Extra) ->
+    maps:merge(#{enable => true, cacertfile => maps:get(ca, Certs), verify => verify_peer}, Extra).
+
+with_tls_server(ServerOpts, Fun) ->
+    Certs = redis_test_server:certs(),
+    Server = redis_test_server:start(maps:merge(#{tls => Certs}, ServerOpts)),
+    try
+        Fun(Server, Certs)
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop(Server)
+    end.
+
+verified_tls_main_cases(_Config) ->
+    with_tls_server(#{}, fun(Server, Certs) ->
+        ok = emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server), ssl => tls_opts(Certs, #{})}}),
+        ok = storage_checks:all()
+    end).
+
+mutual_tls(_Config) ->
+    with_tls_server(#{conf => ["tls-auth-clients yes"]}, fun(Server, Certs) ->
+        Address = redis_test_server:address(Server),
+        ?assertMatch({error, {connection, _}},
+            emqx_redis_storage:start(#{redis => #{servers => Address, connect_timeout => 1000, ssl => tls_opts(Certs, #{})}})),
+        Ssl = tls_opts(Certs, #{certfile => maps:get(client_cert, Certs), keyfile => maps:get(client_key, Certs)}),
+        ok = emqx_redis_storage:start(#{redis => #{servers => Address, ssl => Ssl}}),
+        ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>]))
+    end).
+
+wrong_ca_fails_clearly(_Config) ->
+    with_tls_server(#{}, fun(Server, Certs) ->
+        Ssl = tls_opts(Certs, #{cacertfile => maps:get(other_ca, Certs)}),
+        {Us, Result} = timer:tc(fun() ->
+            emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server), connect_timeout => 1000, ssl => Ssl}})
+        end),
+        ct:log("wrong CA: ~p", [Result]),
+        ?assertMatch({error, {connection, _}}, Result),
+        ?assert(Us < 5000000),
+        %% not verifying the peer is possible, on request
+        ok = emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server), ssl => Ssl#{verify => verify_none}}}),
+        ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>]))
+    end).
+
+wrong_name_fails_clearly(_Config) ->
+    %% The certificate names 127.0.0.1 and localhost; 127.0.0.2 is not among them.
+    with_tls_server(#{conf => ["bind 127.0.0.1 127.0.0.2"]}, fun(Server, Certs) ->
+        Wrong = iolist_to_binary(["127.0.0.2:", integer_to_list(redis_test_server:port(Server))]),
+        {Us, Result} = timer:tc(fun() ->
+            emqx_redis_storage:start(#{redis => #{servers => Wrong, connect_timeout => 1000, ssl => tls_opts(Certs, #{})}})
+        end),
+        ct:log("wrong name: ~p", [Result]),
+        ?assertMatch({error, {connection, _}}, Result),
+        ?assert(Us < 5000000)
+    end).
+
+tls_cluster_main_cases(_Config) ->
+    Certs = redis_test_server:certs(),
+    Nodes = redis_test_server:start_cluster(#{tls => Certs}),
+    try
+        ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{ssl => tls_opts(Certs, #{})}})),
+        ok = storage_checks:all()
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop_cluster(Nodes)
+    end.
+
+tls_sentinel_main_cases(_Config) ->
+    Certs = redis_test_server:certs(),
+    Sentinel = redis_test_server:start_sentinel(#{tls => Certs}),
+    try
+        ok = wait_until(fun() -> replica_in_sync(Sentinel#{replica := (maps:get(replica, Sentinel))#{tls => Certs}}) end, 20000),
+        ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{ssl => tls_opts(Certs, #{})}})),
+        ok = storage_checks:all()
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop_sentinel(Sentinel)
+    end.
+
+%%--------------------------------------------------------------------
+%% ACL
+
+%% The rule the README gives operators: keys and channels under the prefix,
+%% and the command categories the project uses.
+acl_rule() ->
+    "user app on >apppass resetkeys ~emqx:* resetchannels &emqx:* -@all "
+    "+@read +@write +@scripting +@pubsub +@connection +time +wait -keys -flushall -flushdb".
+
+restricted_user_main_cases(_Config) ->
+    Server = redis_test_server:start(#{conf => [acl_rule()]}),
+    try
+        ok = emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server), username => <<"app">>, password => <<"apppass">>}}),
+        ok = storage_checks:all(),
+        %% the user really is restricted
+        ?assertMatch({error, {redis, <<"NOPERM", _/binary>>}}, emqx_redis_storage:q([<<"GET">>, <<"not-ours">>])),
+        ?assertMatch({error, {redis, <<"NOPERM", _/binary>>}}, emqx_redis_storage:q([<<"FLUSHALL">>]))
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop(Server)
+    end.
+
+user_without_rights_gets_clear_error(_Config) ->
+    Server = redis_test_server:start(#{conf => ["user nobody on >pw ~other:* -@all +@connection"]}),
+    try
+        ok = emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server), username => <<"nobody">>, password => <<"pw">>}}),
+        ?assertMatch({error, {redis, <<"NOPERM", _/binary>>}}, emqx_redis_session:save_session(<<"c">>, x)),
+        ?assertMatch({error, {redis, <<"NOPERM", _/binary>>}}, emqx_redis_session:load_session(<<"c">>)),
+        ?assertMatch({error, {redis, <<"NOPERM", _/binary>>}}, emqx_redis_message:store_message(<<"c">>, #{id => <<"1">>}))
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop(Server)
+    end.
+
+%%--------------------------------------------------------------------
+%% durability
+
+appendonly_off_is_warned(_Config) ->
+    Server = redis_test_server:start(),
+    ok = logger:add_handler(?MODULE, ?MODULE, #{config => self(), level => warning}),
+    try
+        ok = emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server)}}),
+        receive
+            {warning, Text} -> ?assertNotEqual(nomatch, string:find(Text, "appendonly no"))
+        after 5000 -> ct:fail(no_warning)
+        end
+    after
+        logger:remove_handler(?MODULE),
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop(Server)
+    end.
+
+%% logger handler: forwards warnings to the test process
+log(#{level := warning, msg := {Format, Args}}, #{config := Pid}) when is_list(Format) ->
+    Pid ! {warning, lists:flatten(io_lib:format(Format, Args))};
+log(_Event, _Config) ->
+    ok.
+
+%%--------------------------------------------------------------------
+
+%% Polls until Fun() is true or Ms of wall-clock time have passed.
+wait_until(Fun, Ms) ->
+    poll(Fun, erlang:monotonic_time(millisecond) + Ms).
+
+poll(Fun, Deadline) ->
+    case catch Fun() of
+        true ->
+            ok;
+        _ ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> {error, timeout};
+                false -> timer:sleep(100), poll(Fun, Deadline)
+            end
+    end.

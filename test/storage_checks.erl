@@ -1,0 +1,97 @@
+%% The main cases of every API, run against whatever deployment the default
+%% client is connected to (single, Sentinel, Cluster, TLS, ACL user). Keys are
+%% unique per call, so runs never depend on an empty Redis.
+-module(storage_checks).
+
+-export([all/0, sessions/0, registry/0, messages/0, routes/0]).
+
+-include_lib("stdlib/include/assert.hrl").
+
+all() ->
+    ok = sessions(),
+    ok = registry(),
+    ok = messages(),
+    ok = routes().
+
+unique(Prefix) ->
+    iolist_to_binary([Prefix, integer_to_list(erlang:unique_integer([positive]))]).
+
+unique_node() ->
+    binary_to_atom(<<(unique(<<"n">>))/binary, "@host">>).
+
+sessions() ->
+    S = emqx_redis_session,
+    Ids = [unique(<<"sess-">>) || _ <- lists:seq(1, 20)],
+    [ok = S:save_session(Id, #{id => Id, subs => [<<"a/+">>]}) || Id <- Ids],
+    [?assertEqual({ok, #{id => Id, subs => [<<"a/+">>]}}, S:load_session(Id)) || Id <- Ids],
+    {ok, Count} = S:count_sessions(),
+    ?assert(Count >= 20),
+    ?assertEqual([], Ids -- all_sessions(0, [])),
+    {ok, #{node := Node}} = S:session_info(hd(Ids)),
+    ?assertEqual(node(), Node),
+    [ok = S:delete_session(Id) || Id <- Ids],
+    ?assertEqual({error, not_found}, S:load_session(hd(Ids))),
+    Id = unique(<<"lease-">>),
+    {ok, F1} = S:acquire_lease(Id, 'a@h', 10000),
+    ?assertEqual({error, {held_by, 'a@h'}}, S:acquire_lease(Id, 'b@h', 10000)),
+    ok = S:release_lease(Id, F1),
+    {ok, F2} = S:acquire_lease(Id, 'b@h', 10000),
+    ?assert(F2 > F1),
+    ?assertEqual({error, stale_fence}, S:save_session(Id, late, #{fence => F1})),
+    ok = S:save_session(Id, current, #{fence => F2}),
+    ?assertEqual({ok, current}, S:load_session(Id)),
+    ok = S:delete_session(Id).
+
+all_sessions(Offset, Acc) ->
+    case emqx_redis_session:list_sessions(10000, Offset) of
+        {ok, []} -> lists:append(Acc);
+        {ok, Page} -> all_sessions(Offset + 10000, [Page | Acc])
+    end.
+
+registry() ->
+    R = emqx_redis_registry,
+    Dead = unique_node(),
+    Ids = [unique(<<"chan-">>) || _ <- lists:seq(1, 20)],
+    [ok = R:register_channel(Id, Dead) || Id <- Ids],
+    ?assertEqual({ok, Dead}, R:lookup_channel(hd(Ids))),
+    ok = R:unregister_channel(hd(Ids), 'other@h'),
+    ?assertEqual({ok, Dead}, R:lookup_channel(hd(Ids))),
+    ?assertEqual({ok, 20}, R:cleanup_node(Dead)),
+    ?assertEqual({error, not_found}, R:lookup_channel(hd(Ids))),
+    ok.
+
+messages() ->
+    M = emqx_redis_message,
+    Id = unique(<<"queue-">>),
+    Msgs = [#{id => integer_to_binary(I), topic => <<"t">>, payload => <<I:32>>, qos => 1} || I <- lists:seq(1, 50)],
+    ok = M:store_messages(Id, Msgs),
+    ok = M:store_message(Id, hd(Msgs)),
+    ?assertEqual({ok, Msgs}, M:get_messages(Id, 0, 100)),
+    ?assertEqual({ok, lists:sublist(Msgs, 11, 5)}, M:get_messages(Id, 10, 5)),
+    ok = M:ack_message(Id, <<"1">>),
+    ok = M:ack_message(Id, <<"no such id">>),
+    ?assertEqual({ok, 49}, M:count_messages(Id)),
+    {ok, #{len := 49}} = M:queue_info(Id),
+    ok = M:delete_messages(Id),
+    ?assertEqual({ok, 0}, M:count_messages(Id)).
+
+routes() ->
+    R = emqx_redis_router,
+    Node = unique_node(),
+    Base = unique(<<"r">>),
+    Exact = <<Base/binary, "/a/b">>,
+    Wild = <<Base/binary, "/+/b">>,
+    Hash = <<Base/binary, "/#">>,
+    ok = R:add_route(Exact, Node),
+    ok = R:add_route(Wild, {<<"g">>, Node}),
+    ok = R:add_route(Hash, 'keep@h'),
+    {ok, Matched} = R:match_routes(Exact),
+    ?assertEqual(lists:sort([Node, {<<"g">>, Node}, 'keep@h']), lists:sort(Matched)),
+    ?assertEqual({ok, [Node]}, R:lookup_routes(Exact)),
+    {ok, Topics} = R:topics(),
+    ?assertEqual([], [Exact, Wild, Hash] -- Topics),
+    ?assertEqual({ok, 2}, R:cleanup_node(Node)),
+    ?assertEqual({ok, ['keep@h']}, R:match_routes(Exact)),
+    ok = R:delete_route(Hash, 'keep@h'),
+    ?assertEqual({ok, []}, R:match_routes(Exact)),
+    ok.
