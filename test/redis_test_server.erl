@@ -227,13 +227,14 @@ certs() ->
             ok = filelib:ensure_path(Dir),
             Ext = filename:join(Dir, "san.ext"),
             ok = file:write_file(Ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+            ok = file:write_file(filename:join(Dir, "client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"),
             Steps = [
                 "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem",
                 "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout other-ca.key -out other-ca.pem",
                 "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
                 "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem",
                 "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr",
-                "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem"
+                "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out client.pem"
             ],
             [run_in(Dir, Step) || Step <- Steps],
             Files

@@ -348,7 +348,10 @@ async fn by_master(conn: &ClusterConnection, cmds: &[Cmd]) -> RedisResult<Vec<Va
     let slots_cmd = redis::cmd("CLUSTER").arg("SLOTS").clone();
     let ranges: Vec<(u16, u16)> = {
         let reply = conn
-            .route_command(slots_cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+            .route_command(
+                slots_cmd,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
             .await?;
         let entries: Vec<Vec<Value>> = FromRedisValue::from_redis_value(reply)?;
         entries
@@ -372,7 +375,9 @@ async fn by_master(conn: &ClusterConnection, cmds: &[Cmd]) -> RedisResult<Vec<Va
         let range = ranges
             .iter()
             .position(|(a, b)| (*a..=*b).contains(&slot))
-            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "slot not served")))?;
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Client, "slot not served"))
+            })?;
         let start = ranges[range].0;
         match groups.iter_mut().find(|g| g.0 == start) {
             Some(group) => {
@@ -386,16 +391,18 @@ async fn by_master(conn: &ClusterConnection, cmds: &[Cmd]) -> RedisResult<Vec<Va
             }
         }
     }
-    let replies = futures::future::try_join_all(groups.into_iter().map(|(start, pipe, positions)| {
-        let mut conn = conn.clone();
-        async move {
-            let count = positions.len();
-            let route = SingleNodeRoutingInfo::SpecificNode(Route::new(start, SlotAddr::Master));
-            let values = conn.route_pipeline(pipe, 0, count, route).await?;
-            Ok::<_, redis::RedisError>(positions.into_iter().zip(values))
-        }
-    }))
-    .await?;
+    let replies =
+        futures::future::try_join_all(groups.into_iter().map(|(start, pipe, positions)| {
+            let mut conn = conn.clone();
+            async move {
+                let count = positions.len();
+                let route =
+                    SingleNodeRoutingInfo::SpecificNode(Route::new(start, SlotAddr::Master));
+                let values = conn.route_pipeline(pipe, 0, count, route).await?;
+                Ok::<_, redis::RedisError>(positions.into_iter().zip(values))
+            }
+        }))
+        .await?;
     let mut out = vec![Value::Nil; cmds.len()];
     for (i, value) in replies.into_iter().flatten() {
         if let Value::ServerError(e) = value {

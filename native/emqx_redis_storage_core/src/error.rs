@@ -28,6 +28,7 @@ impl From<redis::RedisError> for Error {
             || e.is_connection_refusal()
             || e.is_connection_dropped()
             || e.is_unrecoverable_error()
+            || e.kind() == redis::ErrorKind::InvalidClientConfig
         {
             Error::Connection(e.to_string())
         } else {
@@ -66,7 +67,9 @@ impl Error {
     pub fn into_redis(self) -> redis::RedisError {
         match self {
             Error::Timeout => std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
-            other => redis::RedisError::from((redis::ErrorKind::Client, "error", other.to_string())),
+            other => {
+                redis::RedisError::from((redis::ErrorKind::Client, "error", other.to_string()))
+            }
         }
     }
 }
