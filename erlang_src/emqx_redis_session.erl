@@ -139,7 +139,7 @@ acquire_lease(ClientId, Owner, LeaseMs) ->
         end
     end).
 
-%% @doc Extends the lease held with `Fence' by `LeaseMs'.
+%% @doc Makes the lease held with `Fence' expire `LeaseMs' from now.
 -spec renew_lease(client_id(), fence(), pos_integer()) -> ok | {error, term()}.
 renew_lease(ClientId, Fence, LeaseMs) ->
     with_client(ClientId, fun(Client) ->

@@ -48,12 +48,15 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
             cmd
         })
         .await?;
-    let mut removed = 0u64;
-    for (slot, _) in exists.iter().enumerate().filter(|(_, &e)| e == 1) {
-        let n: u64 = client
-            .write_eval(&CLEANUP, &[&keys.channels(slot as u16)], &[node])
-            .await?;
-        removed += n;
-    }
-    Ok(removed)
+    // One script per slot that has entries, all in flight at once (they
+    // pipeline on the multiplexed connections).
+    let scripts = exists
+        .iter()
+        .enumerate()
+        .filter(|(_, &e)| e == 1)
+        .map(|(slot, _)| async move {
+            let key = keys.channels(slot as u16);
+            client.write_eval::<u64>(&CLEANUP, &[&key], &[node]).await
+        });
+    Ok(futures::future::try_join_all(scripts).await?.iter().sum())
 }
