@@ -1,5 +1,5 @@
 # make test: every check and test (installs missing prerequisites first).
-.PHONY: all deps build test shell clean
+.PHONY: all deps build demo test shell clean
 
 all: build
 
@@ -8,6 +8,11 @@ deps:
 
 build: deps
 	rebar3 compile
+
+# The main job: node A is killed, node B takes its clients over from Redis.
+# CLIENTS=N (default 10000), REDIS_URL=redis://[[user]:password@]host[:port][/db].
+demo: build
+	bash demo/run.sh
 
 test: deps
 	bash scripts/test.sh

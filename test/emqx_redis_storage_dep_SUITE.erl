@@ -1,6 +1,7 @@
 %% Works as a dependency: a scratch rebar3 project lists this repository as a
 %% git dependency (a file:// URL at the current commit), compiles it, starts
-%% it from its own sys.config and talks to Redis through it.
+%% it from its own sys.config, talks to Redis through it and saves and loads
+%% a session.
 -module(emqx_redis_storage_dep_SUITE).
 
 -compile([export_all, nowarn_export_all]).
@@ -34,7 +35,12 @@ scratch_project_builds_and_uses_it(Config) ->
         "    {ok, _} = application:ensure_all_started(consumer),\n"
         "    Ping = emqx_redis_storage:q([<<\"PING\">>]),\n"
         "    Set = emqx_redis_storage:q([<<\"SET\">>, <<\"consumer\">>, <<\"was here\">>]),\n"
-        "    io:format(\"RESULT ~p~n\", [{Ping, Set}]).\n"),
+        "    Session = #{clientid => <<\"consumer-1\">>, proto_ver => 5,\n"
+        "                subscriptions => #{<<\"devices/+/cmd\">> => #{qos => 1}},\n"
+        "                inflight => [{1, <<0, 255, \"payload\">>}], created_at => 1700000000000},\n"
+        "    Saved = emqx_redis_session:save_session(<<\"consumer-1\">>, Session),\n"
+        "    Loaded = emqx_redis_session:load_session(<<\"consumer-1\">>),\n"
+        "    io:format(\"RESULT ~p~n\", [{Ping, Set, Saved, Loaded =:= {ok, Session}}]).\n"),
     Address = redis_test_server:address(?config(redis, Config)),
     write(Dir, "config/sys.config", io_lib:format(
         "[{emqx_redis_storage, [{config, #{redis => #{servers => <<\"~s\">>}}}]}].~n", [Address])),
@@ -47,8 +53,10 @@ scratch_project_builds_and_uses_it(Config) ->
         "-eval 'consumer:check(), halt().'",
         Dir
     ),
-    ?assertNotEqual(nomatch, string:find(Out, "RESULT {{ok,<<\"PONG\">>},{ok,<<\"OK\">>}}"), Out),
-    ?assertEqual("was here", redis_test_server:cmd(?config(redis, Config), ["GET", "consumer"])).
+    ?assertNotEqual(nomatch, string:find(Out, "RESULT {{ok,<<\"PONG\">>},{ok,<<\"OK\">>},ok,true}"), Out),
+    %% Both went to the Redis named in the consumer's own sys.config.
+    ?assertEqual("was here", redis_test_server:cmd(?config(redis, Config), ["GET", "consumer"])),
+    ?assertEqual("emqx:sess:{consumer-1}", redis_test_server:cmd(?config(redis, Config), ["--scan", "--pattern", "emqx:sess:*"])).
 
 project_root() ->
     case os:getenv("EMQX_REDIS_STORAGE_ROOT") of
