@@ -50,7 +50,7 @@ init_per_group(cluster, Config) ->
     [{nodes, Nodes} | Config];
 init_per_group(sentinel, Config) ->
     Sentinel = redis_test_server:start_sentinel(#{}),
-    ok = wait_until(fun() -> replica_in_sync(Sentinel) end, 20000),
+    ok = test_util:wait_until(fun() -> replica_in_sync(Sentinel) end, 20000),
     ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{})),
     [{sentinel, Sentinel} | Config];
 init_per_group(_Group, Config) ->
@@ -157,7 +157,7 @@ master_killed_replica_promoted_nothing_lost(Config) ->
     ok = redis_test_server:kill(Victim),
     %% every shard answers again once the replica of the dead master took over
     Sample = lists:sublist(Ids, 30),
-    ok = wait_until(fun() -> [emqx_redis_session:load_session(Id) || Id <- Sample] =:= [{ok, {kept, Id}} || Id <- Sample] end, 30000),
+    ok = test_util:wait_until(fun() -> [emqx_redis_session:load_session(Id) || Id <- Sample] =:= [{ok, {kept, Id}} || Id <- Sample] end, 30000),
     Recovery = erlang:monotonic_time(millisecond) - T0,
     ct:log("cluster: calls succeed again ~p ms after the master was killed", [Recovery]),
     ct:comment("recovered in ~p ms", [Recovery]),
@@ -188,7 +188,7 @@ master_killed_failover_followed_nothing_lost(Config) ->
     T0 = erlang:monotonic_time(millisecond),
     ok = redis_test_server:kill(maps:get(master, Sentinel)),
     %% wait_replicas => 1 cannot hold with the only replica promoted: write without it
-    ok = wait_until(fun() -> emqx_redis_session:load_session(hd(Ids)) =:= {ok, {kept, hd(Ids)}} end, 30000),
+    ok = test_util:wait_until(fun() -> emqx_redis_session:load_session(hd(Ids)) =:= {ok, {kept, hd(Ids)}} end, 30000),
     Recovery = erlang:monotonic_time(millisecond) - T0,
     ct:log("sentinel: calls succeed again ~p ms after the master was killed", [Recovery]),
     ct:comment("recovered in ~p ms", [Recovery]),
@@ -275,7 +275,7 @@ tls_sentinel_main_cases(_Config) ->
     Certs = redis_test_server:certs(),
     Sentinel = redis_test_server:start_sentinel(#{tls => Certs}),
     try
-        ok = wait_until(fun() -> replica_in_sync(Sentinel#{replica := (maps:get(replica, Sentinel))#{tls => Certs}}) end, 20000),
+        ok = test_util:wait_until(fun() -> replica_in_sync(Sentinel#{replica := (maps:get(replica, Sentinel))#{tls => Certs}}) end, 20000),
         ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{ssl => tls_opts(Certs, #{})}})),
         ok = storage_checks:all()
     after
@@ -343,17 +343,3 @@ log(_Event, _Config) ->
 
 %%--------------------------------------------------------------------
 
-%% Polls until Fun() is true or Ms of wall-clock time have passed.
-wait_until(Fun, Ms) ->
-    poll(Fun, erlang:monotonic_time(millisecond) + Ms).
-
-poll(Fun, Deadline) ->
-    case catch Fun() of
-        true ->
-            ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> {error, timeout};
-                false -> timer:sleep(100), poll(Fun, Deadline)
-            end
-    end.

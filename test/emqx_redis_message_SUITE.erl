@@ -124,7 +124,7 @@ pages_with_offsets(_Config) ->
 
 order_over_ten_thousand_messages_stored_in_batches(_Config) ->
     Msgs = msgs(<<"o">>, 10000),
-    [ok = ?M:store_messages(<<"c">>, Batch) || Batch <- chunks(Msgs, 100)],
+    [ok = ?M:store_messages(<<"c">>, Batch) || Batch <- test_util:chunks(Msgs, 100)],
     ?assertEqual({ok, 10000}, ?M:count_messages(<<"c">>)),
     %% the largest page at once, and pages of 1000
     {ok, All} = ?M:get_messages(<<"c">>, 0, 10000),
@@ -147,10 +147,10 @@ concurrent_writers_keep_each_writers_order(_Config) ->
     %% 20 writers of single messages and 10 writers of batches of 10, at once
     Singles = [{single, W, msgs(<<"s", (integer_to_binary(W))/binary, "-">>, 200)} || W <- lists:seq(1, 20)],
     Batches = [{batch, W, msgs(<<"b", (integer_to_binary(W))/binary, "-">>, 200)} || W <- lists:seq(1, 10)],
-    pmap(
+    test_util:pmap(
         fun
             ({single, _, Msgs}) -> [ok = ?M:store_message(<<"c">>, M) || M <- Msgs];
-            ({batch, _, Msgs}) -> [ok = ?M:store_messages(<<"c">>, B) || B <- chunks(Msgs, 10)]
+            ({batch, _, Msgs}) -> [ok = ?M:store_messages(<<"c">>, B) || B <- test_util:chunks(Msgs, 10)]
         end,
         Singles ++ Batches
     ),
@@ -171,7 +171,7 @@ concurrent_writers_keep_each_writers_order(_Config) ->
             [First | _] = [maps:get(Id, Positions) || #{id := Id} <- Batch],
             ?assertEqual(lists:seq(First, First + 9), [maps:get(Id, Positions) || #{id := Id} <- Batch])
         end
-     || {batch, _, Msgs} <- Batches, Batch <- chunks(Msgs, 10)
+     || {batch, _, Msgs} <- Batches, Batch <- test_util:chunks(Msgs, 10)
     ].
 
 is_from(Id, [#{id := First} | _]) ->
@@ -272,7 +272,7 @@ per_message_expiry_reclaims_memory_without_reads(_Config) ->
     ?assert(pttl(<<"emqx:qm:{b}">>) =< 1000),
     %% Redis reclaims the expired bodies and b's whole queue by itself:
     %% DBSIZE counts keys that expired but are not reclaimed yet
-    ok = wait_until(fun() -> emqx_redis_storage:q([<<"DBSIZE">>]) =:= {ok, 10 + 3} end, 150),
+    ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"DBSIZE">>]) =:= {ok, 10 + 3} end, 15000),
     ?assertEqual([], keys(<<"*{b}*">>)),
     ?assertEqual(10, length(keys(<<"emqx:msg:{a}:long*">>))),
     ?assertEqual({ok, 10}, ?M:count_messages(<<"a">>)),
@@ -397,7 +397,7 @@ redis_paused_gives_timeout_within_deadline(Config) ->
     timer:sleep(100),
     ?assertEqual({messages, []}, process_info(self(), messages)),
     %% the writes that timed out may or may not have happened; the store works
-    ok = wait_ok(fun() -> ?M:store_message(<<"c">>, #{id => <<"after">>}) end, 50),
+    ok = test_util:wait_ok(fun() -> ?M:store_message(<<"c">>, #{id => <<"after">>}) end, 5000),
     {ok, Msgs} = ?M:get_messages(<<"c">>, 0, 10),
     ?assertEqual(<<"after">>, maps:get(id, lists:last(Msgs))).
 
@@ -412,7 +412,7 @@ default_ttl_expires_messages_and_queues(_Config) ->
     ?assert(pttl(<<"emqx:msg:{y}:d1">>) =< 1000),
     ?assert(pttl(<<"emqx:q:{x}">>) > 3500000),
     %% without reading: only the keeper and x's queue keys are left
-    ok = wait_until(fun() -> emqx_redis_storage:q([<<"DBSIZE">>]) =:= {ok, 1 + 3} end, 150),
+    ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"DBSIZE">>]) =:= {ok, 1 + 3} end, 15000),
     ?assertEqual(
         {ok, 0},
         emqx_redis_storage:q([<<"EXISTS">>, <<"emqx:q:{y}">>, <<"emqx:qx:{y}">>, <<"emqx:qm:{y}">>])
@@ -465,36 +465,3 @@ keys(Pattern) ->
     Keys.
 
 %% Polls every 100 ms, up to `N' times.
-wait_until(_Fun, 0) -> error(condition_not_reached);
-wait_until(Fun, N) ->
-    case Fun() of
-        true -> ok;
-        false -> timer:sleep(100), wait_until(Fun, N - 1)
-    end.
-
-wait_ok(Fun, N) ->
-    wait_until(fun() -> Fun() =:= ok end, N).
-
-chunks([], _N) -> [];
-chunks(L, N) when length(L) =< N -> [L];
-chunks(L, N) ->
-    {H, T} = lists:split(N, L),
-    [H | chunks(T, N)].
-
-pmap(Fun, Items) ->
-    Parent = self(),
-    Refs = [
-        begin
-            Ref = make_ref(),
-            spawn_link(fun() -> Parent ! {Ref, Fun(Item)} end),
-            Ref
-        end
-     || Item <- Items
-    ],
-    [
-        receive
-            {Ref, R} -> R
-        after 120000 -> ct:fail(pmap_timeout)
-        end
-     || Ref <- Refs
-    ].

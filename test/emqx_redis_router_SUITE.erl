@@ -42,7 +42,7 @@ init_per_testcase(_Case, Config) ->
     {ok, <<"OK">>} = emqx_redis_storage:q([<<"FLUSHALL">>]),
     {ok, Default} = emqx_redis_storage_client:default(),
     %% FLUSHALL publishes nothing: the periodic check notices and reloads
-    ok = wait_until(fun() -> ?R:match_routes(<<"anything">>) =:= {ok, []} andalso ?R:index_ready(Default) end),
+    ok = test_util:wait_until(fun() -> ?R:match_routes(<<"anything">>) =:= {ok, []} andalso ?R:index_ready(Default) end, 10000),
     [{default, Default} | Config].
 
 end_per_testcase(_Case, _Config) ->
@@ -51,7 +51,7 @@ end_per_testcase(_Case, _Config) ->
 %% Another client, standing for another EMQX node.
 other_node(Config, Extra) ->
     {ok, Client} = emqx_redis_storage:connect(maps:merge(?config(cfg, Config), Extra)),
-    ok = wait_until(fun() -> ?R:index_ready(Client) orelse maps:get(route_index, Extra, local) =:= redis end),
+    ok = test_util:wait_until(fun() -> ?R:index_ready(Client) orelse maps:get(route_index, Extra, local) =:= redis end, 10000),
     Client.
 
 %%--------------------------------------------------------------------
@@ -118,17 +118,17 @@ two_nodes_see_each_others_routes(Config) ->
     A = ?config(default, Config),
     B = other_node(Config, #{}),
     ok = ?R:add_route(A, <<"dev/+/temp">>, 'a@h'),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"dev/1/temp">>) =:= {ok, ['a@h']} end),
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"dev/1/temp">>) =:= {ok, ['a@h']} end, 10000),
     ok = ?R:add_route(B, <<"dev/#">>, 'b@h'),
-    ok = wait_until(fun() -> sorted(?R:match_routes(A, <<"dev/1/temp">>)) =:= {ok, ['a@h', 'b@h']} end),
+    ok = test_util:wait_until(fun() -> sorted(?R:match_routes(A, <<"dev/1/temp">>)) =:= {ok, ['a@h', 'b@h']} end, 10000),
     ok = ?R:delete_route(A, <<"dev/+/temp">>, 'a@h'),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"dev/1/temp">>) =:= {ok, ['b@h']} end),
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"dev/1/temp">>) =:= {ok, ['b@h']} end, 10000),
     %% a node's own change is visible to itself at once
     ok = ?R:add_route(B, <<"own">>, 'b@h'),
     ?assertEqual({ok, ['b@h']}, ?R:match_routes(B, <<"own">>)),
     %% the other node dies; a survivor removes its routes everywhere
     ?assertEqual({ok, 2}, ?R:cleanup_node(A, 'b@h')),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"dev/1/temp">>) =:= {ok, []} end),
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"dev/1/temp">>) =:= {ok, []} end, 10000),
     ?assertEqual({ok, []}, ?R:match_routes(A, <<"own">>)).
 
 cleanup_node_removes_every_route_of_a_node(Config) ->
@@ -137,11 +137,11 @@ cleanup_node_removes_every_route_of_a_node(Config) ->
     [ok = ?R:add_route(F, 'dead@h') || F <- Filters],
     [ok = ?R:add_route(F, {<<"grp">>, 'dead@h'}) || F <- lists:sublist(Filters, 50)],
     [ok = ?R:add_route(F, 'alive@h') || F <- lists:sublist(Filters, 10)],
-    ok = wait_until(fun() -> sorted(?R:match_routes(B, <<"c/1/x">>)) =:= {ok, ['alive@h', 'dead@h', {<<"grp">>, 'dead@h'}]} end),
+    ok = test_util:wait_until(fun() -> sorted(?R:match_routes(B, <<"c/1/x">>)) =:= {ok, ['alive@h', 'dead@h', {<<"grp">>, 'dead@h'}]} end, 10000),
     ?assertEqual({ok, 350}, ?R:cleanup_node('dead@h')),
     ?assertEqual({ok, ['alive@h']}, ?R:match_routes(<<"c/1/x">>)),
     ?assertEqual({ok, []}, ?R:match_routes(<<"c/300/x">>)),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"c/1/x">>) =:= {ok, ['alive@h']} end),
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"c/1/x">>) =:= {ok, ['alive@h']} end, 10000),
     ?assertEqual({ok, []}, ?R:match_routes(B, <<"c/300/x">>)),
     {ok, Topics} = ?R:topics(),
     ?assertEqual(10, length(Topics)),
@@ -153,15 +153,15 @@ restart_of_redis_resynchronises(Config) ->
         Cfg = #{redis => #{servers => redis_test_server:address(Redis), connect_timeout => 500}, route_sync_interval => 300},
         {ok, A} = emqx_redis_storage:connect(Cfg),
         {ok, B} = emqx_redis_storage:connect(Cfg),
-        ok = wait_until(fun() -> ?R:index_ready(A) andalso ?R:index_ready(B) end),
+        ok = test_util:wait_until(fun() -> ?R:index_ready(A) andalso ?R:index_ready(B) end, 10000),
         ok = ?R:add_route(A, <<"before/restart">>, 'a@h'),
-        ok = wait_until(fun() -> ?R:match_routes(B, <<"before/restart">>) =:= {ok, ['a@h']} end),
+        ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"before/restart">>) =:= {ok, ['a@h']} end, 10000),
         %% Redis restarts empty: what B knew is gone from Redis and must go from B
         ok = redis_test_server:restart(Redis),
-        ok = wait_until(fun() -> ?R:match_routes(B, <<"before/restart">>) =:= {ok, []} end),
-        ok = wait_until(fun() -> ?R:add_route(A, <<"after/restart">>, 'a@h') =:= ok end),
-        ok = wait_until(fun() -> ?R:match_routes(B, <<"after/restart">>) =:= {ok, ['a@h']} end),
-        ok = wait_until(fun() -> ?R:index_ready(B) end)
+        ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"before/restart">>) =:= {ok, []} end, 10000),
+        ok = test_util:wait_until(fun() -> ?R:add_route(A, <<"after/restart">>, 'a@h') =:= ok end, 10000),
+        ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"after/restart">>) =:= {ok, ['a@h']} end, 10000),
+        ok = test_util:wait_until(fun() -> ?R:index_ready(B) end, 10000)
     after
         redis_test_server:stop(Redis)
     end,
@@ -171,29 +171,29 @@ dropped_pubsub_connection_resynchronises(Config) ->
     A = ?config(default, Config),
     B = other_node(Config, #{}),
     ok = ?R:add_route(A, <<"x/1">>, 'a@h'),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"x/1">>) =:= {ok, ['a@h']} end),
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"x/1">>) =:= {ok, ['a@h']} end, 10000),
     %% Redis drops every subscriber; changes made meanwhile carry no event to B
     Killed = redis_test_server:cmd(?config(redis, Config), ["CLIENT", "KILL", "TYPE", "pubsub"]),
     ?assertNotEqual("0", Killed),
     ok = ?R:add_route(A, <<"x/2">>, 'a@h'),
     ok = ?R:delete_route(A, <<"x/1">>, 'a@h'),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"x/2">>) =:= {ok, ['a@h']} end),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"x/1">>) =:= {ok, []} end),
-    ok = wait_until(fun() -> ?R:index_ready(B) end).
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"x/2">>) =:= {ok, ['a@h']} end, 10000),
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"x/1">>) =:= {ok, []} end, 10000),
+    ok = test_util:wait_until(fun() -> ?R:index_ready(B) end, 10000).
 
 forged_gap_triggers_full_reload(Config) ->
     B = other_node(Config, #{}),
     ok = ?R:add_route(<<"real">>, 'a@h'),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"real">>) =:= {ok, ['a@h']} end),
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"real">>) =:= {ok, ['a@h']} end, 10000),
     %% an event far ahead of every shard's version: B must not apply it,
     %% must reload, and must then agree with Redis again
     Forged = iolist_to_binary(["0 999999 +forged", 0, "evil@h"]),
     {ok, _} = emqx_redis_storage:q([<<"PUBLISH">>, <<"emqx:rt:events">>, Forged]),
-    ok = wait_until(fun() -> ?R:index_ready(B) end),
+    ok = test_util:wait_until(fun() -> ?R:index_ready(B) end, 10000),
     ?assertEqual({ok, []}, ?R:match_routes(B, <<"forged">>)),
     ?assertEqual({ok, ['a@h']}, ?R:match_routes(B, <<"real">>)),
     ok = ?R:add_route(<<"later">>, 'a@h'),
-    ok = wait_until(fun() -> ?R:match_routes(B, <<"later">>) =:= {ok, ['a@h']} end).
+    ok = test_util:wait_until(fun() -> ?R:match_routes(B, <<"later">>) =:= {ok, ['a@h']} end, 10000).
 
 %% Property: on the same random route set, matching inside Redis with Lua
 %% gives what the local index gives, and both agree with the topic rules.
@@ -262,12 +262,3 @@ hundred_thousand_wildcards_and_a_million_exact_routes(Config) ->
 
 sorted({ok, L}) -> {ok, lists:sort(L)};
 sorted(Other) -> Other.
-
-wait_until(Fun) -> wait_until(Fun, 10000).
-
-wait_until(Fun, Ms) ->
-    case Fun() of
-        true -> ok;
-        false when Ms =< 0 -> {error, timeout};
-        false -> timer:sleep(20), wait_until(Fun, Ms - 20)
-    end.

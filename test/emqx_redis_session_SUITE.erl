@@ -132,7 +132,7 @@ ttl_expiry_hides_and_reclaims(_Config) ->
 
 list_pages_over_ten_thousand_sessions(_Config) ->
     Ids = [<<"page-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 10000)],
-    pmap(fun(Chunk) -> [ok = ?S:save_session(Id, Id) || Id <- Chunk] end, chunks(Ids, 100)),
+    test_util:pmap(fun(Chunk) -> [ok = ?S:save_session(Id, Id) || Id <- Chunk] end, test_util:chunks(Ids, 100)),
     ?assertEqual({ok, 10000}, ?S:count_sessions()),
     PageSize = 333,
     Pages = collect_pages(PageSize, 0, []),
@@ -321,8 +321,8 @@ registry_register_lookup_unregister(_Config) ->
 registry_cleanup_node(_Config) ->
     A = [<<"a-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 1000)],
     B = [<<"b-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 500)],
-    pmap(fun(Ids) -> [ok = ?R:register_channel(Id, 'emqx@dead') || Id <- Ids] end, chunks(A, 100)),
-    pmap(fun(Ids) -> [ok = ?R:register_channel(Id, 'emqx@alive') || Id <- Ids] end, chunks(B, 100)),
+    test_util:pmap(fun(Ids) -> [ok = ?R:register_channel(Id, 'emqx@dead') || Id <- Ids] end, test_util:chunks(A, 100)),
+    test_util:pmap(fun(Ids) -> [ok = ?R:register_channel(Id, 'emqx@alive') || Id <- Ids] end, test_util:chunks(B, 100)),
     ?assertEqual({ok, 1000}, ?R:cleanup_node('emqx@dead')),
     [?assertEqual({error, not_found}, ?R:lookup_channel(Id)) || Id <- A],
     [?assertEqual({ok, 'emqx@alive'}, ?R:lookup_channel(Id)) || Id <- B],
@@ -353,7 +353,7 @@ redis_paused_gives_timeout_within_deadline(Config) ->
         redis_test_server:resume(Redis)
     end,
     %% the write that timed out may or may not have happened; the store works
-    ok = wait_ok(fun() -> ?S:save_session(<<"c">>, y) end, 50),
+    ok = test_util:wait_ok(fun() -> ?S:save_session(<<"c">>, y) end, 5000),
     ?assertEqual({ok, y}, ?S:load_session(<<"c">>)).
 
 %%--------------------------------------------------------------------
@@ -367,34 +367,3 @@ slot_key(ClientId) ->
 keys(Pattern) ->
     {ok, Keys} = emqx_redis_storage:q([<<"KEYS">>, Pattern]),
     Keys.
-
-wait_ok(_Fun, 0) -> error(gave_up);
-wait_ok(Fun, N) ->
-    case Fun() of
-        ok -> ok;
-        _ -> timer:sleep(100), wait_ok(Fun, N - 1)
-    end.
-
-chunks([], _N) -> [];
-chunks(L, N) when length(L) =< N -> [L];
-chunks(L, N) ->
-    {H, T} = lists:split(N, L),
-    [H | chunks(T, N)].
-
-pmap(Fun, Items) ->
-    Parent = self(),
-    Refs = [
-        begin
-            Ref = make_ref(),
-            spawn_link(fun() -> Parent ! {Ref, Fun(Item)} end),
-            Ref
-        end
-     || Item <- Items
-    ],
-    [
-        receive
-            {Ref, R} -> R
-        after 120000 -> ct:fail(pmap_timeout)
-        end
-     || Ref <- Refs
-    ].

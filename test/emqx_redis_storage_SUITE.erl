@@ -295,7 +295,7 @@ redis_restarted_calls_work_again(_Config) ->
         {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"before">>, <<"1">>]),
         ok = redis_test_server:restart(Redis),
         %% the pool reconnects by itself; a call may fail while it does
-        ok = wait_until(fun() -> emqx_redis_storage:q([<<"PING">>]) =:= {ok, <<"PONG">>} end, 5000),
+        ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"PING">>]) =:= {ok, <<"PONG">>} end, 5000),
         %% every connection of the pool works again, not just one
         [?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])) || _ <- lists:seq(1, 20)],
         ?assertMatch(#{connected := true}, emqx_redis_storage:status())
@@ -345,7 +345,7 @@ timed_out_replies_never_reach_the_mailbox(_Config) ->
         ?assertEqual([{error, timeout}], lists:usort(Results)),
         ok = redis_test_server:resume(Redis),
         %% Redis now answers every queued command; none of it may arrive here.
-        ok = wait_until(fun() -> emqx_redis_storage:q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>} end, 5000),
+        ok = test_util:wait_until(fun() -> emqx_redis_storage:q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>} end, 5000),
         timer:sleep(500),
         ?assertEqual({messages, []}, process_info(self(), messages))
     after
@@ -364,20 +364,6 @@ panic_in_a_task_is_answered(Config) ->
     ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])).
 
 %%--------------------------------------------------------------------
-
-wait_until(Fun, Ms) when Ms =< 0 ->
-    case Fun() of
-        true -> ok;
-        false -> {error, timeout}
-    end;
-wait_until(Fun, Ms) ->
-    case Fun() of
-        true ->
-            ok;
-        false ->
-            timer:sleep(50),
-            wait_until(Fun, Ms - 50)
-    end.
 
 closed_port() ->
     {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
