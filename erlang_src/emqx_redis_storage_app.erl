@@ -7,17 +7,11 @@
 
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
-    Config = application:get_env(emqx_redis_storage, config, #{}),
-    case emqx_redis_storage_config:parse(Config) of
-        {ok, #{key_prefix := Prefix} = Parsed} ->
-            case emqx_redis_storage_client:connect(Parsed, Prefix) of
-                {ok, Client} ->
-                    ok = emqx_redis_storage_client:set_default(Client),
-                    warn_if_not_persistent(Client),
-                    emqx_redis_storage_sup:start_link();
-                {error, _} = Error ->
-                    Error
-            end;
+    case emqx_redis_storage:connect(application:get_env(emqx_redis_storage, config, #{})) of
+        {ok, Client} ->
+            ok = emqx_redis_storage_client:set_default(Client),
+            warn_if_not_persistent(Client),
+            emqx_redis_storage_sup:start_link();
         {error, _} = Error ->
             Error
     end.
