@@ -25,7 +25,7 @@ groups() ->
             slot_migration_while_writers_run,
             master_killed_replica_promoted_nothing_lost
         ]},
-        {sentinel, [sequence], [main_cases, master_killed_failover_followed_nothing_lost]},
+        {sentinel, [sequence], [main_cases, master_killed_failover_followed_nothing_lost, sentinels_and_master_with_passwords]},
         {tls, [], [
             verified_tls_main_cases,
             mutual_tls,
@@ -198,6 +198,26 @@ master_killed_failover_followed_nothing_lost(Config) ->
     ok = emqx_redis_storage:stop(),
     ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{})),
     ok = storage_checks:all().
+
+%% Sentinels that demand a password of their own, in front of a master that
+%% demands another one.
+sentinels_and_master_with_passwords(_Config) ->
+    Sentinel = redis_test_server:start_sentinel(#{
+        conf => ["requirepass master-pw", "masterauth master-pw"],
+        sentinel_conf => ["requirepass sentinel-pw", "sentinel auth-pass mymaster master-pw"]
+    }),
+    ok = emqx_redis_storage:stop(),
+    try
+        Redis = #{password => <<"master-pw">>, sentinel_password => <<"sentinel-pw">>},
+        {error, Reason} = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => maps:remove(sentinel_password, Redis)})),
+        ct:log("without the sentinel password: ~p", [Reason]),
+        ?assertMatch({redis, <<"NOAUTH", _/binary>>}, Reason),
+        ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => Redis})),
+        ok = storage_checks:sessions()
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop_sentinel(Sentinel)
+    end.
 
 replica_in_sync(#{replica := Replica}) ->
     string:find(redis_test_server:cmd(Replica, ["INFO", "replication"]), "master_link_status:up") =/= nomatch.
