@@ -13,7 +13,7 @@
 %% memory by itself. A queue holds at most `persistence.max_queue_len'
 %% messages: storing more drops the oldest, which `queue_info/1' counts.
 %%
-%% Limits per call: 10000 messages and 64 MiB of encoded messages per
+%% Limits per call: 10000 messages and 8 MiB of encoded messages per
 %% `store_messages/2', 10000 messages per `get_messages/3' page.
 -module(emqx_redis_message).
 
@@ -32,8 +32,9 @@
 %% Messages per store_messages/2 call and per get_messages/3 page.
 -define(MAX_BATCH, 10000).
 -define(MAX_PAGE, 10000).
-%% Encoded bytes per store_messages/2 call: one Redis request holds them all.
--define(MAX_BATCH_BYTES, 64 * 1024 * 1024).
+%% Encoded bytes per store_messages/2 call: one Redis request holds them all,
+%% and the NIF copies them on the calling scheduler (8 MiB: about a millisecond).
+-define(MAX_BATCH_BYTES, 8 * 1024 * 1024).
 -define(MAX_ID, 65535).
 %% The MQTT 5 message expiry interval is a four-byte integer.
 -define(MAX_EXPIRY, 4294967295).
@@ -51,7 +52,7 @@ store_message(ClientId, Msg) ->
 %% `{too_large, #{id, size, max}}' (config `persistence.max_message_size'),
 %% `{batch_too_large, #{count, max}}' (more than 10000 messages) and
 %% `{batch_too_large, #{bytes, max}}' (the encoded messages up to the one that
-%% crossed the limit of 64 MiB; split the batch).
+%% crossed the limit of 8 MiB; split the batch).
 -spec store_messages(emqx_redis_session:client_id(), [message()]) -> ok | {error, term()}.
 store_messages(ClientId, Msgs) ->
     with_client([emqx_redis_storage_terms:client_id(ClientId), batch(Msgs)], fun(Client) ->

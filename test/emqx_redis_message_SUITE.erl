@@ -354,10 +354,10 @@ too_large_messages_and_batches_are_refused(_Config) ->
     Fits = Big#{payload => binary:copy(<<"x">>, ?MAX_SIZE - 100)},
     ok = ?M:store_message(<<"c">>, Fits),
     ?assertEqual({ok, [Fits]}, ?M:get_messages(<<"c">>, 0, 10)),
-    %% a batch beyond 64 MiB in all is refused as a whole
+    %% a batch beyond 8 MiB in all is refused as a whole
     Many = [Fits#{id => id(<<"many">>, I)} || I <- lists:seq(1, 40)],
     ?assertMatch(
-        {error, {batch_too_large, #{bytes := B, max := 67108864}}} when B > 67108864,
+        {error, {batch_too_large, #{bytes := B, max := 8388608}}} when B > 8388608,
         ?M:store_messages(<<"c">>, Many)
     ),
     ?assertEqual({ok, 1}, ?M:count_messages(<<"c">>)).
