@@ -213,17 +213,22 @@ session_cases(Ctx) ->
 %% queue of each worker, get_messages reads its first page, ack_message acks
 %% what was stored, oldest first. Then the queues are deleted.
 message_cases(#{concurrency := Procs} = Ctx) ->
-    Ops = [store_message, store_messages, get_messages, ack_message],
-    case [Op || Op <- Ops, selected(Ctx, Op)] of
+    Wanted = [Op || Op <- [store_message, store_messages, get_messages, ack_message], selected(Ctx, Op)],
+    case Wanted of
         [] ->
             [];
-        Wanted ->
-            %% The store cases run whenever a later case needs their messages.
-            Rows = lists:append([message_cases(Ctx, P) || P <- Procs]),
+        _ ->
+            Rows = lists:append([message_cases(Ctx, P, Wanted) || P <- Procs]),
             [R || #{op := Op} = R <- Rows, lists:member(Op, Wanted)]
     end.
 
-message_cases(Ctx, Procs) ->
+%% A store case also runs when a later case needs its messages.
+message_cases(Ctx, Procs, Wanted) ->
+    Needs = fun(Ops) -> [Op || Op <- Ops, lists:member(Op, Wanted)] =/= [] end,
+    Run = fun
+        (true, Op, Items, Init, Step) -> run_case(Ctx, Op, Procs, Items, Init, Step);
+        (false, Op, _, _, _) -> {#{op => Op}, [0 || _ <- lists:seq(1, Procs)]}
+    end,
     Store = fun(W, Seq) ->
         Msg = message(id(<<"a-">>, Seq)),
         {fun() -> emqx_redis_message:store_message(queue_id(W), Msg) end, Seq + 1}
@@ -242,9 +247,10 @@ message_cases(Ctx, Procs) ->
         end,
         {Call, N + 1}
     end,
-    {Single, Singles} = run_case(Ctx, store_message, Procs, 1, fun(_) -> 0 end, Store),
-    {Batched, Batches} = run_case(Ctx, store_messages, Procs, ?BATCH, fun(_) -> 0 end, StoreBatch),
-    {Got, _} = run_case(Ctx, get_messages, Procs, ?PAGE, fun(_) -> 0 end, Get),
+    {Single, Singles} = Run(Needs([store_message, ack_message]), store_message, 1, fun(_) -> 0 end, Store),
+    {Batched, Batches} =
+        Run(Needs([store_messages, get_messages, ack_message]), store_messages, ?BATCH, fun(_) -> 0 end, StoreBatch),
+    {Got, _} = Run(Needs([get_messages]), get_messages, ?PAGE, fun(_) -> 0 end, Get),
     %% Worker W acks the ids "a-0".. and "b-0".. that the store cases queued
     %% in queue W; past those, ids that are not queued (counted as misses).
     Stored = list_to_tuple(lists:zip(Singles, Batches)),
@@ -262,7 +268,7 @@ message_cases(Ctx, Procs) ->
             Id = id(<<"not-queued-">>, I),
             {fun() -> emqx_redis_message:ack_message(queue_id(W), Id) end, {[], I + 1, Misses + 1}}
     end,
-    {Acked, AckStates} = run_case(Ctx, ack_message, Procs, 1, AckInit, Ack),
+    {Acked, AckStates} = Run(Needs([ack_message]), ack_message, 1, AckInit, Ack),
     Misses = lists:sum([M || {_, _, M} <- AckStates]),
     AckedRow =
         case Misses of
