@@ -872,14 +872,14 @@ long_schedule_md(#{events := Events, control := Control, rows := Rows}) ->
             [length(Events), Max(Events), length(Ours)]
         ),
         case Control of
-            #{procs := P, calls := Calls, elapsed_s := S, max_us := Max} ->
+            #{procs := P, calls := Calls, elapsed_s := S, max_us := Longest} ->
                 N = length([E || {{control_pure_erlang, _}, _, _} = E <- Events]),
                 io_lib:format(
                     "Control: a pure Erlang loop (no NIF, no Redis) at ~b processes for ~.1f s (~s calls "
                     "of about a microsecond, the longest measured at ~s µs) had ~b events: the OS "
                     "preempts scheduler threads, and the time a thread waits for a core counts as "
                     "running.\n\n",
-                    [P, S, fmt_int(Calls), fmt_us(Max), N]
+                    [P, S, fmt_int(Calls), fmt_us(Longest), N]
                 );
             undefined ->
                 ""
