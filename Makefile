@@ -1,5 +1,5 @@
 # make test: every check and test (installs missing prerequisites first).
-.PHONY: all deps build demo test shell clean
+.PHONY: all deps build demo test bench shell clean
 
 all: build
 
@@ -16,6 +16,12 @@ demo: build
 
 test: deps
 	bash scripts/test.sh
+
+# Throughput and latency against a private redis-server (see bench/run.sh
+# --help; e.g. make bench BENCH_DURATION=10 BENCH_CONCURRENCY=1,16,64).
+bench: deps
+	rebar3 compile
+	bash bench/run.sh
 
 # An Erlang shell with the application on the code path.
 shell: build

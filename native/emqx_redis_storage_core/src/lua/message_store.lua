@@ -1,7 +1,9 @@
 -- Queues messages in the order of this call, after those queued before.
 -- ARGV[2]: max queue length; then per message: id, ttl ms, body.
--- An id that is queued already keeps its place and its body.
--- The oldest messages are dropped (and counted) beyond the max length.
+-- An id that is queued already, or earlier in this call, keeps its place
+-- and its body. The oldest messages are dropped (and counted) beyond the
+-- max length. Apart from the SET of each body, every command covers the
+-- whole batch (in slices): a redis.call costs far more than a message.
 local max_len = tonumber(ARGV[2])
 -- Each body starts with the time it was stored: 8 bytes, big-endian ms.
 local stored_at = {}
@@ -11,13 +13,40 @@ for i = 8, 1, -1 do
     n = math.floor(n / 256)
 end
 stored_at = string.char(unpack(stored_at))
+-- The ids, and where each message starts in ARGV.
+local ids, at = {}, {}
 for i = 3, #ARGV, 3 do
-    local id = ARGV[i]
-    if not redis.call('ZSCORE', expiry, id) then
-        local expires = now + tonumber(ARGV[i + 1])
-        redis.call('ZADD', queue, redis.call('HINCRBY', meta, 'seq', 1), id)
-        redis.call('ZADD', expiry, expires, id)
-        redis.call('SET', body_prefix .. id, stored_at .. ARGV[i + 2], 'PXAT', expires)
+    ids[#ids + 1] = ARGV[i]
+    at[#at + 1] = i
+end
+local scores = {}
+for i = 1, #ids, 1000 do
+    local slice = redis.call('ZMSCORE', expiry, unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #slice do
+        scores[i + j - 1] = slice[j]
+    end
+end
+local new, seen = {}, {}
+for k, id in ipairs(ids) do
+    if not scores[k] and not seen[id] then
+        seen[id] = true
+        new[#new + 1] = at[k]
+    end
+end
+if #new > 0 then
+    -- Arrival sequence numbers first + 1 .. first + #new, in call order.
+    local first = redis.call('HINCRBY', meta, 'seq', #new) - #new
+    local by_seq, by_expiry, expires = {}, {}, {}
+    for k, i in ipairs(new) do
+        expires[k] = now + tonumber(ARGV[i + 1])
+        by_seq[2 * k - 1], by_seq[2 * k] = first + k, ARGV[i]
+        by_expiry[2 * k - 1], by_expiry[2 * k] = expires[k], ARGV[i]
+    end
+    -- Slices of 1000 arguments keep score and member together.
+    in_slices(by_seq, function(...) redis.call('ZADD', queue, ...) end)
+    in_slices(by_expiry, function(...) redis.call('ZADD', expiry, ...) end)
+    for k, i in ipairs(new) do
+        redis.call('SET', body_prefix .. ARGV[i], stored_at .. ARGV[i + 2], 'PXAT', expires[k])
     end
 end
 local over = redis.call('ZCARD', queue) - max_len
