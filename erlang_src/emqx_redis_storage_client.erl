@@ -7,7 +7,7 @@
 %% NIF or received here, so it never piles up in the caller's mailbox.
 -module(emqx_redis_storage_client).
 
--export([connect/2, info/1, settings/1, res/1, call/3, call_timeout/4, wait/2, with_default/1]).
+-export([connect/2, info/1, settings/1, res/1, call/3, wait/2, with_default/1]).
 -export([default/0, set_default/1, clear_default/0]).
 
 -record(client, {
@@ -122,11 +122,7 @@ with_default(Fun) ->
 %% @doc Runs `emqx_redis_storage_nif:Fun(Res, Ref, Args...)' within the
 %% client's command timeout.
 -spec call(t(), atom(), list()) -> {ok, term()} | {error, term()}.
-call(#client{timeout = Timeout} = Client, Fun, Args) ->
-    call_timeout(Client, Fun, Args, Timeout).
-
--spec call_timeout(t(), atom(), list(), timeout()) -> {ok, term()} | {error, term()}.
-call_timeout(#client{res = Res}, Fun, Args, Timeout) ->
+call(#client{res = Res, timeout = Timeout}, Fun, Args) ->
     wait(fun(Ref) -> apply(emqx_redis_storage_nif, Fun, [Res, Ref | Args]) end, Timeout).
 
 %% @doc Starts a NIF operation with a fresh reference and waits for its reply.

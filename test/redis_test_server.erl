@@ -4,7 +4,7 @@
 -module(redis_test_server).
 
 -export([start/0, start/1, stop/1, kill/1, pause/1, resume/1, restart/1]).
--export([port/1, address/1, dir/1, cmd/2, tmp_root/0, stop_all/0]).
+-export([port/1, address/1, dir/1, cmd/2, tmp_root/0]).
 -export([certs/0, start_cluster/1, stop_cluster/1, start_sentinel/1, stop_sentinel/1]).
 
 -type server() :: #{port := inet:port_number(), dir := file:filename(), conf := [string()]}.
@@ -161,13 +161,6 @@ cli_tls(undefined) ->
     "";
 cli_tls(#{ca := Ca, client_cert := Cert, client_key := Key}) ->
     [" --tls --cacert ", Ca, " --cert ", Cert, " --key ", Key].
-
-%% @doc Kills every server started under `tmp_root()' (cleanup after a crash).
--spec stop_all() -> ok.
-stop_all() ->
-    Pidfiles = filelib:wildcard(filename:join([tmp_root(), "*", "redis.pid"])),
-    [signal("KILL", string:trim(binary_to_list(B))) || F <- Pidfiles, {ok, B} <- [file:read_file(F)]],
-    ok.
 
 -spec tmp_root() -> file:filename().
 tmp_root() ->
