@@ -157,28 +157,6 @@ starts(Config) ->
         {error, enoent} -> []
     end.
 
-project_root() ->
-    case os:getenv("EMQX_REDIS_STORAGE_ROOT") of
-        false ->
-            %% _build/test/lib/emqx_redis_storage/ebin -> the checkout
-            Ebin = filename:dirname(code:which(emqx_redis_storage)),
-            filename:absname(filename:join(Ebin, "../../../../.."));
-        Root ->
-            Root
-    end.
-
 %% `{ExitStatus, Output}' of a program run in the checkout.
 run(Program, Args, Env) ->
-    Port = open_port(
-        {spawn_executable, os:find_executable(Program)},
-        [{args, Args}, {env, Env}, {cd, project_root()}, exit_status, stderr_to_stdout, binary]
-    ),
-    collect(Port, []).
-
-collect(Port, Acc) ->
-    receive
-        {Port, {data, Data}} -> collect(Port, [Data | Acc]);
-        {Port, {exit_status, Status}} -> {Status, unicode:characters_to_list(iolist_to_binary(lists:reverse(Acc)))}
-    after 300000 ->
-        ct:fail({demo_timeout, iolist_to_binary(lists:reverse(Acc))})
-    end.
+    test_util:run(Program, Args, #{env => Env, timeout => 300000}).

@@ -18,7 +18,7 @@ end_per_suite(Config) ->
     redis_test_server:stop(?config(redis, Config)).
 
 scratch_project_builds_and_uses_it(Config) ->
-    Root = project_root(),
+    Root = test_util:project_root(),
     Sha = string:trim(run("git rev-parse HEAD", Root)),
     Dir = filename:join(redis_test_server:tmp_root(), "consumer"),
     _ = file:del_dir_r(Dir),
@@ -58,35 +58,12 @@ scratch_project_builds_and_uses_it(Config) ->
     ?assertEqual("was here", redis_test_server:cmd(?config(redis, Config), ["GET", "consumer"])),
     ?assertEqual("emqx:sess:{consumer-1}", redis_test_server:cmd(?config(redis, Config), ["--scan", "--pattern", "emqx:sess:*"])).
 
-project_root() ->
-    case os:getenv("EMQX_REDIS_STORAGE_ROOT") of
-        false ->
-            %% _build/test/lib/emqx_redis_storage/ebin -> the checkout
-            Ebin = filename:dirname(code:which(emqx_redis_storage)),
-            filename:absname(filename:join(Ebin, "../../../../.."));
-        Root ->
-            Root
-    end.
-
 write(Dir, Name, Content) ->
     ok = file:write_file(filename:join(Dir, Name), Content).
 
 %% Runs a shell command in Dir; fails the test with its output if it fails.
 run(Cmd, Dir) ->
-    Port = open_port(
-        {spawn_executable, "/bin/sh"},
-        [{args, ["-c", Cmd]}, exit_status, {cd, Dir}, stderr_to_stdout, binary]
-    ),
-    collect(Port, Cmd, []).
-
-collect(Port, Cmd, Acc) ->
-    receive
-        {Port, {data, Data}} ->
-            collect(Port, Cmd, [Data | Acc]);
-        {Port, {exit_status, 0}} ->
-            binary_to_list(iolist_to_binary(lists:reverse(Acc)));
-        {Port, {exit_status, Status}} ->
-            ct:fail({command_failed, Cmd, Status, iolist_to_binary(lists:reverse(Acc))})
-    after 600000 ->
-        ct:fail({command_timeout, Cmd})
+    case test_util:run("/bin/sh", ["-c", Cmd], #{cd => Dir}) of
+        {0, Out} -> Out;
+        {Status, Out} -> ct:fail({command_failed, Cmd, Status, Out})
     end.

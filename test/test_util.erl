@@ -1,7 +1,7 @@
 %% Small helpers shared by the suites.
 -module(test_util).
 
--export([wait_until/2, wait_ok/2, chunks/2, pmap/2]).
+-export([wait_until/2, wait_ok/2, chunks/2, pmap/2, project_root/0, run/3]).
 
 %% @doc Polls until Fun() returns true (an exception counts as false) or
 %% Ms of wall-clock time have passed.
@@ -54,3 +54,47 @@ pmap(Fun, Items) ->
         end
      || Ref <- Refs
     ].
+
+%% @doc The checkout under test (the Makefile exports it; else found from ebin).
+-spec project_root() -> file:filename().
+project_root() ->
+    case os:getenv("EMQX_REDIS_STORAGE_ROOT") of
+        false ->
+            %% _build/test/lib/emqx_redis_storage/ebin -> the checkout
+            Ebin = filename:dirname(code:which(emqx_redis_storage)),
+            filename:absname(filename:join(Ebin, "../../../../.."));
+        Root ->
+            Root
+    end.
+
+%% @doc `{ExitStatus, Output}' of a program (a path, or a name on PATH) run
+%% with `#{cd => Dir, env => [{Name, Value}], timeout => Ms}'.
+-spec run(string(), [string()], map()) -> {non_neg_integer(), string()}.
+run(Program, Args, Opts) ->
+    Exe =
+        case filename:pathtype(Program) of
+            absolute -> Program;
+            _ -> os:find_executable(Program)
+        end,
+    Port = open_port(
+        {spawn_executable, Exe},
+        [
+            {args, Args},
+            {env, maps:get(env, Opts, [])},
+            {cd, maps:get(cd, Opts, project_root())},
+            exit_status,
+            stderr_to_stdout,
+            binary
+        ]
+    ),
+    collect(Port, maps:get(timeout, Opts, 600000), []).
+
+collect(Port, Timeout, Acc) ->
+    receive
+        {Port, {data, Data}} ->
+            collect(Port, Timeout, [Data | Acc]);
+        {Port, {exit_status, Status}} ->
+            {Status, unicode:characters_to_list(iolist_to_binary(lists:reverse(Acc)))}
+    after Timeout ->
+        error({command_timeout, iolist_to_binary(lists:reverse(Acc))})
+    end.
