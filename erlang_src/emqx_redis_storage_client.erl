@@ -67,7 +67,7 @@ reveal(Value) -> Value.
 %% The PEM files, read now so a missing or unreadable one is a clear error.
 tls(#{enable := false}) ->
     {ok, undefined};
-tls(#{cacertfile := Ca, certfile := Cert, keyfile := Key, verify := Verify}) ->
+tls(#{cacertfile := Ca, certfile := Cert, keyfile := Key, verify := Verify, server_name_indication := Name}) ->
     Read = fun
         (_Field, undefined) ->
             undefined;
@@ -85,7 +85,8 @@ tls(#{cacertfile := Ca, certfile := Cert, keyfile := Key, verify := Verify}) ->
             ca => Read(<<"cacertfile">>, Ca),
             cert => Read(<<"certfile">>, Cert),
             key => Read(<<"keyfile">>, Key),
-            verify => Verify =:= verify_peer
+            verify => Verify =:= verify_peer,
+            server_name => Name
         }}
     catch
         throw:Reason -> {error, Reason}

@@ -19,6 +19,7 @@
     | file
     | key_prefix
     | secret
+    | server_name
     | {map, schema()}.
 -type schema() :: [{atom(), field_type(), Default :: term()}].
 
@@ -68,9 +69,9 @@ ssl_schema() ->
         {certfile, file, undefined},
         {keyfile, file, undefined},
         {verify, {enum, [verify_peer, verify_none]}, verify_peer},
-        %% redis-rs checks the certificate against the host in `servers';
-        %% another name cannot be asked for.
-        {server_name_indication, {enum, [disable]}, disable}
+        %% The name the server certificate must carry (and SNI): the host
+        %% dialled when unset; `disable': the chain only, no name.
+        {server_name_indication, server_name, undefined}
     ].
 
 %% @doc The normalised configuration, with every default filled in.
@@ -87,6 +88,14 @@ check_combinations(#{redis := #{redis_type := sentinel, sentinel := undefined}})
     invalid(<<"redis.sentinel">>, <<"the master name the sentinels watch (redis_type is sentinel)">>);
 check_combinations(#{redis := #{redis_type := cluster, database := Db}}) when Db =/= 0 ->
     invalid(<<"redis.database">>, <<"0: Redis Cluster has only database 0">>);
+check_combinations(#{redis := #{redis_type := cluster, ssl := #{enable := true, server_name_indication := Name}}}) when
+    is_binary(Name)
+->
+    invalid(
+        <<"redis.ssl.server_name_indication">>,
+        <<"disable, or unset, with redis_type cluster: each node's certificate is checked against "
+          "the address the cluster announces for it (see cluster-announce-hostname)">>
+    );
 check_combinations(#{redis := #{ssl := #{enable := true, certfile := C, keyfile := K}}}) when
     (C =:= undefined) =/= (K =:= undefined)
 ->
@@ -198,6 +207,17 @@ check(Path, secret, Value) ->
     case text_or_none(Value) of
         ?NONE -> invalid(Path, <<"a string, or a fun returning it">>);
         Bin -> secret(Bin)
+    end;
+check(Path, server_name, Value) ->
+    case text_or_none(Value) of
+        <<"disable">> -> disable;
+        Name when is_binary(Name), byte_size(Name) > 0, byte_size(Name) =< 253 ->
+            case re:run(Name, "^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$") of
+                {match, _} -> Name;
+                nomatch -> invalid(Path, <<"a DNS name, or disable">>)
+            end;
+        _ ->
+            invalid(Path, <<"a DNS name, or disable">>)
     end;
 check(Path, {map, Schema}, Value) ->
     check_map(Path, Schema, Value).

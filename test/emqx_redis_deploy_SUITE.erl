@@ -31,7 +31,9 @@ groups() ->
             mutual_tls,
             wrong_ca_fails_clearly,
             wrong_name_fails_clearly,
+            server_name_indication,
             tls_cluster_main_cases,
+            tls_cluster_server_name,
             tls_sentinel_main_cases
         ]},
         {acl, [], [restricted_user_main_cases, user_without_rights_gets_clear_error]}
@@ -280,6 +282,62 @@ wrong_name_fails_clearly(_Config) ->
         ?assert(Us < 5000000)
     end).
 
+%% A certificate that names only redis.test, served on 127.0.0.1.
+name_certs() ->
+    Certs = redis_test_server:certs(),
+    Certs#{server_cert := maps:get(name_cert, Certs), server_key := maps:get(name_key, Certs)}.
+
+server_name_indication(_Config) ->
+    Certs = name_certs(),
+    Server = redis_test_server:start(#{tls => Certs}),
+    Start = fun(Ssl) ->
+        emqx_redis_storage:start(#{redis => #{
+            servers => redis_test_server:address(Server), connect_timeout => 1000, ssl => tls_opts(Certs, Ssl)
+        }})
+    end,
+    try
+        %% unset: the certificate must name the host dialled, 127.0.0.1
+        ?assertMatch({error, {connection, _}}, Start(#{})),
+        ?assertMatch({error, {connection, _}}, Start(#{server_name_indication => <<"other.test">>})),
+        %% the name the certificate carries, whatever address is dialled
+        ok = Start(#{server_name_indication => <<"redis.test">>}),
+        ok = emqx_redis_session:save_session(<<"sni">>, #{n => 1}),
+        ?assertEqual({ok, #{n => 1}}, emqx_redis_session:load_session(<<"sni">>)),
+        ok = emqx_redis_storage:stop(),
+        %% disable: the chain is still checked, the name is not
+        ok = Start(#{server_name_indication => disable}),
+        ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])),
+        ok = emqx_redis_storage:stop(),
+        ?assertMatch({error, {connection, _}},
+            Start(#{server_name_indication => <<"disable">>, cacertfile => maps:get(other_ca, Certs)})),
+        ?assertMatch({error, {invalid_config, <<"redis.ssl.server_name_indication">>, _}},
+            Start(#{server_name_indication => <<"not a name">>}))
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop(Server)
+    end.
+
+%% redis-rs dials cluster nodes itself: a name cannot be asked for, but the
+%% name check can be disabled (the chain is still checked).
+tls_cluster_server_name(_Config) ->
+    Certs = name_certs(),
+    Nodes = redis_test_server:start_cluster(#{tls => Certs, replicas => 0}),
+    Start = fun(Ssl) ->
+        emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{connect_timeout => 1000, ssl => tls_opts(Certs, Ssl)}}))
+    end,
+    try
+        ?assertMatch({error, {connection, _}}, Start(#{})),
+        ?assertMatch({error, {invalid_config, <<"redis.ssl.server_name_indication">>, _}},
+            Start(#{server_name_indication => <<"redis.test">>})),
+        ?assertMatch({error, {connection, _}},
+            Start(#{server_name_indication => disable, cacertfile => maps:get(other_ca, Certs)})),
+        ok = Start(#{server_name_indication => disable}),
+        ok = storage_checks:all()
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:stop_cluster(Nodes)
+    end.
+
 tls_cluster_main_cases(_Config) ->
     Certs = redis_test_server:certs(),
     Nodes = redis_test_server:start_cluster(#{tls => Certs}),
@@ -291,12 +349,17 @@ tls_cluster_main_cases(_Config) ->
         redis_test_server:stop_cluster(Nodes)
     end.
 
+%% Sentinels and servers whose certificate names only redis.test: the
+%% sentinels and the master they name are both checked against that name.
 tls_sentinel_main_cases(_Config) ->
-    Certs = redis_test_server:certs(),
+    Certs = name_certs(),
     Sentinel = redis_test_server:start_sentinel(#{tls => Certs}),
     try
         ok = test_util:wait_until(fun() -> replica_in_sync(Sentinel#{replica := (maps:get(replica, Sentinel))#{tls => Certs}}) end, 20000),
-        ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{ssl => tls_opts(Certs, #{})}})),
+        ?assertMatch({error, {connection, _}},
+            emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{connect_timeout => 1000, ssl => tls_opts(Certs, #{})}}))),
+        Ssl = tls_opts(Certs, #{server_name_indication => <<"redis.test">>}),
+        ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{ssl => Ssl}})),
         ok = storage_checks:all()
     after
         ok = emqx_redis_storage:stop(),

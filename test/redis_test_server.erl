@@ -200,7 +200,8 @@ free_port() ->
 %% TLS
 
 %% @doc A CA, a server certificate for 127.0.0.1/localhost signed by it, a
-%% client certificate signed by it, and a second, unrelated CA; made with
+%% second server certificate that names only redis.test (`name_cert',
+%% `name_key'), a client certificate, and a second, unrelated CA; made with
 %% openssl once per test run.
 -spec certs() -> #{atom() => string()}.
 certs() ->
@@ -211,21 +212,26 @@ certs() ->
         server_key => filename:join(Dir, "server.key"),
         client_cert => filename:join(Dir, "client.pem"),
         client_key => filename:join(Dir, "client.key"),
-        other_ca => filename:join(Dir, "other-ca.pem")
+        other_ca => filename:join(Dir, "other-ca.pem"),
+        name_cert => filename:join(Dir, "name.pem"),
+        name_key => filename:join(Dir, "name.key")
     },
-    case filelib:is_regular(maps:get(other_ca, Files)) of
+    case filelib:is_regular(maps:get(name_cert, Files)) of
         true ->
             Files;
         false ->
             ok = filelib:ensure_path(Dir),
             Ext = filename:join(Dir, "san.ext"),
             ok = file:write_file(Ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+            ok = file:write_file(filename:join(Dir, "name.ext"), "subjectAltName=DNS:redis.test\n"),
             ok = file:write_file(filename:join(Dir, "client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"),
             Steps = [
                 "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem",
                 "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout other-ca.key -out other-ca.pem",
                 "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
                 "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem",
+                "openssl req -newkey rsa:2048 -nodes -subj /CN=redis.test -keyout name.key -out name.csr",
+                "openssl x509 -req -in name.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile name.ext -out name.pem",
                 "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr",
                 "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out client.pem"
             ],

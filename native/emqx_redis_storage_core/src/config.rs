@@ -26,8 +26,22 @@ pub struct Tls {
     pub ca: Option<Vec<u8>>,
     pub cert: Option<Vec<u8>>,
     pub key: Option<Vec<u8>>,
-    /// Check the server's certificate against the CA and the host name.
+    /// Check the server's certificate against the CA (and a name, see
+    /// `server_name`); false accepts any certificate.
     pub verify: bool,
+    pub server_name: ServerNameCheck,
+}
+
+/// Which name the server's certificate must carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ServerNameCheck {
+    /// The host dialled (from `servers`, or the master the sentinels name).
+    #[default]
+    Host,
+    /// This name, whatever address is dialled; it is also sent as SNI.
+    Name(String),
+    /// None: the chain is still checked, no SNI is sent.
+    Disable,
 }
 
 #[derive(Clone)]

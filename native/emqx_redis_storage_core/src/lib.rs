@@ -13,5 +13,6 @@ pub mod router;
 pub mod scripts;
 pub mod session;
 pub mod topic;
+pub mod transport;
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use emqx_redis_storage_core::config::{ClientConfig, Mode, Tls};
+use emqx_redis_storage_core::config::{ClientConfig, Mode, ServerNameCheck, Tls};
 use emqx_redis_storage_core::router::{IndexMode, RouterConfig};
 use emqx_redis_storage_core::Error;
 use redis::Value;
@@ -15,7 +15,8 @@ use rustler::{Atom, Binary, Decoder, Encoder, Env, Term};
 mod atoms {
     rustler::atoms! {
         undefined, error, timeout, redis, connection, internal, invalid_config, local,
-        not_replicated, acked, wanted, single, sentinel, cluster, ca, cert, key, verify
+        not_replicated, acked, wanted, single, sentinel, cluster, ca, cert, key, verify,
+        disable
     }
 }
 
@@ -175,7 +176,8 @@ fn millis(map: Term, name: &'static str) -> Result<Duration, Error> {
     }
 }
 
-/// `undefined`, or `#{ca, cert, key => PEM binary | undefined, verify => boolean()}`.
+/// `undefined`, or `#{ca, cert, key => PEM binary | undefined,
+/// verify => boolean(), server_name => undefined | disable | binary()}`.
 fn tls(term: Term) -> Result<Option<Tls>, Error> {
     if term.decode::<Atom>().ok() == Some(atoms::undefined()) {
         return Ok(None);
@@ -188,6 +190,15 @@ fn tls(term: Term) -> Result<Option<Tls>, Error> {
         cert: pem("cert")?,
         key: pem("key")?,
         verify: field(term, "verify")?,
+        server_name: {
+            let name: Term = field(term, "server_name")?;
+            if name.decode::<Atom>().ok() == Some(atoms::disable()) {
+                ServerNameCheck::Disable
+            } else {
+                optional_text(term, "server_name")?
+                    .map_or(ServerNameCheck::Host, ServerNameCheck::Name)
+            }
+        },
     }))
 }
 

@@ -1,0 +1,224 @@
+//! How our connections are opened: TCP, or TLS with rustls settings of our
+//! own. Owning the TLS handshake lets the certificate be checked against a
+//! name other than the address dialled (`ssl.server_name_indication`), which
+//! redis-rs cannot do. The redis-rs cluster client still opens its node
+//! connections itself (see `client::connect_cluster`).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{ServerNameCheck, Tls};
+use crate::error::{Error, Result};
+
+/// A connected byte stream, plain or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub struct Transport {
+    tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
+}
+
+impl Transport {
+    /// Checks the PEM contents and the name now: a bad one is a config error
+    /// at start, not a connection error later.
+    pub fn new(tls: Option<&Tls>) -> Result<Transport> {
+        let tls = match tls {
+            None => None,
+            Some(tls) => {
+                let name = match &tls.server_name {
+                    ServerNameCheck::Name(name) => {
+                        Some(ServerName::try_from(name.clone()).map_err(|_| {
+                            invalid("redis.ssl.server_name_indication", "a DNS name or disable")
+                        })?)
+                    }
+                    ServerNameCheck::Host | ServerNameCheck::Disable => None,
+                };
+                Some((TlsConnector::from(Arc::new(rustls_config(tls)?)), name))
+            }
+        };
+        Ok(Transport { tls })
+    }
+
+    /// A stream to `host:port`. The caller bounds the time it may take.
+    pub async fn open(&self, host: &str, port: u16) -> redis::RedisResult<Box<dyn Stream>> {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let name = match name {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(host.to_string()).map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "not a valid TLS server name",
+                    host.to_string(),
+                ))
+            })?,
+        };
+        Ok(Box::new(connector.connect(name, tcp).await?))
+    }
+}
+
+/// `field`: the dotted config path, e.g. `redis.ssl.cacertfile`.
+fn invalid(field: &'static str, expected: &str) -> Error {
+    Error::InvalidConfig(field, expected.to_string())
+}
+
+fn certificates(pem: &[u8], field: &'static str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| invalid(field, "PEM certificates"))?;
+    if certs.is_empty() {
+        return Err(invalid(field, "PEM certificates (none found)"));
+    }
+    Ok(certs)
+}
+
+fn rustls_config(tls: &Tls) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let algorithms = provider.signature_verification_algorithms;
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let chain = if tls.verify {
+        Some(chain_verifier(tls, provider)?)
+    } else {
+        None
+    };
+    let builder = match (chain, &tls.server_name) {
+        (Some(chain), ServerNameCheck::Host | ServerNameCheck::Name(_)) => {
+            builder.with_webpki_verifier(chain)
+        }
+        (chain, _) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Lenient { chain, algorithms })),
+    };
+    let mut config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let key = PrivateKeyDer::from_pem_slice(key)
+                .map_err(|_| invalid("redis.ssl.keyfile", "a PEM private key"))?;
+            builder
+                .with_client_auth_cert(certificates(cert, "redis.ssl.certfile")?, key)
+                .map_err(|e| invalid("redis.ssl.keyfile", &format!("the key of certfile: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.enable_sni = !matches!(tls.server_name, ServerNameCheck::Disable);
+    Ok(config)
+}
+
+/// Checks certificate chains against `cacertfile`, or the system's roots.
+fn chain_verifier(tls: &Tls, provider: Arc<CryptoProvider>) -> Result<Arc<WebPkiServerVerifier>> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca {
+        Some(pem) => {
+            for cert in certificates(pem, "redis.ssl.cacertfile")? {
+                roots.add(cert).map_err(|e| {
+                    invalid("redis.ssl.cacertfile", &format!("CA certificates: {e}"))
+                })?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A system root rustls cannot use is skipped, as browsers do.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| invalid("redis.ssl.cacertfile", &format!("CA certificates: {e}")))
+}
+
+/// Checks less than rustls does by default, on request: with `verify_none`
+/// nothing of the certificate (`chain` is None); with
+/// `server_name_indication => disable` its chain but not its name. The
+/// handshake signatures are always checked.
+#[derive(Debug)]
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Lenient {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(server_name: ServerNameCheck) -> Tls {
+        Tls {
+            server_name,
+            verify: true,
+            ..Tls::default()
+        }
+    }
+
+    #[test]
+    fn bad_names_and_pem_are_config_errors() {
+        let err = |t: &Tls| Transport::new(Some(t)).err().map(|e| e.to_string());
+        assert!(err(&tls(ServerNameCheck::Name("not a name!".into())))
+            .unwrap()
+            .contains("redis.ssl.server_name_indication"));
+        let mut bad_ca = tls(ServerNameCheck::Host);
+        bad_ca.ca = Some(b"not PEM".to_vec());
+        assert!(err(&bad_ca).unwrap().contains("redis.ssl.cacertfile"));
+        let mut bad_key = tls(ServerNameCheck::Host);
+        bad_key.cert = Some(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".to_vec());
+        bad_key.key = Some(b"nothing".to_vec());
+        assert!(err(&bad_key).unwrap().contains("redis.ssl."));
+        assert!(Transport::new(Some(&tls(ServerNameCheck::Name("redis.test".into())))).is_ok());
+        assert!(Transport::new(Some(&tls(ServerNameCheck::Disable))).is_ok());
+    }
+}
