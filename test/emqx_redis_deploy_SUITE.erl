@@ -230,6 +230,9 @@ replica_in_sync(#{replica := Replica}) ->
 tls_opts(Certs, Extra) ->
     maps:merge(#{enable => true, cacertfile => maps:get(ca, Certs), verify => verify_peer}, Extra).
 
+client_cert_opts(Certs, Extra) ->
+    tls_opts(Certs, Extra#{certfile => maps:get(client_cert, Certs), keyfile => maps:get(client_key, Certs)}).
+
 with_tls_server(ServerOpts, Fun) ->
     Certs = redis_test_server:certs(),
     Server = redis_test_server:start(maps:merge(#{tls => Certs}, ServerOpts)),
@@ -251,8 +254,7 @@ mutual_tls(_Config) ->
         Address = redis_test_server:address(Server),
         ?assertMatch({error, {connection, _}},
             emqx_redis_storage:start(#{redis => #{servers => Address, connect_timeout => 1000, ssl => tls_opts(Certs, #{})}})),
-        Ssl = tls_opts(Certs, #{certfile => maps:get(client_cert, Certs), keyfile => maps:get(client_key, Certs)}),
-        ok = emqx_redis_storage:start(#{redis => #{servers => Address, ssl => Ssl}}),
+        ok = emqx_redis_storage:start(#{redis => #{servers => Address, ssl => client_cert_opts(Certs, #{})}}),
         ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>]))
     end).
 
@@ -298,7 +300,9 @@ server_name_indication(_Config) ->
     try
         %% unset: the certificate must name the host dialled, 127.0.0.1
         ?assertMatch({error, {connection, _}}, Start(#{})),
-        ?assertMatch({error, {connection, _}}, Start(#{server_name_indication => <<"other.test">>})),
+        Other = Start(#{server_name_indication => <<"other.test">>}),
+        ct:log("a name the certificate does not carry: ~p", [Other]),
+        ?assertMatch({error, {connection, _}}, Other),
         %% the name the certificate carries, whatever address is dialled
         ok = Start(#{server_name_indication => <<"redis.test">>}),
         ok = emqx_redis_session:save_session(<<"sni">>, #{n => 1}),
@@ -327,8 +331,9 @@ tls_cluster_server_name(_Config) ->
     end,
     try
         ?assertMatch({error, {connection, _}}, Start(#{})),
-        ?assertMatch({error, {invalid_config, <<"redis.ssl.server_name_indication">>, _}},
-            Start(#{server_name_indication => <<"redis.test">>})),
+        Named = Start(#{server_name_indication => <<"redis.test">>}),
+        ct:log("a name with cluster: ~p", [Named]),
+        ?assertMatch({error, {invalid_config, <<"redis.ssl.server_name_indication">>, _}}, Named),
         ?assertMatch({error, {connection, _}},
             Start(#{server_name_indication => disable, cacertfile => maps:get(other_ca, Certs)})),
         ok = Start(#{server_name_indication => disable}),
@@ -338,11 +343,14 @@ tls_cluster_server_name(_Config) ->
         redis_test_server:stop_cluster(Nodes)
     end.
 
+%% Mutual TLS: the nodes demand a client certificate.
 tls_cluster_main_cases(_Config) ->
     Certs = redis_test_server:certs(),
-    Nodes = redis_test_server:start_cluster(#{tls => Certs}),
+    Nodes = redis_test_server:start_cluster(#{tls => Certs, conf => ["tls-auth-clients yes"]}),
     try
-        ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{ssl => tls_opts(Certs, #{})}})),
+        ?assertMatch({error, {connection, _}},
+            emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{connect_timeout => 1000, ssl => tls_opts(Certs, #{})}}))),
+        ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{ssl => client_cert_opts(Certs, #{})}})),
         ok = storage_checks:all()
     after
         ok = emqx_redis_storage:stop(),
@@ -351,14 +359,18 @@ tls_cluster_main_cases(_Config) ->
 
 %% Sentinels and servers whose certificate names only redis.test: the
 %% sentinels and the master they name are both checked against that name.
+%% Mutual TLS: all of them demand a client certificate.
 tls_sentinel_main_cases(_Config) ->
     Certs = name_certs(),
-    Sentinel = redis_test_server:start_sentinel(#{tls => Certs}),
+    Mutual = ["tls-auth-clients yes"],
+    Sentinel = redis_test_server:start_sentinel(#{tls => Certs, conf => Mutual, sentinel_conf => Mutual}),
     try
         ok = test_util:wait_until(fun() -> replica_in_sync(Sentinel#{replica := (maps:get(replica, Sentinel))#{tls => Certs}}) end, 20000),
         ?assertMatch({error, {connection, _}},
             emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{connect_timeout => 1000, ssl => tls_opts(Certs, #{})}}))),
-        Ssl = tls_opts(Certs, #{server_name_indication => <<"redis.test">>}),
+        Ssl = client_cert_opts(Certs, #{server_name_indication => <<"redis.test">>}),
+        ?assertMatch({error, {connection, _}},
+            emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{connect_timeout => 1000, ssl => maps:without([certfile, keyfile], Ssl)}}))),
         ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{ssl => Ssl}})),
         ok = storage_checks:all()
     after
