@@ -99,7 +99,7 @@ impl Server {
 }
 
 fn connect_timeout() -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Io, "connect timeout"))
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout").into()
 }
 
 /// One multiplexed connection to a server, opened again on the next use
@@ -360,8 +360,8 @@ impl Backend {
     }
 
     /// In Sentinel mode, after a lost connection or a write refused by a
-    /// replica, asks the sentinels for the master and reconnects to it if it
-    /// moved. True if the call should be tried again.
+    /// replica, asks the sentinels for the master and connects a new pool to
+    /// it. True if the call should be tried again.
     async fn follow_failover(&self, e: &redis::RedisError) -> bool {
         let (Mode::Sentinel { .. }, Target::Node(pool)) = (&self.config.mode, &*self.target) else {
             return false;
