@@ -15,10 +15,15 @@
 %%
 %% Limits per call: 10000 messages and 8 MiB of encoded messages per
 %% `store_messages/2', 10000 messages per `get_messages/3' page.
+%%
+%% Every function works on the application's default client, and takes a
+%% client from `emqx_redis_storage:connect/1' as an optional first argument.
 -module(emqx_redis_message).
 
 -export([store_message/2, store_messages/2, get_messages/3, ack_message/2]).
 -export([delete_messages/1, count_messages/1, queue_info/1]).
+-export([store_message/3, store_messages/3, get_messages/4, ack_message/3]).
+-export([delete_messages/2, count_messages/2, queue_info/2]).
 
 -type message_id() :: binary().
 -type message() :: #{id := message_id(), expiry_interval => pos_integer(), term() => term()}.
@@ -27,6 +32,8 @@
     dropped := non_neg_integer(),
     oldest_at := integer() | undefined
 }.
+-type client() :: emqx_redis_storage_client:t().
+-type client_id() :: emqx_redis_session:client_id().
 -export_type([message_id/0, message/0, queue_info/0]).
 
 %% Messages per store_messages/2 call and per get_messages/3 page.
@@ -41,9 +48,30 @@
 %% Beyond any queue that fits in memory.
 -define(MAX_OFFSET, 1 bsl 32).
 
--spec store_message(emqx_redis_session:client_id(), message()) -> ok | {error, term()}.
-store_message(ClientId, Msg) ->
-    store_messages(ClientId, [Msg]).
+-spec store_message(client_id(), message()) -> ok | {error, term()}.
+store_message(ClientId, Msg) -> with_default(fun(C) -> store_message(C, ClientId, Msg) end).
+
+-spec store_messages(client_id(), [message()]) -> ok | {error, term()}.
+store_messages(ClientId, Msgs) -> with_default(fun(C) -> store_messages(C, ClientId, Msgs) end).
+
+-spec get_messages(client_id(), non_neg_integer(), non_neg_integer()) -> {ok, [message()]} | {error, term()}.
+get_messages(ClientId, Offset, Limit) -> with_default(fun(C) -> get_messages(C, ClientId, Offset, Limit) end).
+
+-spec ack_message(client_id(), message_id()) -> ok | {error, term()}.
+ack_message(ClientId, MsgId) -> with_default(fun(C) -> ack_message(C, ClientId, MsgId) end).
+
+-spec delete_messages(client_id()) -> ok | {error, term()}.
+delete_messages(ClientId) -> with_default(fun(C) -> delete_messages(C, ClientId) end).
+
+-spec count_messages(client_id()) -> {ok, non_neg_integer()} | {error, term()}.
+count_messages(ClientId) -> with_default(fun(C) -> count_messages(C, ClientId) end).
+
+-spec queue_info(client_id()) -> {ok, queue_info()} | {error, term()}.
+queue_info(ClientId) -> with_default(fun(C) -> queue_info(C, ClientId) end).
+
+-spec store_message(client(), client_id(), message()) -> ok | {error, term()}.
+store_message(Client, ClientId, Msg) ->
+    store_messages(Client, ClientId, [Msg]).
 
 %% @doc Queues `Msgs' in their order, in one round trip. A message whose id
 %% is queued already is left as it is (in its place, with its content).
@@ -53,9 +81,9 @@ store_message(ClientId, Msg) ->
 %% `{batch_too_large, #{count, max}}' (more than 10000 messages) and
 %% `{batch_too_large, #{bytes, max}}' (the encoded messages up to the one that
 %% crossed the limit of 8 MiB; split the batch).
--spec store_messages(emqx_redis_session:client_id(), [message()]) -> ok | {error, term()}.
-store_messages(ClientId, Msgs) ->
-    with_client([emqx_redis_storage_terms:client_id(ClientId), batch(Msgs)], fun(Client) ->
+-spec store_messages(client(), client_id(), [message()]) -> ok | {error, term()}.
+store_messages(Client, ClientId, Msgs) ->
+    checked([emqx_redis_storage_terms:client_id(ClientId), batch(Msgs)], fun() ->
         #{message_ttl := Ttl, max_message_size := MaxSize, max_queue_len := MaxLen} =
             emqx_redis_storage_client:settings(Client),
         case encode_all(Msgs, min(Ttl, ?MAX_EXPIRY), MaxSize, 0, []) of
@@ -116,10 +144,10 @@ ttl(_Msg, Default) ->
 %% @doc Up to `Limit' (at most 10000) live messages, oldest first, from the
 %% `Offset'-th on (0 is the oldest). Reading does not remove them: ack them.
 %% A body in Redis that is no term gives `{error, {undecodable, MsgId}}'.
--spec get_messages(emqx_redis_session:client_id(), non_neg_integer(), non_neg_integer()) ->
+-spec get_messages(client(), client_id(), non_neg_integer(), non_neg_integer()) ->
     {ok, [message()]} | {error, term()}.
-get_messages(ClientId, Offset, Limit) ->
-    with_client([emqx_redis_storage_terms:client_id(ClientId), page(Offset, Limit)], fun(Client) ->
+get_messages(Client, ClientId, Offset, Limit) ->
+    checked([emqx_redis_storage_terms:client_id(ClientId), page(Offset, Limit)], fun() ->
         case call(Client, message_get, [ClientId, Offset, Limit]) of
             {ok, Page} -> decode_all(Page, []);
             {error, _} = Error -> Error
@@ -143,10 +171,10 @@ decode_all([{Id, Body} | Rest], Acc) ->
     end.
 
 %% @doc Removes a message from the queue; `ok' also if it is not queued.
--spec ack_message(emqx_redis_session:client_id(), message_id()) -> ok | {error, term()}.
-ack_message(ClientId, MsgId) ->
+-spec ack_message(client(), client_id(), message_id()) -> ok | {error, term()}.
+ack_message(Client, ClientId, MsgId) ->
     Checks = [emqx_redis_storage_terms:client_id(ClientId), invalid_id(MsgId)],
-    with_client(Checks, fun(Client) ->
+    checked(Checks, fun() ->
         unwrap(call(Client, message_ack, [ClientId, MsgId]))
     end).
 
@@ -160,25 +188,25 @@ message_id(Id) when is_binary(Id), byte_size(Id) > 0, byte_size(Id) =< ?MAX_ID -
 message_id(Id) -> {error, Id}.
 
 %% @doc Deletes every message of the client and its `dropped' count.
--spec delete_messages(emqx_redis_session:client_id()) -> ok | {error, term()}.
-delete_messages(ClientId) ->
-    with_client([emqx_redis_storage_terms:client_id(ClientId)], fun(Client) ->
+-spec delete_messages(client(), client_id()) -> ok | {error, term()}.
+delete_messages(Client, ClientId) ->
+    checked([emqx_redis_storage_terms:client_id(ClientId)], fun() ->
         unwrap(call(Client, message_delete, [ClientId]))
     end).
 
 %% @doc The number of live messages.
--spec count_messages(emqx_redis_session:client_id()) -> {ok, non_neg_integer()} | {error, term()}.
-count_messages(ClientId) ->
-    with_client([emqx_redis_storage_terms:client_id(ClientId)], fun(Client) ->
+-spec count_messages(client(), client_id()) -> {ok, non_neg_integer()} | {error, term()}.
+count_messages(Client, ClientId) ->
+    checked([emqx_redis_storage_terms:client_id(ClientId)], fun() ->
         call(Client, message_count, [ClientId])
     end).
 
 %% @doc `len': live messages; `dropped': messages dropped because the queue
 %% was full, since the queue was created or deleted; `oldest_at': when the
 %% oldest live message was stored (Unix ms, Redis's clock) or `undefined'.
--spec queue_info(emqx_redis_session:client_id()) -> {ok, queue_info()} | {error, term()}.
-queue_info(ClientId) ->
-    with_client([emqx_redis_storage_terms:client_id(ClientId)], fun(Client) ->
+-spec queue_info(client(), client_id()) -> {ok, queue_info()} | {error, term()}.
+queue_info(Client, ClientId) ->
+    checked([emqx_redis_storage_terms:client_id(ClientId)], fun() ->
         case call(Client, message_info, [ClientId]) of
             {ok, {Len, Dropped, OldestAt}} ->
                 {ok, #{len => Len, dropped => Dropped, oldest_at => OldestAt}};
@@ -187,13 +215,15 @@ queue_info(ClientId) ->
         end
     end).
 
-%% Runs `Fun' with the default client if every check is `ok', else returns
-%% the first error.
-with_client(Checks, Fun) ->
+%% Runs `Fun' if every check is `ok', else returns the first error.
+checked(Checks, Fun) ->
     case [Error || {error, _} = Error <- Checks] of
-        [] -> emqx_redis_storage_client:with_default(Fun);
+        [] -> Fun();
         [Error | _] -> Error
     end.
+
+with_default(Fun) ->
+    emqx_redis_storage_client:with_default(Fun).
 
 call(Client, Fun, Args) ->
     emqx_redis_storage_client:call(Client, Fun, Args).

@@ -9,30 +9,65 @@
 %% passes the fence it gets to `save_session/3'. Fences strictly increase per
 %% client, so a save from a node that lost the lease is refused with
 %% `{error, stale_fence}' and changes nothing.
+%%
+%% Every function works on the application's default client, and takes a
+%% client from `emqx_redis_storage:connect/1' as an optional first argument;
+%% `save_session/3' has options as its third argument, so its form with a
+%% client is `save_session/4'.
 -module(emqx_redis_session).
 
 -export([save_session/2, save_session/3, load_session/1, delete_session/1]).
 -export([list_sessions/2, count_sessions/0, session_info/1]).
 -export([acquire_lease/3, renew_lease/3, release_lease/2]).
+-export([save_session/4, load_session/2, delete_session/2]).
+-export([list_sessions/3, count_sessions/1, session_info/2]).
+-export([acquire_lease/4, renew_lease/4, release_lease/3]).
 
 -type client_id() :: binary().
 -type fence() :: integer().
 -type owner() :: node() | binary().
 -type save_opts() :: #{ttl => pos_integer(), node => node(), fence => fence()}.
+-type client() :: emqx_redis_storage_client:t().
 -export_type([client_id/0, fence/0, owner/0, save_opts/0]).
 
 -define(MAX_PAGE, 10000).
 
 -spec save_session(client_id(), term()) -> ok | {error, term()}.
-save_session(ClientId, Session) ->
-    save_session(ClientId, Session, #{}).
+save_session(ClientId, Session) -> save_session(ClientId, Session, #{}).
+
+-spec save_session(client_id(), term(), save_opts()) -> ok | {error, term()}.
+save_session(ClientId, Session, Opts) -> with_default(fun(C) -> save_session(C, ClientId, Session, Opts) end).
+
+-spec load_session(client_id()) -> {ok, term()} | {error, term()}.
+load_session(ClientId) -> with_default(fun(C) -> load_session(C, ClientId) end).
+
+-spec delete_session(client_id()) -> ok | {error, term()}.
+delete_session(ClientId) -> with_default(fun(C) -> delete_session(C, ClientId) end).
+
+-spec session_info(client_id()) -> {ok, map()} | {error, term()}.
+session_info(ClientId) -> with_default(fun(C) -> session_info(C, ClientId) end).
+
+-spec list_sessions(non_neg_integer(), non_neg_integer()) -> {ok, [client_id()]} | {error, term()}.
+list_sessions(Limit, Offset) -> with_default(fun(C) -> list_sessions(C, Limit, Offset) end).
+
+-spec count_sessions() -> {ok, non_neg_integer()} | {error, term()}.
+count_sessions() -> with_default(fun count_sessions/1).
+
+-spec acquire_lease(client_id(), owner(), pos_integer()) -> {ok, fence()} | {error, term()}.
+acquire_lease(ClientId, Owner, LeaseMs) -> with_default(fun(C) -> acquire_lease(C, ClientId, Owner, LeaseMs) end).
+
+-spec renew_lease(client_id(), fence(), pos_integer()) -> ok | {error, term()}.
+renew_lease(ClientId, Fence, LeaseMs) -> with_default(fun(C) -> renew_lease(C, ClientId, Fence, LeaseMs) end).
+
+-spec release_lease(client_id(), fence()) -> ok | {error, term()}.
+release_lease(ClientId, Fence) -> with_default(fun(C) -> release_lease(C, ClientId, Fence) end).
 
 %% @doc Saves `Session'. Options: `ttl' in seconds (default: config
 %% `persistence.session_ttl'), `node' (default: `node()'), `fence' (from
 %% `acquire_lease/3'; a save with an older fence than the newest is refused).
--spec save_session(client_id(), term(), save_opts()) -> ok | {error, term()}.
-save_session(ClientId, Session, Opts) ->
-    with_client(ClientId, fun(Client) ->
+-spec save_session(client(), client_id(), term(), save_opts()) -> ok | {error, term()}.
+save_session(Client, ClientId, Session, Opts) ->
+    with_client_id(ClientId, fun() ->
         #{session_ttl := DefaultTtl, max_session_size := Max} = emqx_redis_storage_client:settings(Client),
         case save_opts(Opts, DefaultTtl) of
             {ok, Ttl, Node, Fence} ->
@@ -66,9 +101,9 @@ save_opts(Opts, DefaultTtl) when is_map(Opts) ->
 save_opts(Opts, _DefaultTtl) ->
     {error, {invalid_option, Opts}}.
 
--spec load_session(client_id()) -> {ok, term()} | {error, term()}.
-load_session(ClientId) ->
-    with_client(ClientId, fun(Client) ->
+-spec load_session(client(), client_id()) -> {ok, term()} | {error, term()}.
+load_session(Client, ClientId) ->
+    with_client_id(ClientId, fun() ->
         case call(Client, session_load, [ClientId]) of
             {ok, undefined} -> {error, not_found};
             {ok, Data} -> emqx_redis_storage_terms:decode(Data);
@@ -78,9 +113,9 @@ load_session(ClientId) ->
 
 %% @doc Deletes the session; `ok' also if there was none. Its lease and
 %% fence are kept, so a stale writer stays fenced off.
--spec delete_session(client_id()) -> ok | {error, term()}.
-delete_session(ClientId) ->
-    with_client(ClientId, fun(Client) ->
+-spec delete_session(client(), client_id()) -> ok | {error, term()}.
+delete_session(Client, ClientId) ->
+    with_client_id(ClientId, fun() ->
         case call(Client, session_delete, [ClientId]) of
             {ok, ok} -> ok;
             {error, _} = Error -> Error
@@ -88,9 +123,9 @@ delete_session(ClientId) ->
     end).
 
 %% @doc `#{created_at, updated_at, expires_at}' (Unix ms, Redis's clock) and `node'.
--spec session_info(client_id()) -> {ok, map()} | {error, term()}.
-session_info(ClientId) ->
-    with_client(ClientId, fun(Client) ->
+-spec session_info(client(), client_id()) -> {ok, map()} | {error, term()}.
+session_info(Client, ClientId) ->
+    with_client_id(ClientId, fun() ->
         case call(Client, session_info, [ClientId]) of
             {ok, undefined} ->
                 {error, not_found};
@@ -109,25 +144,25 @@ session_info(ClientId) ->
 %% @doc One page of the client ids of live sessions. Order: by Redis Cluster
 %% hash slot of the client id, then by expiry time, then by client id; the
 %% pages of a store that nobody writes to meanwhile neither skip nor repeat.
--spec list_sessions(non_neg_integer(), non_neg_integer()) -> {ok, [client_id()]} | {error, term()}.
-list_sessions(Limit, Offset) when
+-spec list_sessions(client(), non_neg_integer(), non_neg_integer()) -> {ok, [client_id()]} | {error, term()}.
+list_sessions(Client, Limit, Offset) when
     is_integer(Limit), Limit >= 0, Limit =< ?MAX_PAGE, is_integer(Offset), Offset >= 0
 ->
-    emqx_redis_storage_client:with_default(fun(Client) -> call(Client, session_list, [Limit, Offset]) end);
-list_sessions(Limit, Offset) ->
+    call(Client, session_list, [Limit, Offset]);
+list_sessions(_Client, Limit, Offset) ->
     {error, {invalid_page, #{limit => Limit, offset => Offset, max_limit => ?MAX_PAGE}}}.
 
 %% @doc The number of live sessions.
--spec count_sessions() -> {ok, non_neg_integer()} | {error, term()}.
-count_sessions() ->
-    emqx_redis_storage_client:with_default(fun(Client) -> call(Client, session_count, []) end).
+-spec count_sessions(client()) -> {ok, non_neg_integer()} | {error, term()}.
+count_sessions(Client) ->
+    call(Client, session_count, []).
 
 %% @doc Takes the client's lease for `LeaseMs' and returns a new fence, higher
 %% than every fence issued before for this client. Held by another owner:
 %% `{error, {held_by, Owner}}'. The same owner may take it again (new fence).
--spec acquire_lease(client_id(), owner(), pos_integer()) -> {ok, fence()} | {error, term()}.
-acquire_lease(ClientId, Owner, LeaseMs) ->
-    with_client(ClientId, fun(Client) ->
+-spec acquire_lease(client(), client_id(), owner(), pos_integer()) -> {ok, fence()} | {error, term()}.
+acquire_lease(Client, ClientId, Owner, LeaseMs) ->
+    with_client_id(ClientId, fun() ->
         #{session_ttl := FenceTtl} = emqx_redis_storage_client:settings(Client),
         case {lease_ms(LeaseMs), emqx_redis_storage_terms:owner_to_bin(Owner)} of
             {ok, {ok, OwnerBin}} ->
@@ -140,9 +175,9 @@ acquire_lease(ClientId, Owner, LeaseMs) ->
     end).
 
 %% @doc Makes the lease held with `Fence' expire `LeaseMs' from now.
--spec renew_lease(client_id(), fence(), pos_integer()) -> ok | {error, term()}.
-renew_lease(ClientId, Fence, LeaseMs) ->
-    with_client(ClientId, fun(Client) ->
+-spec renew_lease(client(), client_id(), fence(), pos_integer()) -> ok | {error, term()}.
+renew_lease(Client, ClientId, Fence, LeaseMs) ->
+    with_client_id(ClientId, fun() ->
         case {fence(Fence), lease_ms(LeaseMs)} of
             {ok, ok} -> lease_call(Client, lease_renew, [ClientId, Fence, LeaseMs]);
             {ok, Error} -> Error;
@@ -151,9 +186,9 @@ renew_lease(ClientId, Fence, LeaseMs) ->
     end).
 
 %% @doc Gives up the lease held with `Fence'; `ok' if it had already expired.
--spec release_lease(client_id(), fence()) -> ok | {error, term()}.
-release_lease(ClientId, Fence) ->
-    with_client(ClientId, fun(Client) ->
+-spec release_lease(client(), client_id(), fence()) -> ok | {error, term()}.
+release_lease(Client, ClientId, Fence) ->
+    with_client_id(ClientId, fun() ->
         case fence(Fence) of
             ok -> lease_call(Client, lease_release, [ClientId, Fence]);
             Error -> Error
@@ -175,9 +210,12 @@ lease_ms(Ms) -> {error, {invalid_lease_ms, Ms}}.
 fence(Fence) when is_integer(Fence) -> ok;
 fence(Fence) -> {error, {invalid_fence, Fence}}.
 
-with_client(ClientId, Fun) ->
+with_default(Fun) ->
+    emqx_redis_storage_client:with_default(Fun).
+
+with_client_id(ClientId, Fun) ->
     case emqx_redis_storage_terms:client_id(ClientId) of
-        ok -> emqx_redis_storage_client:with_default(Fun);
+        ok -> Fun();
         {error, _} = Error -> Error
     end.
 

@@ -260,10 +260,55 @@ several_clients_in_one_vm(Config) ->
         receive
             {got, Got} -> ?assertEqual({ok, <<"b">>}, Got)
         after 5000 -> ct:fail(no_reply)
-        end
+        end,
+        explicit_clients(A, B)
     after
         redis_test_server:stop(Other)
     end.
+
+%% Sessions, queues and the registry on a client passed in: each client sees
+%% its own Redis only, and the functions without one use the default client.
+explicit_clients(A, B) ->
+    Id = <<"explicit">>,
+    ok = emqx_redis_session:save_session(A, Id, #{on => a}, #{}),
+    ok = emqx_redis_session:save_session(B, Id, #{on => b}, #{ttl => 60}),
+    ?assertEqual({ok, #{on => a}}, emqx_redis_session:load_session(A, Id)),
+    ?assertEqual({ok, #{on => b}}, emqx_redis_session:load_session(B, Id)),
+    ?assertEqual({ok, 1}, emqx_redis_session:count_sessions(B)),
+    ?assertEqual({ok, [Id]}, emqx_redis_session:list_sessions(B, 10, 0)),
+    Node = node(),
+    ?assertMatch({ok, #{node := Node}}, emqx_redis_session:session_info(B, Id)),
+    {ok, Fence} = emqx_redis_session:acquire_lease(B, Id, node(), 5000),
+    ?assertMatch({error, {held_by, _}}, emqx_redis_session:acquire_lease(B, Id, <<"other">>, 5000)),
+    {ok, _} = emqx_redis_session:acquire_lease(A, Id, <<"other">>, 5000),
+    ok = emqx_redis_session:renew_lease(B, Id, Fence, 5000),
+    ok = emqx_redis_session:release_lease(B, Id, Fence),
+    ok = emqx_redis_session:delete_session(B, Id),
+    ?assertEqual({error, not_found}, emqx_redis_session:load_session(B, Id)),
+    ?assertEqual({ok, #{on => a}}, emqx_redis_session:load_session(A, Id)),
+    ?assertMatch({error, {invalid_client_id, _}}, emqx_redis_session:load_session(B, <<>>)),
+
+    ok = emqx_redis_message:store_message(B, Id, #{id => <<"m1">>}),
+    ok = emqx_redis_message:store_messages(B, Id, [#{id => <<"m2">>}]),
+    ?assertEqual({ok, [#{id => <<"m1">>}, #{id => <<"m2">>}]}, emqx_redis_message:get_messages(B, Id, 0, 10)),
+    ?assertEqual({ok, 0}, emqx_redis_message:count_messages(A, Id)),
+    ok = emqx_redis_message:ack_message(B, Id, <<"m1">>),
+    ?assertMatch({ok, #{len := 1}}, emqx_redis_message:queue_info(B, Id)),
+    ok = emqx_redis_message:delete_messages(B, Id),
+    ?assertEqual({ok, 0}, emqx_redis_message:count_messages(B, Id)),
+
+    ok = emqx_redis_registry:register_channel(B, Id, node()),
+    ?assertEqual({ok, node()}, emqx_redis_registry:lookup_channel(B, Id)),
+    ?assertEqual({error, not_found}, emqx_redis_registry:lookup_channel(A, Id)),
+    ok = emqx_redis_registry:unregister_channel(B, Id, node()),
+    ok = emqx_redis_registry:register_channel(B, <<"explicit2">>, node()),
+    ?assertEqual({ok, 1}, emqx_redis_registry:cleanup_node(B, node())),
+
+    ok = emqx_redis_storage:stop(),
+    ?assertEqual({error, not_started}, emqx_redis_session:load_session(Id)),
+    ?assertEqual({error, not_started}, emqx_redis_message:count_messages(Id)),
+    ?assertEqual({error, not_started}, emqx_redis_registry:lookup_channel(Id)),
+    ok = emqx_redis_session:delete_session(A, Id).
 
 redis_down_answers_within_deadline(_Config) ->
     Redis = redis_test_server:start(),
