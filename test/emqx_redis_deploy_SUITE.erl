@@ -1,6 +1,7 @@
 %% Every API on real Redis Cluster (3 masters + 3 replicas), real Sentinel
 %% (master, replica, 3 sentinels), real TLS (certificates made with openssl)
-%% and a least-privilege ACL user; failovers and a live resharding.
+%% and a least-privilege ACL user; failovers (a master killed or frozen) and
+%% a live resharding.
 -module(emqx_redis_deploy_SUITE).
 
 -compile([export_all, nowarn_export_all]).
@@ -25,7 +26,12 @@ groups() ->
             slot_migration_while_writers_run,
             master_killed_replica_promoted_nothing_lost
         ]},
-        {sentinel, [sequence], [main_cases, master_killed_failover_followed_nothing_lost, sentinels_and_master_with_passwords]},
+        {sentinel, [sequence], [
+            main_cases,
+            master_killed_failover_followed_nothing_lost,
+            master_frozen_failover_followed,
+            sentinels_and_master_with_passwords
+        ]},
         {tls, [], [
             verified_tls_main_cases,
             mutual_tls,
@@ -200,6 +206,34 @@ master_killed_failover_followed_nothing_lost(Config) ->
     ok = emqx_redis_storage:stop(),
     ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{})),
     ok = storage_checks:all().
+
+%% A master that freezes (SIGSTOP) closes no connection: calls time out
+%% instead of failing. The client asks the sentinels after timeouts and
+%% follows them to the promoted replica.
+master_frozen_failover_followed(_Config) ->
+    Sentinel = redis_test_server:start_sentinel(#{}),
+    Master = maps:get(master, Sentinel),
+    ok = emqx_redis_storage:stop(),
+    try
+        ok = test_util:wait_until(fun() -> replica_in_sync(Sentinel) end, 20000),
+        ok = emqx_redis_storage:start(sentinel_config(Sentinel, #{redis => #{
+            wait_replicas => 1, wait_timeout => 2000, command_timeout => 500
+        }})),
+        Ids = [<<"frozen-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 100)],
+        [ok = emqx_redis_session:save_session(Id, {kept, Id}) || Id <- Ids],
+        T0 = erlang:monotonic_time(millisecond),
+        ok = redis_test_server:pause(Master),
+        ?assertEqual({error, timeout}, emqx_redis_session:load_session(hd(Ids))),
+        ok = test_util:wait_until(fun() -> emqx_redis_session:load_session(hd(Ids)) =:= {ok, {kept, hd(Ids)}} end, 30000),
+        Recovery = erlang:monotonic_time(millisecond) - T0,
+        ct:log("sentinel: calls succeed again ~p ms after the master froze", [Recovery]),
+        ct:comment("recovered in ~p ms", [Recovery]),
+        [?assertEqual({ok, {kept, Id}}, emqx_redis_session:load_session(Id)) || Id <- Ids]
+    after
+        ok = emqx_redis_storage:stop(),
+        redis_test_server:resume(Master),
+        redis_test_server:stop_sentinel(Sentinel)
+    end.
 
 %% Sentinels that demand a password of their own, in front of a master that
 %% demands another one.

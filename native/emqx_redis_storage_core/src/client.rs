@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
@@ -218,6 +218,8 @@ pub struct Backend {
     next: Arc<AtomicUsize>,
     /// Held while the sentinels are asked for a new master: one at a time.
     failover: Arc<tokio::sync::Mutex<()>>,
+    /// When a timed-out call last made us ask the sentinels.
+    last_recheck: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 pub struct Client {
@@ -277,6 +279,7 @@ impl Backend {
             transport,
             next: Arc::new(AtomicUsize::new(0)),
             failover: Arc::new(tokio::sync::Mutex::new(())),
+            last_recheck: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -354,30 +357,64 @@ impl Backend {
             }
             Err(last.map_or(Error::Timeout, Error::from))
         };
-        tokio::time::timeout(self.config.command_timeout, attempts)
+        let result = tokio::time::timeout(self.config.command_timeout, attempts)
             .await
-            .unwrap_or(Err(Error::Timeout))
+            .unwrap_or(Err(Error::Timeout));
+        if matches!(result, Err(Error::Timeout)) {
+            self.recheck_master();
+        }
+        result
     }
 
     /// In Sentinel mode, after a lost connection or a write refused by a
     /// replica, asks the sentinels for the master and connects a new pool to
     /// it. True if the call should be tried again.
     async fn follow_failover(&self, e: &redis::RedisError) -> bool {
+        let readonly = e.code() == Some("READONLY");
+        let lost = e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal();
+        (readonly || lost) && self.move_to_master(false).await
+    }
+
+    /// In Sentinel mode, after a call timed out: a master that froze, or
+    /// whose host vanished without closing the connections, gives timeouts
+    /// rather than errors. At most once a second, asks the sentinels in the
+    /// background and moves the pool if they name another master.
+    fn recheck_master(&self) {
+        if !matches!(self.config.mode, Mode::Sentinel { .. }) {
+            return;
+        }
+        {
+            let mut last = self.last_recheck.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let backend = self.clone();
+        tokio::spawn(async move { backend.move_to_master(true).await });
+    }
+
+    /// Connects a new pool to the master the sentinels name (with
+    /// `only_if_moved`, only if that is another server than now). True if
+    /// the pool changed, here or in a concurrent call.
+    async fn move_to_master(&self, only_if_moved: bool) -> bool {
         let (Mode::Sentinel { .. }, Target::Node(pool)) = (&self.config.mode, &*self.target) else {
             return false;
         };
-        let readonly = e.code() == Some("READONLY");
-        if !(readonly || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
-        {
-            return false;
-        }
         let before = pool.read().unwrap_or_else(|e| e.into_inner()).clone();
         let _one_at_a_time = self.failover.lock().await;
         let now = pool.read().unwrap_or_else(|e| e.into_inner()).clone();
         if !Arc::ptr_eq(&before, &now) {
             return true; // another call already followed it
         }
-        match connect_pool(&self.config, &self.transport).await {
+        let Ok((host, port)) = find_master(&self.config, &self.transport).await else {
+            return false;
+        };
+        let current = &now.links[0].server;
+        if only_if_moved && (current.host.as_str(), current.port) == (host.as_str(), port) {
+            return false;
+        }
+        match pool_at(&self.config, &self.transport, &host, port).await {
             Ok(fresh) => {
                 *pool.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
                 true
@@ -536,7 +573,17 @@ async fn connect_pool(config: &ClientConfig, transport: &Arc<Transport>) -> Resu
         Mode::Sentinel { .. } => find_master(config, transport).await?,
         _ => config.servers[0].clone(),
     };
-    let master = server(config, transport, &host, port);
+    pool_at(config, transport, &host, port).await
+}
+
+/// A pool of connections to `host:port`, connected.
+async fn pool_at(
+    config: &ClientConfig,
+    transport: &Arc<Transport>,
+    host: &str,
+    port: u16,
+) -> Result<Pool> {
+    let master = server(config, transport, host, port);
     let links: Vec<Arc<Link>> = (0..config.pool_size)
         .map(|_| Link::new(master.clone()))
         .collect();
