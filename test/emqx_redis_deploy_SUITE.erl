@@ -24,6 +24,7 @@ groups() ->
             main_cases,
             global_views_span_all_shards,
             slot_migration_while_writers_run,
+            master_frozen_replica_promoted,
             master_killed_replica_promoted_nothing_lost
         ]},
         {sentinel, [sequence], [
@@ -177,6 +178,33 @@ master_killed_replica_promoted_nothing_lost(Config) ->
     ok = emqx_redis_storage:stop(),
     ok = emqx_redis_storage:start(cluster_config(Nodes, #{})),
     ok = storage_checks:all().
+
+%% A master that freezes (SIGSTOP) closes no connection: calls to its slots
+%% time out instead of failing, until the client learns the new topology.
+master_frozen_replica_promoted(Config) ->
+    Nodes = ?config(nodes, Config),
+    ok = emqx_redis_storage:stop(),
+    ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{wait_replicas => 1, wait_timeout => 2000}})),
+    Ids = [<<"frozen-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
+    [ok = emqx_redis_session:save_session(Id, {kept, Id}) || Id <- Ids],
+    ok = emqx_redis_storage:stop(),
+    ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{command_timeout => 500}})),
+    [Victim | _] = [N || N <- masters(Nodes), has_replica(N)],
+    T0 = erlang:monotonic_time(millisecond),
+    ok = redis_test_server:pause(Victim),
+    try
+        Sample = lists:sublist(Ids, 30),
+        ok = test_util:wait_until(fun() -> [emqx_redis_session:load_session(Id) || Id <- Sample] =:= [{ok, {kept, Id}} || Id <- Sample] end, 30000),
+        Recovery = erlang:monotonic_time(millisecond) - T0,
+        ct:log("cluster: calls succeed again ~p ms after the master froze", [Recovery]),
+        ct:comment("recovered in ~p ms", [Recovery]),
+        [?assertEqual({ok, {kept, Id}}, emqx_redis_session:load_session(Id)) || Id <- Ids]
+    after
+        redis_test_server:resume(Victim)
+    end.
+
+has_replica(Node) ->
+    string:find(redis_test_server:cmd(Node, ["INFO", "replication"]), "connected_slaves:1") =/= nomatch.
 
 %% The servers that are masters now (ROLE's first line).
 masters(Nodes) ->

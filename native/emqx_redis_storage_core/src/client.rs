@@ -6,7 +6,9 @@
 //! broke. Sentinel: the pool points at the master the sentinels name, and is
 //! rebuilt when a call meets a lost connection or a `READONLY` reply.
 //! Cluster: one redis-rs `ClusterConnection`, which routes by key slot and
-//! follows MOVED and ASK.
+//! follows MOVED and ASK; made anew when, after calls time out, the cluster
+//! names other masters than it did (a frozen master closes no connection,
+//! and redis-rs keeps waiting on it).
 //!
 //! Every operation is bounded by the command timeout, including waiting for
 //! a reconnect. A command that provably never reached Redis (the connection
@@ -206,8 +208,18 @@ struct Pool {
 
 enum Target {
     Node(RwLock<Arc<Pool>>),
-    Cluster(ClusterConnection),
+    Cluster(RwLock<Arc<Cluster>>),
 }
+
+/// The redis-rs cluster connection, and the masters of the slots as the
+/// cluster named them when it was made.
+struct Cluster {
+    conn: ClusterConnection,
+    masters: Vec<SlotMaster>,
+}
+
+/// Slots `first..=last` and the address of their master.
+type SlotMaster = (u16, u16, String, u16);
 
 /// Everything needed to reach Redis; cheap to clone into background tasks.
 #[derive(Clone)]
@@ -268,7 +280,9 @@ impl Backend {
         let config = Arc::new(config);
         let transport = Arc::new(Transport::new(config.tls.as_ref())?);
         let target = match &config.mode {
-            Mode::Cluster => Target::Cluster(connect_cluster(&config).await?),
+            Mode::Cluster => {
+                Target::Cluster(RwLock::new(Arc::new(connect_cluster(&config).await?)))
+            }
             Mode::Single | Mode::Sentinel { .. } => Target::Node(RwLock::new(Arc::new(
                 connect_pool(&config, &transport).await?,
             ))),
@@ -294,7 +308,10 @@ impl Backend {
     /// A connection: from the pool round robin, or the cluster connection.
     async fn conn(&self) -> RedisResult<Conn> {
         let link = match &*self.target {
-            Target::Cluster(c) => return Ok(Conn::Cluster(c.clone())),
+            Target::Cluster(cluster) => {
+                let cluster = cluster.read().unwrap_or_else(|e| e.into_inner());
+                return Ok(Conn::Cluster(cluster.conn.clone()));
+            }
             Target::Node(pool) => {
                 let pool = pool.read().unwrap_or_else(|e| e.into_inner());
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.links.len();
@@ -361,7 +378,7 @@ impl Backend {
             .await
             .unwrap_or(Err(Error::Timeout));
         if matches!(result, Err(Error::Timeout)) {
-            self.recheck_master();
+            self.recheck();
         }
         result
     }
@@ -375,12 +392,13 @@ impl Backend {
         (readonly || lost) && self.move_to_master(false).await
     }
 
-    /// In Sentinel mode, after a call timed out: a master that froze, or
-    /// whose host vanished without closing the connections, gives timeouts
-    /// rather than errors. At most once a second, asks the sentinels in the
-    /// background and moves the pool if they name another master.
-    fn recheck_master(&self) {
-        if !matches!(self.config.mode, Mode::Sentinel { .. }) {
+    /// After a call timed out: a master that froze, or whose host vanished
+    /// without closing the connections, gives timeouts rather than errors,
+    /// and neither our pool nor redis-rs's cluster client leaves it. At most
+    /// once a second, looks in the background for a new master: asks the
+    /// sentinels, or the cluster for its slots' masters.
+    fn recheck(&self) {
+        if self.config.mode == Mode::Single {
             return;
         }
         {
@@ -391,7 +409,34 @@ impl Backend {
             *last = Some(Instant::now());
         }
         let backend = self.clone();
-        tokio::spawn(async move { backend.move_to_master(true).await });
+        tokio::spawn(async move {
+            match &*backend.target {
+                Target::Node(_) => backend.move_to_master(true).await,
+                Target::Cluster(_) => backend.follow_cluster().await,
+            }
+        });
+    }
+
+    /// Makes a new cluster connection if the cluster now names other masters
+    /// for its slots than when the current one was made. True if it did.
+    async fn follow_cluster(&self) -> bool {
+        let Target::Cluster(cluster) = &*self.target else {
+            return false;
+        };
+        let _one_at_a_time = self.failover.lock().await;
+        let current = cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let ask = tokio::time::timeout(self.config.command_timeout, slot_masters(&current.conn));
+        match ask.await {
+            Ok(Ok(masters)) if masters != current.masters => {}
+            _ => return false,
+        }
+        match connect_cluster(&self.config).await {
+            Ok(fresh) => {
+                *cluster.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Connects a new pool to the master the sentinels name (with
@@ -461,7 +506,7 @@ impl Backend {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let Target::Cluster(conn) = &*self.target else {
+        let Some(conn) = self.cluster_conn() else {
             let mut pipe = Pipeline::with_capacity(cmds.len());
             for cmd in cmds {
                 pipe.add_command(cmd);
@@ -469,7 +514,7 @@ impl Backend {
             return self.pipeline(&pipe).await;
         };
         let work = async {
-            let values = match by_master(conn, &cmds).await {
+            let values = match by_master(&conn, &cmds).await {
                 Ok(values) => values,
                 // The topology moved under us (MOVED, a failover): one by one,
                 // which follows redirections.
@@ -487,35 +532,68 @@ impl Backend {
                 .collect::<std::result::Result<Vec<T>, _>>()
                 .map_err(redis::RedisError::from)
         };
-        tokio::time::timeout(self.config.command_timeout, work)
+        let result = tokio::time::timeout(self.config.command_timeout, work)
             .await
             .unwrap_or(Err(Error::Timeout.into_redis()))
-            .map_err(Error::from)
+            .map_err(Error::from);
+        if matches!(result, Err(Error::Timeout)) {
+            self.recheck();
+        }
+        result
     }
+
+    /// The current cluster connection; None if not a cluster.
+    fn cluster_conn(&self) -> Option<ClusterConnection> {
+        let Target::Cluster(cluster) = &*self.target else {
+            return None;
+        };
+        let cluster = cluster.read().unwrap_or_else(|e| e.into_inner());
+        Some(cluster.conn.clone())
+    }
+}
+
+/// The masters of the cluster's slots, from `CLUSTER SLOTS` asked of a
+/// random node, in slot order.
+async fn slot_masters(conn: &ClusterConnection) -> RedisResult<Vec<SlotMaster>> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    let reply = conn
+        .clone()
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let entries: Vec<Vec<Value>> = FromRedisValue::from_redis_value(reply)?;
+    let mut masters: Vec<SlotMaster> = entries
+        .iter()
+        .filter_map(|entry| match (entry.first(), entry.get(1), entry.get(2)) {
+            (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(node))) => {
+                match (node.first(), node.get(1)) {
+                    (Some(Value::BulkString(host)), Some(Value::Int(port))) => Some((
+                        *first as u16,
+                        *last as u16,
+                        String::from_utf8_lossy(host).into_owned(),
+                        *port as u16,
+                    )),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    masters.sort();
+    Ok(masters)
 }
 
 /// Sends `cmds` as one pipeline per master (from `CLUSTER SLOTS`), each
 /// command to the master of its key's slot; replies in the order of `cmds`.
 async fn by_master(conn: &ClusterConnection, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
-    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-    let mut conn = conn.clone();
-    let slots_cmd = redis::cmd("CLUSTER").arg("SLOTS").clone();
-    let ranges: Vec<(u16, u16)> = {
-        let reply = conn
-            .route_command(
-                slots_cmd,
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await?;
-        let entries: Vec<Vec<Value>> = FromRedisValue::from_redis_value(reply)?;
-        entries
-            .iter()
-            .filter_map(|e| match (e.first(), e.get(1)) {
-                (Some(Value::Int(a)), Some(Value::Int(b))) => Some((*a as u16, *b as u16)),
-                _ => None,
-            })
-            .collect()
-    };
+    use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+    let ranges: Vec<(u16, u16)> = slot_masters(conn)
+        .await?
+        .into_iter()
+        .map(|(first, last, _, _)| (first, last))
+        .collect();
     let mut groups: Vec<(u16, Pipeline, Vec<usize>)> = Vec::new();
     for (i, cmd) in cmds.iter().enumerate() {
         let slot = cmd
@@ -640,7 +718,7 @@ async fn find_master(config: &ClientConfig, transport: &Arc<Transport>) -> Resul
 /// The redis-rs cluster client opens its node connections itself, with
 /// redis-rs's TLS: it checks each node's certificate against the address
 /// the cluster announces for it (or, with `disable`, only the chain).
-async fn connect_cluster(config: &ClientConfig) -> Result<ClusterConnection> {
+async fn connect_cluster(config: &ClientConfig) -> Result<Cluster> {
     let seeds: Vec<ConnectionInfo> = config
         .servers
         .iter()
@@ -674,7 +752,12 @@ async fn connect_cluster(config: &ClientConfig) -> Result<ClusterConnection> {
     }
     let client = builder.build()?;
     // redis-rs can wait forever for a cluster that does not answer.
-    tokio::time::timeout(config.connect_timeout * 2, client.get_async_connection())
+    let connect = async {
+        let conn = client.get_async_connection().await?;
+        let masters = slot_masters(&conn).await?;
+        Ok(Cluster { conn, masters })
+    };
+    tokio::time::timeout(config.connect_timeout * 2, connect)
         .await
         .map_err(|_| Error::Connection("connect timeout".into()))?
         .map_err(connect_error)
@@ -846,12 +929,11 @@ impl Client {
     pub async fn load_script(&self, script: &Lua) -> Result<()> {
         let mut load = redis::cmd("SCRIPT");
         load.arg("LOAD").arg(script.source());
-        match &*self.backend.target {
-            Target::Node(_) => {
+        match self.backend.cluster_conn() {
+            None => {
                 self.query::<Value>(&load).await?;
             }
-            Target::Cluster(conn) => {
-                let mut conn = conn.clone();
+            Some(mut conn) => {
                 let route = redis::cluster_routing::RoutingInfo::MultiNode((
                     redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
                     Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
