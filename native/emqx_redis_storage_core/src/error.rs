@@ -9,8 +9,18 @@ pub enum Error {
     Timeout,
     /// Redis answered with an error reply (`WRONGTYPE ...`, `NOPERM ...`).
     Redis(String),
-    /// The connection could not be made or was lost (refused, reset, auth).
+    /// Not done: the request never reached Redis (no connection could be
+    /// made, it was refused, or it broke before the request was written).
     Connection(String),
+    /// Unknown outcome: the connection broke after the request was written,
+    /// so Redis may or may not have carried it out.
+    ConnectionLost(String),
+    /// Not done: the client has its maximum of requests in flight.
+    Overloaded,
+    /// What Redis holds at one of our keys is not what we wrote there: a
+    /// value of the wrong type or with contents we cannot read. `kind` names
+    /// the key's kind (`session`, `fence`, `message`, ...). Nothing was changed.
+    Corrupt { kind: &'static str, detail: String },
     /// A bug on our side, such as a panic inside a task; the caller is still answered.
     Internal(String),
     /// A configuration value that cannot be used; names the field.
@@ -20,8 +30,53 @@ pub enum Error {
     NotReplicated { acked: u32, wanted: u32 },
 }
 
+/// The kinds of our keys, as scripts name them in `CORRUPT <kind> <detail>`
+/// error replies; `reply` when the domain is not known (yet).
+pub const CORRUPT_KINDS: &[&str] = &[
+    "session",
+    "session_index",
+    "fence",
+    "lease",
+    "channel",
+    "route",
+    "route_trie",
+    "message",
+    "queue",
+    "reply",
+];
+
+fn corrupt_kind(name: &str) -> &'static str {
+    CORRUPT_KINDS
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("reply")
+}
+
+/// The error replies that mean a key of ours holds something we did not
+/// write: `CORRUPT <kind> <detail>`, raised by our scripts before any write,
+/// and `WRONGTYPE` (the domain names the kind, see [`Error::of`]).
+fn data_error(code: Option<&str>, detail: Option<&str>) -> Option<Error> {
+    let text = detail.unwrap_or_default();
+    match code? {
+        "CORRUPT" => {
+            let (kind, detail) = text.split_once(' ').unwrap_or((text, ""));
+            Some(Error::corrupt(corrupt_kind(kind), detail))
+        }
+        "WRONGTYPE" => Some(Error::corrupt("reply", format!("WRONGTYPE {text}"))),
+        _ => None,
+    }
+}
+
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
+        if let Some(corrupt) = data_error(e.code(), e.detail()) {
+            return corrupt;
+        }
+        if e.kind() == redis::ErrorKind::UnexpectedReturnType {
+            // A reply of a shape our data never gives.
+            return Error::corrupt("reply", e.to_string());
+        }
         if e.is_timeout() {
             Error::Timeout
         } else if e.is_io_error()
@@ -48,6 +103,9 @@ impl fmt::Display for Error {
             Error::Timeout => f.write_str("timeout"),
             Error::Redis(m) => write!(f, "redis: {m}"),
             Error::Connection(m) => write!(f, "connection: {m}"),
+            Error::ConnectionLost(m) => write!(f, "connection lost: {m}"),
+            Error::Overloaded => f.write_str("overloaded"),
+            Error::Corrupt { kind, detail } => write!(f, "corrupt {kind}: {detail}"),
             Error::Internal(m) => write!(f, "internal: {m}"),
             Error::InvalidConfig(field, m) => write!(f, "invalid config {field}: {m}"),
             Error::NotReplicated { acked, wanted } => {
@@ -63,6 +121,25 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl Error {
+    /// A data error not yet tied to a kind of key becomes one of `kind`.
+    pub fn of(self, kind: &'static str) -> Error {
+        match self {
+            Error::Corrupt {
+                kind: "reply",
+                detail,
+            } => Error::Corrupt { kind, detail },
+            other => other,
+        }
+    }
+
+    /// Stored data at a key of `kind` that is not what we wrote.
+    pub fn corrupt(kind: &'static str, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
     /// As a redis-rs error, to travel through code that speaks redis-rs.
     pub fn into_redis(self) -> redis::RedisError {
         match self {
@@ -107,5 +184,35 @@ mod tests {
         let timed_out: redis::RedisError =
             std::io::Error::new(std::io::ErrorKind::TimedOut, "slow").into();
         assert_eq!(Error::from(timed_out), Error::Timeout);
+    }
+
+    #[test]
+    fn corrupt_replies_name_their_kind() {
+        assert_eq!(
+            data_error(
+                Some("CORRUPT"),
+                Some("fence emqx:fence:{c} is not an integer")
+            ),
+            Some(Error::corrupt("fence", "emqx:fence:{c} is not an integer"))
+        );
+        assert_eq!(
+            data_error(Some("CORRUPT"), Some("nonsense")),
+            Some(Error::corrupt("reply", ""))
+        );
+        assert!(matches!(
+            data_error(Some("WRONGTYPE"), Some("Operation against a key")),
+            Some(Error::Corrupt { kind: "reply", .. })
+        ));
+        assert_eq!(data_error(Some("ERR"), Some("x")), None);
+        let wrong =
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "Incompatible type"));
+        assert!(matches!(
+            Error::from(wrong).of("session"),
+            Error::Corrupt {
+                kind: "session",
+                ..
+            }
+        ));
+        assert_eq!(Error::Timeout.of("session"), Error::Timeout);
     }
 }

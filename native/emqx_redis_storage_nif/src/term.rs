@@ -15,7 +15,7 @@ use rustler::{Atom, Binary, Decoder, Encoder, Env, Term};
 mod atoms {
     rustler::atoms! {
         undefined, error, timeout, redis, connection, internal, invalid_config, local,
-        not_replicated, acked, wanted, single, sentinel, cluster, ca, cert, key, verify,
+        not_replicated, acked, wanted, connection_lost, overloaded, corrupt, kind, detail, single, sentinel, cluster, ca, cert, key, verify,
         disable
     }
 }
@@ -44,6 +44,16 @@ impl Encoder for Reason<'_> {
             Error::Timeout => atoms::timeout().encode(env),
             Error::Redis(m) => (atoms::redis(), m.as_str()).encode(env),
             Error::Connection(m) => (atoms::connection(), m.as_str()).encode(env),
+            Error::ConnectionLost(m) => (atoms::connection_lost(), m.as_str()).encode(env),
+            Error::Overloaded => atoms::overloaded().encode(env),
+            Error::Corrupt { kind, detail } => (
+                atoms::corrupt(),
+                rustler::types::map::map_new(env)
+                    .map_put(atoms::kind(), Out::Atom(kind))
+                    .and_then(|m| m.map_put(atoms::detail(), detail.as_str()))
+                    .unwrap_or_else(|_| atoms::undefined().encode(env)),
+            )
+                .encode(env),
             Error::Internal(m) => (atoms::internal(), m.as_str()).encode(env),
             Error::InvalidConfig(field, m) => {
                 (atoms::invalid_config(), *field, m.as_str()).encode(env)
