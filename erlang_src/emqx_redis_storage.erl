@@ -4,7 +4,7 @@
 %% from the application environment key `config' by `start/0'.
 -module(emqx_redis_storage).
 
--export([start/0, start/1, stop/0, status/0]).
+-export([start/0, start/1, stop/0, status/0, status/1]).
 -export([connect/1, q/1, q/2]).
 
 -type command() :: [binary() | iodata() | atom() | integer() | float()].
@@ -46,16 +46,27 @@ stop() ->
         {error, {not_started, emqx_redis_storage}} -> ok
     end.
 
-%% @doc `#{started, mode, servers, database, pool_size, connected}'; never a secret.
+%% @doc The default client's status (see `status/1'), or
+%% `#{started => false, connected => false}'.
 -spec status() -> map().
 status() ->
     case emqx_redis_storage_client:default() of
-        {error, not_started} ->
-            #{started => false, connected => false};
-        {ok, Client} ->
-            Connected = q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>},
-            (emqx_redis_storage_client:info(Client))#{started => true, connected => Connected}
+        {error, not_started} -> #{started => false, connected => false};
+        {ok, Client} -> status(Client)
     end.
+
+%% @doc `#{started, mode, servers, database, pool_size, key_prefix,
+%% route_index, connected, breaker, last_error, in_flight, server_states}':
+%% `connected' is a PING answered now; `breaker' is `closed', or `open'
+%% while Redis is unreachable (calls fail at once) with `half_open' while
+%% a background probe tries it; `server_states' has a
+%% `#{server, state => up | connecting | down}' for each server in use (the
+%% single server, the Sentinel master, each Cluster master). Never a secret.
+-spec status(emqx_redis_storage_client:t()) -> map().
+status(Client) ->
+    Connected = q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>},
+    Info = emqx_redis_storage_client:info(Client),
+    maps:merge(Info#{started => true, connected => Connected}, emqx_redis_storage_client:health(Client)).
 
 %% @doc A client of its own, apart from the application's default one, for a
 %% config map of the same shape as `start/1' takes, such as

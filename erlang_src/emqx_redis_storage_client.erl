@@ -7,7 +7,7 @@
 %% NIF or received here, so it never piles up in the caller's mailbox.
 -module(emqx_redis_storage_client).
 
--export([connect/2, info/1, settings/1, res/1, call/3, wait/2, with_default/1]).
+-export([connect/2, info/1, health/1, settings/1, res/1, call/3, wait/2, with_default/1]).
 -export([default/0, set_default/1, clear_default/0]).
 
 -record(client, {
@@ -31,7 +31,8 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
             Nif = maps:merge(
                 maps:with(
                     [redis_type, servers, sentinel, sentinel_username, database, username,
-                     pool_size, connect_timeout, command_timeout, wait_replicas, wait_timeout],
+                     pool_size, connect_timeout, command_timeout, wait_replicas, wait_timeout,
+                     max_inflight],
                     Redis
                 ),
                 maps:with([route_index, route_shards, route_sync_interval], Config)
@@ -103,6 +104,23 @@ public_info(#{redis_type := Mode, servers := Servers, database := Db, pool_size 
 %% @doc What may be shown about a client: never a secret.
 -spec info(t()) -> map().
 info(#client{info = Info}) -> Info.
+
+%% @doc How the client's connection to Redis fares: the breaker (`open'
+%% while Redis is unreachable: calls fail at once), the requests in flight,
+%% and the state of each server in use.
+-spec health(t()) -> map().
+health(#client{timeout = Timeout} = Client) ->
+    case wait(fun(Ref) -> emqx_redis_storage_nif:client_status(res(Client), Ref) end, Timeout) of
+        {ok, {Breaker, LastError, InFlight, Servers}} ->
+            #{
+                breaker => Breaker,
+                last_error => LastError,
+                in_flight => InFlight,
+                server_states => [#{server => Address, state => State} || {Address, State} <- Servers]
+            };
+        {error, Reason} ->
+            #{breaker => unknown, last_error => iolist_to_binary(io_lib:format("~0p", [Reason]))}
+    end.
 
 %% @doc The NIF resource, for the synchronous NIFs that take it directly.
 -spec res(t()) -> reference().

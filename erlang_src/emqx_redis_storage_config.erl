@@ -11,9 +11,8 @@
 -type field_type() ::
     {enum, [atom()]}
     | servers
-    | non_neg_integer
-    | pos_integer
-    | {duration, ms | s}
+    | {integer, Min :: integer(), Max :: integer()}
+    | {duration, ms | s, Max :: pos_integer()}
     | text
     | boolean
     | file
@@ -24,6 +23,12 @@
 -type schema() :: [{atom(), field_type(), Default :: term()}].
 
 -define(NONE, '$none').
+%% Upper bounds that no real deployment reaches: beyond them a value is a
+%% mistake, and some (a pool of 2^32 connections) would exhaust the VM.
+-define(HOUR_MS, 3600000).
+%% The MQTT 5 session and message expiry intervals are four-byte integers.
+-define(MQTT_MAX_INTERVAL, 4294967295).
+-define(MIB, 1048576).
 
 schema() ->
     [
@@ -31,17 +36,20 @@ schema() ->
         {persistence, {map, persistence_schema()}, #{}},
         {key_prefix, key_prefix, <<"emqx:">>},
         {route_index, {enum, [local, redis]}, local},
-        {route_shards, pos_integer, 16},
-        {route_sync_interval, {duration, ms}, 5000}
+        {route_shards, {integer, 1, 1024}, 16},
+        {route_sync_interval, {duration, ms, ?HOUR_MS}, 5000}
     ].
 
 persistence_schema() ->
     [
-        {session_ttl, {duration, s}, 86400},
-        {message_ttl, {duration, s}, 86400},
-        {max_session_size, pos_integer, 1048576},
-        {max_message_size, pos_integer, 1048576},
-        {max_queue_len, pos_integer, 1000}
+        {session_ttl, {duration, s, ?MQTT_MAX_INTERVAL}, 86400},
+        {message_ttl, {duration, s, ?MQTT_MAX_INTERVAL}, 86400},
+        {max_session_size, {integer, 1, 16 * ?MIB}, ?MIB},
+        %% Twice EMQX's default max_packet_size (1 MiB): the largest PUBLISH
+        %% EMQX admits by default fits with its topic, headers and encoding.
+        %% At most a whole store_messages/2 batch (8 MiB).
+        {max_message_size, {integer, 1, 8 * ?MIB}, 2 * ?MIB},
+        {max_queue_len, {integer, 1, 1000000}, 1000}
     ].
 
 redis_schema() ->
@@ -51,14 +59,17 @@ redis_schema() ->
         {sentinel, text, undefined},
         {sentinel_username, text, undefined},
         {sentinel_password, secret, undefined},
-        {database, non_neg_integer, 0},
+        {database, {integer, 0, 65535}, 0},
         {username, text, undefined},
         {password, secret, undefined},
-        {pool_size, pos_integer, 4},
-        {connect_timeout, {duration, ms}, 5000},
-        {command_timeout, {duration, ms}, 5000},
-        {wait_replicas, non_neg_integer, 0},
-        {wait_timeout, {duration, ms}, 1000},
+        {pool_size, {integer, 1, 256}, 4},
+        {connect_timeout, {duration, ms, ?HOUR_MS}, 5000},
+        {command_timeout, {duration, ms, ?HOUR_MS}, 5000},
+        {wait_replicas, {integer, 0, 100}, 0},
+        {wait_timeout, {duration, ms, ?HOUR_MS}, 1000},
+        %% Requests of the client waiting for Redis at once; beyond it a call
+        %% returns {error, overloaded} at once (bounded memory when Redis stalls).
+        {max_inflight, {integer, 1, 1000000}, 10000},
         {ssl, {map, ssl_schema()}, #{}}
     ].
 
@@ -155,18 +166,14 @@ check(Path, {enum, Allowed}, Value) ->
     end;
 check(Path, servers, Value) ->
     parse_servers(Path, Value);
-check(_Path, non_neg_integer, N) when is_integer(N), N >= 0 ->
+check(_Path, {integer, Min, Max}, N) when is_integer(N), N >= Min, N =< Max ->
     N;
-check(Path, non_neg_integer, _) ->
-    invalid(Path, <<"an integer >= 0">>);
-check(_Path, pos_integer, N) when is_integer(N), N > 0 ->
-    N;
-check(Path, pos_integer, _) ->
-    invalid(Path, <<"an integer > 0">>);
-check(Path, {duration, Unit}, Value) ->
+check(Path, {integer, Min, Max}, _) ->
+    invalid(Path, iolist_to_binary(io_lib:format("an integer from ~b to ~b", [Min, Max])));
+check(Path, {duration, Unit, Max}, Value) ->
     case parse_duration(Value, Unit) of
-        {ok, N} when N > 0 -> N;
-        _ -> invalid(Path, duration_expected(Unit))
+        {ok, N} when N > 0, N =< Max -> N;
+        _ -> invalid(Path, duration_expected(Unit, Max))
     end;
 check(Path, text, Value) ->
     case text_or_none(Value) of
@@ -225,10 +232,13 @@ check(Path, {map, Schema}, Value) ->
 %% Kept behind a fun so the value does not show in crash reports or logs.
 secret(Bin) -> fun() -> Bin end.
 
-duration_expected(ms) ->
-    <<"a duration: milliseconds as an integer, or a string such as \"500ms\", \"5s\", \"1m\"">>;
-duration_expected(s) ->
-    <<"a duration: seconds as an integer, or a string such as \"30s\", \"24h\", \"7d\"">>.
+duration_expected(Unit, Max) ->
+    Forms =
+        case Unit of
+            ms -> <<"milliseconds as an integer, or a string such as \"500ms\", \"5s\", \"1m\"">>;
+            s -> <<"seconds as an integer, or a string such as \"30s\", \"24h\", \"7d\"">>
+        end,
+    iolist_to_binary(io_lib:format("a duration from 1 to ~b ~s: ~s", [Max, Unit, Forms])).
 
 %% @doc A duration in `Unit': an integer (already in `Unit') or a string of
 %% one or more `<number><unit>' parts, e.g. `"1h30m"'; units ms, s, m, h, d.

@@ -3,7 +3,7 @@
 %% `emqx_redis_storage_client', which owns deadlines and late replies.
 -module(emqx_redis_storage_nif).
 
--export([connect/2, q/3, cancel/1, panic_in_task/1]).
+-export([connect/2, q/3, cancel/1, panic_in_task/1, client_status/2]).
 -export([
     session_save/7, session_load/3, session_delete/3, session_info/3, session_count/2,
     session_list/4, lease_acquire/6, lease_renew/5, lease_release/4,
@@ -22,13 +22,28 @@
 -on_load(init/0).
 
 -define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE})).
+-define(MAX_WORKERS, 64).
 
 -type ticket() :: reference().
 -export_type([ticket/0]).
 
 init() ->
-    Workers = application:get_env(emqx_redis_storage, worker_threads, default_workers()),
-    erlang:load_nif(filename:join(priv_dir(), ?MODULE_STRING), #{worker_threads => Workers}).
+    erlang:load_nif(filename:join(priv_dir(), ?MODULE_STRING), #{worker_threads => workers()}).
+
+%% The application environment's `worker_threads', if it is a sane number.
+workers() ->
+    case application:get_env(emqx_redis_storage, worker_threads, default_workers()) of
+        N when is_integer(N), N >= 1, N =< ?MAX_WORKERS ->
+            N;
+        Other ->
+            logger:warning(#{
+                msg => "emqx_redis_storage_invalid_worker_threads",
+                value => Other,
+                expected => <<"an integer from 1 to 64">>,
+                using => default_workers()
+            }),
+            default_workers()
+    end.
 
 %% Redis I/O needs few threads; two cover a small machine, four a large one.
 default_workers() ->
@@ -51,6 +66,9 @@ q(_Client, _Ref, _Args) -> ?NOT_LOADED.
 
 -spec cancel(ticket()) -> cancelled | sent.
 cancel(_Ticket) -> ?NOT_LOADED.
+
+-spec client_status(reference(), reference()) -> ticket().
+client_status(_Client, _Ref) -> ?NOT_LOADED.
 
 -spec panic_in_task(reference()) -> ticket().
 panic_in_task(_Ref) -> ?NOT_LOADED.

@@ -29,10 +29,11 @@ use redis::{
 
 use crate::config::{ClientConfig, Mode, ServerNameCheck, Tls};
 use crate::error::{Error, Result};
+use crate::guard::{Breaker, BreakerState, InFlight, Permit};
 use crate::keys::Keys;
 use crate::router::{self, Router};
 use crate::scripts::Lua;
-use crate::transport::Transport;
+use crate::transport::{Alive, Transport};
 
 /// A connection to send one command or pipeline on.
 #[derive(Clone)]
@@ -84,15 +85,15 @@ struct Server {
 impl Server {
     /// A new multiplexed connection; its reader/writer task ends when the
     /// last clone of it is dropped or the server closes it.
-    async fn dial(&self) -> RedisResult<MultiplexedConnection> {
+    async fn dial(&self) -> RedisResult<(MultiplexedConnection, Alive)> {
         let open = async {
-            let stream = self.transport.open(&self.host, self.port).await?;
+            let (stream, alive) = self.transport.open(&self.host, self.port).await?;
             let config =
                 AsyncConnectionConfig::new().set_response_timeout(Some(self.command_timeout));
             let (conn, driver) =
                 MultiplexedConnection::new_with_config(&self.settings, stream, config).await?;
             tokio::spawn(driver);
-            Ok(conn)
+            Ok((conn, alive))
         };
         tokio::time::timeout(self.connect_timeout, open)
             .await
@@ -108,8 +109,8 @@ fn connect_timeout() -> redis::RedisError {
 /// after it broke.
 struct Link {
     server: Server,
-    /// The open connection and its generation.
-    current: RwLock<Option<(u64, MultiplexedConnection)>>,
+    /// The open connection, its generation, and whether its stream is open.
+    current: RwLock<Option<(u64, MultiplexedConnection, Alive)>>,
     /// Held while dialling, so that one call dials and the others wait for
     /// it; counts the connections made.
     dialing: tokio::sync::Mutex<u64>,
@@ -124,13 +125,18 @@ impl Link {
         })
     }
 
+    /// The connection, unless there is none or its stream has closed: a
+    /// request is never handed to a connection known to be broken.
     fn open(self: &Arc<Self>) -> Option<NodeConn> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        current.as_ref().map(|(generation, conn)| NodeConn {
-            link: self.clone(),
-            generation: *generation,
-            conn: conn.clone(),
-        })
+        match current.as_ref() {
+            Some((generation, conn, alive)) if alive.is_open() => Some(NodeConn {
+                link: self.clone(),
+                generation: *generation,
+                conn: conn.clone(),
+            }),
+            _ => None,
+        }
     }
 
     async fn get(self: &Arc<Self>) -> RedisResult<NodeConn> {
@@ -141,16 +147,16 @@ impl Link {
         if let Some(conn) = self.open() {
             return Ok(conn); // dialled by the call we waited for
         }
-        let conn = self.server.dial().await?;
+        let (conn, alive) = self.server.dial().await?;
         *made += 1;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((*made, conn));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((*made, conn, alive));
         Ok(self.open().expect("just stored"))
     }
 
     /// Drops the connection of `generation` if it is still the current one.
     fn forget(&self, generation: u64) {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if matches!(&*current, Some((g, _)) if *g == generation) {
+        if matches!(&*current, Some((g, _, _)) if *g == generation) {
             *current = None;
         }
     }
@@ -232,12 +238,17 @@ pub struct Backend {
     failover: Arc<tokio::sync::Mutex<()>>,
     /// When a timed-out call last made us ask the sentinels.
     last_recheck: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Open while Redis cannot be reached: calls fail at once.
+    breaker: Arc<Breaker>,
+    /// Completes when the client is dropped: background tasks end then.
+    shutdown: tokio::sync::watch::Receiver<()>,
 }
 
 pub struct Client {
     backend: Backend,
     keys: Keys,
     router: Router,
+    in_flight: InFlight,
     /// Dropped with the client; background tasks (the route index sync) end then.
     _shutdown: tokio::sync::watch::Sender<()>,
 }
@@ -267,16 +278,83 @@ fn server(config: &ClientConfig, transport: &Arc<Transport>, host: &str, port: u
     }
 }
 
-/// A failure that shows the command never reached Redis: it may be resent.
-fn not_sent(e: &redis::RedisError) -> bool {
-    e.is_connection_refusal() || {
-        let text = e.to_string().to_ascii_lowercase();
-        text.contains("broken pipe") || text.contains("not connected")
+/// What `Client::status` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub breaker: BreakerState,
+    /// Why Redis could not be reached, the last time it could not.
+    pub last_error: Option<String>,
+    pub servers: Vec<ServerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// `host:port`.
+    pub address: String,
+    pub state: ServerState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    Up,
+    /// Unreachable, and being dialled again right now.
+    Connecting,
+    Down,
+}
+
+/// Why a call failed, and whether its request may have reached Redis.
+enum Failure {
+    /// Provably not: no connection could be made (refused, dial failed),
+    /// or Redis refused it unexecuted (`READONLY`). It may be sent again.
+    NotSent(redis::RedisError),
+    /// Perhaps: the request was handed to a connection.
+    Sent(redis::RedisError),
+}
+
+impl Failure {
+    /// A request handed to a connection failed with `e`.
+    fn of_request(e: redis::RedisError) -> Failure {
+        // The cluster client answers these itself, before sending: it found
+        // no connection to the node, or could not make one.
+        let unsent = e.is_connection_refusal()
+            || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+            || e.code() == Some("READONLY");
+        if unsent {
+            Failure::NotSent(e)
+        } else {
+            Failure::Sent(e)
+        }
+    }
+
+    fn redis_error(&self) -> &redis::RedisError {
+        match self {
+            Failure::NotSent(e) | Failure::Sent(e) => e,
+        }
+    }
+
+    /// The caller's error: "not done" for a request that never reached
+    /// Redis, "unknown outcome" for one that may have.
+    fn into_error(self) -> Error {
+        match self {
+            Failure::NotSent(e) if e.code().is_none() => match Error::from(e) {
+                Error::Timeout => Error::Connection("connect timeout".into()),
+                Error::Connection(m) | Error::ConnectionLost(m) => Error::Connection(m),
+                other => other,
+            },
+            Failure::NotSent(e) => Error::from(e),
+            Failure::Sent(e) => match Error::from(e) {
+                Error::Connection(m) => Error::ConnectionLost(m),
+                other => other,
+            },
+        }
     }
 }
 
 impl Backend {
-    async fn connect(config: ClientConfig) -> Result<Backend> {
+    async fn connect(
+        config: ClientConfig,
+        shutdown: tokio::sync::watch::Receiver<()>,
+    ) -> Result<Backend> {
         let config = Arc::new(config);
         let transport = Arc::new(Transport::new(config.tls.as_ref())?);
         let target = match &config.mode {
@@ -294,6 +372,8 @@ impl Backend {
             next: Arc::new(AtomicUsize::new(0)),
             failover: Arc::new(tokio::sync::Mutex::new(())),
             last_recheck: Arc::new(std::sync::Mutex::new(None)),
+            breaker: Arc::new(Breaker::default()),
+            shutdown,
         })
     }
 
@@ -335,7 +415,7 @@ impl Backend {
             }
         };
         let open = async {
-            let stream = server.transport.open(&server.host, server.port).await?;
+            let (stream, _) = server.transport.open(&server.host, server.port).await?;
             redis::aio::PubSub::new(&server.settings, stream).await
         };
         let pubsub = tokio::time::timeout(self.config.connect_timeout, open)
@@ -345,40 +425,150 @@ impl Backend {
     }
 
     /// Runs `op` on a connection within the command timeout; resends once a
-    /// command that never reached Redis, and follows a Sentinel failover.
+    /// request that never reached Redis, and follows a Sentinel failover.
+    /// While Redis is known to be unreachable, fails at once.
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.breaker.check()?;
         let attempts = async {
-            let mut last = None;
+            let mut failure = None;
             for _ in 0..2 {
-                let result = match self.conn().await {
-                    Ok(conn) => op(conn).await,
-                    Err(e) => Err(e),
+                let (failed, had_conn) = match self.conn().await {
+                    Ok(conn) => match op(conn).await {
+                        Ok(value) => return Ok(value),
+                        Err(e) => (Failure::of_request(e), true),
+                    },
+                    Err(e) => (Failure::NotSent(e), false),
                 };
-                match result {
-                    Ok(value) => return Ok(value),
-                    Err(e) => {
-                        // Failover first: a refused connection to a dead
-                        // master is "not sent" too, and resending it to the
-                        // same address would fail again.
-                        let resend = self.follow_failover(&e).await || not_sent(&e);
-                        if !resend {
-                            return Err(Error::from(e));
-                        }
-                        last = Some(e);
-                    }
+                // Failover first: a refused connection to a dead master is
+                // "not sent" too, and resending it to the same address
+                // would fail again. A request that may have been carried
+                // out is never sent twice; one that was not is sent again
+                // to the new master, or once more where the cluster client
+                // could not reach a node.
+                let moved = self.follow_failover(failed.redis_error()).await;
+                let readonly = failed.redis_error().code() == Some("READONLY");
+                let resend =
+                    matches!(failed, Failure::NotSent(_)) && (moved || (had_conn && !readonly));
+                failure = Some(failed);
+                if !resend {
+                    break;
                 }
             }
-            Err(last.map_or(Error::Timeout, Error::from))
+            let failure = failure.expect("the loop ran");
+            let unreachable = matches!(&failure, Failure::NotSent(e) if e.code().is_none());
+            let error = failure.into_error();
+            if unreachable {
+                self.trip(&error);
+            }
+            Err(error)
         };
         let result = tokio::time::timeout(self.config.command_timeout, attempts)
             .await
             .unwrap_or(Err(Error::Timeout));
         if matches!(result, Err(Error::Timeout)) {
             self.recheck();
+        }
+        result
+    }
+
+    /// After Redis could not be reached: opens the breaker and probes in the
+    /// background until Redis answers again. A cluster is only suspected: a
+    /// node that cannot be reached does not make the others so; the breaker
+    /// opens if the probe finds no node that answers.
+    fn trip(&self, error: &Error) {
+        if !self.breaker.trip(error, !self.is_cluster()) {
+            return;
+        }
+        let backend = self.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = shutdown.changed().await;
+            };
+            backend
+                .breaker
+                .probe_until_closed(|| backend.probe(), stop)
+                .await;
+        });
+    }
+
+    /// The servers in use: the single server or the Sentinel master (in
+    /// the breaker's state), or each master of a cluster (asked with PING).
+    async fn status(&self) -> Status {
+        let breaker = self.breaker.state();
+        let servers = match &*self.target {
+            Target::Node(pool) => {
+                let server = {
+                    let pool = pool.read().unwrap_or_else(|e| e.into_inner());
+                    pool.links[0].server.clone()
+                };
+                let state = match breaker {
+                    BreakerState::Closed => ServerState::Up,
+                    BreakerState::HalfOpen => ServerState::Connecting,
+                    BreakerState::Open => ServerState::Down,
+                };
+                vec![ServerStatus {
+                    address: format!("{}:{}", server.host, server.port),
+                    state,
+                }]
+            }
+            Target::Cluster(cluster) => {
+                let current = cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut addresses: Vec<(String, u16)> = current
+                    .masters
+                    .iter()
+                    .map(|(_, _, host, port)| (host.clone(), *port))
+                    .collect();
+                addresses.sort();
+                addresses.dedup();
+                let pings = addresses.into_iter().map(|(host, port)| {
+                    let mut conn = current.conn.clone();
+                    let timeout = self.config.connect_timeout;
+                    async move {
+                        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        });
+                        let ping = conn.route_command(redis::cmd("PING"), route);
+                        let up = matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_)));
+                        ServerStatus {
+                            address: format!("{host}:{port}"),
+                            state: if up {
+                                ServerState::Up
+                            } else {
+                                ServerState::Down
+                            },
+                        }
+                    }
+                });
+                futures::future::join_all(pings).await
+            }
+        };
+        Status {
+            breaker,
+            last_error: self.breaker.last_error(),
+            servers,
+        }
+    }
+
+    /// One round trip to Redis, bypassing the breaker; in Sentinel mode it
+    /// also asks the sentinels whether the master moved.
+    async fn probe(&self) -> Result<()> {
+        let ping = async {
+            let mut conn = self.conn().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        let result = match tokio::time::timeout(self.config.connect_timeout, ping).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::Connection("connect timeout".into())),
+        };
+        if result.is_err() {
+            self.move_to_master(true).await;
         }
         result
     }
@@ -506,6 +696,7 @@ impl Backend {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
+        self.breaker.check()?;
         let Some(conn) = self.cluster_conn() else {
             let mut pipe = Pipeline::with_capacity(cmds.len());
             for cmd in cmds {
@@ -697,7 +888,7 @@ async fn find_master(config: &ClientConfig, transport: &Arc<Transport>) -> Resul
             ..server(config, transport, host, *port)
         };
         let ask = async {
-            let mut conn = sentinel.dial().await?;
+            let (mut conn, _) = sentinel.dial().await?;
             redis::cmd("SENTINEL")
                 .arg("GET-MASTER-ADDR-BY-NAME")
                 .arg(master)
@@ -810,12 +1001,13 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client> {
         // rustls needs one process-wide crypto provider; the first install wins.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let backend = Backend::connect(config.clone()).await?;
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(());
+        let backend = Backend::connect(config.clone(), shutdown_rx.clone()).await?;
         let client = Client {
             backend,
             keys: Keys::new(&config.key_prefix),
             router: Router::new(config.router.clone()),
+            in_flight: InFlight::new(config.max_inflight),
             _shutdown: shutdown,
         };
         // A connection is made even when Redis then refuses every command
@@ -844,6 +1036,22 @@ impl Client {
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// Admits one more request, or refuses it at once with
+    /// `Error::Overloaded` when `max_inflight` are already in flight.
+    pub fn admit(&self) -> Result<Permit> {
+        self.in_flight.admit()
+    }
+
+    /// The requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.current()
+    }
+
+    /// Each server the client talks to, with its state, and the breaker's.
+    pub async fn status(&self) -> Status {
+        self.backend.status().await
     }
 
     pub fn keys(&self) -> &Keys {
@@ -972,13 +1180,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_unsent_commands_are_resent() {
+    fn only_provably_unsent_requests_are_not_done() {
         let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "x"));
-        assert!(not_sent(&io(std::io::ErrorKind::ConnectionRefused)));
-        assert!(not_sent(&redis::RedisError::from(std::io::Error::from(
-            std::io::ErrorKind::BrokenPipe
-        ))));
-        assert!(!not_sent(&io(std::io::ErrorKind::ConnectionReset)));
-        assert!(!not_sent(&io(std::io::ErrorKind::TimedOut)));
+        let of = |e| matches!(Failure::of_request(e), Failure::NotSent(_));
+        assert!(of(io(std::io::ErrorKind::ConnectionRefused)));
+        // A broken pipe or a reset may come after the request was written.
+        assert!(!of(io(std::io::ErrorKind::BrokenPipe)));
+        assert!(!of(io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!of(io(std::io::ErrorKind::TimedOut)));
+        let lost = Failure::of_request(io(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(lost.into_error(), Error::ConnectionLost(_)));
+        let refused = Failure::NotSent(io(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(refused.into_error(), Error::Connection(_)));
+        let dial_timeout = Failure::NotSent(io(std::io::ErrorKind::TimedOut));
+        assert_eq!(
+            dial_timeout.into_error(),
+            Error::Connection("connect timeout".into())
+        );
+        let timed_out = Failure::of_request(io(std::io::ErrorKind::TimedOut));
+        assert_eq!(timed_out.into_error(), Error::Timeout);
     }
 }

@@ -60,6 +60,8 @@ pub struct ClientConfig {
     /// Writes return only once this many replicas confirmed them (`WAIT`).
     pub wait_replicas: u32,
     pub wait_timeout: Duration,
+    /// Requests in flight at most; beyond, calls are refused at once.
+    pub max_inflight: usize,
     /// Every key starts with it.
     pub key_prefix: Vec<u8>,
     pub router: RouterConfig,
@@ -119,6 +121,7 @@ mod tests {
             command_timeout: Duration::from_secs(1),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            max_inflight: 10,
             key_prefix: b"emqx:".to_vec(),
             router: RouterConfig::default(),
         };

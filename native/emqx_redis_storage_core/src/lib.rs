@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod guard;
 pub mod keys;
 pub mod message;
 pub mod registry;

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -51,12 +52,18 @@ impl Transport {
         Ok(Transport { tls })
     }
 
-    /// A stream to `host:port`. The caller bounds the time it may take.
-    pub async fn open(&self, host: &str, port: u16) -> redis::RedisResult<Box<dyn Stream>> {
+    /// A stream to `host:port`, and whether it is still open. The caller
+    /// bounds the time it may take.
+    pub async fn open(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> redis::RedisResult<(Box<dyn Stream>, Alive)> {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
+        let alive = Alive(Arc::new(AtomicBool::new(true)));
         let Some((connector, name)) = &self.tls else {
-            return Ok(Box::new(Coalesce::new(tcp)));
+            return Ok((Box::new(Coalesce::new(tcp, alive.clone())), alive));
         };
         let name = match name {
             Some(name) => name.clone(),
@@ -68,7 +75,39 @@ impl Transport {
                 ))
             })?,
         };
-        Ok(Box::new(Coalesce::new(connector.connect(name, tcp).await?)))
+        let tls = connector.connect(name, tcp).await?;
+        Ok((Box::new(Coalesce::new(tls, alive.clone())), alive))
+    }
+}
+
+/// False once the stream has met its end: end of file, or an error on a
+/// read or a write. A request is never handed to a connection whose stream
+/// is known to be closed, so a request given to a closed one provably never
+/// reached Redis and may be sent again on a new connection.
+#[derive(Clone, Debug)]
+pub struct Alive(Arc<AtomicBool>);
+
+impl Alive {
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn closed(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    /// Notes the end of the stream if `polled` shows it.
+    fn watch<T>(
+        &self,
+        polled: Poll<io::Result<T>>,
+        end: impl Fn(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        if let Poll::Ready(result) = &polled {
+            if result.as_ref().map_or(true, end) {
+                self.closed();
+            }
+        }
+        polled
     }
 }
 
@@ -80,13 +119,15 @@ struct Coalesce<S> {
     inner: S,
     /// This flush already waited its turn.
     waited: bool,
+    alive: Alive,
 }
 
 impl<S> Coalesce<S> {
-    fn new(inner: S) -> Self {
+    fn new(inner: S, alive: Alive) -> Self {
         Coalesce {
             inner,
             waited: false,
+            alive,
         }
     }
 
@@ -115,7 +156,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let wanted = buf.remaining() > 0;
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        // Nothing read into room for something: the end of the stream.
+        let eof = wanted && buf.filled().len() == before;
+        self.alive.watch(polled, |_| eof)
     }
 }
 
@@ -128,7 +174,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         if self.wait_turn(cx) {
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.alive.watch(polled, |n| *n == 0 && !buf.is_empty())
     }
 
     fn poll_write_vectored(
@@ -139,7 +186,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         if self.wait_turn(cx) {
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.alive
+            .watch(polled, |n| *n == 0 && bufs.iter().any(|b| !b.is_empty()))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -151,10 +200,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         if flushed.is_ready() {
             self.waited = false;
         }
-        flushed
+        self.alive.watch(flushed, |_| false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.alive.closed();
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -297,7 +347,8 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let (near, mut far) = tokio::io::duplex(1 << 16);
-            let mut near = Coalesce::new(near);
+            let alive = Alive(Arc::new(AtomicBool::new(true)));
+            let mut near = Coalesce::new(near, alive.clone());
             // Other tasks queued meanwhile make the writer wait its turn.
             let busy: Vec<_> = (0..100).map(|_| tokio::spawn(async {})).collect();
             let mut sent = Vec::new();
@@ -317,6 +368,25 @@ mod tests {
             for task in busy {
                 task.await.unwrap();
             }
+            assert!(alive.is_open());
+        });
+    }
+
+    /// The far end closing is seen by the next read: the stream is known closed.
+    #[test]
+    fn end_of_stream_is_noticed() {
+        use tokio::io::AsyncReadExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (near, far) = tokio::io::duplex(64);
+            let alive = Alive(Arc::new(AtomicBool::new(true)));
+            let mut near = Coalesce::new(near, alive.clone());
+            drop(far);
+            let mut buf = [0; 8];
+            assert_eq!(near.read(&mut buf).await.unwrap(), 0);
+            assert!(!alive.is_open());
         });
     }
 

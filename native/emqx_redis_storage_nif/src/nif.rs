@@ -7,8 +7,8 @@ use std::ops::Deref;
 use emqx_redis_storage_core::client::Client;
 use rustler::{Binary, Encoder, Env, ResourceArc, Term};
 
-use crate::runtime::spawn_reply;
-use crate::term::{self, Reason, Reply};
+use crate::runtime::{spawn_admitted, spawn_reply};
+use crate::term::{self, Out, Reason, Reply};
 
 mod atoms {
     rustler::atoms! { error }
@@ -50,8 +50,50 @@ fn q<'a>(
     for arg in &args {
         cmd.arg(arg.as_slice());
     }
-    spawn_reply(env, reply_ref, async move {
+    spawn_admitted(env, client.admit(), reply_ref, async move {
         client.query(&cmd).await.map(Reply)
+    })
+}
+
+/// `{Breaker, LastError | undefined, InFlight, [{Address, State}]}` with
+/// Breaker `closed | open | half_open` and State `up | connecting | down`.
+/// Not counted in flight: an overloaded client still reports its status.
+#[rustler::nif]
+fn client_status<'a>(
+    env: Env<'a>,
+    client: ResourceArc<ClientRes>,
+    reply_ref: Term<'a>,
+) -> Term<'a> {
+    use emqx_redis_storage_core::client::ServerState;
+    use emqx_redis_storage_core::guard::BreakerState;
+    spawn_reply(env, reply_ref, async move {
+        let status = client.status().await;
+        let breaker = match status.breaker {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        };
+        let servers = status
+            .servers
+            .into_iter()
+            .map(|server| {
+                let state = match server.state {
+                    ServerState::Up => "up",
+                    ServerState::Connecting => "connecting",
+                    ServerState::Down => "down",
+                };
+                Out::Tuple(vec![
+                    Out::Bin(server.address.into_bytes()),
+                    Out::Atom(state),
+                ])
+            })
+            .collect();
+        Ok(Out::Tuple(vec![
+            Out::Atom(breaker),
+            Out::bin_or(status.last_error.map(String::into_bytes), "undefined"),
+            Out::Int(client.in_flight() as i64),
+            Out::List(servers),
+        ]))
     })
 }
 

@@ -6,7 +6,7 @@ use emqx_redis_storage_core::topic;
 use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::nif::ClientRes;
-use crate::runtime::spawn_reply;
+use crate::runtime::spawn_admitted;
 use crate::term::{self, Out};
 
 mod atoms {
@@ -72,7 +72,7 @@ fn route_add<'a>(
         };
         owned.push((filter.to_vec(), dest));
     }
-    spawn_reply(env, reply_ref, async move {
+    spawn_admitted(env, client.admit(), reply_ref, async move {
         Ok(Out::Int(router::add(&client, &owned).await? as i64))
     })
 }
@@ -89,7 +89,7 @@ fn route_delete<'a>(
         return badarg(env);
     };
     let filter = filter.to_vec();
-    spawn_reply(env, reply_ref, async move {
+    spawn_admitted(env, client.admit(), reply_ref, async move {
         router::delete(&client, &filter, &dest).await?;
         Ok(Out::Atom("ok"))
     })
@@ -103,7 +103,7 @@ fn route_lookup<'a>(
     filter: Binary,
 ) -> Term<'a> {
     let filter = filter.to_vec();
-    spawn_reply(env, reply_ref, async move {
+    spawn_admitted(env, client.admit(), reply_ref, async move {
         Ok(dests_out(router::lookup(&client, &filter).await?))
     })
 }
@@ -114,7 +114,7 @@ fn route_filters<'a>(
     client: ResourceArc<ClientRes>,
     reply_ref: Term<'a>,
 ) -> Term<'a> {
-    spawn_reply(env, reply_ref, async move {
+    spawn_admitted(env, client.admit(), reply_ref, async move {
         Ok(Out::bins(router::filters(&client).await?))
     })
 }
@@ -129,7 +129,7 @@ fn route_cleanup<'a>(
     let Ok(node) = node.to_term(env).atom_to_string() else {
         return badarg(env);
     };
-    spawn_reply(env, reply_ref, async move {
+    spawn_admitted(env, client.admit(), reply_ref, async move {
         Ok(Out::Int(
             router::cleanup_node(&client, node.as_bytes()).await? as i64,
         ))
@@ -174,7 +174,7 @@ fn route_match_redis<'a>(
     topic: Binary,
 ) -> Term<'a> {
     let topic = topic.to_vec();
-    spawn_reply(env, reply_ref, async move {
+    spawn_admitted(env, client.admit(), reply_ref, async move {
         Ok(dests_out(router::match_in_redis(&client, &topic).await?))
     })
 }

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use emqx_redis_storage_core::error::panic_message;
 use emqx_redis_storage_core::gate::ReplyGate;
+use emqx_redis_storage_core::guard::Permit;
 use emqx_redis_storage_core::{Error, Result};
 use futures::FutureExt;
 use rustler::env::OwnedEnv;
@@ -61,6 +62,28 @@ fn cancel(ticket: ResourceArc<Ticket>) -> rustler::Atom {
         atoms::cancelled()
     } else {
         atoms::sent()
+    }
+}
+
+/// `spawn_reply` for a request of a client, if the client admitted it
+/// (`Client::admit`); else `{error, overloaded}` at once. The permit is
+/// held until the work is done, also when the caller stopped waiting.
+pub fn spawn_admitted<'a, T, F>(
+    env: Env<'a>,
+    admitted: Result<Permit>,
+    reply_ref: Term<'a>,
+    work: F,
+) -> Term<'a>
+where
+    T: Encoder + Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+{
+    match admitted {
+        Ok(permit) => spawn_reply(env, reply_ref, async move {
+            let _permit = permit;
+            work.await
+        }),
+        Err(reason) => (atoms::error(), Reason(&reason)).encode(env),
     }
 }
 

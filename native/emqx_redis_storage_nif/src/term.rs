@@ -220,9 +220,18 @@ pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
     if servers.is_empty() {
         return Err(Error::InvalidConfig("servers", "empty".into()));
     }
+    // The Erlang side bounds these; checked again so that no caller of the
+    // raw NIF can make the client allocate without bound.
     let pool_size: usize = field(map, "pool_size")?;
-    if pool_size == 0 {
-        return Err(Error::InvalidConfig("pool_size", "must be positive".into()));
+    if !(1..=1024).contains(&pool_size) {
+        return Err(Error::InvalidConfig("pool_size", "from 1 to 1024".into()));
+    }
+    let max_inflight: usize = field(map, "max_inflight")?;
+    if !(1..=1_000_000).contains(&max_inflight) {
+        return Err(Error::InvalidConfig(
+            "max_inflight",
+            "from 1 to 1000000".into(),
+        ));
     }
     let mode: Atom = field(map, "redis_type")?;
     let mode = if mode == atoms::single() {
@@ -249,6 +258,7 @@ pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
         username: optional_text(map, "username")?,
         password: optional_text(map, "password")?,
         pool_size,
+        max_inflight,
         connect_timeout: millis(map, "connect_timeout")?,
         command_timeout: millis(map, "command_timeout")?,
         key_prefix: field::<Binary>(map, "key_prefix")?.as_slice().to_vec(),
