@@ -23,6 +23,7 @@ all() ->
         awkward_client_and_message_ids,
         invalid_input_is_refused,
         too_large_messages_and_batches_are_refused,
+        largest_publish_emqx_admits_stores_by_default,
         bad_data_in_redis_is_an_error_not_a_crash,
         redis_paused_gives_timeout_within_deadline,
         {group, default_ttl},
@@ -361,6 +362,36 @@ too_large_messages_and_batches_are_refused(_Config) ->
         ?M:store_messages(<<"c">>, Many)
     ),
     ?assertEqual({ok, 1}, ?M:count_messages(<<"c">>)).
+
+%% EMQX's default mqtt.max_packet_size is 1 MiB: the largest PUBLISH it
+%% admits carries 1,048,559 bytes of payload (a short topic, a packet id,
+%% no properties). As EMQX hands it over (its message with topic, from,
+%% flags, headers and timestamp), it stores with the default settings.
+largest_publish_emqx_admits_stores_by_default(Config) ->
+    {ok, Client} = emqx_redis_storage:connect(#{
+        redis => #{servers => redis_test_server:address(?config(redis, Config))}
+    }),
+    Msg = #{
+        id => crypto:strong_rand_bytes(16),
+        qos => 1,
+        from => <<"publisher-with-a-long-client-id-0123456789">>,
+        flags => #{dup => false, retain => false},
+        headers => #{
+            peerhost => {127, 0, 0, 1},
+            peername => {{127, 0, 0, 1}, 54321},
+            proto_ver => 5,
+            protocol => mqtt,
+            username => <<"user">>,
+            properties => #{}
+        },
+        topic => <<"t/12">>,
+        payload => crypto:strong_rand_bytes(1048559),
+        timestamp => erlang:system_time(millisecond),
+        extra => #{}
+    },
+    ok = ?M:store_message(Client, <<"big-publish">>, Msg),
+    ?assertEqual({ok, [Msg]}, ?M:get_messages(Client, <<"big-publish">>, 0, 1)),
+    ok = ?M:delete_messages(Client, <<"big-publish">>).
 
 bad_data_in_redis_is_an_error_not_a_crash(_Config) ->
     ok = ?M:store_messages(<<"c">>, [#{id => <<"good">>}, #{id => <<"bad">>}]),

@@ -15,6 +15,7 @@ all() ->
         start_fails_cleanly_when_redis_is_unreachable,
         config_errors_name_the_field,
         config_accepts_every_documented_form,
+        huge_numbers_in_config_never_reach_the_vm,
         raw_commands_give_plain_terms,
         binary_values_round_trip_every_byte,
         bad_commands_are_errors,
@@ -105,7 +106,25 @@ config_errors_name_the_field(Config) ->
         {#{persistence => #{session_ttl => "1500ms"}}, <<"persistence.session_ttl">>},
         {#{persistence => #{max_queue_len => 0}}, <<"persistence.max_queue_len">>},
         {#{persistence => #{max_session_size => -1}}, <<"persistence.max_session_size">>},
-        {#{surprise => 1}, <<"surprise">>}
+        {#{surprise => 1}, <<"surprise">>},
+        %% Upper bounds: values no deployment reaches, some of which would
+        %% exhaust the VM (a pool of 2^32 connections aborted it once).
+        {#{redis => #{pool_size => 4294967297}}, <<"redis.pool_size">>},
+        {#{redis => #{pool_size => 257}}, <<"redis.pool_size">>},
+        {#{redis => #{max_inflight => 1 bsl 40}}, <<"redis.max_inflight">>},
+        {#{redis => #{max_inflight => 0}}, <<"redis.max_inflight">>},
+        {#{redis => #{database => 1 bsl 64}}, <<"redis.database">>},
+        {#{redis => #{wait_replicas => 1 bsl 31}}, <<"redis.wait_replicas">>},
+        {#{redis => #{command_timeout => 1 bsl 64}}, <<"redis.command_timeout">>},
+        {#{redis => #{connect_timeout => "100000000d"}}, <<"redis.connect_timeout">>},
+        {#{redis => #{wait_timeout => 3600001}}, <<"redis.wait_timeout">>},
+        {#{persistence => #{session_ttl => 4294967296}}, <<"persistence.session_ttl">>},
+        {#{persistence => #{message_ttl => "200000d"}}, <<"persistence.message_ttl">>},
+        {#{persistence => #{max_queue_len => 1000001}}, <<"persistence.max_queue_len">>},
+        {#{persistence => #{max_session_size => 1 bsl 40}}, <<"persistence.max_session_size">>},
+        {#{persistence => #{max_message_size => 8388609}}, <<"persistence.max_message_size">>},
+        {#{route_shards => 65536}, <<"route_shards">>},
+        {#{route_sync_interval => 1 bsl 62}, <<"route_sync_interval">>}
     ],
     lists:foreach(
         fun({Bad, Field}) ->
@@ -121,6 +140,22 @@ config_errors_name_the_field(Config) ->
         Cases
     ),
     ?assertMatch({error, {invalid_config, _, _}}, emqx_redis_storage:start(not_a_map)).
+
+%% connect/1 checks the same bounds (once, a pool_size of 2^32 + 1 made the
+%% NIF allocate 32 GiB and abort the VM), and the largest values allowed work.
+huge_numbers_in_config_never_reach_the_vm(Config) ->
+    Servers = redis_test_server:address(?config(redis, Config)),
+    ?assertMatch(
+        {error, {invalid_config, <<"redis.pool_size">>, <<"an integer from 1 to 256">>}},
+        emqx_redis_storage:connect(#{redis => #{servers => Servers, pool_size => 4294967297}})
+    ),
+    {ok, Client} = emqx_redis_storage:connect(#{
+        redis => #{servers => Servers, pool_size => 256, max_inflight => 1000000, database => 15},
+        persistence => #{session_ttl => 4294967295, max_session_size => 16 * 1024 * 1024},
+        route_shards => 1024
+    }),
+    ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q(Client, [<<"PING">>])),
+    ?assertMatch(#{pool_size := 256, database := 15}, emqx_redis_storage:status(Client)).
 
 merge(#{redis := R1} = A, #{redis := R2} = B) when is_map(R2) -> maps:merge(A, B#{redis := maps:merge(R1, R2)});
 merge(A, B) -> maps:merge(A, B).
