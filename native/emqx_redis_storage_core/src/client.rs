@@ -557,20 +557,24 @@ impl Backend {
     }
 
     /// One round trip to Redis, bypassing the breaker; in Sentinel mode it
-    /// also asks the sentinels whether the master moved.
+    /// also asks the sentinels whether the master moved, and tries the new one.
     async fn probe(&self) -> Result<()> {
+        let result = self.ping().await;
+        if result.is_err() && self.move_to_master(true).await {
+            return self.ping().await;
+        }
+        result
+    }
+
+    async fn ping(&self) -> Result<()> {
         let ping = async {
             let mut conn = self.conn().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await
         };
-        let result = match tokio::time::timeout(self.config.connect_timeout, ping).await {
+        match tokio::time::timeout(self.config.connect_timeout, ping).await {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(Error::Connection("connect timeout".into())),
-        };
-        if result.is_err() {
-            self.move_to_master(true).await;
         }
-        result
     }
 
     /// In Sentinel mode, after a lost connection or a write refused by a
