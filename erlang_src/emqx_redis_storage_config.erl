@@ -44,7 +44,9 @@ persistence_schema() ->
     [
         {session_ttl, {duration, s, ?MQTT_MAX_INTERVAL}, 86400},
         {message_ttl, {duration, s, ?MQTT_MAX_INTERVAL}, 86400},
-        {max_session_size, {integer, 1, 16 * ?MIB}, ?MIB},
+        %% The NIF copies a session on the calling scheduler: at most 8 MiB
+        %% (about a millisecond), like a store_messages/2 batch.
+        {max_session_size, {integer, 1, 8 * ?MIB}, ?MIB},
         %% Twice EMQX's default max_packet_size (1 MiB): the largest PUBLISH
         %% EMQX admits by default fits with its topic, headers and encoding.
         %% At most a whole store_messages/2 batch (8 MiB).

@@ -151,7 +151,7 @@ huge_numbers_in_config_never_reach_the_vm(Config) ->
     ),
     {ok, Client} = emqx_redis_storage:connect(#{
         redis => #{servers => Servers, pool_size => 256, max_inflight => 1000000, database => 15},
-        persistence => #{session_ttl => 4294967295, max_session_size => 16 * 1024 * 1024},
+        persistence => #{session_ttl => 4294967295, max_session_size => 8 * 1024 * 1024},
         route_shards => 1024
     }),
     ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q(Client, [<<"PING">>])),
