@@ -139,13 +139,34 @@ kill(Server) ->
 wait_gone(_Pid, 0) ->
     error(redis_did_not_stop);
 wait_gone(Pid, N) ->
-    case filelib:is_dir("/proc/" ++ Pid) of
+    case running(Pid) of
         false ->
             ok;
         true ->
             timer:sleep(10),
             wait_gone(Pid, N - 1)
     end.
+
+%% A killed daemon stays a zombie until init reaps it, which in a container
+%% can take a second. Once it is a zombie whose other threads have exited,
+%% its port and files are closed.
+running(Pid) ->
+    Proc = "/proc/" ++ Pid,
+    case file:read_file(Proc ++ "/stat") of
+        {ok, Stat} -> process_state(Stat) =/= $Z orelse other_threads(Proc);
+        {error, _} -> false
+    end.
+
+other_threads(Proc) ->
+    case file:list_dir(Proc ++ "/task") of
+        {ok, [_, _ | _]} -> true;
+        _ -> false
+    end.
+
+%% "pid (comm) State ...", and comm may hold spaces and parentheses.
+process_state(Stat) ->
+    [_, <<State, _/binary>>] = string:split(Stat, <<") ">>, trailing),
+    State.
 
 %% @doc SIGSTOP: the server keeps its connections but answers nothing.
 -spec pause(server()) -> ok.
