@@ -7,7 +7,13 @@
 -export([port/1, address/1, dir/1, cmd/2, tmp_root/0]).
 -export([certs/0, start_cluster/1, stop_cluster/1, start_sentinel/1, stop_sentinel/1]).
 
--type server() :: #{port := inet:port_number(), dir := file:filename(), conf := [string()]}.
+-type server() :: #{
+    port := inet:port_number(),
+    dir := file:filename(),
+    conf := [string()],
+    tls := map() | undefined,
+    exe := string()
+}.
 -export_type([server/0]).
 
 %% @doc Starts a redis-server. `Opts': `conf' (extra config lines, e.g.
