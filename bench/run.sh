@@ -70,9 +70,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A random port in 20000-59999 (never 6379); another one if it is taken.
+bench_ebin=_build/bench/ebin
+mkdir -p "$bench_ebin" "$BENCH_OUT"
+# test/loopback_port.erl: the free-port rule the tests' servers follow.
+erlc -o "$bench_ebin" bench/emqx_redis_bench.erl test/loopback_port.erl
+
+# A free port below the ephemeral range (never 6379): a port in that range
+# may be taken by an outgoing connection. Another one if it is taken anyway.
 for attempt in $(seq 1 20); do
-    port=$((20000 + RANDOM % 40000))
+    port=$(erl -noshell -pa "$bench_ebin" -eval 'io:format("~b", [loopback_port:free()]), halt().')
     redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
         --dir "$tmp" --logfile "$tmp/redis.log" --daemonize no &
     redis_pid=$!
@@ -94,10 +100,6 @@ if [ -z "$redis_pid" ]; then
     exit 1
 fi
 echo "bench: redis-server pid $redis_pid on 127.0.0.1:$port ($tmp)" >&2
-
-bench_ebin=_build/bench/ebin
-mkdir -p "$bench_ebin" "$BENCH_OUT"
-erlc -o "$bench_ebin" bench/emqx_redis_bench.erl
 
 # In the background: bash runs a trap (Ctrl-C, SIGTERM) during `wait`, but
 # only after a foreground command has finished.

@@ -16,8 +16,10 @@ start(Dir) ->
     end.
 
 %% A free port may be taken before redis-server binds it: try another.
+%% loopback_port (test/, compiled with the demo by demo/run.sh) picks ports
+%% below the ephemeral range, as the tests' servers use.
 start(Exe, Dir, Attempts) ->
-    Port = free_port(),
+    Port = loopback_port:free(),
     Conf = filename:join(Dir, "redis.conf"),
     Pidfile = filename:join(Dir, "redis.pid"),
     Lines = [
@@ -112,15 +114,6 @@ wait_gone(Pid, N) ->
     case filelib:is_dir("/proc/" ++ Pid) of
         false -> true;
         true -> timer:sleep(50), wait_gone(Pid, N - 1)
-    end.
-
-free_port() ->
-    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
-    {ok, Port} = inet:port(S),
-    ok = gen_tcp:close(S),
-    case Port of
-        6379 -> free_port();
-        _ -> Port
     end.
 
 %% @doc `redis://[[user]:password@]host[:port][/db]' as the application's

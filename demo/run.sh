@@ -16,7 +16,8 @@ if [ ! -f "$lib_ebin/emqx_redis_storage.beam" ]; then
 fi
 demo_ebin=_build/demo/ebin
 mkdir -p "$demo_ebin"
-erlc -Werror -o "$demo_ebin" demo/*.erl || exit 2
+# test/loopback_port.erl: the free-port rule the tests' servers follow.
+erlc -Werror -o "$demo_ebin" demo/*.erl test/loopback_port.erl || exit 2
 
 # The private redis-server's directory. The controller stops that server
 # itself; the trap is for a controller that was killed before it could.

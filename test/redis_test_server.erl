@@ -7,20 +7,42 @@
 -export([port/1, address/1, dir/1, cmd/2, tmp_root/0]).
 -export([certs/0, start_cluster/1, stop_cluster/1, start_sentinel/1, stop_sentinel/1]).
 
--type server() :: #{port := inet:port_number(), dir := file:filename(), conf := [string()]}.
+-type server() :: #{
+    port := inet:port_number(),
+    dir := file:filename(),
+    conf := [string()],
+    tls := map() | undefined,
+    exe := string()
+}.
 -export_type([server/0]).
 
 %% @doc Starts a redis-server. `Opts': `conf' (extra config lines, e.g.
-%% ["requirepass secret"]), `port' (to reuse one), `tls' (the map from
-%% `certs/0': the server then speaks only TLS on its port), `exe' (the
-%% program, redis-server or redis-sentinel).
+%% ["requirepass secret"]; a later line overrides an earlier one, so
+%% ["appendonly yes"] turns the AOF on), `tls' (the map from `certs/0': the
+%% server then speaks only TLS on its port), `exe' (the program,
+%% redis-server or redis-sentinel). The port is a free one below the
+%% ephemeral range (see loopback_port); another one if it was taken before
+%% the server could bind it.
 -spec start() -> server().
 start() -> start(#{}).
 
 -spec start(map()) -> server().
 start(Opts) ->
-    Port = maps:get(port, Opts, free_port()),
+    start_on_free_port(Opts, [], 5).
+
+%% `Offsets' as for loopback_port:free/1.
+start_on_free_port(Opts, Offsets, Attempts) ->
+    case try_start(loopback_port:free(Offsets), Opts) of
+        {ok, Server} -> Server;
+        {error, {port_taken, _}} when Attempts > 1 -> start_on_free_port(Opts, Offsets, Attempts - 1);
+        {error, Reason} -> error(Reason)
+    end.
+
+try_start(Port, Opts) ->
     Dir = filename:join(tmp_root(), "redis-" ++ integer_to_list(Port)),
+    %% A fresh server: a crashed earlier run may have left an AOF here, which
+    %% the server would load.
+    _ = file:del_dir_r(Dir),
     ok = filelib:ensure_path(Dir),
     Server = #{
         port => Port,
@@ -29,8 +51,10 @@ start(Opts) ->
         tls => maps:get(tls, Opts, undefined),
         exe => maps:get(exe, Opts, "redis-server")
     },
-    launch(Server),
-    Server.
+    case launch(Server) of
+        ok -> {ok, Server};
+        {error, _} = Error -> Error
+    end.
 
 launch(#{port := Port, dir := Dir, conf := Extra, tls := Tls, exe := Exe} = Server) ->
     Conf = filename:join(Dir, "redis.conf"),
@@ -55,7 +79,7 @@ launch(#{port := Port, dir := Dir, conf := Extra, tls := Tls, exe := Exe} = Serv
         "protected-mode no",
         "daemonize yes",
         "pidfile " ++ pidfile(Server),
-        "logfile " ++ filename:join(Dir, "redis.log"),
+        "logfile " ++ log_file(Server),
         "dir " ++ Dir,
         "save \"\"",
         "appendonly no"
@@ -63,18 +87,22 @@ launch(#{port := Port, dir := Dir, conf := Extra, tls := Tls, exe := Exe} = Serv
     ],
     ok = file:write_file(Conf, [[L, $\n] || L <- Lines]),
     _ = file:delete(pidfile(Server)),
+    %% Only what this start logs tells whether it failed (restarts append).
+    LogStart = filelib:file_size(log_file(Server)),
     Out = os:cmd(Exe ++ " " ++ Conf ++ " 2>&1"),
-    wait_ready(Server, Out, 100).
+    wait_ready(Server, Out, LogStart, 100).
 
-wait_ready(Server, Out, 0) ->
-    error({redis_did_not_start, Server, Out, log(Server)});
-wait_ready(Server, Out, N) ->
-    case ping(Server) of
-        true ->
-            ok;
-        false ->
-            timer:sleep(50),
-            wait_ready(Server, Out, N - 1)
+%% Ready once our server wrote its pidfile (it does so after binding its
+%% port) and answers: a server of someone else's on the port answers too.
+wait_ready(Server, Out, LogStart, N) ->
+    Log = log(Server, LogStart),
+    Ready = pid(Server) =/= undefined andalso ping(Server),
+    PortTaken = binary:match(Log, <<"Address already in use">>) =/= nomatch,
+    if
+        Ready -> ok;
+        PortTaken -> {error, {port_taken, port(Server)}};
+        N =:= 0 -> {error, {redis_did_not_start, Server, Out, Log}};
+        true -> timer:sleep(50), wait_ready(Server, Out, LogStart, N - 1)
     end.
 
 %% True once the server answers (any reply: it may demand a password).
@@ -117,13 +145,34 @@ kill(Server) ->
 wait_gone(_Pid, 0) ->
     error(redis_did_not_stop);
 wait_gone(Pid, N) ->
-    case filelib:is_dir("/proc/" ++ Pid) of
+    case running(Pid) of
         false ->
             ok;
         true ->
             timer:sleep(10),
             wait_gone(Pid, N - 1)
     end.
+
+%% A killed daemon stays a zombie until init reaps it, which in a container
+%% can take a second. Once it is a zombie whose other threads have exited,
+%% its port and files are closed.
+running(Pid) ->
+    Proc = "/proc/" ++ Pid,
+    case file:read_file(Proc ++ "/stat") of
+        {ok, Stat} -> process_state(Stat) =/= $Z orelse other_threads(Proc);
+        {error, _} -> false
+    end.
+
+other_threads(Proc) ->
+    case file:list_dir(Proc ++ "/task") of
+        {ok, [_, _ | _]} -> true;
+        _ -> false
+    end.
+
+%% "pid (comm) State ...", and comm may hold spaces and parentheses.
+process_state(Stat) ->
+    [_, <<State, _/binary>>] = string:split(Stat, <<") ">>, trailing),
+    State.
 
 %% @doc SIGSTOP: the server keeps its connections but answers nothing.
 -spec pause(server()) -> ok.
@@ -133,11 +182,16 @@ pause(Server) -> signal("STOP", pid(Server)).
 -spec resume(server()) -> ok.
 resume(Server) -> signal("CONT", pid(Server)).
 
-%% @doc Kills the server and starts it again on the same port (data is lost).
+%% @doc Kills the server and starts it again on the same port, in the same
+%% directory: it keeps what its AOF holds (`conf' ["appendonly yes"]), else
+%% its data is lost.
 -spec restart(server()) -> ok.
 restart(Server) ->
     kill(Server),
-    launch(Server).
+    case launch(Server) of
+        ok -> ok;
+        {error, Reason} -> error(Reason)
+    end.
 
 -spec port(server()) -> inet:port_number().
 port(#{port := Port}) -> Port.
@@ -177,24 +231,18 @@ pid(Server) ->
         {error, _} -> undefined
     end.
 
-log(#{dir := Dir}) ->
-    case file:read_file(filename:join(Dir, "redis.log")) of
-        {ok, Bin} -> Bin;
+log_file(#{dir := Dir}) -> filename:join(Dir, "redis.log").
+
+%% The log from byte `From' on.
+log(Server, From) ->
+    case file:read_file(log_file(Server)) of
+        {ok, <<_:From/binary, Rest/binary>>} -> Rest;
         _ -> <<>>
     end.
 
 signal(Sig, Pid) ->
     _ = os:cmd("kill -" ++ Sig ++ " " ++ Pid ++ " 2>/dev/null"),
     ok.
-
-free_port() ->
-    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
-    {ok, Port} = inet:port(S),
-    ok = gen_tcp:close(S),
-    case Port of
-        6379 -> free_port();
-        _ -> Port
-    end.
 
 %%--------------------------------------------------------------------
 %% TLS
@@ -268,7 +316,8 @@ start_cluster(Opts) ->
         | maps:get(conf, Opts, [])
     ],
     Servers = [
-        start(#{port => cluster_port(), conf => Conf, tls => Tls})
+        %% a cluster node also listens on its port + 10000 (the cluster bus)
+        start_on_free_port(#{conf => Conf, tls => Tls}, [10000], 5)
      || _ <- lists:seq(1, Masters * (1 + Replicas))
     ],
     Addrs = [["127.0.0.1:", integer_to_list(port(S))] || S <- Servers],
@@ -289,20 +338,6 @@ wait_cluster_ok(Server, N) ->
     case string:find(cmd(Server, ["CLUSTER", "INFO"]), "cluster_state:ok") of
         nomatch -> timer:sleep(50), wait_cluster_ok(Server, N - 1);
         _ -> ok
-    end.
-
-%% A free port whose cluster bus port (+10000) is free too.
-cluster_port() ->
-    Port = free_port(),
-    case Port < 55535 andalso port_free(Port + 10000) of
-        true -> Port;
-        false -> cluster_port()
-    end.
-
-port_free(Port) ->
-    case gen_tcp:listen(Port, [{ip, {127, 0, 0, 1}}]) of
-        {ok, S} -> gen_tcp:close(S), true;
-        {error, _} -> false
     end.
 
 -spec stop_cluster([server()]) -> ok.
