@@ -240,9 +240,11 @@ kind({error, overloaded}) -> overloaded;
 kind({error, {redis, <<"LOADING ", _/binary>>}}) -> loading;
 kind(_) -> other.
 
-check(Calls, Crashes, #{lost := Lost, unmatched := Unmatched}) ->
+check(Calls, Crashes, #{lost := Lost, reached := Reached, unmatched := Unmatched}) ->
     Periods = periods(Crashes),
     none(lost, Lost, Periods),
+    %% `{connection, _}' says the request never reached Redis: it did not.
+    none(reached, Reached, Periods),
     none(unmatched_routes, Unmatched, Periods),
     none(over_deadline, [C || C = #call{us = Us} <- Calls, Us > ?DEADLINE_MS * 1000], Periods),
     none(undocumented_errors, [C || C = #call{result = R} <- Calls, kind(R) =:= other], Periods),

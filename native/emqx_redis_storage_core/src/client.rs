@@ -278,6 +278,9 @@ fn server(config: &ClientConfig, transport: &Arc<Transport>, host: &str, port: u
     }
 }
 
+/// How long a call waits before it tries a loading Redis again.
+const LOADING_PAUSE: Duration = Duration::from_millis(20);
+
 /// What `Client::status` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -318,7 +321,7 @@ impl Failure {
         // no connection to the node, or could not make one.
         let unsent = e.is_connection_refusal()
             || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
-            || e.code() == Some("READONLY");
+            || matches!(e.code(), Some("READONLY" | "LOADING"));
         if unsent {
             Failure::NotSent(e)
         } else {
@@ -434,8 +437,9 @@ impl Backend {
     {
         self.breaker.check()?;
         let attempts = async {
-            let mut failure = None;
-            for _ in 0..2 {
+            let started = Instant::now();
+            let mut resent = false;
+            let failure = loop {
                 let (failed, had_conn) = match self.conn().await {
                     Ok(conn) => match op(conn).await {
                         Ok(value) => return Ok(value),
@@ -443,22 +447,31 @@ impl Backend {
                     },
                     Err(e) => (Failure::NotSent(e), false),
                 };
+                // A Redis that is loading its data refuses every command
+                // unexecuted for a moment: wait for it, within the deadline.
+                let code = failed.redis_error().code();
+                if code == Some("LOADING")
+                    && started.elapsed() + 2 * LOADING_PAUSE < self.config.command_timeout
+                {
+                    tokio::time::sleep(LOADING_PAUSE).await;
+                    continue;
+                }
                 // Failover first: a refused connection to a dead master is
                 // "not sent" too, and resending it to the same address
                 // would fail again. A request that may have been carried
                 // out is never sent twice; one that was not is sent again
-                // to the new master, or once more where the cluster client
+                // (once) to the new master, or where the cluster client
                 // could not reach a node.
                 let moved = self.follow_failover(failed.redis_error()).await;
-                let readonly = failed.redis_error().code() == Some("READONLY");
-                let resend =
-                    matches!(failed, Failure::NotSent(_)) && (moved || (had_conn && !readonly));
-                failure = Some(failed);
+                let readonly = code == Some("READONLY");
+                let resend = !resent
+                    && matches!(failed, Failure::NotSent(_))
+                    && (moved || (had_conn && !readonly));
                 if !resend {
-                    break;
+                    break failed;
                 }
-            }
-            let failure = failure.expect("the loop ran");
+                resent = true;
+            };
             let unreachable = matches!(&failure, Failure::NotSent(e) if e.code().is_none());
             let error = failure.into_error();
             if unreachable {

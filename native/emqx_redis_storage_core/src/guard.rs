@@ -89,7 +89,7 @@ fn reason(error: &Error) -> String {
 
 /// The first wait before a probe, and the longest.
 const FIRST_PROBE: Duration = Duration::from_millis(50);
-const MAX_PROBE_WAIT: Duration = Duration::from_millis(500);
+const MAX_PROBE_WAIT: Duration = Duration::from_millis(250);
 
 impl Breaker {
     fn locked(&self) -> std::sync::MutexGuard<'_, Trip> {
