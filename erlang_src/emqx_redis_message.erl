@@ -143,7 +143,9 @@ ttl(_Msg, Default) ->
 
 %% @doc Up to `Limit' (at most 10000) live messages, oldest first, from the
 %% `Offset'-th on (0 is the oldest). Reading does not remove them: ack them.
-%% A body in Redis that is no term gives `{error, {undecodable, MsgId}}'.
+%% A body in Redis that we could not have written (no term, not a map with
+%% this `id') gives `{error, {corrupt, #{kind := message, detail}}}', the
+%% detail naming the id.
 -spec get_messages(client(), client_id(), non_neg_integer(), non_neg_integer()) ->
     {ok, [message()]} | {error, term()}.
 get_messages(Client, ClientId, Offset, Limit) ->
@@ -165,9 +167,13 @@ page(Offset, Limit) ->
 decode_all([], Acc) ->
     {ok, lists:reverse(Acc)};
 decode_all([{Id, Body} | Rest], Acc) ->
-    case emqx_redis_storage_terms:decode(Body) of
-        {ok, Msg} -> decode_all(Rest, [Msg | Acc]);
-        {error, undecodable} -> {error, {undecodable, Id}}
+    case emqx_redis_storage_terms:decode(message, Body) of
+        {ok, #{id := Id} = Msg} ->
+            decode_all(Rest, [Msg | Acc]);
+        {ok, _} ->
+            emqx_redis_storage_terms:corrupt(message, <<Id/binary, ": not a message with this id">>);
+        {error, {corrupt, #{detail := Detail}}} ->
+            emqx_redis_storage_terms:corrupt(message, <<Id/binary, ": ", Detail/binary>>)
     end.
 
 %% @doc Removes a message from the queue; `ok' also if it is not queued.
