@@ -71,9 +71,19 @@ fn data_error(code: Option<&str>, detail: Option<&str>) -> Option<Error> {
     }
 }
 
+/// A data error replied to one command, or to the first failed command of a
+/// pipeline (which redis-rs reports as one "Pipeline failure").
+fn reply_data_error(e: &redis::RedisError) -> Option<Error> {
+    data_error(e.code(), e.detail()).or_else(|| {
+        let failed = e.clone().into_server_errors()?;
+        let (_, first) = failed.first()?;
+        data_error(Some(first.code()), first.details())
+    })
+}
+
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        if let Some(corrupt) = data_error(e.code(), e.detail()) {
+        if let Some(corrupt) = reply_data_error(&e) {
             return corrupt;
         }
         if e.kind() == redis::ErrorKind::UnexpectedReturnType {

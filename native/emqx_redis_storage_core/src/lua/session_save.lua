@@ -5,13 +5,15 @@
 -- A session whose created_at is not what we wrote is refused (corrupt), not
 -- overwritten: delete_session removes it whatever it holds.
 local created = stored_int('session', 'created_at', read('session', 'HGET', KEYS[1], 'created_at'))
-local newest = stored_int('fence', 'fence', read('fence', 'GET', KEYS[2])) or 0
+-- An unfenced save leaves the fence key alone, whatever it holds.
+local fenced = ARGV[5] ~= ''
+local newest = fenced and stored_int('fence', 'fence', read('fence', 'GET', KEYS[2])) or 0
 -- The index is written below: a key of the wrong type must fail here.
 read('session_index', 'ZSCORE', KEYS[3], ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
-if ARGV[5] ~= '' then
+if fenced then
     if tonumber(ARGV[5]) < newest then
         return {0, newest}
     end
