@@ -301,7 +301,6 @@ local_index_never_loads_corrupt_routes(Config) ->
     ?assertMatch({error, {corrupt, #{kind := route}}}, ?R:match_routes(Reader, <<"t/x">>)),
     ?assertEqual({ok, []}, ?R:match_routes(Reader, <<"other">>)),
     %% repaired, the index loads
-    ok = ?R:delete_route(Writer, <<"t/+">>, nonode@h),
     raw(Writer, [<<"HDEL">>, key(Writer, {shard, <<"rt">>}), <<"t/+">>]),
     ok = test_util:wait_until(fun() -> ?R:index_ready(Reader) end, 5000),
     ?assertEqual({ok, [?NODE]}, ?R:match_routes(Reader, <<"t/x">>)).

@@ -115,21 +115,21 @@ pub async fn delete(client: &Client, client_id: &[u8]) -> Result<bool> {
 /// hash missing some of them, or with times that are not integers, is corrupt
 /// (the node name is checked where it becomes an atom, on the Erlang side).
 pub async fn info(client: &Client, client_id: &[u8]) -> Result<Option<SessionInfo>> {
-    const FIELDS: [&str; 5] = ["data", "created_at", "updated_at", "expires_at", "node"];
+    const FIELDS: [&str; 4] = ["created_at", "updated_at", "expires_at", "node"];
     let key = client.keys().session(client_id);
     let fields: Vec<Option<Vec<u8>>> = client
         .query(redis::cmd("HMGET").arg(key).arg(&FIELDS))
         .await
         .map_err(|e| e.of("session"))?;
     let present: Vec<&[u8]> = fields.iter().flatten().map(Vec::as_slice).collect();
-    let time = |i: usize| stored_int("session", FIELDS[i + 1], present[i + 1]);
+    let time = |i: usize| stored_int("session", FIELDS[i], present[i]);
     match present.len() {
         0 => Ok(None),
-        5 => Ok(Some(SessionInfo {
+        4 => Ok(Some(SessionInfo {
             created_at: time(0)?,
             updated_at: time(1)?,
             expires_at: time(2)?,
-            node: present[4].to_vec(),
+            node: present[3].to_vec(),
         })),
         _ => Err(Error::corrupt("session", "fields missing")),
     }
