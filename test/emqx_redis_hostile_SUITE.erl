@@ -110,6 +110,7 @@ sessions(Config) ->
         {[{hdel, Sess, F}], [{session_info, session}]}
      || F <- [<<"created_at">>, <<"node">>]
     ]),
+    run(Config, fun setup_session/1, [{[{hdel, Sess, <<"data">>}], [{load_session, session}, {session_info, ok}]}]),
     run(Config, fun setup_session/1, [
         {[{hset, Sess, <<"node">>, N}], [{session_info, session}, {load_session, ok}, {save_session, ok}]}
      || N <- bad_node_names()
@@ -232,11 +233,25 @@ message_bodies(Config) ->
         ]
     ]),
     %% the detail names the message
-    Cl = client(Config),
-    setup_queue(Cl),
-    raw(Cl, [<<"SET">>, key(Cl, Body), <<Header/binary, (term_to_binary(not_a_map))/binary>>]),
-    {error, {corrupt, #{kind := message, detail := Detail}}} = ?M:get_messages(Cl, ?C, 0, 10),
-    ?assertMatch({match, _}, re:run(Detail, <<"^m1: ">>), Detail).
+    NotAMap = {set, Body, <<Header/binary, (term_to_binary(not_a_map))/binary>>},
+    Short = {set, Body, <<"12345">>},
+    Hash = {wrong, Body, hash},
+    [
+        begin
+            Cl = client(Config),
+            setup_queue(Cl),
+            corrupt(Cl, Corruption),
+            {error, {corrupt, #{kind := message, detail := Detail}}} = (maps:get(Call, calls()))(Cl),
+            ?assertMatch(<<"m1: ", _/binary>>, Detail)
+        end
+     || {Corruption, Call} <- [
+            {NotAMap, get_messages},
+            {Short, get_messages},
+            {Short, queue_info},
+            {Hash, get_messages},
+            {Hash, queue_info}
+        ]
+    ].
 
 routes(Config) ->
     Rt = {shard, <<"rt">>},

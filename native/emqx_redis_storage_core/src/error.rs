@@ -145,6 +145,18 @@ impl Error {
         }
     }
 
+    /// The error of a raw command (`emqx_redis_storage:q`): it reads no
+    /// data of ours, so a `WRONGTYPE` is Redis's answer, not corrupt data.
+    pub fn raw(self) -> Error {
+        match self {
+            Error::Corrupt {
+                kind: "reply",
+                detail,
+            } => Error::Redis(detail),
+            other => other,
+        }
+    }
+
     /// Stored data at a key of `kind` that is not what we wrote.
     pub fn corrupt(kind: &'static str, detail: impl Into<String>) -> Error {
         Error::Corrupt {
@@ -284,5 +296,9 @@ mod tests {
             }
         ));
         assert_eq!(Error::Timeout.of("session"), Error::Timeout);
+        assert_eq!(
+            Error::corrupt("reply", "WRONGTYPE Operation").raw(),
+            Error::Redis("WRONGTYPE Operation".into())
+        );
     }
 }

@@ -87,12 +87,18 @@ pub async fn save(client: &Client, args: SaveArgs<'_>) -> Result<Saved> {
     }
 }
 
+/// The session's term; `None` if there is no session. A session hash with
+/// its times but without its term is corrupt.
 pub async fn load(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>> {
     let key = client.keys().session(client_id);
-    client
-        .query(redis::cmd("HGET").arg(key).arg("data"))
+    let (data, created_at): (Option<Vec<u8>>, Option<Vec<u8>>) = client
+        .query(redis::cmd("HMGET").arg(key).arg(&["data", "created_at"]))
         .await
-        .map_err(|e| e.of("session"))
+        .map_err(|e| e.of("session"))?;
+    match (data, created_at) {
+        (None, Some(_)) => Err(Error::corrupt("session", "data missing")),
+        (data, _) => Ok(data),
+    }
 }
 
 pub async fn delete(client: &Client, client_id: &[u8]) -> Result<bool> {

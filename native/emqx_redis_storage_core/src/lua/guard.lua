@@ -9,15 +9,20 @@ end
 
 -- redis.call for a read: a key of the wrong type is corrupt data of `kind`
 -- (named here, where the key is known), not a WRONGTYPE of the whole script.
-local function read(kind, ...)
+-- `what` starts the detail (a message id: '<id>: '), or is ''.
+local function read_named(kind, what, ...)
     local reply = redis.pcall(...)
     if type(reply) == 'table' and reply.err then
         if string.sub(reply.err, 1, 9) == 'WRONGTYPE' then
-            corrupt(kind, 'wrong type')
+            corrupt(kind, what .. 'wrong type')
         end
         error(reply)
     end
     return reply
+end
+
+local function read(kind, ...)
+    return read_named(kind, '', ...)
 end
 
 -- A stored integer as we write them: decimal, no sign, no leading zero,
