@@ -167,7 +167,13 @@ fences(Config) ->
         {[{set, Fence, V}], Uses}
      || V <- [?OVERFLOW, <<"-5">>, <<"abc">>, <<"1.5">>, <<"9007199254740992">>, <<>>]
     ]),
-    run(Config, fun setup_lease/1, [{[{wrong, Fence, T}], Uses} || T <- [hash, list]]).
+    run(Config, fun setup_lease/1, [{[{wrong, Fence, T}], Uses} || T <- [hash, list]]),
+    %% with no lease held: an overflowed fence once came back as
+    %% {ok, -9223372036854775808}
+    run(Config, fun setup_released/1, [
+        {[{set, Fence, V}], [{acquire_lease, fence}, {save_fenced, fence}, {save_session, ok}]}
+     || V <- [?OVERFLOW, <<"-5">>]
+    ]).
 
 registry(Config) ->
     Chan = {slot, <<"chan">>},
@@ -385,6 +391,10 @@ setup_session(Cl) ->
 setup_lease(Cl) ->
     {ok, _} = ?S:acquire_lease(Cl, ?C, ?NODE, 60000),
     setup_session(Cl).
+
+setup_released(Cl) ->
+    {ok, Fence} = ?S:acquire_lease(Cl, ?C, ?NODE, 60000),
+    ok = ?S:release_lease(Cl, ?C, Fence).
 
 setup_channel(Cl) ->
     ok = ?G:register_channel(Cl, ?C, ?NODE).
