@@ -132,7 +132,17 @@ session_index(Config) ->
             {session_info, ok}
         ]}
      || T <- [string, hash, list]
-    ]).
+    ]),
+    %% an id in the index of a slot it does not hash to (its own save makes
+    %% a second index key)
+    Cl = client(Config),
+    setup_session(Cl),
+    Index = key(Cl, {slot, <<"sidx">>}),
+    ok = ?S:save_session(Cl, <<"elsewhere">>, x, #{}),
+    {ok, [_, _]} = emqx_redis_storage:q(Cl, [<<"KEYS">>, <<(prefix(Cl))/binary, "sidx:*">>]),
+    ok = ?S:delete_session(Cl, <<"elsewhere">>),
+    raw(Cl, [<<"ZADD">>, Index, <<"+inf">>, <<"elsewhere">>]),
+    ?assertMatch({error, {corrupt, #{kind := session_index}}}, ?S:list_sessions(Cl, 10, 0)).
 
 leases(Config) ->
     Lease = {client, <<"lease">>},
