@@ -84,12 +84,15 @@ end
 
 -- The queue keys live as long as the last message that expires, so a queue
 -- whose messages have all expired disappears without anyone reading it.
+-- It runs after writes, so it must not fail: a score we did not write (a
+-- fraction, inf) is rounded into what PEXPIREAT takes.
 local function expire_with_last_message()
     local last = redis.call('ZRANGE', expiry, -1, -1, 'WITHSCORES')
     if last[2] then
-        redis.call('PEXPIREAT', queue, last[2])
-        redis.call('PEXPIREAT', expiry, last[2])
-        redis.call('PEXPIREAT', meta, last[2])
+        local at = math.max(0, math.min(math.floor(tonumber(last[2])), 9007199254740991))
+        redis.call('PEXPIREAT', queue, at)
+        redis.call('PEXPIREAT', expiry, at)
+        redis.call('PEXPIREAT', meta, at)
     end
 end
 
