@@ -142,6 +142,10 @@ session_index(Config) ->
     {ok, [_, _]} = emqx_redis_storage:q(Cl, [<<"KEYS">>, <<(prefix(Cl))/binary, "sidx:*">>]),
     ok = ?S:delete_session(Cl, <<"elsewhere">>),
     raw(Cl, [<<"ZADD">>, Index, <<"+inf">>, <<"elsewhere">>]),
+    ?assertMatch({error, {corrupt, #{kind := session_index}}}, ?S:list_sessions(Cl, 10, 0)),
+    %% and an empty id, which no client has
+    raw(Cl, [<<"ZREM">>, Index, <<"elsewhere">>]),
+    raw(Cl, [<<"ZADD">>, Index, <<"+inf">>, <<>>]),
     ?assertMatch({error, {corrupt, #{kind := session_index}}}, ?S:list_sessions(Cl, 10, 0)).
 
 leases(Config) ->

@@ -265,14 +265,15 @@ async fn index_page(client: &Client, limit: u64, offset: u64) -> Result<Vec<Vec<
         })
         .await
         .map_err(|e| e.of("session_index"))?;
-    // An id in the index of a slot it does not hash to is none we wrote (and
-    // `list` could never drop it: it looks for it in its own slot's index).
-    let foreign = ranges
-        .iter()
-        .zip(&pages)
-        .any(|((slot, _, _), page)| page.iter().any(|id| client_slot(id) != *slot));
+    // An empty id, or one in the index of a slot it does not hash to, is
+    // none we wrote (and `list` could never drop it: it looks for an id in
+    // its own slot's index).
+    let foreign = ranges.iter().zip(&pages).any(|((slot, _, _), page)| {
+        page.iter()
+            .any(|id| id.is_empty() || client_slot(id) != *slot)
+    });
     if foreign {
-        return Err(Error::corrupt("session_index", "an id of another slot"));
+        return Err(Error::corrupt("session_index", "an id we did not write"));
     }
     Ok(pages.into_iter().flatten().collect())
 }
