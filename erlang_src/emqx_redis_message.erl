@@ -171,10 +171,24 @@ decode_all([{Id, Body} | Rest], Acc) ->
         {ok, #{id := Id} = Msg} ->
             decode_all(Rest, [Msg | Acc]);
         {ok, _} ->
-            emqx_redis_storage_terms:corrupt(message, <<Id/binary, ": not a message with this id">>);
+            emqx_redis_storage_terms:corrupt(message, <<(named(Id))/binary, "not a message with this id">>);
         {error, {corrupt, #{detail := Detail}}} ->
-            emqx_redis_storage_terms:corrupt(message, <<Id/binary, ": ", Detail/binary>>)
+            emqx_redis_storage_terms:corrupt(message, <<(named(Id))/binary, Detail/binary>>)
     end.
+
+%% How a detail names a message, as the NIF and the scripts do: the first
+%% 100 bytes of its id, escaped like Rust's escape_ascii.
+named(Id) ->
+    Shown = binary:part(Id, 0, min(100, byte_size(Id))),
+    Escaped = <<<<(escape(C))/binary>> || <<C>> <= Shown>>,
+    <<Escaped/binary, ": ">>.
+
+escape($\t) -> <<"\\t">>;
+escape($\n) -> <<"\\n">>;
+escape($\r) -> <<"\\r">>;
+escape(C) when C =:= $"; C =:= $'; C =:= $\\ -> <<$\\, C>>;
+escape(C) when C >= 32, C =< 126 -> <<C>>;
+escape(C) -> iolist_to_binary(io_lib:format("\\x~2.16.0b", [C])).
 
 %% @doc Removes a message from the queue; `ok' also if it is not queued.
 -spec ack_message(client(), client_id(), message_id()) -> ok | {error, term()}.

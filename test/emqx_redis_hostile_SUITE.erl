@@ -277,6 +277,24 @@ message_bodies(Config) ->
             {Hash, get_messages},
             {Hash, queue_info}
         ]
+    ],
+    %% an id that is no UTF-8 and holds a line break is named escaped, the
+    %% same by a script (wrong type), the NIF (too short) and the Erlang side
+    %% (no term)
+    Odd = <<"m", 255, "\r\nx">>,
+    [
+        begin
+            Cl = client(Config),
+            ok = ?M:store_message(Cl, ?C, #{id => Odd}),
+            corrupt(Cl, Corruption),
+            {error, {corrupt, #{kind := message, detail := Detail}}} = ?M:get_messages(Cl, ?C, 0, 10),
+            ?assertMatch(<<"m\\xff\\r\\nx: ", _/binary>>, Detail)
+        end
+     || Corruption <- [
+            {wrong, {message, Odd}, hash},
+            {set, {message, Odd}, <<"12345">>},
+            {set, {message, Odd}, <<0:64, "garbage">>}
+        ]
     ].
 
 routes(Config) ->

@@ -166,7 +166,7 @@ pub async fn get(
         let Some((stored_at, body)) = split_header(stored) else {
             return Err(Error::corrupt(
                 "message",
-                format!("{}: shorter than its header", String::from_utf8_lossy(&id)),
+                format!("{}shorter than its header", named(&id)),
             ));
         };
         page.push(Queued {
@@ -176,6 +176,12 @@ pub async fn get(
         });
     }
     Ok(page)
+}
+
+/// How a detail names a message: the first 100 bytes of its id, escaped
+/// (the same as `named` in `guard.lua`).
+fn named(id: &[u8]) -> String {
+    format!("{}: ", id[..id.len().min(100)].escape_ascii())
 }
 
 /// The inclusive last rank of a page, or `None` for an empty page.
@@ -269,6 +275,13 @@ mod tests {
         assert_eq!(split_header(vec![1, 2, 3]), None);
         assert_eq!(stored_at(b""), None);
         assert_eq!(stored_at(&[0; 7]), None);
+    }
+
+    #[test]
+    fn details_name_ids_escaped_and_short() {
+        assert_eq!(named(b"m1"), "m1: ");
+        assert_eq!(named(b"m\xff\r\n'\"\\x"), "m\\xff\\r\\n\\'\\\"\\\\x: ");
+        assert_eq!(named(&[b'a'; 300]).len(), 102);
     }
 
     #[test]

@@ -25,6 +25,17 @@ local function read(kind, ...)
     return read_named(kind, '', ...)
 end
 
+-- How a detail names what is corrupt (a message id: any bytes, up to 64 KiB):
+-- its first 100 bytes, escaped as Rust's escape_ascii does (message.rs names
+-- ids the same way). An error reply must be one line of text.
+local escapes = {[9] = '\\t', [10] = '\\n', [13] = '\\r', [34] = '\\"', [39] = "\\'", [92] = '\\\\'}
+local function named(id)
+    local shown = string.gsub(string.sub(id, 1, 100), '[%z\1-\31\34\39\92\127-\255]', function(c)
+        return escapes[string.byte(c)] or string.format('\\x%02x', string.byte(c))
+    end)
+    return shown .. ': '
+end
+
 -- A stored integer as we write them: decimal, no sign, no leading zero,
 -- at most 2^53 - 1 (beyond it Lua's doubles lose digits). nil stays nil.
 local function stored_int(kind, what, value)

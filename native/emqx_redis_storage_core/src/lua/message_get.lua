@@ -9,7 +9,7 @@ for i = first + 1, #live do
     local id = live[i]
     -- A body too short for its header is refused by message.rs.
     page[#page + 1] = id
-    page[#page + 1] = read_named('message', id .. ': ', 'GET', body_prefix .. id)
+    page[#page + 1] = read_named('message', named(id), 'GET', body_prefix .. id)
 end
 settle(gone)
 return page

@@ -3,9 +3,9 @@
 local live, gone = scan(nil)
 local header = ''
 if live[1] then
-    header = read_named('message', live[1] .. ': ', 'GETRANGE', body_prefix .. live[1], 0, 7)
+    header = read_named('message', named(live[1]), 'GETRANGE', body_prefix .. live[1], 0, 7)
     if #header < 8 then
-        corrupt('message', live[1] .. ': shorter than its header')
+        corrupt('message', named(live[1]) .. 'shorter than its header')
     end
 end
 settle(gone)
