@@ -143,7 +143,9 @@ ttl(_Msg, Default) ->
 
 %% @doc Up to `Limit' (at most 10000) live messages, oldest first, from the
 %% `Offset'-th on (0 is the oldest). Reading does not remove them: ack them.
-%% A body in Redis that is no term gives `{error, {undecodable, MsgId}}'.
+%% A body in Redis that we could not have written (no term, not a map with
+%% this `id') gives `{error, {corrupt, #{kind := message, detail}}}', the
+%% detail naming the id.
 -spec get_messages(client(), client_id(), non_neg_integer(), non_neg_integer()) ->
     {ok, [message()]} | {error, term()}.
 get_messages(Client, ClientId, Offset, Limit) ->
@@ -165,10 +167,28 @@ page(Offset, Limit) ->
 decode_all([], Acc) ->
     {ok, lists:reverse(Acc)};
 decode_all([{Id, Body} | Rest], Acc) ->
-    case emqx_redis_storage_terms:decode(Body) of
-        {ok, Msg} -> decode_all(Rest, [Msg | Acc]);
-        {error, undecodable} -> {error, {undecodable, Id}}
+    case emqx_redis_storage_terms:decode(message, Body) of
+        {ok, #{id := Id} = Msg} ->
+            decode_all(Rest, [Msg | Acc]);
+        {ok, _} ->
+            emqx_redis_storage_terms:corrupt(message, <<(named(Id))/binary, "not a message with this id">>);
+        {error, {corrupt, #{detail := Detail}}} ->
+            emqx_redis_storage_terms:corrupt(message, <<(named(Id))/binary, Detail/binary>>)
     end.
+
+%% How a detail names a message, as the NIF and the scripts do: the first
+%% 100 bytes of its id, escaped like Rust's escape_ascii.
+named(Id) ->
+    Shown = binary:part(Id, 0, min(100, byte_size(Id))),
+    Escaped = <<<<(escape(C))/binary>> || <<C>> <= Shown>>,
+    <<Escaped/binary, ": ">>.
+
+escape($\t) -> <<"\\t">>;
+escape($\n) -> <<"\\n">>;
+escape($\r) -> <<"\\r">>;
+escape(C) when C =:= $"; C =:= $'; C =:= $\\ -> <<$\\, C>>;
+escape(C) when C >= 32, C =< 126 -> <<C>>;
+escape(C) -> iolist_to_binary(io_lib:format("\\x~2.16.0b", [C])).
 
 %% @doc Removes a message from the queue; `ok' also if it is not queued.
 -spec ack_message(client(), client_id(), message_id()) -> ok | {error, term()}.

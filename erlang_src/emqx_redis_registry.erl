@@ -36,7 +36,7 @@ lookup_channel(Client, ClientId) ->
         ok ->
             case emqx_redis_storage_client:call(Client, channel_lookup, [ClientId]) of
                 {ok, undefined} -> {error, not_found};
-                {ok, NodeBin} -> emqx_redis_storage_terms:to_node(NodeBin);
+                {ok, NodeBin} -> emqx_redis_storage_terms:to_node(channel, NodeBin);
                 {error, _} = Error -> Error
             end;
         {error, _} = Error ->

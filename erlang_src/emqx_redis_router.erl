@@ -89,7 +89,7 @@ delete_route(Client, Filter, Dest) ->
 -spec match_routes(client(), binary()) -> {ok, [dest()]} | {error, term()}.
 match_routes(Client, Topic) when is_binary(Topic) ->
     case emqx_redis_storage_nif:route_match_local(emqx_redis_storage_client:res(Client), Topic) of
-        {ok, Dests} -> {ok, node_atoms(Dests)};
+        {ok, Dests} -> node_atoms(Dests, []);
         not_ready -> dests(emqx_redis_storage_client:call(Client, route_match_redis, [Topic]));
         {error, Reason} -> {error, {invalid_topic, Reason}}
     end;
@@ -148,10 +148,9 @@ valid_dest({Group, Node}) when is_binary(Group), Group =/= <<>> ->
 valid_dest(Node) ->
     valid_node(Node).
 
-valid_node(Node) when is_atom(Node) ->
-    binary:match(atom_to_binary(Node), [<<0>>, <<1>>]) =:= nomatch;
-valid_node(_) ->
-    false.
+%% Shaped like a node name, as every node read back must be.
+valid_node(Node) ->
+    element(1, emqx_redis_storage_terms:node_name(Node)) =:= ok.
 
 call(Client, Fun, Args) ->
     case emqx_redis_storage_client:call(Client, Fun, Args) of
@@ -159,22 +158,28 @@ call(Client, Fun, Args) ->
         {error, _} = Error -> Error
     end.
 
-dests({ok, Dests}) -> {ok, node_atoms(Dests)};
+dests({ok, Dests}) -> node_atoms(Dests, []);
 dests({error, _} = Error) -> Error.
 
-%% Names of nodes this VM has no atom for arrive as binaries.
-node_atoms(Dests) -> [node_dest(D) || D <- Dests].
-
-node_dest(Node) when is_atom(Node) -> Node;
-node_dest({Group, Node}) when is_atom(Node) -> {Group, Node};
-node_dest({Group, Node}) -> {Group, to_node(Node)};
-node_dest(Node) -> to_node(Node).
-
-to_node(Bin) ->
-    case emqx_redis_storage_terms:to_node(Bin) of
-        {ok, Atom} -> Atom;
-        {error, _} -> Bin
+%% The NIF checked the dests; names of nodes this VM has no atom for arrive
+%% as binaries, and become atoms within the bound of `to_node/2'.
+node_atoms([], Acc) ->
+    {ok, lists:reverse(Acc)};
+node_atoms([Dest | Rest], Acc) ->
+    case node_dest(Dest) of
+        {ok, D} -> node_atoms(Rest, [D | Acc]);
+        {error, _} = Error -> Error
     end.
+
+node_dest(Node) when is_atom(Node) -> {ok, Node};
+node_dest({Group, Node}) when is_atom(Node) -> {ok, {Group, Node}};
+node_dest({Group, Node}) ->
+    case emqx_redis_storage_terms:to_node(route, Node) of
+        {ok, Atom} -> {ok, {Group, Atom}};
+        {error, _} = Error -> Error
+    end;
+node_dest(Node) ->
+    emqx_redis_storage_terms:to_node(route, Node).
 
 with_default(Fun) ->
     emqx_redis_storage_client:with_default(Fun).

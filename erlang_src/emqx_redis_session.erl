@@ -94,19 +94,25 @@ save_opts(Opts, DefaultTtl) when is_map(Opts) ->
     if
         Unknown =/= [] -> {error, {invalid_option, hd(Unknown)}};
         not (is_integer(Ttl) andalso Ttl > 0) -> {error, {invalid_option, {ttl, Ttl}}};
-        not is_atom(Node) -> {error, {invalid_option, {node, Node}}};
         not (is_integer(Fence) orelse Fence =:= nil) -> {error, {invalid_option, {fence, Fence}}};
-        true -> {ok, Ttl, atom_to_binary(Node), Fence}
+        true -> save_node(Ttl, Node, Fence)
     end;
 save_opts(Opts, _DefaultTtl) ->
     {error, {invalid_option, Opts}}.
+
+%% The node is stored as it will be read back: shaped like a node name.
+save_node(Ttl, Node, Fence) ->
+    case emqx_redis_storage_terms:node_name(Node) of
+        {ok, NodeBin} -> {ok, Ttl, NodeBin, Fence};
+        {error, _} -> {error, {invalid_option, {node, Node}}}
+    end.
 
 -spec load_session(client(), client_id()) -> {ok, term()} | {error, term()}.
 load_session(Client, ClientId) ->
     with_client_id(ClientId, fun() ->
         case call(Client, session_load, [ClientId]) of
             {ok, undefined} -> {error, not_found};
-            {ok, Data} -> emqx_redis_storage_terms:decode(Data);
+            {ok, Data} -> emqx_redis_storage_terms:decode(session, Data);
             {error, _} = Error -> Error
         end
     end).
@@ -130,12 +136,12 @@ session_info(Client, ClientId) ->
             {ok, undefined} ->
                 {error, not_found};
             {ok, {Created, Updated, Expires, NodeBin}} ->
-                Node =
-                    case emqx_redis_storage_terms:to_node(NodeBin) of
-                        {ok, Atom} -> Atom;
-                        {error, _} -> NodeBin
-                    end,
-                {ok, #{created_at => Created, updated_at => Updated, expires_at => Expires, node => Node}};
+                case emqx_redis_storage_terms:to_node(session, NodeBin) of
+                    {ok, Node} ->
+                        {ok, #{created_at => Created, updated_at => Updated, expires_at => Expires, node => Node}};
+                    {error, _} = Error ->
+                        Error
+                end;
             {error, _} = Error ->
                 Error
         end
@@ -200,7 +206,11 @@ lease_call(Client, Fun, Args) ->
         {ok, ok} -> ok;
         {ok, {fence, Fence}} -> {ok, Fence};
         {ok, not_held} -> {error, not_held};
-        {ok, {held_by, Owner}} -> {error, {held_by, emqx_redis_storage_terms:bin_to_owner(Owner)}};
+        {ok, {held_by, OwnerBin}} ->
+            case emqx_redis_storage_terms:bin_to_owner(OwnerBin) of
+                {ok, Owner} -> {error, {held_by, Owner}};
+                {error, _} = Error -> Error
+            end;
         {error, _} = Error -> Error
     end.
 

@@ -2,7 +2,7 @@
 %% of what Redis returns back into terms, with a bound on new atoms.
 -module(emqx_redis_storage_terms).
 
--export([client_id/1, node_name/1, to_node/1, encode/2, decode/1]).
+-export([client_id/1, node_name/1, to_node/2, encode/2, decode/2, corrupt/2]).
 -export([owner_to_bin/1, bin_to_owner/1, ms/1]).
 
 -define(MAX_CLIENT_ID, 65535).
@@ -16,29 +16,58 @@
 client_id(Id) when is_binary(Id), byte_size(Id) > 0, byte_size(Id) =< ?MAX_CLIENT_ID -> ok;
 client_id(Id) -> {error, {invalid_client_id, Id}}.
 
-%% @doc A node name as stored in Redis.
+%% @doc A node name as stored in Redis: an atom shaped like a node name
+%% (what `to_node/2' accepts back).
 -spec node_name(term()) -> {ok, binary()} | {error, {invalid_node, term()}}.
-node_name(Node) when is_atom(Node) -> {ok, atom_to_binary(Node)};
-node_name(Node) -> {error, {invalid_node, Node}}.
+node_name(Node) when is_atom(Node) ->
+    Bin = atom_to_binary(Node),
+    case is_node_name(Bin) of
+        true -> {ok, Bin};
+        false -> {error, {invalid_node, Node}}
+    end;
+node_name(Node) ->
+    {error, {invalid_node, Node}}.
 
-%% @doc The atom of a node name read from Redis. An atom that does not exist
-%% yet is created only for something shaped like a node name, and only up
-%% to a fixed number per VM, so Redis content cannot exhaust the atom table.
--spec to_node(binary()) -> {ok, node()} | {error, {unknown_node, binary()}}.
-to_node(Bin) ->
-    try
-        {ok, binary_to_existing_atom(Bin)}
-    catch
-        error:badarg -> new_node_atom(Bin)
+%% @doc The atom of a node name read from a key of kind `Kind'. Anything not
+%% shaped like a node name is corrupt data of that kind, even when its atom
+%% exists (the empty atom does). An atom that does not exist yet is created
+%% only up to a fixed number per VM, so Redis content cannot exhaust the
+%% atom table.
+-spec to_node(atom(), binary()) ->
+    {ok, node()} | {error, {unknown_node, binary()}} | {error, {corrupt, map()}}.
+to_node(Kind, Bin) ->
+    case is_node_name(Bin) of
+        true ->
+            try
+                {ok, binary_to_existing_atom(Bin)}
+            catch
+                error:badarg -> new_node_atom(Bin)
+            end;
+        false ->
+            corrupt(Kind, <<"not a node name">>)
     end.
+
+%% `name@host', both parts non-empty, UTF-8 without control characters, at
+%% most 255 bytes. The same rule as `is_node_name' in router.rs.
+is_node_name(Bin) when is_binary(Bin), byte_size(Bin) =< 255 ->
+    case binary:split(Bin, <<"@">>) of
+        [Name, Host] when Name =/= <<>>, Host =/= <<>> ->
+            case unicode:characters_to_list(Bin) of
+                Chars when is_list(Chars) -> not lists:any(fun is_control/1, Chars);
+                _ -> false
+            end;
+        _ ->
+            false
+    end;
+is_node_name(_) ->
+    false.
+
+%% Unicode's control characters (Cc), as Rust's char::is_control.
+is_control(C) -> C < 16#20 orelse (C >= 16#7F andalso C < 16#A0).
 
 new_node_atom(Bin) ->
     Counter = new_atoms_counter(),
-    case
-        byte_size(Bin) =< 255 andalso
-            binary:match(Bin, <<"@">>) =/= nomatch andalso
-            counters:get(Counter, 1) < ?MAX_NEW_NODE_ATOMS
-    of
+    case counters:get(Counter, 1) < ?MAX_NEW_NODE_ATOMS of
         true ->
             counters:add(Counter, 1, 1),
             {ok, binary_to_atom(Bin)};
@@ -58,20 +87,23 @@ new_atoms_counter() ->
 
 %% @doc A lease owner (a node or any binary) as stored in Redis.
 -spec owner_to_bin(term()) -> {ok, binary()} | {error, {invalid_owner, term()}}.
-owner_to_bin(Owner) when is_atom(Owner) -> {ok, <<"node:", (atom_to_binary(Owner))/binary>>};
+owner_to_bin(Owner) when is_atom(Owner) ->
+    case node_name(Owner) of
+        {ok, Node} -> {ok, <<"node:", Node/binary>>};
+        {error, _} -> {error, {invalid_owner, Owner}}
+    end;
 owner_to_bin(Owner) when is_binary(Owner) -> {ok, <<"bin:", Owner/binary>>};
 owner_to_bin(Owner) -> {error, {invalid_owner, Owner}}.
 
--spec bin_to_owner(binary()) -> atom() | binary().
+%% @doc A lease owner read from Redis; anything `owner_to_bin/1' cannot
+%% have written is a corrupt lease.
+-spec bin_to_owner(binary()) -> {ok, atom() | binary()} | {error, term()}.
 bin_to_owner(<<"node:", Node/binary>>) ->
-    case to_node(Node) of
-        {ok, Atom} -> Atom;
-        {error, _} -> Node
-    end;
+    to_node(lease, Node);
 bin_to_owner(<<"bin:", Bin/binary>>) ->
-    Bin;
-bin_to_owner(Other) ->
-    Other.
+    {ok, Bin};
+bin_to_owner(_) ->
+    corrupt(lease, <<"owner is neither a node nor a binary">>).
 
 %% @doc A term in external format, refused if larger than `Max' bytes.
 -spec encode(term(), pos_integer()) -> {ok, binary()} | {error, {too_large, map()}}.
@@ -82,15 +114,23 @@ encode(Term, Max) ->
         Size -> {error, {too_large, #{size => Size, max => Max}}}
     end.
 
-%% @doc A term read back from Redis. Creates no atoms: every atom in stored
-%% data exists in a VM that runs the code that wrote it.
--spec decode(binary()) -> {ok, term()} | {error, undecodable}.
-decode(Bin) ->
-    try
-        {ok, binary_to_term(Bin, [safe])}
+%% @doc A term read back from a key of kind `Kind'. Creates no atoms: every
+%% atom in stored data exists in a VM that runs the code that wrote it. Bytes
+%% that are no term, or more than one, are corrupt data of that kind.
+-spec decode(atom(), binary()) -> {ok, term()} | {error, {corrupt, map()}}.
+decode(Kind, Bin) ->
+    try binary_to_term(Bin, [safe, used]) of
+        {Term, Used} when Used =:= byte_size(Bin) -> {ok, Term};
+        {_, _} -> corrupt(Kind, <<"bytes after the term">>)
     catch
-        error:badarg -> {error, undecodable}
+        error:badarg -> corrupt(Kind, <<"not a term">>)
     end.
+
+%% @doc The error for data at a key of kind `Kind' that is not what we wrote;
+%% the same shape as the NIF's (`{corrupt, #{kind, detail}}').
+-spec corrupt(atom(), binary()) -> {error, {corrupt, #{kind := atom(), detail := binary()}}}.
+corrupt(Kind, Detail) ->
+    {error, {corrupt, #{kind => Kind, detail => Detail}}}.
 
 %% @doc Seconds to milliseconds.
 -spec ms(non_neg_integer()) -> non_neg_integer().

@@ -397,19 +397,21 @@ bad_data_in_redis_is_an_error_not_a_crash(_Config) ->
     ok = ?M:store_messages(<<"c">>, [#{id => <<"good">>}, #{id => <<"bad">>}]),
     %% somebody overwrote a body: a valid header, but no term after it
     {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:msg:{c}:bad">>, <<0:64, "garbage">>]),
-    ?assertEqual({error, {undecodable, <<"bad">>}}, ?M:get_messages(<<"c">>, 0, 10)),
+    ?assertMatch(
+        {error, {corrupt, #{kind := message, detail := <<"bad: not a term">>}}}, ?M:get_messages(<<"c">>, 0, 10)
+    ),
     ?assertEqual({ok, [#{id => <<"good">>}]}, ?M:get_messages(<<"c">>, 0, 1)),
     %% the operator's way out: ack it
     ok = ?M:ack_message(<<"c">>, <<"bad">>),
     ?assertEqual({ok, [#{id => <<"good">>}]}, ?M:get_messages(<<"c">>, 0, 10)),
     %% shorter than the header
     {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:msg:{c}:good">>, <<"abc">>]),
-    ?assertMatch({error, {internal, _}}, ?M:get_messages(<<"c">>, 0, 10)),
+    ?assertMatch({error, {corrupt, #{kind := message}}}, ?M:get_messages(<<"c">>, 0, 10)),
     %% a queue key of the wrong type
     {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:q:{w}">>, <<"x">>]),
-    ?assertMatch({error, {redis, <<"WRONGTYPE", _/binary>>}}, ?M:store_message(<<"w">>, #{id => <<"m">>})),
-    ?assertMatch({error, {redis, <<"WRONGTYPE", _/binary>>}}, ?M:get_messages(<<"w">>, 0, 10)),
-    ?assertMatch({error, {redis, <<"WRONGTYPE", _/binary>>}}, ?M:queue_info(<<"w">>)).
+    ?assertMatch({error, {corrupt, #{kind := queue}}}, ?M:store_message(<<"w">>, #{id => <<"m">>})),
+    ?assertMatch({error, {corrupt, #{kind := queue}}}, ?M:get_messages(<<"w">>, 0, 10)),
+    ?assertMatch({error, {corrupt, #{kind := queue}}}, ?M:queue_info(<<"w">>)).
 
 redis_paused_gives_timeout_within_deadline(Config) ->
     Redis = ?config(redis, Config),

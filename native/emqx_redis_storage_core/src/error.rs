@@ -60,6 +60,9 @@ fn data_error(code: Option<&str>, detail: Option<&str>) -> Option<Error> {
     let text = detail.unwrap_or_default();
     match code? {
         "CORRUPT" => {
+            // A script that aborts with error() gets " script: <sha>, on
+            // @user_script:<line>." appended by Redis.
+            let text = text.split(" script: ").next().unwrap_or_default();
             let (kind, detail) = text.split_once(' ').unwrap_or((text, ""));
             Some(Error::corrupt(corrupt_kind(kind), detail))
         }
@@ -68,9 +71,19 @@ fn data_error(code: Option<&str>, detail: Option<&str>) -> Option<Error> {
     }
 }
 
+/// A data error replied to one command, or to the first failed command of a
+/// pipeline (which redis-rs reports as one "Pipeline failure").
+fn reply_data_error(e: &redis::RedisError) -> Option<Error> {
+    data_error(e.code(), e.detail()).or_else(|| {
+        let failed = e.clone().into_server_errors()?;
+        let (_, first) = failed.first()?;
+        data_error(Some(first.code()), first.details())
+    })
+}
+
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        if let Some(corrupt) = data_error(e.code(), e.detail()) {
+        if let Some(corrupt) = reply_data_error(&e) {
             return corrupt;
         }
         if e.kind() == redis::ErrorKind::UnexpectedReturnType {
@@ -132,6 +145,18 @@ impl Error {
         }
     }
 
+    /// The error of a raw command (`emqx_redis_storage:q`): it reads no
+    /// data of ours, so a `WRONGTYPE` is Redis's answer, not corrupt data.
+    pub fn raw(self) -> Error {
+        match self {
+            Error::Corrupt {
+                kind: "reply",
+                detail,
+            } => Error::Redis(detail),
+            other => other,
+        }
+    }
+
     /// Stored data at a key of `kind` that is not what we wrote.
     pub fn corrupt(kind: &'static str, detail: impl Into<String>) -> Error {
         Error::Corrupt {
@@ -152,6 +177,25 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The largest integer we store: fences, times and counters stay below it,
+/// and Lua (doubles) reads it exactly.
+pub const MAX_STORED_INT: i64 = (1 << 53) - 1;
+
+/// A stored integer as we write them (decimal, no sign, no leading zero, at
+/// most [`MAX_STORED_INT`]); anything else is corrupt data of `kind`. The
+/// same rule as `stored_int` in `guard.lua`.
+pub fn stored_int(kind: &'static str, what: &str, raw: &[u8]) -> Result<i64> {
+    let digits = raw.iter().all(u8::is_ascii_digit);
+    let canonical =
+        raw == b"0" || (digits && raw.len() <= 16 && raw.first().is_some_and(|&b| b != b'0'));
+    std::str::from_utf8(raw)
+        .ok()
+        .filter(|_| canonical)
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|n| *n <= MAX_STORED_INT)
+        .ok_or_else(|| Error::corrupt(kind, format!("{what} is not an integer")))
+}
 
 /// The text of a caught panic payload.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -174,6 +218,37 @@ mod tests {
         assert_eq!(panic_message(caught.as_ref()), "boom 1");
         let caught = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
         assert_eq!(panic_message(caught.as_ref()), "static");
+    }
+
+    #[test]
+    fn stored_integers_are_what_we_write() {
+        assert_eq!(stored_int("fence", "fence", b"0"), Ok(0));
+        assert_eq!(
+            stored_int("fence", "fence", b"1700000000123"),
+            Ok(1_700_000_000_123)
+        );
+        assert_eq!(
+            stored_int("fence", "fence", b"9007199254740991"),
+            Ok(MAX_STORED_INT)
+        );
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"01",
+            b"1.5",
+            b"1e3",
+            b" 1",
+            b"abc",
+            b"9007199254740992",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(
+                stored_int("fence", "fence", bad),
+                Err(Error::corrupt("fence", "fence is not an integer")),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -204,6 +279,13 @@ mod tests {
             Some(Error::Corrupt { kind: "reply", .. })
         ));
         assert_eq!(data_error(Some("ERR"), Some("x")), None);
+        assert_eq!(
+            data_error(
+                Some("CORRUPT"),
+                Some("lease fence is not an integer script: 0f1e, on @user_script:12.")
+            ),
+            Some(Error::corrupt("lease", "fence is not an integer"))
+        );
         let wrong =
             redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "Incompatible type"));
         assert!(matches!(
@@ -214,5 +296,9 @@ mod tests {
             }
         ));
         assert_eq!(Error::Timeout.of("session"), Error::Timeout);
+        assert_eq!(
+            Error::corrupt("reply", "WRONGTYPE Operation").raw(),
+            Error::Redis("WRONGTYPE Operation".into())
+        );
     }
 }

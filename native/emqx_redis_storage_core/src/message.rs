@@ -6,7 +6,10 @@
 //! `qm:{C}` (Redis's order, whatever the writers' clocks), `qx:{C}` holds each
 //! id's expiry time, and `msg:{C}:<id>` holds the body and expires with the
 //! message, so Redis reclaims expired messages without anyone reading them.
-//! Each script first drops the ids of expired messages (`message_prelude.lua`).
+//! Each script checks the queue keys first, then drops the ids of expired
+//! messages (`message_prelude.lua`); the scripts that walk the queue
+//! (get, count, info) also drop the ids whose body was removed outside the
+//! library (DEL, eviction), so that what they count is what `get` returns.
 //!
 //! A stored body starts with an 8-byte big-endian header, the time (Unix ms,
 //! Redis's clock) it was stored; the rest is the caller's bytes.
@@ -21,7 +24,7 @@ use crate::session::unexpected;
 
 /// Each script is the shared prelude followed by its own part.
 fn script(own: &str) -> Lua {
-    Lua::new([include_str!("lua/message_prelude.lua"), own].concat())
+    Lua::new(&[include_str!("lua/message_prelude.lua"), own])
 }
 
 static STORE: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_store.lua")));
@@ -106,6 +109,7 @@ pub async fn store(
             &store_argv(&q.body_prefix, &numbers, messages),
         )
         .await
+        .map_err(|e| e.of("queue"))
 }
 
 /// The integers of the store script's ARGV as text: the max length, then
@@ -151,7 +155,8 @@ pub async fn get(
             &q.keys(),
             &[&q.body_prefix, first.as_bytes(), last.as_bytes()],
         )
-        .await?;
+        .await
+        .map_err(|e| e.of("queue"))?;
     if !flat.len().is_multiple_of(2) {
         return Err(unexpected("message_get", &flat.len()));
     }
@@ -159,10 +164,10 @@ pub async fn get(
     let mut flat = flat.into_iter();
     while let (Some(id), Some(stored)) = (flat.next(), flat.next()) {
         let Some((stored_at, body)) = split_header(stored) else {
-            return Err(Error::Internal(format!(
-                "stored message {} has no header",
-                String::from_utf8_lossy(&id)
-            )));
+            return Err(Error::corrupt(
+                "message",
+                format!("{}shorter than its header", named(&id)),
+            ));
         };
         page.push(Queued {
             id,
@@ -171,6 +176,12 @@ pub async fn get(
         });
     }
     Ok(page)
+}
+
+/// How a detail names a message: the first 100 bytes of its id, escaped
+/// (the same as `named` in `guard.lua`).
+fn named(id: &[u8]) -> String {
+    format!("{}: ", id[..id.len().min(100)].escape_ascii())
 }
 
 /// The inclusive last rank of a page, or `None` for an empty page.
@@ -183,7 +194,8 @@ pub async fn ack(client: &Client, client_id: &[u8], id: &[u8]) -> Result<bool> {
     let q = QueueKeys::of(client, client_id);
     let removed: i64 = client
         .write_eval(&ACK, &q.keys(), &[&q.body_prefix, id])
-        .await?;
+        .await
+        .map_err(|e| e.of("queue"))?;
     Ok(removed == 1)
 }
 
@@ -194,18 +206,24 @@ pub async fn delete(client: &Client, client_id: &[u8]) -> Result<u64> {
     client
         .write_eval(&DELETE, &q.keys(), &[&q.body_prefix])
         .await
+        .map_err(|e| e.of("queue"))
 }
 
 /// The number of live messages.
 pub async fn count(client: &Client, client_id: &[u8]) -> Result<u64> {
     let q = QueueKeys::of(client, client_id);
-    client.eval(&COUNT, &q.keys(), &[&q.body_prefix]).await
+    client
+        .eval(&COUNT, &q.keys(), &[&q.body_prefix])
+        .await
+        .map_err(|e| e.of("queue"))
 }
 
 pub async fn info(client: &Client, client_id: &[u8]) -> Result<QueueInfo> {
     let q = QueueKeys::of(client, client_id);
-    let (len, dropped, header): (u64, u64, Vec<u8>) =
-        client.eval(&INFO, &q.keys(), &[&q.body_prefix]).await?;
+    let (len, dropped, header): (u64, u64, Vec<u8>) = client
+        .eval(&INFO, &q.keys(), &[&q.body_prefix])
+        .await
+        .map_err(|e| e.of("queue"))?;
     Ok(QueueInfo {
         len,
         dropped,
@@ -257,6 +275,13 @@ mod tests {
         assert_eq!(split_header(vec![1, 2, 3]), None);
         assert_eq!(stored_at(b""), None);
         assert_eq!(stored_at(&[0; 7]), None);
+    }
+
+    #[test]
+    fn details_name_ids_escaped_and_short() {
+        assert_eq!(named(b"m1"), "m1: ");
+        assert_eq!(named(b"m\xff\r\n'\"\\x"), "m\\xff\\r\\n\\'\\\"\\\\x: ");
+        assert_eq!(named(&[b'a'; 300]).len(), 102);
     }
 
     #[test]

@@ -7,18 +7,20 @@ use std::sync::LazyLock;
 use crate::scripts::Lua;
 
 use crate::client::Client;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys::{client_slot, SLOTS};
 
 static UNREGISTER: LazyLock<Lua> =
-    LazyLock::new(|| Lua::new(include_str!("lua/channel_unregister.lua")));
-static CLEANUP: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/channel_cleanup.lua")));
+    LazyLock::new(|| Lua::new(&[include_str!("lua/channel_unregister.lua")]));
+static CLEANUP: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(&[include_str!("lua/channel_cleanup.lua")]));
 
 pub async fn register(client: &Client, client_id: &[u8], node: &[u8]) -> Result<()> {
     let key = client.keys().channels(client_slot(client_id));
     client
         .write_query::<()>(redis::cmd("HSET").arg(key).arg(client_id).arg(node))
         .await
+        .map_err(|e| e.of("channel"))
 }
 
 pub async fn lookup(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -26,6 +28,7 @@ pub async fn lookup(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>
     client
         .query(redis::cmd("HGET").arg(key).arg(client_id))
         .await
+        .map_err(|e| e.of("channel"))
 }
 
 /// Removes the entry only if it still names `node`; true if it did.
@@ -33,30 +36,39 @@ pub async fn unregister(client: &Client, client_id: &[u8], node: &[u8]) -> Resul
     let key = client.keys().channels(client_slot(client_id));
     let removed: i64 = client
         .write_eval(&UNREGISTER, &[&key], &[client_id, node])
-        .await?;
+        .await
+        .map_err(|e| e.of("channel"))?;
     Ok(removed == 1)
 }
 
-/// Removes every entry that names `node`; returns how many.
+/// Removes every entry that names `node`; returns how many. A slot's key of
+/// the wrong type is found before any entry is removed.
 pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
     let keys = client.keys();
     // Only slots whose hash exists need the script.
-    let exists: Vec<i64> = client
+    let types: Vec<String> = client
         .for_slots(0..SLOTS, |slot| {
-            let mut cmd = redis::cmd("EXISTS");
+            let mut cmd = redis::cmd("TYPE");
             cmd.arg(keys.channels(slot));
             cmd
         })
         .await?;
+    if types.iter().any(|t| t != "hash" && t != "none") {
+        return Err(Error::corrupt("channel", "wrong type"));
+    }
     // One script per slot that has entries, all in flight at once (they
     // pipeline on the multiplexed connections).
-    let scripts = exists
-        .iter()
-        .enumerate()
-        .filter(|(_, &e)| e == 1)
-        .map(|(slot, _)| async move {
-            let key = keys.channels(slot as u16);
-            client.write_eval::<u64>(&CLEANUP, &[&key], &[node]).await
-        });
+    let scripts =
+        types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| *t == "hash")
+            .map(|(slot, _)| async move {
+                let key = keys.channels(slot as u16);
+                client
+                    .write_eval::<u64>(&CLEANUP, &[&key], &[node])
+                    .await
+                    .map_err(|e| e.of("channel"))
+            });
     Ok(futures::future::try_join_all(scripts).await?.iter().sum())
 }

@@ -28,13 +28,20 @@ use redis::Value;
 use crate::scripts::Lua;
 
 use crate::client::{Backend, Client};
-use crate::error::{Error, Result};
+use crate::error::{stored_int, Error, Result};
 use crate::keys::{crc16, Keys};
 use crate::route_index::RouteIndex;
+use crate::topic;
 
-static ADD: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/route_add.lua")));
-static DELETE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/route_delete.lua")));
-static MATCH: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/route_match.lua")));
+/// The scripts that change a shard share `route_prelude.lua`.
+fn change_script(own: &str) -> Lua {
+    Lua::new(&[include_str!("lua/route_prelude.lua"), own])
+}
+
+static ADD: LazyLock<Lua> = LazyLock::new(|| change_script(include_str!("lua/route_add.lua")));
+static DELETE: LazyLock<Lua> =
+    LazyLock::new(|| change_script(include_str!("lua/route_delete.lua")));
+static MATCH: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/route_match.lua")]));
 
 /// The hash field of a shard's version counter; no filter can contain NUL.
 const VERSION_FIELD: &[u8] = b"\0v";
@@ -57,14 +64,66 @@ pub fn encode_dest(node: &[u8], group: Option<&[u8]>) -> Vec<u8> {
     }
 }
 
-/// `(node, group)` of a stored dest.
-pub fn decode_dest(dest: &[u8]) -> (&[u8], Option<&[u8]>) {
-    if let [1, rest @ ..] = dest {
-        if let Some(end) = rest.iter().position(|&b| b == 1) {
-            return (&rest[..end], Some(&rest[end + 1..]));
-        }
+/// `(node, group)` of a stored dest. Anything we could not have written is
+/// corrupt: the node must be a node name and the group a group name.
+pub fn decode_dest(dest: &[u8]) -> Result<(&[u8], Option<&[u8]>)> {
+    let (node, group) = match dest {
+        [1, rest @ ..] => match rest.iter().position(|&b| b == 1) {
+            Some(end) => (&rest[..end], Some(&rest[end + 1..])),
+            None => (rest, Some(&b""[..])),
+        },
+        _ => (dest, None),
+    };
+    if !is_node_name(node) {
+        return Err(Error::corrupt("route", "a dest without a valid node name"));
     }
-    (dest, None)
+    if !group.is_none_or(is_group_name) {
+        return Err(Error::corrupt("route", "a dest without a valid group name"));
+    }
+    Ok((node, group))
+}
+
+/// `name@host`, both parts non-empty, UTF-8 without control characters, at
+/// most 255 bytes: what an Erlang node name looks like. The same rule as
+/// `emqx_redis_storage_terms:to_node/2`, which turns such names into atoms.
+pub fn is_node_name(name: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(name) else {
+        return false;
+    };
+    name.len() <= 255
+        && !text.chars().any(char::is_control)
+        && text
+            .split_once('@')
+            .is_some_and(|(n, host)| !n.is_empty() && !host.is_empty())
+}
+
+/// A shared-subscription group: a non-empty MQTT string without NUL, `/`,
+/// `+` or `#` (as `emqx_redis_router` accepts them).
+fn is_group_name(group: &[u8]) -> bool {
+    !group.is_empty()
+        && std::str::from_utf8(group).is_ok()
+        && !group.iter().any(|b| b"\0/+#".contains(b))
+}
+
+/// Whether a checked dest (read by [`read_shards`], or in the index) is
+/// `node` or one of its groups.
+fn is_dest_of(dest: &[u8], node: &[u8]) -> bool {
+    decode_dest(dest).is_ok_and(|(n, _)| n == node)
+}
+
+/// A stored route: a valid filter with a non-empty list of valid dests.
+fn check_route(filter: &[u8], joined: &[u8]) -> Result<()> {
+    if topic::validate_filter(filter).is_err() {
+        return Err(Error::corrupt("route", "a field that is not a filter"));
+    }
+    split_dests(joined).try_for_each(|d| decode_dest(d).map(drop))
+}
+
+/// A shard's version as stored; 0 while the shard has none.
+fn shard_version(raw: Option<&[u8]>) -> Result<u64> {
+    raw.map_or(Ok(0), |v| {
+        stored_int("route", "version", v).map(|v| v as u64)
+    })
 }
 
 /// The pattern that `route_delete.lua` takes for "every dest of this node".
@@ -128,6 +187,9 @@ impl Event {
         let rest = parts.next()?;
         let (&op, rest) = rest.split_first()?;
         let nul = rest.iter().position(|&b| b == 0)?;
+        // An event that does not hold a route we could have written is as
+        // good as a lost one: the index reloads from Redis.
+        check_route(&rest[..nul], &rest[nul + 1..]).ok()?;
         Some(Event {
             shard,
             version,
@@ -201,10 +263,11 @@ impl LocalIndex {
     }
 
     /// Shows this client's own change at once, before its event comes back;
-    /// the event log, applied in order later, has the last word.
+    /// the event log, applied in order later, has the last word. Like
+    /// everything in the index, only a valid route.
     fn preview(&self, add: bool, filter: &[u8], dest: &[u8]) {
         let mut state = self.write();
-        if state.ready {
+        if state.ready && check_route(filter, dest).is_ok() {
             change(&mut state.routes, add, filter, dest);
         }
     }
@@ -326,10 +389,13 @@ pub async fn lookup(client: &Client, filter: &[u8]) -> Result<Vec<Vec<u8>>> {
     let (_, routes, _) = shard_keys(client, filter);
     let joined: Option<Vec<u8>> = client
         .query(redis::cmd("HGET").arg(routes).arg(filter))
-        .await?;
-    Ok(joined
-        .map(|j| split_dests(&j).map(<[u8]>::to_vec).collect())
-        .unwrap_or_default())
+        .await
+        .map_err(|e| e.of("route"))?;
+    let Some(joined) = joined else {
+        return Ok(Vec::new());
+    };
+    check_route(filter, &joined)?;
+    Ok(split_dests(&joined).map(<[u8]>::to_vec).collect())
 }
 
 type Shard = (u64, Vec<(Vec<u8>, Vec<u8>)>);
@@ -346,28 +412,28 @@ fn per_shard(keys: &Keys, shards: u16, name: &str) -> Vec<redis::Cmd> {
 }
 
 /// Every shard's version and routes (filter, NUL-joined dests), each shard
-/// read atomically by one HGETALL.
+/// read atomically by one HGETALL. A route or version we could not have
+/// written fails the whole read: nothing built from it is half right.
 async fn read_shards(backend: &Backend, keys: &Keys, shards: u16) -> Result<Vec<Shard>> {
-    let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
-        backend.each(per_shard(keys, shards, "HGETALL")).await?;
-    Ok(all
-        .into_iter()
+    let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> = backend
+        .each(per_shard(keys, shards, "HGETALL"))
+        .await
+        .map_err(|e| e.of("route"))?;
+    all.into_iter()
         .map(|fields| {
             let mut version = 0;
             let mut routes = Vec::with_capacity(fields.len());
             for (field, value) in fields {
                 if field == VERSION_FIELD {
-                    version = std::str::from_utf8(&value)
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
+                    version = shard_version(Some(&value))?;
                 } else {
+                    check_route(&field, &value)?;
                     routes.push((field, value));
                 }
             }
-            (version, routes)
+            Ok((version, routes))
         })
-        .collect())
+        .collect()
 }
 
 /// Every filter that has a route.
@@ -376,17 +442,24 @@ pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
     let all: Vec<Vec<Vec<u8>>> = client
         .backend()
         .each(per_shard(client.keys(), shards, "HKEYS"))
-        .await?;
+        .await
+        .map_err(|e| e.of("route"))?;
     let mut filters: Vec<Vec<u8>> = all
         .into_iter()
         .flatten()
         .filter(|f| f != VERSION_FIELD)
         .collect();
+    if filters.iter().any(|f| topic::validate_filter(f).is_err()) {
+        return Err(Error::corrupt("route", "a field that is not a filter"));
+    }
     filters.sort();
     Ok(filters)
 }
 
 /// Removes every route of a node (and of its shared-subscription dests).
+/// Every shard is read and checked before the first change; the changes
+/// are one script per shard, so a trie found corrupt by one of them stops
+/// the cleanup there, with the shards before it cleaned.
 pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
     let pattern = node_pattern(node);
     let keys = client.keys();
@@ -396,7 +469,7 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
     for (shard, (_, routes)) in shards.into_iter().enumerate() {
         let hit: Vec<&[u8]> = routes
             .iter()
-            .filter(|(_, dests)| split_dests(dests).any(|d| decode_dest(d).0 == node))
+            .filter(|(_, dests)| split_dests(dests).any(|d| is_dest_of(d, node)))
             .map(|(filter, _)| filter.as_slice())
             .collect();
         if hit.is_empty() {
@@ -421,9 +494,7 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
     if let Some(index) = &client.router().index {
         let mut state = index.write();
         if state.ready {
-            state
-                .routes
-                .remove_dests_where(|d| decode_dest(d).0 == node);
+            state.routes.remove_dests_where(|d| is_dest_of(d, node));
         }
     }
     Ok(removed)
@@ -457,18 +528,24 @@ pub async fn match_in_redis(client: &Client, topic: &[u8]) -> Result<Vec<Vec<u8>
         // After a Redis restart its script cache is empty again.
         Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
             load_match_script(client).await?;
-            client.backend().each(calls()).await?
+            client.backend().each(calls()).await
         }
-        other => other?,
-    };
+        other => other,
+    }
+    .map_err(|e| e.of("route"))?;
     let mut seen = HashSet::new();
-    Ok(found
+    let mut dests = Vec::new();
+    for dest in found
         .iter()
         .flatten()
         .flat_map(|joined| split_dests(joined))
-        .filter(|d| seen.insert(*d))
-        .map(<[u8]>::to_vec)
-        .collect())
+    {
+        decode_dest(dest)?;
+        if seen.insert(dest) {
+            dests.push(dest.to_vec());
+        }
+    }
+    Ok(dests)
 }
 
 /// Keeps a client's local index in step with Redis until `shutdown` closes.
@@ -483,14 +560,21 @@ pub async fn sync_index(
     loop {
         // `follow` returns only when something broke; either way the index
         // may have missed changes, so it is stale until the next full load.
-        tokio::select! {
-            _ = follow(&index, &backend, &keys, &config, attempt) => {}
+        let followed = tokio::select! {
+            r = follow(&index, &backend, &keys, &config, attempt) => r,
             _ = shutdown.changed() => return,
         };
         index.mark_stale();
         attempt += 1;
+        // Corrupt routes in Redis fail the load, and the index stays unused
+        // (matches go to Redis, which names the corrupt route); they stay
+        // until someone repairs them, so retry at the pace of the check.
+        let pause = match followed {
+            Err(Error::Corrupt { .. }) => config.sync_interval,
+            _ => Duration::from_millis(200),
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return,
         }
     }
@@ -532,7 +616,7 @@ async fn follow(
                 tokio::time::timeout(timeout, sink.ping::<Value>())
                     .await
                     .map_err(|_| Error::Timeout)??;
-                let versions: Vec<Option<u64>> = backend
+                let versions: Vec<Option<Vec<u8>>> = backend
                     .each(
                         (0..config.shards)
                             .map(|shard| {
@@ -542,8 +626,12 @@ async fn follow(
                             })
                             .collect(),
                     )
-                    .await?;
-                let versions: Vec<u64> = versions.into_iter().map(Option::unwrap_or_default).collect();
+                    .await
+                    .map_err(|e| e.of("route"))?;
+                let versions = versions
+                    .iter()
+                    .map(|v| shard_version(v.as_deref()))
+                    .collect::<Result<Vec<u64>>>()?;
                 if versions != index.versions() {
                     reload(index, backend, keys, config.shards).await?;
                 }
@@ -575,11 +663,43 @@ mod tests {
     #[test]
     fn dests_round_trip() {
         let n = encode_dest(b"emqx@a", None);
-        assert_eq!(decode_dest(&n), (&b"emqx@a"[..], None));
+        assert_eq!(decode_dest(&n), Ok((&b"emqx@a"[..], None)));
         let g = encode_dest(b"emqx@a", Some(b"grp\x01x"));
-        assert_eq!(decode_dest(&g), (&b"emqx@a"[..], Some(&b"grp\x01x"[..])));
+        assert_eq!(
+            decode_dest(&g),
+            Ok((&b"emqx@a"[..], Some(&b"grp\x01x"[..])))
+        );
         assert!(node_pattern(b"emqx@a").starts_with(&[1]));
         assert!(g.starts_with(&node_pattern(b"emqx@a")));
+    }
+
+    #[test]
+    fn dests_we_could_not_have_written_are_corrupt() {
+        let long = [&[b'n'; 251][..], b"@host"].concat();
+        for bad in [
+            &b""[..],
+            b"nonode",
+            b"@h",
+            b"n@",
+            b"a\0@b",
+            b"a\n@b",
+            b"a@\xff",
+            &long,
+            b"\x01n@h",
+            b"\x01n@h\x01",
+            b"\x01n@h\x01g/x",
+            b"\x01\x01g",
+        ] {
+            assert!(
+                matches!(decode_dest(bad), Err(Error::Corrupt { kind: "route", .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(check_route(b"a/+", b"n@h\0\x01m@h\x01g").is_ok());
+        assert!(check_route(b"a/+", b"n@h\0").is_err(), "an empty dest");
+        assert!(check_route(b"a/#/b", b"n@h").is_err(), "not a filter");
+        assert_eq!(shard_version(None), Ok(0));
+        assert!(shard_version(Some(b"notanumber")).is_err());
     }
 
     #[test]
@@ -595,12 +715,13 @@ mod tests {
                 dest: b"emqx@n".to_vec()
             }
         );
-        let e = Event::parse(b"0 1 -with space/x\0\x01n\x01g").unwrap();
+        let e = Event::parse(b"0 1 -with space/x\0\x01n@h\x01g").unwrap();
         assert!(!e.add);
         assert_eq!(e.filter, b"with space/x");
         assert_eq!(Event::parse(b"garbage"), None);
         assert_eq!(Event::parse(b"1 x +a\0b"), None);
         assert_eq!(Event::parse(b"1 2 *a\0b"), None);
+        assert_eq!(Event::parse(b"1 2 +a\0nonode"), None, "not a node name");
     }
 
     fn event(shard: u16, version: u64, add: bool, filter: &str, dest: &str) -> Event {
@@ -638,10 +759,10 @@ mod tests {
         let index = LocalIndex::new(1);
         index.replace(RouteIndex::new(), vec![3]);
         // our add (version 5) shows at once; someone's delete (4) came first
-        index.preview(true, b"t", b"me");
+        index.preview(true, b"t", b"me@h");
         assert_eq!(index.matches(b"t").unwrap().len(), 1);
-        assert!(index.apply(&event(0, 4, false, "t", "me")));
-        assert!(index.apply(&event(0, 5, true, "t", "me")));
+        assert!(index.apply(&event(0, 4, false, "t", "me@h")));
+        assert!(index.apply(&event(0, 5, true, "t", "me@h")));
         assert_eq!(index.matches(b"t").unwrap().len(), 1);
     }
 }

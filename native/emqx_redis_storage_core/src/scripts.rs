@@ -9,8 +9,14 @@ pub struct Lua {
 }
 
 impl Lua {
-    pub fn new(source: impl Into<String>) -> Self {
-        let source = source.into();
+    /// A script made of `parts`, after `guard.lua`, which every script uses
+    /// to check what it reads before its first write.
+    pub fn new(parts: &[&str]) -> Self {
+        let source = [include_str!("lua/guard.lua")]
+            .iter()
+            .chain(parts)
+            .copied()
+            .collect::<String>();
         let script = Script::new(&source);
         Lua { source, script }
     }

@@ -11,14 +11,24 @@ use redis::Value;
 use crate::scripts::Lua;
 
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::{stored_int, Error, Result};
 use crate::keys::{client_slot, SLOTS};
 
-static SAVE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/session_save.lua")));
-static DELETE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/session_delete.lua")));
-static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/lease_acquire.lua")));
-static RENEW: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/lease_renew.lua")));
-static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(include_str!("lua/lease_release.lua")));
+static SAVE: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/session_save.lua")]));
+static DELETE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(&[include_str!("lua/session_delete.lua")]));
+static REAP: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/session_reap.lua")]));
+
+/// The lease scripts share `lease_prelude.lua`.
+fn lease_script(own: &str) -> Lua {
+    Lua::new(&[include_str!("lua/lease_prelude.lua"), own])
+}
+
+static ACQUIRE: LazyLock<Lua> =
+    LazyLock::new(|| lease_script(include_str!("lua/lease_acquire.lua")));
+static RENEW: LazyLock<Lua> = LazyLock::new(|| lease_script(include_str!("lua/lease_renew.lua")));
+static RELEASE: LazyLock<Lua> =
+    LazyLock::new(|| lease_script(include_str!("lua/lease_release.lua")));
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -63,7 +73,8 @@ pub async fn save(client: &Client, args: SaveArgs<'_>) -> Result<Saved> {
             ],
             &[id, args.data, ttl.as_bytes(), args.node, fence.as_bytes()],
         )
-        .await?;
+        .await
+        .map_err(|e| e.of("session"))?;
     match reply.as_slice() {
         [1, created_at, updated_at, expires_at] => Ok(Saved::Ok(SessionInfo {
             created_at: *created_at,
@@ -76,9 +87,18 @@ pub async fn save(client: &Client, args: SaveArgs<'_>) -> Result<Saved> {
     }
 }
 
+/// The session's term; `None` if there is no session. A session hash with
+/// its times but without its term is corrupt.
 pub async fn load(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>> {
     let key = client.keys().session(client_id);
-    client.query(redis::cmd("HGET").arg(key).arg("data")).await
+    let (data, created_at): (Option<Vec<u8>>, Option<Vec<u8>>) = client
+        .query(redis::cmd("HMGET").arg(key).arg(&["data", "created_at"]))
+        .await
+        .map_err(|e| e.of("session"))?;
+    match (data, created_at) {
+        (None, Some(_)) => Err(Error::corrupt("session", "data missing")),
+        (data, _) => Ok(data),
+    }
 }
 
 pub async fn delete(client: &Client, client_id: &[u8]) -> Result<bool> {
@@ -92,29 +112,33 @@ pub async fn delete(client: &Client, client_id: &[u8]) -> Result<bool> {
             ],
             &[client_id],
         )
-        .await?;
+        .await
+        .map_err(|e| e.of("session_index"))?;
     Ok(deleted == 1)
 }
 
+/// The session's times and node; `None` if there is no session. A session
+/// hash missing some of them, or with times that are not integers, is corrupt
+/// (the node name is checked where it becomes an atom, on the Erlang side).
 pub async fn info(client: &Client, client_id: &[u8]) -> Result<Option<SessionInfo>> {
+    const FIELDS: [&str; 4] = ["created_at", "updated_at", "expires_at", "node"];
     let key = client.keys().session(client_id);
-    let fields: (Option<i64>, Option<i64>, Option<i64>, Option<Vec<u8>>) = client
-        .query(redis::cmd("HMGET").arg(key).arg(&[
-            "created_at",
-            "updated_at",
-            "expires_at",
-            "node",
-        ]))
-        .await?;
-    Ok(match fields {
-        (Some(created_at), Some(updated_at), Some(expires_at), Some(node)) => Some(SessionInfo {
-            created_at,
-            updated_at,
-            expires_at,
-            node,
-        }),
-        _ => None,
-    })
+    let fields: Vec<Option<Vec<u8>>> = client
+        .query(redis::cmd("HMGET").arg(key).arg(&FIELDS))
+        .await
+        .map_err(|e| e.of("session"))?;
+    let present: Vec<&[u8]> = fields.iter().flatten().map(Vec::as_slice).collect();
+    let time = |i: usize| stored_int("session", FIELDS[i], present[i]);
+    match present.len() {
+        0 => Ok(None),
+        4 => Ok(Some(SessionInfo {
+            created_at: time(0)?,
+            updated_at: time(1)?,
+            expires_at: time(2)?,
+            node: present[3].to_vec(),
+        })),
+        _ => Err(Error::corrupt("session", "fields missing")),
+    }
 }
 
 /// Live (unexpired) sessions in each slot, as of Redis's clock `now`.
@@ -129,10 +153,14 @@ async fn live_per_slot(client: &Client, now: i64) -> Result<Vec<u64>> {
             cmd
         })
         .await
+        .map_err(|e| e.of("session_index"))
 }
 
-/// The number of live sessions. Also reclaims the index entries of expired
-/// sessions in every slot.
+/// The number of live sessions: the index entries that have not expired.
+/// Also reclaims the index entries of expired sessions in every slot. A
+/// session hash removed outside the library (DEL, eviction) is still
+/// counted until `list` meets its entry or its expiry time passes: checking
+/// every hash would cost a read per session.
 pub async fn count(client: &Client) -> Result<u64> {
     let now = client.now_ms().await?;
     let keys = client.keys();
@@ -142,13 +170,64 @@ pub async fn count(client: &Client) -> Result<u64> {
             cmd.arg(keys.session_index(slot)).arg("-inf").arg(now);
             cmd
         })
-        .await?;
+        .await
+        .map_err(|e| e.of("session_index"))?;
     Ok(live_per_slot(client, now).await?.iter().sum())
 }
 
 /// One page of live sessions' client ids. Order: by hash slot of the client
 /// id, then by expiry time, then by client id; stable while the store is quiet.
+/// Only ids whose session hash exists: the entries of hashes removed outside
+/// the library (DEL, eviction) that the page meets are dropped from the
+/// index, and the page is read again, until it holds none.
 pub async fn list(client: &Client, limit: u64, offset: u64) -> Result<Vec<Vec<u8>>> {
+    loop {
+        let page = index_page(client, limit, offset).await?;
+        let keys = client.keys();
+        let exists: Vec<bool> = client
+            .backend()
+            .each(
+                page.iter()
+                    .map(|id| {
+                        let mut cmd = redis::cmd("EXISTS");
+                        cmd.arg(keys.session(id));
+                        cmd
+                    })
+                    .collect(),
+            )
+            .await
+            .map_err(|e| e.of("session"))?;
+        let gone: Vec<&Vec<u8>> = page
+            .iter()
+            .zip(&exists)
+            .filter(|(_, &there)| !there)
+            .map(|(id, _)| id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(page);
+        }
+        futures::future::try_join_all(gone.iter().map(|id| reap(client, id))).await?;
+    }
+}
+
+/// Drops a client's index entry if its session hash is gone.
+async fn reap(client: &Client, client_id: &[u8]) -> Result<i64> {
+    let keys = client.keys();
+    client
+        .write_eval(
+            &REAP,
+            &[
+                &keys.session_index(client_slot(client_id)),
+                &keys.session(client_id),
+            ],
+            &[client_id],
+        )
+        .await
+        .map_err(|e| e.of("session_index"))
+}
+
+/// One page of the index, as `list` describes it, without checking hashes.
+async fn index_page(client: &Client, limit: u64, offset: u64) -> Result<Vec<Vec<u8>>> {
     let now = client.now_ms().await?;
     let counts = live_per_slot(client, now).await?;
     // The slots that hold the page, with the range to take from each.
@@ -184,7 +263,18 @@ pub async fn list(client: &Client, limit: u64, offset: u64) -> Result<Vec<Vec<u8
                 .arg(take);
             cmd
         })
-        .await?;
+        .await
+        .map_err(|e| e.of("session_index"))?;
+    // An empty id, or one in the index of a slot it does not hash to, is
+    // none we wrote (and `list` could never drop it: it looks for an id in
+    // its own slot's index).
+    let foreign = ranges.iter().zip(&pages).any(|((slot, _, _), page)| {
+        page.iter()
+            .any(|id| id.is_empty() || client_slot(id) != *slot)
+    });
+    if foreign {
+        return Err(Error::corrupt("session_index", "an id we did not write"));
+    }
     Ok(pages.into_iter().flatten().collect())
 }
 
@@ -206,7 +296,8 @@ pub async fn acquire_lease(
                 fence_ttl_ms.to_string().as_bytes(),
             ],
         )
-        .await?;
+        .await
+        .map_err(|e| e.of("lease"))?;
     match reply {
         (1, Value::Int(fence)) => Ok(Ok(fence)),
         (0, Value::BulkString(holder)) => Ok(Err(NotHeld(Some(holder)))),
@@ -230,7 +321,8 @@ pub async fn renew_lease(
                 lease_ms.to_string().as_bytes(),
             ],
         )
-        .await?;
+        .await
+        .map_err(|e| e.of("lease"))?;
     lease_outcome("lease_renew", reply)
 }
 
@@ -242,7 +334,8 @@ pub async fn release_lease(
     let key = client.keys().lease(client_id);
     let reply: Vec<Value> = client
         .write_eval(&RELEASE, &[&key], &[fence.to_string().as_bytes()])
-        .await?;
+        .await
+        .map_err(|e| e.of("lease"))?;
     lease_outcome("lease_release", reply)
 }
 

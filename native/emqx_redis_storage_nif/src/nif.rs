@@ -5,6 +5,7 @@
 use std::ops::Deref;
 
 use emqx_redis_storage_core::client::Client;
+use emqx_redis_storage_core::Error;
 use rustler::{Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::runtime::{spawn_admitted, spawn_reply};
@@ -51,7 +52,7 @@ fn q<'a>(
         cmd.arg(arg.as_slice());
     }
     spawn_admitted(env, client.admit(), reply_ref, async move {
-        client.query(&cmd).await.map(Reply)
+        client.query(&cmd).await.map(Reply).map_err(Error::raw)
     })
 }
 

@@ -2,7 +2,7 @@
 //! plain synchronous NIFs: bounded, in-memory work of a few microseconds.
 
 use emqx_redis_storage_core::router::{self, decode_dest, encode_dest};
-use emqx_redis_storage_core::topic;
+use emqx_redis_storage_core::{topic, Error};
 use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::nif::ClientRes;
@@ -42,15 +42,20 @@ fn dest_arg(term: Term) -> Option<Vec<u8>> {
     Some(encode_dest(node.as_bytes(), Some(group.as_slice())))
 }
 
-fn dest_out(dest: &[u8]) -> Out {
-    match decode_dest(dest) {
+fn dest_out(dest: &[u8]) -> Result<Out, Error> {
+    Ok(match decode_dest(dest)? {
         (node, None) => Out::Node(node.to_vec()),
         (node, Some(group)) => Out::Tuple(vec![Out::Bin(group.to_vec()), Out::Node(node.to_vec())]),
-    }
+    })
 }
 
-fn dests_out(dests: Vec<Vec<u8>>) -> Out {
-    Out::List(dests.iter().map(|d| dest_out(d)).collect())
+fn dests_out(dests: Vec<Vec<u8>>) -> Result<Out, Error> {
+    Ok(Out::List(
+        dests
+            .iter()
+            .map(|d| dest_out(d))
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 fn badarg<'a>(env: Env<'a>) -> Term<'a> {
@@ -104,7 +109,7 @@ fn route_lookup<'a>(
 ) -> Term<'a> {
     let filter = filter.to_vec();
     spawn_admitted(env, client.admit(), reply_ref, async move {
-        Ok(dests_out(router::lookup(&client, &filter).await?))
+        dests_out(router::lookup(&client, &filter).await?)
     })
 }
 
@@ -151,9 +156,11 @@ fn route_match_local<'a>(env: Env<'a>, client: ResourceArc<ClientRes>, topic: Bi
         .and_then(|index| index.matches(topic.as_slice()));
     match found {
         Some(dests) => {
+            // The index holds only checked dests (router.rs), so none is left out.
             let terms: Vec<Term<'a>> = dests
                 .iter()
-                .map(|d| match decode_dest(d) {
+                .filter_map(|d| decode_dest(d).ok())
+                .map(|dest| match dest {
                     (node, None) => term::node(env, node),
                     (node, Some(group)) => {
                         (term::binary(env, group), term::node(env, node)).encode(env)
@@ -175,7 +182,7 @@ fn route_match_redis<'a>(
 ) -> Term<'a> {
     let topic = topic.to_vec();
     spawn_admitted(env, client.admit(), reply_ref, async move {
-        Ok(dests_out(router::match_in_redis(&client, &topic).await?))
+        dests_out(router::match_in_redis(&client, &topic).await?)
     })
 }
 

@@ -5,7 +5,8 @@
 local removed = 0
 local cursor = '0'
 repeat
-    local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', 1000)
+    -- Only the first HSCAN can meet a wrong type, before any HDEL.
+    local page = read('channel', 'HSCAN', KEYS[1], cursor, 'COUNT', 1000)
     cursor = page[1]
     local entries = page[2]
     for i = 1, #entries, 2 do

@@ -2,7 +2,7 @@
 -- KEYS: channels of the client's slot
 -- ARGV: client id, node
 -- Returns 1 if removed, else 0.
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+if read('channel', 'HGET', KEYS[1], ARGV[1]) == ARGV[2] then
     return redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0

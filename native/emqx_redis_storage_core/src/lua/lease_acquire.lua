@@ -2,7 +2,8 @@
 -- KEYS: lease, fence
 -- ARGV: owner, lease ms, fence ttl ms
 -- Returns {1, fence} or {0, current owner}.
-local holder = redis.call('HGET', KEYS[1], 'owner')
+local holder = read_lease()
+local last = read_fence()
 if holder and holder ~= ARGV[1] then
     return {0, holder}
 end
@@ -10,7 +11,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Strictly increasing, also after the fence key expired: never below the
 -- server's clock in ms, always above the last fence issued.
-local fence = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
+local fence = math.max(last + 1, now)
 redis.call('SET', KEYS[2], fence, 'PX', math.max(tonumber(ARGV[3]), tonumber(ARGV[2])))
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])

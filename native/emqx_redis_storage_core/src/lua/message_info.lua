@@ -1,11 +1,12 @@
--- Returns {length, dropped, stored-at header of the oldest message or ''}.
+-- Returns {length, dropped, stored-at header of the oldest message or ''};
+-- drops the gone messages it meets, as message_count does.
+local live, gone = scan(nil)
 local header = ''
--- A body may expire a moment before its entry is dropped: take the first
--- one still there.
-for _, id in ipairs(redis.call('ZRANGE', queue, 0, 9)) do
-    header = redis.call('GETRANGE', body_prefix .. id, 0, 7)
-    if header ~= '' then
-        break
+if live[1] then
+    header = read_named('message', named(live[1]), 'GETRANGE', body_prefix .. live[1], 0, 7)
+    if #header < 8 then
+        corrupt('message', named(live[1]) .. 'shorter than its header')
     end
 end
-return {redis.call('ZCARD', queue), tonumber(redis.call('HGET', meta, 'dropped') or '0'), header}
+settle(gone)
+return {#live, dropped, header}

@@ -26,13 +26,17 @@ for i = 1, #ids, 1000 do
         scores[i + j - 1] = slice[j]
     end
 end
+-- Queued means: not expired and its body still there (a body deleted or
+-- evicted outside the library is stored again, in a new place).
 local new, seen = {}, {}
 for k, id in ipairs(ids) do
-    if not scores[k] and not seen[id] then
+    local queued = scores[k] and tonumber(scores[k]) > now and redis.call('EXISTS', body_prefix .. id) == 1
+    if not queued and not seen[id] then
         seen[id] = true
         new[#new + 1] = at[k]
     end
 end
+settle({})
 if #new > 0 then
     -- Arrival sequence numbers first + 1 .. first + #new, in call order.
     local first = redis.call('HINCRBY', meta, 'seq', #new) - #new

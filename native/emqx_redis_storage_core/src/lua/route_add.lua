@@ -1,7 +1,5 @@
 -- Adds routes to one shard: keeps the shard's trie of wildcard-filter
 -- prefixes, bumps the shard version and publishes each change.
--- KEYS: routes hash of the shard, trie hash of the shard
--- ARGV: event channel, shard, then pairs: filter, dest
 -- Dests of a filter are kept NUL-separated (MQTT strings cannot hold NUL).
 -- Returns {number added, version}; a route already there is left alone.
 local function has(joined, dest)
@@ -14,18 +12,7 @@ local function has(joined, dest)
     end
 end
 
-local function add_trie_prefixes(filter)
-    local from = 1
-    while true do
-        local stop = string.find(filter, '/', from, true)
-        redis.call('HINCRBY', KEYS[2], string.sub(filter, 1, (stop or 0) - 1), 1)
-        if not stop then break end
-        from = stop + 1
-    end
-end
-
 local added = 0
-local version = tonumber(redis.call('HGET', KEYS[1], '\0v') or '0')
 for i = 3, #ARGV, 2 do
     local filter, dest = ARGV[i], ARGV[i + 1]
     local current = redis.call('HGET', KEYS[1], filter)
@@ -34,8 +21,10 @@ for i = 3, #ARGV, 2 do
             redis.call('HSET', KEYS[1], filter, current .. '\0' .. dest)
         else
             redis.call('HSET', KEYS[1], filter, dest)
-            if string.find(filter, '+', 1, true) or string.find(filter, '#', 1, true) then
-                add_trie_prefixes(filter)
+            if is_wildcard(filter) then
+                for _, prefix in ipairs(prefixes(filter)) do
+                    redis.call('HINCRBY', KEYS[2], prefix, 1)
+                end
             end
         end
         added = added + 1

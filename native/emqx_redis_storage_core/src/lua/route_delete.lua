@@ -1,24 +1,13 @@
 -- Removes destinations from route filters of one shard, publishing each change.
--- KEYS: routes hash of the shard, trie hash of the shard
--- ARGV: event channel, shard, then pairs: filter, dest. A dest of
---       '\1' .. node .. '\1' (no group) removes every dest of that node:
---       the node itself and its shared-subscription dests.
+-- A dest of '\1' .. node .. '\1' (no group) removes every dest of that
+-- node: the node itself and its shared-subscription dests.
 -- Returns {number removed, version}.
 local function prune_trie(filter)
-    local from = 1
-    while true do
-        local stop = string.find(filter, '/', from, true)
-        local prefix = string.sub(filter, 1, (stop or 0) - 1)
+    for _, prefix in ipairs(prefixes(filter)) do
         if redis.call('HINCRBY', KEYS[2], prefix, -1) <= 0 then
             redis.call('HDEL', KEYS[2], prefix)
         end
-        if not stop then break end
-        from = stop + 1
     end
-end
-
-local function is_wildcard(filter)
-    return string.find(filter, '+', 1, true) or string.find(filter, '#', 1, true)
 end
 
 -- Does stored dest d fall under the removal pattern?
@@ -32,7 +21,6 @@ local function hit(d, pattern)
 end
 
 local removed = 0
-local version = tonumber(redis.call('HGET', KEYS[1], '\0v') or '0')
 for i = 3, #ARGV, 2 do
     local filter, pattern = ARGV[i], ARGV[i + 1]
     local current = redis.call('HGET', KEYS[1], filter)

@@ -8,7 +8,7 @@
 local routes, trie, topic = KEYS[1], KEYS[2], ARGV[1]
 local found = {}
 local function collect(filter)
-    local dests = redis.call('HGET', routes, filter)
+    local dests = read('route', 'HGET', routes, filter)
     if dests then found[#found + 1] = dests end
 end
 
@@ -35,10 +35,10 @@ for i, level in ipairs(levels) do
         local wild = not (s.root and dollar)
         if wild then collect(base .. '#') end
         local literal = base .. level
-        if redis.call('HEXISTS', trie, literal) == 1 then
+        if read('route_trie', 'HEXISTS', trie, literal) == 1 then
             next_states[#next_states + 1] = {prefix = literal}
         end
-        if wild and level ~= '+' and redis.call('HEXISTS', trie, base .. '+') == 1 then
+        if wild and level ~= '+' and read('route_trie', 'HEXISTS', trie, base .. '+') == 1 then
             next_states[#next_states + 1] = {prefix = base .. '+'}
         end
     end
