@@ -207,7 +207,10 @@ run_fuzz(Config, Calls, AppState) ->
     %% PropEr draws from the process's rand state if there is one.
     _ = rand:seed(exsplus, Seed),
     Started = erlang:monotonic_time(millisecond),
-    Passed = proper:quickcheck(prop_calls(Ctx), [{numtests, Calls}, {to_file, user}, {max_shrinks, 200}, {max_size, 10}]),
+    %% Small sizes: PropEr's cost grows fast with them, and the long and deep
+    %% values that matter are explicit in the generators.
+    Options = [{numtests, Calls}, {on_output, fun print_unless_dot/2}, {max_shrinks, 200}, {max_size, 10}],
+    Passed = proper:quickcheck(prop_calls(Ctx#{calls => Calls}), Options),
     Seconds = (erlang:monotonic_time(millisecond) - Started) / 1000,
     ct:pal(
         "fuzz (application ~p): ~b calls, seed ~b, ~.1f s, ~s~noutcomes: ~p~nmost time: ~p",
@@ -215,6 +218,10 @@ run_fuzz(Config, Calls, AppState) ->
     ),
     ?assert(Passed, {seed, Seed, rerun, lists:flatten(io_lib:format("make fuzz N=~b SEED=~b", [Calls, Seed]))}),
     ?assertEqual({ok, <<"PONG">>}, redis_ping(Ctx)).
+
+%% A dot per call is noise; progress is reported every tenth of the run.
+print_unless_dot(".", []) -> ok;
+print_unless_dot(Format, Args) -> io:format(user, Format, Args).
 
 verdict(true) -> "passed";
 verdict(_) -> "FAILED".
@@ -242,7 +249,7 @@ prop_calls(Ctx) ->
             T0 = erlang:monotonic_time(microsecond),
             Reply = call(Ctx, M, F, Args),
             Problems = problems(Ctx, M, F, Args, Reply),
-            count(Reply, {M, F, length(Args)}, erlang:monotonic_time(microsecond) - T0),
+            count(Ctx, Reply, {M, F, length(Args)}, erlang:monotonic_time(microsecond) - T0),
             ?WHENFAIL(
                 ct:pal("failed call: ~p:~p(~P)~nreply: ~P~nproblems: ~p", [M, F, Args, 30, Reply, 30, Problems]),
                 Problems =:= []
@@ -323,7 +330,7 @@ known_error(_Ctx, Reason) when is_tuple(Reason), tuple_size(Reason) >= 2 ->
     Tag =/= invalid_argument andalso is_atom(Tag) andalso
         (lists:prefix("invalid_", atom_to_list(Tag)) orelse
             lists:member(Tag, [
-                too_large, batch_too_large, connection, connection_lost, redis, corrupt, held_by,
+                too_large, batch_too_large, connection, connection_lost, redis, corrupt, held_by, not_replicated,
                 unsupported_command, bad_command, undecodable, unknown_node
             ]));
 known_error(_Ctx, _Reason) ->
@@ -346,14 +353,24 @@ application_alive(#{app := started}) ->
 
 %% Outcome counts by kind, to show how many calls got past validation, and
 %% the time spent per function, to show where a run's time goes.
-count(Reply, MFA, Micros) ->
+count(#{calls := Calls}, Reply, MFA, Micros) ->
     add({outcome, outcome(Reply)}, 1),
-    add({micros, MFA}, Micros).
+    add({micros, MFA}, Micros),
+    Done = add({outcome, calls}, 1),
+    case Done rem max(1, Calls div 10) of
+        0 -> ct:pal("fuzz: ~b of ~b calls", [Done, Calls]);
+        _ -> ok
+    end.
 
 add(Key, N) ->
+    Sum = N + get_count(Key),
+    put(Key, Sum),
+    Sum.
+
+get_count(Key) ->
     case get(Key) of
-        undefined -> put(Key, N);
-        Sum -> put(Key, Sum + N)
+        undefined -> 0;
+        Sum -> Sum
     end.
 
 outcome({reply, {error, Reason}}) when is_tuple(Reason) -> {error, element(1, Reason)};
@@ -366,7 +383,7 @@ outcome({raised, Class, _, _}) -> {raised, Class};
 outcome({not_called, Why}) -> Why.
 
 outcomes() ->
-    lists:reverse(lists:keysort(2, [{Kind, N} || {{outcome, Kind}, N} <- get()])).
+    lists:reverse(lists:keysort(2, [{Kind, N} || {{outcome, Kind}, N} <- get(), Kind =/= calls])).
 
 slowest() ->
     Top = lists:sublist(lists:reverse(lists:keysort(2, [{MFA, Us div 1000} || {{micros, MFA}, Us} <- get()])), 8),
