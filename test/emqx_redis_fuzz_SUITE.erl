@@ -260,9 +260,11 @@ prop_calls(Ctx) ->
 %% PropEr 1.2 cannot report an exception from a property (it calls the
 %% removed erlang:get_stacktrace/0), so every one becomes a reply here.
 call(Ctx, M, F, Args) ->
-    try config_is_safe(Ctx, M, F, Args) of
-        true -> {reply, apply(M, F, Args)};
-        false -> {not_called, unsafe_config}
+    try
+        case config_is_safe(Ctx, M, F, Args) of
+            true -> {reply, apply(M, F, Args)};
+            false -> {not_called, unsafe_config}
+        end
     catch
         Class:Reason:Stack -> {raised, Class, Reason, Stack}
     end.
