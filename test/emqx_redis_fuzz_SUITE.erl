@@ -199,7 +199,7 @@ seed() ->
 run_fuzz(Config, Calls, AppState) ->
     Seed = seed(),
     Ctx = context(Config, AppState),
-    ct:pal(
+    say(
         "fuzz (application ~p): ~b calls, seed ~b~nrerun: make fuzz N=~b SEED=~b",
         [AppState, Calls, Seed, Calls, Seed]
     ),
@@ -212,12 +212,18 @@ run_fuzz(Config, Calls, AppState) ->
     Options = [{numtests, Calls}, {on_output, fun print_unless_dot/2}, {max_shrinks, 200}, {max_size, 10}],
     Passed = proper:quickcheck(prop_calls(Ctx#{calls => Calls}), Options),
     Seconds = (erlang:monotonic_time(millisecond) - Started) / 1000,
-    ct:pal(
+    say(
         "fuzz (application ~p): ~b calls, seed ~b, ~.1f s, ~s~noutcomes: ~p~nmost time: ~p",
         [AppState, Calls, Seed, Seconds, verdict(Passed), outcomes(), slowest()]
     ),
     ?assert(Passed, {seed, Seed, rerun, lists:flatten(io_lib:format("make fuzz N=~b SEED=~b", [Calls, Seed]))}),
     ?assertEqual({ok, <<"PONG">>}, redis_ping(Ctx)).
+
+%% To the console as well as the test log: rebar3 ct shows no ct:pal output,
+%% and the seed must be at hand when a run fails.
+say(Format, Args) ->
+    ct:log(Format, Args),
+    io:format(user, "~n" ++ Format ++ "~n", Args).
 
 %% A dot per call is noise; progress is reported every tenth of the run.
 print_unless_dot(".", []) -> ok;
@@ -262,7 +268,7 @@ prop_calls(Ctx) ->
             Problems = problems(Ctx, M, F, Args, Reply),
             count(Ctx, Reply, {M, F, length(Args)}, erlang:monotonic_time(microsecond) - T0),
             ?WHENFAIL(
-                ct:pal("failed call: ~p:~p(~P)~nreply: ~P~nproblems: ~p", [M, F, Args, 30, Reply, 30, Problems]),
+                say("failed call: ~p:~p(~P)~nreply: ~P~nproblems: ~p", [M, F, Args, 30, Reply, 30, Problems]),
                 Problems =:= []
             )
         end
@@ -371,7 +377,7 @@ count(#{calls := Calls}, Reply, MFA, Micros) ->
     add({micros, MFA}, Micros),
     Done = add({outcome, calls}, 1),
     case Done rem max(1, Calls div 10) of
-        0 -> ct:pal("fuzz: ~b of ~b calls", [Done, Calls]);
+        0 -> say("fuzz: ~b of ~b calls", [Done, Calls]);
         _ -> ok
     end.
 
