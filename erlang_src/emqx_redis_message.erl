@@ -86,11 +86,15 @@ store_messages(Client, ClientId, Msgs) ->
     checked(Client, [emqx_redis_storage_terms:client_id(ClientId), batch(Msgs)], fun() ->
         #{message_ttl := Ttl, max_message_size := MaxSize, max_queue_len := MaxLen} =
             emqx_redis_storage_client:settings(Client),
-        %% A configured queue length beyond any queue that fits in memory is no bound.
         case encode_all(Msgs, min(Ttl, ?MAX_EXPIRY), MaxSize, 0, []) of
-            {ok, []} -> ok;
-            {ok, Encoded} -> unwrap(call(Client, message_store, [ClientId, Encoded, min(MaxLen, ?MAX_OFFSET)]));
-            {error, _} = Error -> Error
+            {ok, []} ->
+                ok;
+            {ok, Encoded} ->
+                %% The config does not bound the queue length; one beyond
+                %% any queue that fits in memory is no bound either.
+                unwrap(call(Client, message_store, [ClientId, Encoded, min(MaxLen, ?MAX_OFFSET)]));
+            {error, _} = Error ->
+                Error
         end
     end).
 
