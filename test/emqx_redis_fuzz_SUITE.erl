@@ -52,7 +52,8 @@ init_per_suite(Config) ->
     Redis = redis_test_server:start(#{conf => [["rename-command ", C, " \"\""] || C <- ?DISABLED_COMMANDS]}),
     Addr = redis_test_server:address(Redis),
     ok = ?ST:start(app_config(Addr)),
-    [{redis, Redis}, {addr, Addr} | Config].
+    %% One seed for both fuzz cases, so the printed rerun repeats them both.
+    [{redis, Redis}, {addr, Addr}, {seed, seed()} | Config].
 
 end_per_suite(Config) ->
     ?ST:stop(),
@@ -197,12 +198,10 @@ seed() ->
     end.
 
 run_fuzz(Config, Calls, AppState) ->
-    Seed = seed(),
+    Seed = ?config(seed, Config),
     Ctx = context(Config, AppState),
-    say(
-        "fuzz (application ~p): ~b calls, seed ~b~nrerun: make fuzz N=~b SEED=~b",
-        [AppState, Calls, Seed, Calls, Seed]
-    ),
+    Rerun = lists:flatten(io_lib:format("make fuzz N=~b SEED=~b", [calls(), Seed])),
+    say("fuzz (application ~p): ~b calls, seed ~b~nrerun: ~s", [AppState, Calls, Seed, Rerun]),
     [erase(Key) || {{Kind, _} = Key, _} <- get(), Kind =:= outcome orelse Kind =:= micros],
     %% PropEr draws from the process's rand state if there is one.
     _ = rand:seed(exsplus, Seed),
@@ -216,7 +215,7 @@ run_fuzz(Config, Calls, AppState) ->
         "fuzz (application ~p): ~b calls, seed ~b, ~.1f s, ~s~noutcomes: ~p~nmost time: ~p",
         [AppState, Calls, Seed, Seconds, verdict(Passed), outcomes(), slowest()]
     ),
-    ?assert(Passed, {seed, Seed, rerun, lists:flatten(io_lib:format("make fuzz N=~b SEED=~b", [Calls, Seed]))}),
+    ?assert(Passed, {seed, Seed, rerun, Rerun}),
     ?assertEqual({ok, <<"PONG">>}, redis_ping(Ctx)).
 
 %% To the console as well as the test log: rebar3 ct shows no ct:pal output,
