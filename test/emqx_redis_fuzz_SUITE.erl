@@ -343,13 +343,17 @@ known_error(_Ctx, Reason) when is_atom(Reason) ->
     lists:member(Reason, [
         not_found, timeout, already_started, stale_fence, not_held, overloaded, not_replicated
     ]);
+known_error(_Ctx, {Tag, Message}) when Tag =:= redis; Tag =:= connection; Tag =:= connection_lost ->
+    is_binary(Message);
+known_error(_Ctx, {corrupt, Detail}) ->
+    is_map(Detail) andalso is_map_key(kind, Detail) andalso is_map_key(detail, Detail);
 known_error(_Ctx, Reason) when is_tuple(Reason), tuple_size(Reason) >= 2 ->
     Tag = element(1, Reason),
     Tag =/= invalid_argument andalso is_atom(Tag) andalso
         (lists:prefix("invalid_", atom_to_list(Tag)) orelse
             lists:member(Tag, [
-                too_large, batch_too_large, connection, connection_lost, redis, corrupt, held_by, not_replicated,
-                unsupported_command, bad_command, undecodable, unknown_node
+                too_large, batch_too_large, held_by, not_replicated, unsupported_command, bad_command,
+                undecodable, unknown_node
             ]));
 known_error(_Ctx, _Reason) ->
     false.
