@@ -90,9 +90,7 @@ store_messages(Client, ClientId, Msgs) ->
             {ok, []} ->
                 ok;
             {ok, Encoded} ->
-                %% The config does not bound the queue length; one beyond
-                %% any queue that fits in memory is no bound either.
-                unwrap(call(Client, message_store, [ClientId, Encoded, min(MaxLen, ?MAX_OFFSET)]));
+                unwrap(call(Client, message_store, [ClientId, Encoded, MaxLen]));
             {error, _} = Error ->
                 Error
         end

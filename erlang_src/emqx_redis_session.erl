@@ -72,8 +72,7 @@ renew_lease(ClientId, Fence, LeaseMs) -> with_default(fun(C) -> renew_lease(C, C
 release_lease(ClientId, Fence) -> with_default(fun(C) -> release_lease(C, ClientId, Fence) end).
 
 %% @doc Saves `Session'. Options: `ttl' in seconds, 1 to 4294967295 (the
-%% MQTT 5 limit; default: config `persistence.session_ttl', capped at that
-%% limit), `node' (default: `node()'), `fence' (from `acquire_lease/3', 0 to
+%% MQTT 5 limit; default: config `persistence.session_ttl'), `node' (default: `node()'), `fence' (from `acquire_lease/3', 0 to
 %% 2^53 - 1; a save with an older fence than the newest is refused).
 %% A wrong option: `{error, {invalid_option, {Name, Value}}}', an unknown
 %% one `{error, {invalid_option, Name}}'.
@@ -99,7 +98,7 @@ save_session(Client, ClientId, Session, Opts) ->
     end).
 
 save_opts(Opts, DefaultTtl) when is_map(Opts) ->
-    Ttl = maps:get(ttl, Opts, min(DefaultTtl, ?MAX_TTL)),
+    Ttl = maps:get(ttl, Opts, DefaultTtl),
     Node = maps:get(node, Opts, node()),
     Unknown = maps:keys(maps:without([ttl, node, fence], Opts)),
     if
@@ -187,9 +186,7 @@ count_sessions(Client) ->
 -spec acquire_lease(client(), client_id(), owner(), lease_ms()) -> {ok, fence()} | {error, term()}.
 acquire_lease(Client, ClientId, Owner, LeaseMs) ->
     with_client_id(Client, ClientId, fun() ->
-        %% The fence outlives the lease by the session TTL (capped like a save's).
-        #{session_ttl := SessionTtl} = emqx_redis_storage_client:settings(Client),
-        FenceTtl = min(SessionTtl, ?MAX_TTL),
+        #{session_ttl := FenceTtl} = emqx_redis_storage_client:settings(Client),
         case {lease_ms(LeaseMs), emqx_redis_storage_terms:owner_to_bin(Owner)} of
             {ok, {ok, OwnerBin}} ->
                 lease_call(Client, lease_acquire, [ClientId, OwnerBin, LeaseMs, FenceTtl * 1000]);

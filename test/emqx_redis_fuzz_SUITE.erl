@@ -43,7 +43,7 @@ all() ->
         known_defects_are_plain_errors,
         non_clients_are_refused,
         integer_bounds,
-        huge_configured_limits_are_capped,
+        largest_configured_limits_work,
         fuzz_every_public_function,
         fuzz_with_application_stopped
     ].
@@ -150,17 +150,16 @@ integer_bounds(_Config) ->
     ?assertMatch({error, {invalid_page, _}}, ?S:list_sessions(10001, 0)),
     ?assertEqual(ok, ?S:delete_session(Id)).
 
-%% Config values are checked to be positive but not bounded: a client made
-%% with absurd TTLs and queue length still works (they mean "no limit").
-huge_configured_limits_are_capped(Config) ->
-    Huge = 1 bsl 70,
+%% A client made with the largest TTLs and queue length the config takes works.
+largest_configured_limits_work(Config) ->
     {ok, Client} = ?ST:connect(#{
         redis => #{servers => ?config(addr, Config)},
-        key_prefix => <<"huge:">>,
-        persistence => #{session_ttl => Huge, message_ttl => Huge, max_queue_len => Huge}
+        key_prefix => <<"largest:">>,
+        persistence => #{session_ttl => ?MAX_TTL, message_ttl => ?MAX_TTL, max_queue_len => 1000000}
     }),
     ?assertEqual(ok, ?S:save_session(Client, <<"h">>, v, #{})),
-    ?assertMatch({ok, #{expires_at := _}}, ?S:session_info(Client, <<"h">>)),
+    {ok, #{updated_at := Updated, expires_at := Expires}} = ?S:session_info(Client, <<"h">>),
+    ?assertEqual(?MAX_TTL * 1000, Expires - Updated),
     ?assertMatch({ok, _}, ?S:acquire_lease(Client, <<"h">>, node(), 1000)),
     ?assertEqual(ok, ?M:store_message(Client, <<"h">>, #{id => <<"m">>})),
     ?assertMatch({ok, [#{id := <<"m">>}]}, ?M:get_messages(Client, <<"h">>, 0, 10)).
