@@ -45,6 +45,7 @@ all() ->
         integer_bounds,
         largest_configured_limits_work,
         fuzz_every_public_function,
+        fuzz_from_many_processes,
         fuzz_with_application_stopped
     ].
 
@@ -59,7 +60,7 @@ end_per_suite(Config) ->
     ?ST:stop(),
     redis_test_server:stop(?config(redis, Config)).
 
-init_per_testcase(fuzz_every_public_function, Config) ->
+init_per_testcase(Case, Config) when Case =:= fuzz_every_public_function; Case =:= fuzz_from_many_processes ->
     %% Well above the default run's time; a large N gets time in proportion.
     ct:timetrap({seconds, 300 + calls() div 50}),
     Config;
@@ -167,6 +168,34 @@ largest_configured_limits_work(Config) ->
 fuzz_every_public_function(Config) ->
     run_fuzz(Config, calls(), started).
 
+%% Eight processes at once on the same clients and keys (a quarter of the
+%% calls): every reply, a late one included, reaches only its own caller.
+fuzz_from_many_processes(Config) ->
+    Seed = ?config(seed, Config),
+    Workers = 8,
+    Calls = max(1000, calls() div 4) div Workers,
+    Ctx = (context(Config, started))#{calls => Calls, progress => none},
+    say("fuzz (~b processes at once): ~b calls each, seeds ~b + 1..~b~nrerun: ~s", [Workers, Calls, Seed, Workers, rerun(Seed)]),
+    Passed = in_parallel([fun() -> quickcheck(Ctx, Seed + I) end || I <- lists:seq(1, Workers)]),
+    ?assertEqual(lists:duplicate(Workers, true), Passed, {seed, Seed, rerun, rerun(Seed)}).
+
+in_parallel(Funs) ->
+    Parent = self(),
+    Refs = [
+        begin
+            Ref = make_ref(),
+            spawn_link(fun() -> Parent ! {Ref, Fun()} end),
+            Ref
+        end
+     || Fun <- Funs
+    ],
+    [
+        receive
+            {Ref, Result} -> Result
+        end
+     || Ref <- Refs
+    ].
+
 %% With the application stopped, the default-client forms answer
 %% `{error, not_started}' and the others work as before; stop/0 is idempotent.
 fuzz_with_application_stopped(Config) ->
@@ -198,24 +227,29 @@ seed() ->
 
 run_fuzz(Config, Calls, AppState) ->
     Seed = ?config(seed, Config),
-    Ctx = context(Config, AppState),
-    Rerun = lists:flatten(io_lib:format("make fuzz N=~b SEED=~b", [calls(), Seed])),
-    say("fuzz (application ~p): ~b calls, seed ~b~nrerun: ~s", [AppState, Calls, Seed, Rerun]),
+    Ctx = (context(Config, AppState))#{calls => Calls, progress => max(1, Calls div 10)},
+    say("fuzz (application ~p): ~b calls, seed ~b~nrerun: ~s", [AppState, Calls, Seed, rerun(Seed)]),
     [erase(Key) || {{Kind, _} = Key, _} <- get(), Kind =:= outcome orelse Kind =:= micros],
-    %% PropEr draws from the process's rand state if there is one.
-    _ = rand:seed(exsplus, Seed),
     Started = erlang:monotonic_time(millisecond),
-    %% Small sizes: PropEr's cost grows fast with them, and the long and deep
-    %% values that matter are explicit in the generators.
-    Options = [{numtests, Calls}, {on_output, fun print_unless_dot/2}, {max_shrinks, 200}, {max_size, 10}],
-    Passed = proper:quickcheck(prop_calls(Ctx#{calls => Calls}), Options),
+    Passed = quickcheck(Ctx, Seed),
     Seconds = (erlang:monotonic_time(millisecond) - Started) / 1000,
     say(
         "fuzz (application ~p): ~b calls, seed ~b, ~.1f s, ~s~noutcomes: ~p~nmost time: ~p",
         [AppState, Calls, Seed, Seconds, verdict(Passed), outcomes(), slowest()]
     ),
-    ?assert(Passed, {seed, Seed, rerun, Rerun}),
+    ?assert(Passed, {seed, Seed, rerun, rerun(Seed)}),
     ?assertEqual({ok, <<"PONG">>}, redis_ping(Ctx)).
+
+rerun(Seed) ->
+    lists:flatten(io_lib:format("make fuzz N=~b SEED=~b", [calls(), Seed])).
+
+quickcheck(#{calls := Calls} = Ctx, Seed) ->
+    %% PropEr draws from the process's rand state if there is one.
+    _ = rand:seed(exsplus, Seed),
+    %% Small sizes: PropEr's cost grows fast with them, and the long and deep
+    %% values that matter are explicit in the generators.
+    Options = [{numtests, Calls}, {on_output, fun print_unless_dot/2}, {max_shrinks, 200}, {max_size, 10}],
+    proper:quickcheck(prop_calls(Ctx), Options).
 
 %% To the console as well as the test log: rebar3 ct shows no ct:pal output,
 %% and the seed must be at hand when a run fails.
@@ -374,14 +408,15 @@ application_alive(#{app := started}) ->
 
 %% Outcome counts by kind, to show how many calls got past validation, and
 %% the time spent per function, to show where a run's time goes.
-count(#{calls := Calls}, Reply, MFA, Micros) ->
+count(Ctx, Reply, MFA, Micros) ->
     add({outcome, outcome(Reply)}, 1),
     add({micros, MFA}, Micros),
-    Done = add({outcome, calls}, 1),
-    case Done rem max(1, Calls div 10) of
-        0 -> say("fuzz: ~b of ~b calls", [Done, Calls]);
-        _ -> ok
-    end.
+    progress(Ctx, add({outcome, calls}, 1)).
+
+progress(#{progress := Every, calls := Calls}, Done) when is_integer(Every), Done rem Every =:= 0 ->
+    say("fuzz: ~b of ~b calls", [Done, Calls]);
+progress(_Ctx, _Done) ->
+    ok.
 
 add(Key, N) ->
     Sum = N + get_count(Key),
