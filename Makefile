@@ -1,5 +1,5 @@
 # make test: every check and test (installs missing prerequisites first).
-.PHONY: all deps build demo test bench shell clean
+.PHONY: all deps build demo test fuzz bench shell clean
 
 all: build
 
@@ -16,6 +16,11 @@ demo: build
 
 test: deps
 	bash scripts/test.sh
+
+# Only the fuzz suite: N calls of the public API with random arguments
+# (default 20000), SEED=S repeats a run (the suite prints the seed it used).
+fuzz: deps
+	FUZZ_N=$(N) FUZZ_SEED=$(SEED) EMQX_REDIS_STORAGE_ROOT=$(CURDIR) rebar3 ct --suite test/emqx_redis_fuzz_SUITE
 
 # Throughput and latency against a private redis-server (see bench/run.sh
 # --help; e.g. make bench BENCH_DURATION=10 BENCH_CONCURRENCY=1,16,64).

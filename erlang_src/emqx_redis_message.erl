@@ -83,22 +83,24 @@ store_message(Client, ClientId, Msg) ->
 %% crossed the limit of 8 MiB; split the batch).
 -spec store_messages(client(), client_id(), [message()]) -> ok | {error, term()}.
 store_messages(Client, ClientId, Msgs) ->
-    checked([emqx_redis_storage_terms:client_id(ClientId), batch(Msgs)], fun() ->
+    checked(Client, [emqx_redis_storage_terms:client_id(ClientId), batch(Msgs)], fun() ->
         #{message_ttl := Ttl, max_message_size := MaxSize, max_queue_len := MaxLen} =
             emqx_redis_storage_client:settings(Client),
         case encode_all(Msgs, min(Ttl, ?MAX_EXPIRY), MaxSize, 0, []) of
-            {ok, []} -> ok;
-            {ok, Encoded} -> unwrap(call(Client, message_store, [ClientId, Encoded, MaxLen]));
-            {error, _} = Error -> Error
+            {ok, []} ->
+                ok;
+            {ok, Encoded} ->
+                unwrap(call(Client, message_store, [ClientId, Encoded, MaxLen]));
+            {error, _} = Error ->
+                Error
         end
     end).
 
 batch(Msgs) ->
-    try length(Msgs) of
-        N when N =< ?MAX_BATCH -> ok;
-        N -> {error, {batch_too_large, #{count => N, max => ?MAX_BATCH}}}
-    catch
-        error:badarg -> {error, {invalid_batch, Msgs}}
+    case emqx_redis_storage_terms:list_length(Msgs) of
+        {ok, N} when N =< ?MAX_BATCH -> ok;
+        {ok, N} -> {error, {batch_too_large, #{count => N, max => ?MAX_BATCH}}};
+        error -> {error, {invalid_batch, Msgs}}
     end.
 
 %% `[{Id, TtlMs, Body}]' for the NIF, or the first problem found.
@@ -149,7 +151,7 @@ ttl(_Msg, Default) ->
 -spec get_messages(client(), client_id(), non_neg_integer(), non_neg_integer()) ->
     {ok, [message()]} | {error, term()}.
 get_messages(Client, ClientId, Offset, Limit) ->
-    checked([emqx_redis_storage_terms:client_id(ClientId), page(Offset, Limit)], fun() ->
+    checked(Client, [emqx_redis_storage_terms:client_id(ClientId), page(Offset, Limit)], fun() ->
         case call(Client, message_get, [ClientId, Offset, Limit]) of
             {ok, Page} -> decode_all(Page, []);
             {error, _} = Error -> Error
@@ -194,7 +196,7 @@ escape(C) -> iolist_to_binary(io_lib:format("\\x~2.16.0b", [C])).
 -spec ack_message(client(), client_id(), message_id()) -> ok | {error, term()}.
 ack_message(Client, ClientId, MsgId) ->
     Checks = [emqx_redis_storage_terms:client_id(ClientId), invalid_id(MsgId)],
-    checked(Checks, fun() ->
+    checked(Client, Checks, fun() ->
         unwrap(call(Client, message_ack, [ClientId, MsgId]))
     end).
 
@@ -210,14 +212,14 @@ message_id(Id) -> {error, Id}.
 %% @doc Deletes every message of the client and its `dropped' count.
 -spec delete_messages(client(), client_id()) -> ok | {error, term()}.
 delete_messages(Client, ClientId) ->
-    checked([emqx_redis_storage_terms:client_id(ClientId)], fun() ->
+    checked(Client, [emqx_redis_storage_terms:client_id(ClientId)], fun() ->
         unwrap(call(Client, message_delete, [ClientId]))
     end).
 
 %% @doc The number of live messages.
 -spec count_messages(client(), client_id()) -> {ok, non_neg_integer()} | {error, term()}.
 count_messages(Client, ClientId) ->
-    checked([emqx_redis_storage_terms:client_id(ClientId)], fun() ->
+    checked(Client, [emqx_redis_storage_terms:client_id(ClientId)], fun() ->
         call(Client, message_count, [ClientId])
     end).
 
@@ -226,7 +228,7 @@ count_messages(Client, ClientId) ->
 %% oldest live message was stored (Unix ms, Redis's clock) or `undefined'.
 -spec queue_info(client(), client_id()) -> {ok, queue_info()} | {error, term()}.
 queue_info(Client, ClientId) ->
-    checked([emqx_redis_storage_terms:client_id(ClientId)], fun() ->
+    checked(Client, [emqx_redis_storage_terms:client_id(ClientId)], fun() ->
         case call(Client, message_info, [ClientId]) of
             {ok, {Len, Dropped, OldestAt}} ->
                 {ok, #{len => Len, dropped => Dropped, oldest_at => OldestAt}};
@@ -235,12 +237,9 @@ queue_info(Client, ClientId) ->
         end
     end).
 
-%% Runs `Fun' if every check is `ok', else returns the first error.
-checked(Checks, Fun) ->
-    case [Error || {error, _} = Error <- Checks] of
-        [] -> Fun();
-        [Error | _] -> Error
-    end.
+%% Runs `Fun' if the client and then every check is `ok', else returns the first error.
+checked(Client, Checks, Fun) ->
+    emqx_redis_storage_client:checked(Client, Checks, Fun).
 
 with_default(Fun) ->
     emqx_redis_storage_client:with_default(Fun).

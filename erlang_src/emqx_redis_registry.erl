@@ -25,49 +25,47 @@ cleanup_node(Node) -> with_default(fun(C) -> cleanup_node(C, Node) end).
 
 -spec register_channel(client(), client_id(), node()) -> ok | {error, term()}.
 register_channel(Client, ClientId, Node) ->
-    with_node(ClientId, Node, fun(NodeBin) ->
+    with_node(Client, [emqx_redis_storage_terms:client_id(ClientId)], Node, fun(NodeBin) ->
         unwrap(emqx_redis_storage_client:call(Client, channel_register, [ClientId, NodeBin]))
     end).
 
 %% @doc The node of the client's channel, or `{error, not_found}'.
 -spec lookup_channel(client(), client_id()) -> {ok, node()} | {error, term()}.
 lookup_channel(Client, ClientId) ->
-    case emqx_redis_storage_terms:client_id(ClientId) of
-        ok ->
-            case emqx_redis_storage_client:call(Client, channel_lookup, [ClientId]) of
-                {ok, undefined} -> {error, not_found};
-                {ok, NodeBin} -> emqx_redis_storage_terms:to_node(channel, NodeBin);
-                {error, _} = Error -> Error
-            end;
-        {error, _} = Error ->
-            Error
-    end.
+    emqx_redis_storage_client:checked(Client, [emqx_redis_storage_terms:client_id(ClientId)], fun() ->
+        case emqx_redis_storage_client:call(Client, channel_lookup, [ClientId]) of
+            {ok, undefined} -> {error, not_found};
+            {ok, NodeBin} -> emqx_redis_storage_terms:to_node(channel, NodeBin);
+            {error, _} = Error -> Error
+        end
+    end).
 
 %% @doc Removes the entry only if it still names `Node' (the client may have
 %% moved to another node meanwhile); `ok' either way.
 -spec unregister_channel(client(), client_id(), node()) -> ok | {error, term()}.
 unregister_channel(Client, ClientId, Node) ->
-    with_node(ClientId, Node, fun(NodeBin) ->
+    with_node(Client, [emqx_redis_storage_terms:client_id(ClientId)], Node, fun(NodeBin) ->
         unwrap(emqx_redis_storage_client:call(Client, channel_unregister, [ClientId, NodeBin]))
     end).
 
 %% @doc Removes every entry of a node that died; returns how many.
 -spec cleanup_node(client(), node()) -> {ok, non_neg_integer()} | {error, term()}.
 cleanup_node(Client, Node) ->
-    case emqx_redis_storage_terms:node_name(Node) of
-        {ok, NodeBin} -> emqx_redis_storage_client:call(Client, channel_cleanup, [NodeBin]);
-        {error, _} = Error -> Error
-    end.
+    with_node(Client, [], Node, fun(NodeBin) ->
+        emqx_redis_storage_client:call(Client, channel_cleanup, [NodeBin])
+    end).
 
 with_default(Fun) ->
     emqx_redis_storage_client:with_default(Fun).
 
-with_node(ClientId, Node, Fun) ->
-    case {emqx_redis_storage_terms:client_id(ClientId), emqx_redis_storage_terms:node_name(Node)} of
-        {ok, {ok, NodeBin}} -> Fun(NodeBin);
-        {{error, _} = Error, _} -> Error;
-        {ok, {error, _} = Error} -> Error
-    end.
+%% `Fun(NodeBin)' once the client, the other checks and the node are valid.
+with_node(Client, Checks, Node, Fun) ->
+    {NodeCheck, NodeBin} =
+        case emqx_redis_storage_terms:node_name(Node) of
+            {ok, Bin} -> {ok, Bin};
+            {error, _} = Error -> {Error, undefined}
+        end,
+    emqx_redis_storage_client:checked(Client, Checks ++ [NodeCheck], fun() -> Fun(NodeBin) end).
 
 unwrap({ok, ok}) -> ok;
 unwrap({error, _} = Error) -> Error.

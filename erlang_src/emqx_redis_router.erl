@@ -55,14 +55,20 @@ add_route(Client, Filter, Dest) ->
 %% script call per shard and 1,000 routes). Returns how many were new. On
 %% an error, the calls before it have taken effect.
 -spec add_routes(client(), [{binary(), dest()}]) -> {ok, non_neg_integer()} | {error, term()}.
-add_routes(Client, Routes) when is_list(Routes) ->
-    case [R || R <- Routes, not valid_route(R)] of
-        [] -> add_batches(Client, Routes, 0);
-        [{Filter, Dest} | _] -> with_route(Filter, Dest, fun() -> ok end);
-        [Bad | _] -> {error, {invalid_route, Bad}}
-    end;
-add_routes(_Client, Routes) ->
-    {error, {invalid_route, Routes}}.
+add_routes(Client, Routes) ->
+    checked(Client, [route_list(Routes)], fun() ->
+        case [R || R <- Routes, not valid_route(R)] of
+            [] -> add_batches(Client, Routes, 0);
+            [{Filter, Dest} | _] -> with_route(Filter, Dest, fun() -> ok end);
+            [Bad | _] -> {error, {invalid_route, Bad}}
+        end
+    end).
+
+route_list(Routes) ->
+    case emqx_redis_storage_terms:list_length(Routes) of
+        {ok, _} -> ok;
+        error -> {error, {invalid_route, Routes}}
+    end.
 
 add_batches(_Client, [], Added) ->
     {ok, Added};
@@ -83,27 +89,36 @@ valid_route(_) -> false.
 %% @doc Removes a route; `ok' also if it was not there.
 -spec delete_route(client(), binary(), dest()) -> ok | {error, term()}.
 delete_route(Client, Filter, Dest) ->
-    with_route(Filter, Dest, fun() -> call(Client, route_delete, [Filter, Dest]) end).
+    checked(Client, [], fun() ->
+        with_route(Filter, Dest, fun() -> call(Client, route_delete, [Filter, Dest]) end)
+    end).
 
 %% @doc Every dest with a filter that matches the topic name, each once.
 -spec match_routes(client(), binary()) -> {ok, [dest()]} | {error, term()}.
-match_routes(Client, Topic) when is_binary(Topic) ->
+match_routes(Client, Topic) ->
+    checked(Client, [], fun() -> match_checked(Client, Topic) end).
+
+match_checked(Client, Topic) when is_binary(Topic) ->
     case emqx_redis_storage_nif:route_match_local(emqx_redis_storage_client:res(Client), Topic) of
         {ok, Dests} -> node_atoms(Dests, []);
         not_ready -> dests(emqx_redis_storage_client:call(Client, route_match_redis, [Topic]));
         {error, Reason} -> {error, {invalid_topic, Reason}}
     end;
-match_routes(_Client, Topic) ->
+match_checked(_Client, Topic) ->
     {error, {invalid_topic, Topic}}.
 
 %% @doc The dests of exactly this filter.
 -spec lookup_routes(client(), binary()) -> {ok, [dest()]} | {error, term()}.
 lookup_routes(Client, Filter) ->
-    case emqx_redis_topic:validate(filter, Filter) of
-        ok -> dests(emqx_redis_storage_client:call(Client, route_lookup, [Filter]));
-        {error, Reason} -> {error, {invalid_topic, Reason}}
-    end.
+    checked(Client, [], fun() ->
+        case emqx_redis_topic:validate(filter, Filter) of
+            ok -> dests(emqx_redis_storage_client:call(Client, route_lookup, [Filter]));
+            {error, Reason} -> {error, {invalid_topic, Reason}}
+        end
+    end).
 
+%% @doc True if the route is there; false also if it cannot be told (an
+%% error, such as a wrong argument or Redis unreachable).
 -spec has_route(client(), binary(), dest()) -> boolean().
 has_route(Client, Filter, Dest) ->
     case lookup_routes(Client, Filter) of
@@ -120,15 +135,19 @@ topics(Client) ->
 %% shared-subscription dests; returns how many.
 -spec cleanup_node(client(), node()) -> {ok, non_neg_integer()} | {error, term()}.
 cleanup_node(Client, Node) ->
-    case valid_node(Node) of
-        true -> emqx_redis_storage_client:call(Client, route_cleanup, [Node]);
-        false -> {error, {invalid_node, Node}}
-    end.
+    checked(Client, [], fun() ->
+        case valid_node(Node) of
+            true -> emqx_redis_storage_client:call(Client, route_cleanup, [Node]);
+            false -> {error, {invalid_node, Node}}
+        end
+    end).
 
 %% @doc True once the client's local index is loaded and in step with Redis.
--spec index_ready(client()) -> boolean().
+-spec index_ready(client()) -> boolean() | {error, {invalid_client, term()}}.
 index_ready(Client) ->
-    emqx_redis_storage_nif:route_index_ready(emqx_redis_storage_client:res(Client)).
+    checked(Client, [], fun() ->
+        emqx_redis_storage_nif:route_index_ready(emqx_redis_storage_client:res(Client))
+    end).
 
 %%--------------------------------------------------------------------
 
@@ -183,3 +202,6 @@ node_dest(Node) ->
 
 with_default(Fun) ->
     emqx_redis_storage_client:with_default(Fun).
+
+checked(Client, Checks, Fun) ->
+    emqx_redis_storage_client:checked(Client, Checks, Fun).

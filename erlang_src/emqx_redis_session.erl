@@ -23,14 +23,23 @@
 -export([list_sessions/3, count_sessions/1, session_info/2]).
 -export([acquire_lease/4, renew_lease/4, release_lease/3]).
 
--type client_id() :: binary().
--type fence() :: integer().
--type owner() :: node() | binary().
--type save_opts() :: #{ttl => pos_integer(), node => node(), fence => fence()}.
--type client() :: emqx_redis_storage_client:t().
--export_type([client_id/0, fence/0, owner/0, save_opts/0]).
-
 -define(MAX_PAGE, 10000).
+%% Beyond any number of sessions that fits in memory.
+-define(MAX_OFFSET, 1 bsl 32).
+%% Lua in Redis compares fences as doubles, exact up to 2^53 - 1.
+-define(MAX_FENCE, (1 bsl 53) - 1).
+%% A lease is renewed while its holder lives: a year is far beyond any use.
+-define(MAX_LEASE_MS, 365 * 24 * 3600 * 1000).
+%% The MQTT 5 session expiry interval (seconds) is a four-byte integer.
+-define(MAX_TTL, 4294967295).
+
+-type client_id() :: binary().
+-type fence() :: 0..?MAX_FENCE.
+-type owner() :: node() | binary().
+-type save_opts() :: #{ttl => 1..?MAX_TTL, node => node(), fence => fence()}.
+-type lease_ms() :: 1..?MAX_LEASE_MS.
+-type client() :: emqx_redis_storage_client:t().
+-export_type([client_id/0, fence/0, owner/0, save_opts/0, lease_ms/0]).
 
 -spec save_session(client_id(), term()) -> ok | {error, term()}.
 save_session(ClientId, Session) -> save_session(ClientId, Session, #{}).
@@ -47,27 +56,29 @@ delete_session(ClientId) -> with_default(fun(C) -> delete_session(C, ClientId) e
 -spec session_info(client_id()) -> {ok, map()} | {error, term()}.
 session_info(ClientId) -> with_default(fun(C) -> session_info(C, ClientId) end).
 
--spec list_sessions(non_neg_integer(), non_neg_integer()) -> {ok, [client_id()]} | {error, term()}.
+-spec list_sessions(0..?MAX_PAGE, 0..?MAX_OFFSET) -> {ok, [client_id()]} | {error, term()}.
 list_sessions(Limit, Offset) -> with_default(fun(C) -> list_sessions(C, Limit, Offset) end).
 
 -spec count_sessions() -> {ok, non_neg_integer()} | {error, term()}.
 count_sessions() -> with_default(fun count_sessions/1).
 
--spec acquire_lease(client_id(), owner(), pos_integer()) -> {ok, fence()} | {error, term()}.
+-spec acquire_lease(client_id(), owner(), lease_ms()) -> {ok, fence()} | {error, term()}.
 acquire_lease(ClientId, Owner, LeaseMs) -> with_default(fun(C) -> acquire_lease(C, ClientId, Owner, LeaseMs) end).
 
--spec renew_lease(client_id(), fence(), pos_integer()) -> ok | {error, term()}.
+-spec renew_lease(client_id(), fence(), lease_ms()) -> ok | {error, term()}.
 renew_lease(ClientId, Fence, LeaseMs) -> with_default(fun(C) -> renew_lease(C, ClientId, Fence, LeaseMs) end).
 
 -spec release_lease(client_id(), fence()) -> ok | {error, term()}.
 release_lease(ClientId, Fence) -> with_default(fun(C) -> release_lease(C, ClientId, Fence) end).
 
-%% @doc Saves `Session'. Options: `ttl' in seconds (default: config
-%% `persistence.session_ttl'), `node' (default: `node()'), `fence' (from
-%% `acquire_lease/3'; a save with an older fence than the newest is refused).
+%% @doc Saves `Session'. Options: `ttl' in seconds, 1 to 4294967295 (the
+%% MQTT 5 limit; default: config `persistence.session_ttl'), `node' (default: `node()'), `fence' (from `acquire_lease/3', 0 to
+%% 2^53 - 1; a save with an older fence than the newest is refused).
+%% A wrong option: `{error, {invalid_option, {Name, Value}}}', an unknown
+%% one `{error, {invalid_option, Name}}'.
 -spec save_session(client(), client_id(), term(), save_opts()) -> ok | {error, term()}.
 save_session(Client, ClientId, Session, Opts) ->
-    with_client_id(ClientId, fun() ->
+    with_client_id(Client, ClientId, fun() ->
         #{session_ttl := DefaultTtl, max_session_size := Max} = emqx_redis_storage_client:settings(Client),
         case save_opts(Opts, DefaultTtl) of
             {ok, Ttl, Node, Fence} ->
@@ -89,27 +100,35 @@ save_session(Client, ClientId, Session, Opts) ->
 save_opts(Opts, DefaultTtl) when is_map(Opts) ->
     Ttl = maps:get(ttl, Opts, DefaultTtl),
     Node = maps:get(node, Opts, node()),
-    Fence = maps:get(fence, Opts, nil),
     Unknown = maps:keys(maps:without([ttl, node, fence], Opts)),
     if
         Unknown =/= [] -> {error, {invalid_option, hd(Unknown)}};
-        not (is_integer(Ttl) andalso Ttl > 0) -> {error, {invalid_option, {ttl, Ttl}}};
-        not (is_integer(Fence) orelse Fence =:= nil) -> {error, {invalid_option, {fence, Fence}}};
-        true -> save_node(Ttl, Node, Fence)
+        not (is_integer(Ttl) andalso Ttl > 0 andalso Ttl =< ?MAX_TTL) -> {error, {invalid_option, {ttl, Ttl}}};
+        true -> save_node(Opts, Ttl, Node)
     end;
 save_opts(Opts, _DefaultTtl) ->
     {error, {invalid_option, Opts}}.
 
 %% The node is stored as it will be read back: shaped like a node name.
-save_node(Ttl, Node, Fence) ->
+save_node(Opts, Ttl, Node) ->
     case emqx_redis_storage_terms:node_name(Node) of
-        {ok, NodeBin} -> {ok, Ttl, NodeBin, Fence};
+        {ok, NodeBin} -> save_fence(Opts, Ttl, NodeBin);
         {error, _} -> {error, {invalid_option, {node, Node}}}
     end.
 
+%% No `fence' option is `nil' for the NIF; `nil' given as a fence is wrong
+%% like any other non-fence.
+save_fence(#{fence := Fence}, Ttl, Node) ->
+    case fence(Fence) of
+        ok -> {ok, Ttl, Node, Fence};
+        {error, _} -> {error, {invalid_option, {fence, Fence}}}
+    end;
+save_fence(_Opts, Ttl, Node) ->
+    {ok, Ttl, Node, nil}.
+
 -spec load_session(client(), client_id()) -> {ok, term()} | {error, term()}.
 load_session(Client, ClientId) ->
-    with_client_id(ClientId, fun() ->
+    with_client_id(Client, ClientId, fun() ->
         case call(Client, session_load, [ClientId]) of
             {ok, undefined} -> {error, not_found};
             {ok, Data} -> emqx_redis_storage_terms:decode(session, Data);
@@ -121,7 +140,7 @@ load_session(Client, ClientId) ->
 %% fence are kept, so a stale writer stays fenced off.
 -spec delete_session(client(), client_id()) -> ok | {error, term()}.
 delete_session(Client, ClientId) ->
-    with_client_id(ClientId, fun() ->
+    with_client_id(Client, ClientId, fun() ->
         case call(Client, session_delete, [ClientId]) of
             {ok, ok} -> ok;
             {error, _} = Error -> Error
@@ -131,7 +150,7 @@ delete_session(Client, ClientId) ->
 %% @doc `#{created_at, updated_at, expires_at}' (Unix ms, Redis's clock) and `node'.
 -spec session_info(client(), client_id()) -> {ok, map()} | {error, term()}.
 session_info(Client, ClientId) ->
-    with_client_id(ClientId, fun() ->
+    with_client_id(Client, ClientId, fun() ->
         case call(Client, session_info, [ClientId]) of
             {ok, undefined} ->
                 {error, not_found};
@@ -150,13 +169,16 @@ session_info(Client, ClientId) ->
 %% @doc One page of the client ids of live sessions. Order: by Redis Cluster
 %% hash slot of the client id, then by expiry time, then by client id; the
 %% pages of a store that nobody writes to meanwhile neither skip nor repeat.
--spec list_sessions(client(), non_neg_integer(), non_neg_integer()) -> {ok, [client_id()]} | {error, term()}.
+%% `Limit' is 0 to 10000, `Offset' 0 to 2^32; else `{error, {invalid_page, _}}'.
+-spec list_sessions(client(), 0..?MAX_PAGE, 0..?MAX_OFFSET) -> {ok, [client_id()]} | {error, term()}.
 list_sessions(Client, Limit, Offset) when
-    is_integer(Limit), Limit >= 0, Limit =< ?MAX_PAGE, is_integer(Offset), Offset >= 0
+    is_integer(Limit), Limit >= 0, Limit =< ?MAX_PAGE, is_integer(Offset), Offset >= 0, Offset =< ?MAX_OFFSET
 ->
     call(Client, session_list, [Limit, Offset]);
-list_sessions(_Client, Limit, Offset) ->
-    {error, {invalid_page, #{limit => Limit, offset => Offset, max_limit => ?MAX_PAGE}}}.
+list_sessions(Client, Limit, Offset) ->
+    emqx_redis_storage_client:checked(Client, [], fun() ->
+        {error, {invalid_page, #{limit => Limit, offset => Offset, max_limit => ?MAX_PAGE, max_offset => ?MAX_OFFSET}}}
+    end).
 
 %% @doc The number of live sessions.
 -spec count_sessions(client()) -> {ok, non_neg_integer()} | {error, term()}.
@@ -166,9 +188,10 @@ count_sessions(Client) ->
 %% @doc Takes the client's lease for `LeaseMs' and returns a new fence, higher
 %% than every fence issued before for this client. Held by another owner:
 %% `{error, {held_by, Owner}}'. The same owner may take it again (new fence).
--spec acquire_lease(client(), client_id(), owner(), pos_integer()) -> {ok, fence()} | {error, term()}.
+%% `LeaseMs' is 1 to 365 days in milliseconds, else `{error, {invalid_lease_ms, _}}'.
+-spec acquire_lease(client(), client_id(), owner(), lease_ms()) -> {ok, fence()} | {error, term()}.
 acquire_lease(Client, ClientId, Owner, LeaseMs) ->
-    with_client_id(ClientId, fun() ->
+    with_client_id(Client, ClientId, fun() ->
         #{session_ttl := FenceTtl} = emqx_redis_storage_client:settings(Client),
         case {lease_ms(LeaseMs), emqx_redis_storage_terms:owner_to_bin(Owner)} of
             {ok, {ok, OwnerBin}} ->
@@ -180,10 +203,12 @@ acquire_lease(Client, ClientId, Owner, LeaseMs) ->
         end
     end).
 
-%% @doc Makes the lease held with `Fence' expire `LeaseMs' from now.
--spec renew_lease(client(), client_id(), fence(), pos_integer()) -> ok | {error, term()}.
+%% @doc Makes the lease held with `Fence' expire `LeaseMs' from now. A fence
+%% is 0 to 2^53 - 1 (`{error, {invalid_fence, _}}'), `LeaseMs' as for
+%% `acquire_lease/4'.
+-spec renew_lease(client(), client_id(), fence(), lease_ms()) -> ok | {error, term()}.
 renew_lease(Client, ClientId, Fence, LeaseMs) ->
-    with_client_id(ClientId, fun() ->
+    with_client_id(Client, ClientId, fun() ->
         case {fence(Fence), lease_ms(LeaseMs)} of
             {ok, ok} -> lease_call(Client, lease_renew, [ClientId, Fence, LeaseMs]);
             {ok, Error} -> Error;
@@ -194,7 +219,7 @@ renew_lease(Client, ClientId, Fence, LeaseMs) ->
 %% @doc Gives up the lease held with `Fence'; `ok' if it had already expired.
 -spec release_lease(client(), client_id(), fence()) -> ok | {error, term()}.
 release_lease(Client, ClientId, Fence) ->
-    with_client_id(ClientId, fun() ->
+    with_client_id(Client, ClientId, fun() ->
         case fence(Fence) of
             ok -> lease_call(Client, lease_release, [ClientId, Fence]);
             Error -> Error
@@ -214,20 +239,17 @@ lease_call(Client, Fun, Args) ->
         {error, _} = Error -> Error
     end.
 
-lease_ms(Ms) when is_integer(Ms), Ms > 0 -> ok;
+lease_ms(Ms) when is_integer(Ms), Ms > 0, Ms =< ?MAX_LEASE_MS -> ok;
 lease_ms(Ms) -> {error, {invalid_lease_ms, Ms}}.
 
-fence(Fence) when is_integer(Fence) -> ok;
+fence(Fence) when is_integer(Fence), Fence >= 0, Fence =< ?MAX_FENCE -> ok;
 fence(Fence) -> {error, {invalid_fence, Fence}}.
 
 with_default(Fun) ->
     emqx_redis_storage_client:with_default(Fun).
 
-with_client_id(ClientId, Fun) ->
-    case emqx_redis_storage_terms:client_id(ClientId) of
-        ok -> Fun();
-        {error, _} = Error -> Error
-    end.
+with_client_id(Client, ClientId, Fun) ->
+    emqx_redis_storage_client:checked(Client, [emqx_redis_storage_terms:client_id(ClientId)], Fun).
 
 call(Client, Fun, Args) ->
     emqx_redis_storage_client:call(Client, Fun, Args).

@@ -51,8 +51,11 @@ stop() ->
 -spec status() -> map().
 status() ->
     case emqx_redis_storage_client:default() of
-        {error, not_started} -> #{started => false, connected => false};
-        {ok, Client} -> status(Client)
+        {error, not_started} ->
+            #{started => false, connected => false};
+        {ok, Client} ->
+            #{} = Status = status(Client),
+            Status
     end.
 
 %% @doc `#{started, mode, servers, database, pool_size, key_prefix,
@@ -62,11 +65,13 @@ status() ->
 %% a background probe tries it; `server_states' has a
 %% `#{server, state => up | connecting | down}' for each server in use (the
 %% single server, the Sentinel master, each Cluster master). Never a secret.
--spec status(emqx_redis_storage_client:t()) -> map().
+-spec status(emqx_redis_storage_client:t()) -> map() | {error, {invalid_client, term()}}.
 status(Client) ->
-    Connected = q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>},
-    Info = emqx_redis_storage_client:info(Client),
-    maps:merge(Info#{started => true, connected => Connected}, emqx_redis_storage_client:health(Client)).
+    emqx_redis_storage_client:checked(Client, [], fun() ->
+        Connected = q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>},
+        Info = emqx_redis_storage_client:info(Client),
+        maps:merge(Info#{started => true, connected => Connected}, emqx_redis_storage_client:health(Client))
+    end).
 
 %% @doc A client of its own, apart from the application's default one, for a
 %% config map of the same shape as `start/1' takes, such as
@@ -86,19 +91,40 @@ q(Command) ->
     emqx_redis_storage_client:with_default(fun(Client) -> q(Client, Command) end).
 
 -spec q(emqx_redis_storage_client:t(), command()) -> {ok, term()} | {error, term()}.
-q(Client, [_ | _] = Command) ->
-    try [to_arg(A) || A <- Command] of
-        [Name | _] = Args ->
-            Upper = string:uppercase(Name),
-            case lists:member(Upper, connection_state_commands()) of
-                true -> {error, {unsupported_command, Upper}};
-                false -> emqx_redis_storage_client:call(Client, q, [Args])
-            end
-    catch
-        error:badarg -> {error, {bad_command, Command}}
-    end;
-q(_Client, Command) ->
-    {error, {bad_command, Command}}.
+q(Client, Command) ->
+    emqx_redis_storage_client:checked(Client, [], fun() ->
+        case command_args(Command) of
+            {ok, [Name | _] = Args} ->
+                Upper = ascii_upper(Name),
+                case lists:member(Upper, connection_state_commands()) of
+                    true -> {error, {unsupported_command, Upper}};
+                    false -> emqx_redis_storage_client:call(Client, q, [Args])
+                end;
+            error ->
+                {error, {bad_command, Command}}
+        end
+    end).
+
+%% A non-empty proper list of arguments, each as a binary.
+command_args(Command) ->
+    case emqx_redis_storage_terms:list_length(Command) of
+        {ok, N} when N > 0 ->
+            try
+                {ok, [to_arg(A) || A <- Command]}
+            catch
+                error:badarg -> error
+            end;
+        _ ->
+            error
+    end.
+
+%% Command names are ASCII, but a name may be any bytes (string:uppercase/1
+%% raises on invalid UTF-8): only ASCII letters are folded.
+ascii_upper(Name) ->
+    <<<<(upper(C))>> || <<C>> <= Name>>.
+
+upper(C) when C >= $a, C =< $z -> C - ($a - $A);
+upper(C) -> C.
 
 %% Every call shares multiplexed connections with other callers, so commands
 %% that change a connection's state or block it would break theirs.

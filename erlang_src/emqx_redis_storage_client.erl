@@ -7,7 +7,7 @@
 %% NIF or received here, so it never piles up in the caller's mailbox.
 -module(emqx_redis_storage_client).
 
--export([connect/2, info/1, health/1, settings/1, res/1, call/3, wait/2, with_default/1]).
+-export([connect/2, checked/3, info/1, health/1, settings/1, res/1, call/3, wait/2, with_default/1]).
 -export([default/0, set_default/1, clear_default/0]).
 
 -record(client, {
@@ -101,6 +101,21 @@ public_info(#{redis_type := Mode, servers := Servers, database := Db, pool_size 
         pool_size => Pool
     }.
 
+%% @doc `ok' for a client made by `connect/2'; the API functions that take a
+%% client check it first, so a wrong one is a plain error.
+-spec check(term()) -> ok | {error, {invalid_client, term()}}.
+check(#client{res = Res}) when is_reference(Res) -> ok;
+check(Other) -> {error, {invalid_client, Other}}.
+
+%% @doc Runs `Fun' if `Client' is a client and every check is `ok', else
+%% returns the first error.
+-spec checked(term(), [ok | {error, term()}], fun(() -> Result)) -> Result | {error, term()}.
+checked(Client, Checks, Fun) ->
+    case [Error || {error, _} = Error <- [check(Client) | Checks]] of
+        [] -> Fun();
+        [Error | _] -> Error
+    end.
+
 %% @doc What may be shown about a client: never a secret.
 -spec info(t()) -> map().
 info(#client{info = Info}) -> Info.
@@ -142,7 +157,19 @@ with_default(Fun) ->
 %% client's command timeout.
 -spec call(t(), atom(), list()) -> {ok, term()} | {error, term()}.
 call(#client{res = Res, timeout = Timeout}, Fun, Args) ->
-    wait(fun(Ref) -> apply(emqx_redis_storage_nif, Fun, [Res, Ref | Args]) end, Timeout).
+    wait(fun(Ref) -> start(Fun, [Res, Ref | Args]) end, Timeout);
+call(Other, _Fun, _Args) ->
+    {error, {invalid_client, Other}}.
+
+%% The API modules check every argument before calling; a badarg from the
+%% NIF's argument decoding means a check is missing. It is still an answer,
+%% not an exception, since callers rely on never being crashed by a call.
+start(Fun, Args) ->
+    try
+        apply(emqx_redis_storage_nif, Fun, Args)
+    catch
+        error:badarg -> {error, {invalid_argument, Fun}}
+    end.
 
 %% @doc Starts a NIF operation with a fresh reference and waits for its reply.
 -spec wait(fun((reference()) -> term()), timeout()) -> {ok, term()} | {error, term()}.

@@ -4,6 +4,7 @@
 
 -export([client_id/1, node_name/1, to_node/2, encode/2, decode/2, corrupt/2]).
 -export([owner_to_bin/1, bin_to_owner/1, ms/1]).
+-export([list_length/1]).
 
 -define(MAX_CLIENT_ID, 65535).
 %% Node names seen only in Redis become atoms, but never more than this many.
@@ -15,6 +16,16 @@
 -spec client_id(term()) -> ok | {error, {invalid_client_id, term()}}.
 client_id(Id) when is_binary(Id), byte_size(Id) > 0, byte_size(Id) =< ?MAX_CLIENT_ID -> ok;
 client_id(Id) -> {error, {invalid_client_id, Id}}.
+
+%% @doc The length of a proper list; `error' for an improper list or a non-list,
+%% which a list comprehension over it would raise on.
+-spec list_length(term()) -> {ok, non_neg_integer()} | error.
+list_length(List) ->
+    try length(List) of
+        N -> {ok, N}
+    catch
+        error:badarg -> error
+    end.
 
 %% @doc A node name as stored in Redis: an atom shaped like a node name
 %% (what `to_node/2' accepts back).
