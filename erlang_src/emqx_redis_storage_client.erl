@@ -13,6 +13,9 @@
 -record(client, {
     res :: reference(),
     timeout :: pos_integer(),
+    %% How long a status report may take: it pings Cluster masters within
+    %% the connect timeout, whatever the command timeout.
+    status_timeout :: pos_integer(),
     info :: map(),
     %% The `persistence' section of the config: TTLs and size limits.
     settings :: map()
@@ -52,7 +55,13 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
                     Info = (public_info(Redis))#{
                         key_prefix => KeyPrefix, route_index => maps:get(route_index, Config)
                     },
-                    {ok, #client{res = Res, timeout = CommandTimeout, info = Info, settings = Settings}};
+                    {ok, #client{
+                        res = Res,
+                        timeout = CommandTimeout,
+                        status_timeout = ConnectTimeout + 1000,
+                        info = Info,
+                        settings = Settings
+                    }};
                 {error, timeout} ->
                     {error, {connection, <<"connect timeout">>}};
                 {error, _} = Error ->
@@ -124,7 +133,7 @@ info(#client{info = Info}) -> Info.
 %% while Redis is unreachable: calls fail at once), the requests in flight,
 %% and the state of each server in use.
 -spec health(t()) -> map().
-health(#client{timeout = Timeout} = Client) ->
+health(#client{status_timeout = Timeout} = Client) ->
     case wait(fun(Ref) -> emqx_redis_storage_nif:client_status(res(Client), Ref) end, Timeout) of
         {ok, {Breaker, LastError, InFlight, Servers}} ->
             #{
