@@ -20,6 +20,8 @@
 %% client from `emqx_redis_storage:connect/1' as an optional first argument.
 -module(emqx_redis_message).
 
+-include("emqx_redis_storage.hrl").
+
 -export([store_message/2, store_messages/2, get_messages/3, ack_message/2]).
 -export([delete_messages/1, count_messages/1, queue_info/1]).
 -export([store_message/3, store_messages/3, get_messages/4, ack_message/3]).
@@ -39,9 +41,8 @@
 %% Messages per store_messages/2 call and per get_messages/3 page.
 -define(MAX_BATCH, 10000).
 -define(MAX_PAGE, 10000).
-%% Encoded bytes per store_messages/2 call: one Redis request holds them all,
-%% and the NIF copies them on the calling scheduler (8 MiB: about a millisecond).
--define(MAX_BATCH_BYTES, 8 * 1024 * 1024).
+%% Encoded bytes per store_messages/2 call: one Redis request holds them all.
+-define(MAX_BATCH_BYTES, ?MAX_REQUEST_BYTES).
 -define(MAX_ID, 65535).
 %% The MQTT 5 message expiry interval is a four-byte integer.
 -define(MAX_EXPIRY, 4294967295).

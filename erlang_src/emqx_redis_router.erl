@@ -9,6 +9,8 @@
 %% the local index is loading or catching up after a gap, Redis answers.
 -module(emqx_redis_router).
 
+-include("emqx_redis_storage.hrl").
+
 -export([add_route/2, add_routes/1, delete_route/2, match_routes/1, lookup_routes/1, has_route/2]).
 -export([topics/0, cleanup_node/1]).
 -export([add_route/3, add_routes/2, delete_route/3, match_routes/2, lookup_routes/2, has_route/3]).
@@ -73,15 +75,27 @@ route_list(Routes) ->
 add_batches(_Client, [], Added) ->
     {ok, Added};
 add_batches(Client, Routes, Added) ->
-    {Batch, Rest} =
-        case length(Routes) > 10000 of
-            true -> lists:split(10000, Routes);
-            false -> {Routes, []}
-        end,
+    {Batch, Rest} = batch(Routes, 0, 0, []),
     case emqx_redis_storage_client:call(Client, route_add, [Batch]) of
         {ok, N} -> add_batches(Client, Rest, Added + N);
         {error, _} = Error -> Error
     end.
+
+%% The routes of one call: at most 10,000, and at most the bytes one request
+%% may carry (a filter is up to 64 KiB), but always at least one.
+batch([], _N, _Bytes, Acc) ->
+    {lists:reverse(Acc), []};
+batch(Routes, 10000, _Bytes, Acc) ->
+    {lists:reverse(Acc), Routes};
+batch([{Filter, Dest} = Route | Rest] = Routes, N, Bytes, Acc) ->
+    Size = byte_size(Filter) + dest_size(Dest),
+    case Bytes + Size > ?MAX_REQUEST_BYTES andalso Acc =/= [] of
+        true -> {lists:reverse(Acc), Routes};
+        false -> batch(Rest, N + 1, Bytes + Size, [Route | Acc])
+    end.
+
+dest_size({Group, Node}) -> byte_size(Group) + dest_size(Node);
+dest_size(Node) -> byte_size(atom_to_binary(Node)).
 
 valid_route({Filter, Dest}) -> with_route(Filter, Dest, fun() -> ok end) =:= ok;
 valid_route(_) -> false.

@@ -4,6 +4,8 @@
 %% from the application environment key `config' by `start/0'.
 -module(emqx_redis_storage).
 
+-include("emqx_redis_storage.hrl").
+
 -export([start/0, start/1, stop/0, status/0, status/1]).
 -export([connect/1, q/1, q/2]).
 
@@ -96,8 +98,10 @@ q(Client, Command) ->
         case command_args(Command) of
             {ok, [Name | _] = Args} ->
                 Upper = ascii_upper(Name),
+                Size = lists:sum([byte_size(A) || A <- Args]),
                 case lists:member(Upper, connection_state_commands()) of
                     true -> {error, {unsupported_command, Upper}};
+                    false when Size > ?MAX_REQUEST_BYTES -> {error, {too_large, #{size => Size, max => ?MAX_REQUEST_BYTES}}};
                     false -> emqx_redis_storage_client:call(Client, q, [Args])
                 end;
             error ->

@@ -6,6 +6,8 @@
 %% would be accepted. Secret values are never part of an error.
 -module(emqx_redis_storage_config).
 
+-include("emqx_redis_storage.hrl").
+
 -export([parse/1, parse_duration/2]).
 
 -type field_type() ::
@@ -44,13 +46,12 @@ persistence_schema() ->
     [
         {session_ttl, {duration, s, ?MQTT_MAX_INTERVAL}, 86400},
         {message_ttl, {duration, s, ?MQTT_MAX_INTERVAL}, 86400},
-        %% The NIF copies a session on the calling scheduler: at most 8 MiB
-        %% (about a millisecond), like a store_messages/2 batch.
-        {max_session_size, {integer, 1, 8 * ?MIB}, ?MIB},
+        %% The NIF copies a session on the calling scheduler (at most 8 MiB).
+        {max_session_size, {integer, 1, ?MAX_REQUEST_BYTES}, ?MIB},
         %% Twice EMQX's default max_packet_size (1 MiB): the largest PUBLISH
         %% EMQX admits by default fits with its topic, headers and encoding.
         %% At most a whole store_messages/2 batch (8 MiB).
-        {max_message_size, {integer, 1, 8 * ?MIB}, 2 * ?MIB},
+        {max_message_size, {integer, 1, ?MAX_REQUEST_BYTES}, 2 * ?MIB},
         {max_queue_len, {integer, 1, 1000000}, 1000}
     ].
 

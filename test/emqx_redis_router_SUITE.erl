@@ -22,6 +22,7 @@ all() ->
         dropped_pubsub_connection_resynchronises,
         forged_gap_triggers_full_reload,
         lua_mode_agrees_with_local_index,
+        long_filters_are_added_in_bounded_requests,
         {group, scale}
     ].
 
@@ -55,6 +56,16 @@ other_node(Config, Extra) ->
     Client.
 
 %%--------------------------------------------------------------------
+
+%% 200 filters of 60 KB each (12 MB) take more than one request (each
+%% at most 8 MiB, which the NIF copies on the calling scheduler); all land.
+long_filters_are_added_in_bounded_requests(_Config) ->
+    Long = binary:copy(<<"x">>, 60000),
+    Routes = [{<<"long/", (integer_to_binary(I))/binary, "/", Long/binary, "/+">>, 'long@h'} || I <- lists:seq(1, 200)],
+    ?assertEqual({ok, 200}, ?R:add_routes(Routes)),
+    ?assertEqual({ok, ['long@h']}, ?R:match_routes(<<"long/7/", Long/binary, "/x">>)),
+    {ok, Topics} = ?R:topics(),
+    ?assertEqual(200, length(Topics)).
 
 add_match_delete(_Config) ->
     Routes = [

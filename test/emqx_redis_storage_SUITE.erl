@@ -236,6 +236,13 @@ bad_commands_are_errors(Config) ->
             {<<"MONITOR">>, <<"MONITOR">>}
         ]
     ],
+    %% a command beyond 8 MiB (the NIF copies it on the calling scheduler)
+    Big = binary:copy(<<"x">>, 8 * 1024 * 1024),
+    ?assertEqual(
+        {error, {too_large, #{size => 8388615, max => 8388608}}},
+        emqx_redis_storage:q([<<"SET">>, <<"k">>, <<"big">>, Big])
+    ),
+    ?assertEqual({ok, <<"OK">>}, emqx_redis_storage:q([<<"SET">>, <<"k">>, binary:part(Big, 0, 8388000)])),
     ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])).
 
 password_and_acl_user(_Config) ->
