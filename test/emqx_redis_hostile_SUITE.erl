@@ -37,6 +37,7 @@ all() ->
         local_index_never_loads_corrupt_routes,
         garbage_route_events_make_the_index_reload,
         queue_counts_agree_with_loads,
+        a_half_queued_message_is_stored_again,
         session_listing_agrees_with_loads
     ].
 
@@ -382,6 +383,21 @@ garbage_route_events_make_the_index_reload(Config) ->
 %% A message body removed outside the library (DEL, eviction): the next
 %% script that meets its queue entry drops it, and counts, info and pages
 %% agree.
+%% An id left in only one of the queue's sorted sets (one entry removed
+%% outside the library) is not queued: storing it again queues it, rather
+%% than answering ok for a message no read would return.
+a_half_queued_message_is_stored_again(Config) ->
+    Cl = client(Config),
+    ok = ?M:store_messages(Cl, ?C, [#{id => <<"1">>}, #{id => <<"2">>}]),
+    raw(Cl, [<<"ZREM">>, key(Cl, {client, <<"q">>}), <<"1">>]),
+    raw(Cl, [<<"ZREM">>, key(Cl, {client, <<"qx">>}), <<"2">>]),
+    ok = ?M:store_messages(Cl, ?C, [#{id => <<"1">>, v => again}, #{id => <<"2">>, v => again}]),
+    ?assertEqual(
+        {ok, [#{id => <<"1">>, v => again}, #{id => <<"2">>, v => again}]},
+        ?M:get_messages(Cl, ?C, 0, 10)
+    ),
+    ?assertEqual({ok, 2}, ?M:count_messages(Cl, ?C)).
+
 queue_counts_agree_with_loads(Config) ->
     Cl = client(Config),
     Msgs = [#{id => integer_to_binary(I)} || I <- lists:seq(1, 5)],

@@ -19,18 +19,25 @@ for i = 3, #ARGV, 3 do
     ids[#ids + 1] = ARGV[i]
     at[#at + 1] = i
 end
-local scores = {}
-for i = 1, #ids, 1000 do
-    local slice = redis.call('ZMSCORE', expiry, unpack(ids, i, math.min(i + 999, #ids)))
-    for j = 1, #slice do
-        scores[i + j - 1] = slice[j]
+-- The scores of the ids in a sorted set, in slices.
+local function scores_in(key)
+    local scores = {}
+    for i = 1, #ids, 1000 do
+        local slice = redis.call('ZMSCORE', key, unpack(ids, i, math.min(i + 999, #ids)))
+        for j = 1, #slice do
+            scores[i + j - 1] = slice[j]
+        end
     end
+    return scores
 end
--- Queued means: not expired and its body still there (a body deleted or
--- evicted outside the library is stored again, in a new place).
+local seqs, scores = scores_in(queue), scores_in(expiry)
+-- Queued means: in the queue, not expired, and its body still there (one
+-- deleted or evicted outside the library, or an entry left in only one of
+-- the sorted sets, is stored again, in a new place).
 local new, seen = {}, {}
 for k, id in ipairs(ids) do
-    local queued = scores[k] and tonumber(scores[k]) > now and redis.call('EXISTS', body_prefix .. id) == 1
+    local queued = seqs[k] and scores[k] and tonumber(scores[k]) > now
+        and redis.call('EXISTS', body_prefix .. id) == 1
     if not queued and not seen[id] then
         seen[id] = true
         new[#new + 1] = at[k]
