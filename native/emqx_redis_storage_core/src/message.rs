@@ -30,7 +30,9 @@ fn script(own: &str) -> Lua {
 static STORE: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_store.lua")));
 static GET: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_get.lua")));
 static ACK: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_ack.lua")));
-static DELETE: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_delete.lua")));
+// Without the prelude: deleting is the way out of a corrupt queue.
+static DELETE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(&[include_str!("lua/message_delete.lua")]));
 static COUNT: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_count.lua")));
 static INFO: LazyLock<Lua> = LazyLock::new(|| script(include_str!("lua/message_info.lua")));
 
