@@ -72,11 +72,13 @@ struct Trip {
     trying: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Breaker {
     /// Read by every call; the rest only while open.
     open: AtomicBool,
     trip: Mutex<Trip>,
+    /// What it guards, for the log: the configured servers.
+    servers: String,
 }
 
 /// The text of a connection error, without its kind.
@@ -92,6 +94,21 @@ const FIRST_PROBE: Duration = Duration::from_millis(50);
 const MAX_PROBE_WAIT: Duration = Duration::from_millis(250);
 
 impl Breaker {
+    pub fn new(servers: String) -> Self {
+        Breaker {
+            open: AtomicBool::new(false),
+            trip: Mutex::new(Trip::default()),
+            servers,
+        }
+    }
+
+    /// Opens the breaker; logged when it was closed.
+    fn open(&self, reason: &str) {
+        if !self.open.swap(true, Ordering::AcqRel) {
+            tracing::warn!(servers = %self.servers, reason, "breaker_open");
+        }
+    }
+
     fn locked(&self) -> std::sync::MutexGuard<'_, Trip> {
         self.trip.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -125,7 +142,7 @@ impl Breaker {
         let mut trip = self.locked();
         trip.last_error = reason(error);
         if open_now {
-            self.open.store(true, Ordering::Release);
+            self.open(&trip.last_error);
         }
         !std::mem::replace(&mut trip.probing, true)
     }
@@ -141,6 +158,7 @@ impl Breaker {
     {
         let attempts = async {
             let mut wait = FIRST_PROBE;
+            let mut failed_probes = 0u64;
             loop {
                 if self.open.load(Ordering::Acquire) {
                     tokio::time::sleep(wait).await;
@@ -153,12 +171,15 @@ impl Breaker {
                 match result {
                     Ok(()) => {
                         trip.probing = false;
-                        self.open.store(false, Ordering::Release);
+                        if self.open.swap(false, Ordering::AcqRel) {
+                            tracing::info!(servers = %self.servers, failed_probes, "breaker_closed");
+                        }
                         return;
                     }
                     Err(e) => {
                         trip.last_error = reason(&e);
-                        self.open.store(true, Ordering::Release);
+                        failed_probes += 1;
+                        self.open(&trip.last_error);
                     }
                 }
             }
@@ -197,7 +218,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let breaker = Breaker::default();
+        let breaker = Breaker::new("test".into());
         assert!(breaker.check().is_ok());
         let refused = Error::Connection("Connection refused".into());
         assert!(breaker.trip(&refused, true));
@@ -231,7 +252,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let breaker = Breaker::default();
+        let breaker = Breaker::new("test".into());
         let refused = Error::Connection("Connection refused".into());
         assert!(breaker.trip(&refused, false));
         assert_eq!(breaker.state(), BreakerState::Closed);
