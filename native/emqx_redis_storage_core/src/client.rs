@@ -101,22 +101,6 @@ impl Server {
     }
 }
 
-/// Logs a call that did not get through to Redis, or got no answer: the
-/// error's kind and text (never a command's arguments).
-fn logged<T>(result: Result<T>) -> Result<T> {
-    match &result {
-        Err(Error::Connection(reason)) => {
-            tracing::warn!(error = "connection", reason = %reason, "call_failed")
-        }
-        Err(Error::ConnectionLost(reason)) => {
-            tracing::warn!(error = "connection_lost", reason = %reason, "call_failed")
-        }
-        Err(Error::Timeout) => tracing::warn!(error = "timeout", "call_failed"),
-        _ => {}
-    }
-    result
-}
-
 /// `host:port,host:port`, as the config names them.
 fn addresses(servers: &[(String, u16)]) -> String {
     let all: Vec<String> = servers.iter().map(|(h, p)| format!("{h}:{p}")).collect();
@@ -170,6 +154,7 @@ impl Link {
             return Ok(conn); // dialled by the call we waited for
         }
         let (conn, alive) = self.server.dial().await?;
+        tracing::debug!(server = %alive.server(), connection = *made + 1, "connection_opened");
         if *made > 0 {
             tracing::info!(server = %alive.server(), "connection_restored");
         }
@@ -460,7 +445,25 @@ impl Backend {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        logged(self.attempt(op).await)
+        self.logged(self.attempt(op).await)
+    }
+
+    /// Logs a call that did not get through to Redis, or got no answer:
+    /// the error's kind and text (never a command's arguments).
+    fn logged<T>(&self, result: Result<T>) -> Result<T> {
+        let (error, reason) = match &result {
+            Err(Error::Connection(reason)) => ("connection", reason.as_str()),
+            Err(Error::ConnectionLost(reason)) => ("connection_lost", reason.as_str()),
+            Err(Error::Timeout) => ("timeout", ""),
+            _ => return result,
+        };
+        tracing::warn!(
+            servers = %addresses(&self.config.servers),
+            error,
+            reason,
+            "call_failed"
+        );
+        result
     }
 
     async fn attempt<T, F, Fut>(&self, op: F) -> Result<T>
@@ -771,7 +774,7 @@ impl Backend {
             }
             return self.pipeline(&pipe).await;
         };
-        logged(self.each_by_master(conn, cmds).await)
+        self.logged(self.each_by_master(conn, cmds).await)
     }
 
     async fn each_by_master<T: FromRedisValue>(
