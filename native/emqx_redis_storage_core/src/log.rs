@@ -233,11 +233,11 @@ impl<S: Fn(Report) + Send + Sync + 'static> Subscriber for Forwarder<S> {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let name = fields.name.unwrap_or_else(|| metadata.name().to_string());
-        let admitted = self
-            .limit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(&name, *metadata.level(), Instant::now());
+        let admitted = self.limit.lock().unwrap_or_else(|e| e.into_inner()).admit(
+            &name,
+            *metadata.level(),
+            Instant::now(),
+        );
         if admitted {
             (self.sink)(Report {
                 name,
@@ -312,7 +312,12 @@ mod tests {
         let dispatch = tracing::Dispatch::new(forwarder.clone());
         tracing::dispatcher::with_default(&dispatch, || {
             forwarder.set_level(LevelFilter::INFO);
-            tracing::warn!(server = "h:1", attempts = 3u64, up = false, "connection_lost");
+            tracing::warn!(
+                server = "h:1",
+                attempts = 3u64,
+                up = false,
+                "connection_lost"
+            );
             tracing::debug!(detail = "x", "too_detailed");
             forwarder.set_level(LevelFilter::DEBUG);
             tracing::debug!(detail = "x", "too_detailed");

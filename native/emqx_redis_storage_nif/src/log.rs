@@ -26,7 +26,9 @@ mod atoms {
 const QUEUE: usize = 1024;
 
 static QUEUED: OnceLock<mpsc::Sender<Report>> = OnceLock::new();
-static FORWARDER: OnceLock<Arc<Forwarder<fn(Report)>>> = OnceLock::new();
+/// The subscriber; its sink queues the event for `send_all`.
+type ToErlang = Forwarder<fn(Report)>;
+static FORWARDER: OnceLock<Arc<ToErlang>> = OnceLock::new();
 /// The process that logs the events, if one runs.
 static SINK: Mutex<Option<LocalPid>> = Mutex::new(None);
 
