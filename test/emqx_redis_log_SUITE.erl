@@ -13,6 +13,7 @@
     redis_killed_and_restarted/1,
     sentinel_failover_followed/1,
     dropped_pubsub_resyncs/1,
+    script_reloaded_after_flush/1,
     tls_wrong_name/1,
     flood_is_rate_limited/1,
     debug_only_at_debug_level/1,
@@ -35,6 +36,7 @@ groups() ->
             redis_killed_and_restarted,
             sentinel_failover_followed,
             dropped_pubsub_resyncs,
+            script_reloaded_after_flush,
             tls_wrong_name,
             flood_is_rate_limited,
             debug_only_at_debug_level,
@@ -181,7 +183,7 @@ dropped_pubsub_resyncs(Config) ->
     ok = test_util:wait_until(fun() -> emqx_redis_router:index_ready(Client) end, 10000),
     ok = emqx_redis_router:add_route(Client, <<"log/suite">>, node()),
     flush(),
-    Killed = redis_test_server:cmd(Redis, ["--no-auth-warning", "-a", binary_to_list(?PASSWORD), "CLIENT", "KILL", "TYPE", "pubsub"]),
+    Killed = redis_cli(Redis, ["CLIENT", "KILL", "TYPE", "pubsub"]),
     ?assertNotEqual("0", Killed),
     #{routes := Routes, elapsed_ms := Ms, cause := Cause} =
         expect(warning, <<"route_index_resync">>, #{reason => <<"pubsub_lost">>}, 10000),
@@ -190,6 +192,20 @@ dropped_pubsub_resyncs(Config) ->
     ?assert(is_binary(Cause)),
     ok = test_util:wait_until(fun() -> emqx_redis_router:index_ready(Client) end, 10000),
     ok = emqx_redis_router:delete_route(Client, <<"log/suite">>, node()).
+
+%% A Redis whose script cache was emptied (as after a restart) answers
+%% NOSCRIPT: the script is loaded again, and that is logged.
+script_reloaded_after_flush(Config) ->
+    Redis = ?config(redis, Config),
+    {ok, Client} = emqx_redis_storage:connect((config(Redis, #{}))#{route_index => redis}),
+    {ok, []} = emqx_redis_router:match_routes(Client, <<"no/such/route">>),
+    "OK" = redis_cli(Redis, ["SCRIPT", "FLUSH"]),
+    {ok, []} = emqx_redis_router:match_routes(Client, <<"no/such/route">>),
+    #{sha := Sha} = expect(info, <<"script_reloaded">>, #{}, 5000),
+    ?assertEqual(40, byte_size(Sha)).
+
+redis_cli(Redis, Args) ->
+    redis_test_server:cmd(Redis, ["--no-auth-warning", "-a", binary_to_list(?PASSWORD) | Args]).
 
 tls_wrong_name(_Config) ->
     Certs = redis_test_server:certs(),
