@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use emqx_redis_storage_core::log::{Forwarder, Report, Value};
 use rustler::env::OwnedEnv;
-use rustler::{Atom, Encoder, Env, LocalPid, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, Term};
 use tokio::sync::mpsc;
 use tracing::level_filters::LevelFilter;
 use tracing::Level;
@@ -18,7 +18,7 @@ use tracing::Level;
 mod atoms {
     rustler::atoms! {
         msg, emqx_redis_storage_log,
-        off, error, warn, warning, info, debug, trace, badarg
+        off, error, warn, warning, info, debug, trace
     }
 }
 
@@ -120,9 +120,9 @@ fn level_filter(level: Atom) -> Option<LevelFilter> {
 /// Returns `[{Name, Level, Count}]`: the events the rate limit dropped since
 /// the last call.
 #[rustler::nif]
-fn log_sink<'a>(env: Env<'a>, sink: Term<'a>, level: Atom) -> Term<'a> {
+fn log_sink<'a>(env: Env<'a>, sink: Term<'a>, level: Atom) -> NifResult<Term<'a>> {
     let (Some(filter), Some(forwarder)) = (level_filter(level), FORWARDER.get()) else {
-        return (atoms::error(), atoms::badarg()).encode(env);
+        return Err(rustler::Error::BadArg);
     };
     let pid = sink.decode::<LocalPid>().ok();
     *SINK.lock().unwrap_or_else(|e| e.into_inner()) = pid;
@@ -131,7 +131,7 @@ fn log_sink<'a>(env: Env<'a>, sink: Term<'a>, level: Atom) -> Term<'a> {
     } else {
         LevelFilter::OFF
     });
-    forwarder
+    let dropped = forwarder
         .take_suppressed()
         .into_iter()
         .map(|s| {
@@ -142,6 +142,6 @@ fn log_sink<'a>(env: Env<'a>, sink: Term<'a>, level: Atom) -> Term<'a> {
             )
                 .encode(env)
         })
-        .collect::<Vec<_>>()
-        .encode(env)
+        .collect::<Vec<_>>();
+    Ok(dropped.encode(env))
 }
