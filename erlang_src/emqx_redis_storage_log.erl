@@ -65,7 +65,7 @@ terminate(_Reason, _State) ->
 %% in a second.
 tick() ->
     suppressed(emqx_redis_storage_nif:log_sink(self(), nif_level(effective_level()))),
-    erlang:send_after(?TICK_MS, self(), tick),
+    _ = erlang:send_after(?TICK_MS, self(), tick),
     ok.
 
 suppressed(Dropped) ->
