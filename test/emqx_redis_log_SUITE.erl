@@ -12,7 +12,7 @@
 -export([
     redis_killed_and_restarted/1,
     sentinel_failover_followed/1,
-    dropped_pubsub_resyncs/1,
+    route_index_resyncs/1,
     script_reloaded_after_flush/1,
     tls_wrong_name/1,
     flood_is_rate_limited/1,
@@ -35,7 +35,7 @@ groups() ->
         {all, [sequence], [
             redis_killed_and_restarted,
             sentinel_failover_followed,
-            dropped_pubsub_resyncs,
+            route_index_resyncs,
             script_reloaded_after_flush,
             tls_wrong_name,
             flood_is_rate_limited,
@@ -177,7 +177,9 @@ sentinel_failover_followed(_Config) ->
 replica_in_sync(Replica) ->
     string:find(redis_test_server:cmd(Replica, ["INFO", "replication"]), "master_link_status:up") =/= nomatch.
 
-dropped_pubsub_resyncs(Config) ->
+%% The route-events subscription dropped by Redis, then an event that
+%% reveals a gap: each makes the local index load every route again.
+route_index_resyncs(Config) ->
     Redis = ?config(redis, Config),
     {ok, Client} = emqx_redis_storage:connect(config(Redis, #{})),
     ok = test_util:wait_until(fun() -> emqx_redis_router:index_ready(Client) end, 10000),
@@ -191,6 +193,10 @@ dropped_pubsub_resyncs(Config) ->
     ?assert(is_integer(Ms) andalso Ms >= 0),
     ?assert(is_binary(Cause)),
     ok = test_util:wait_until(fun() -> emqx_redis_router:index_ready(Client) end, 10000),
+    %% an event far ahead of every shard's version: one was missed
+    Forged = iolist_to_binary(["0 999999 +forged", 0, "evil@h"]),
+    {ok, _} = emqx_redis_storage:q(Client, [<<"PUBLISH">>, <<"emqx:rt:events">>, Forged]),
+    expect(warning, <<"route_index_resync">>, #{reason => <<"gap">>, routes => Routes}, 10000),
     ok = emqx_redis_router:delete_route(Client, <<"log/suite">>, node()).
 
 %% A Redis whose script cache was emptied (as after a restart) answers
