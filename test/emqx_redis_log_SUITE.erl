@@ -137,8 +137,8 @@ redis_killed_and_restarted(_Config) ->
         ok = redis_test_server:restart(Redis),
         ok = test_util:wait_until(fun() -> ping(Client) =:= {ok, <<"PONG">>} end, 10000),
         expect(info, <<"connection_restored">>, #{server => Address}, 5000),
-        #{failed_probes := N} = expect(info, <<"breaker_closed">>, #{servers => Address}, 5000),
-        ?assert(is_integer(N))
+        #{failed_probes := N, open_ms := OpenMs} = expect(info, <<"breaker_closed">>, #{servers => Address}, 5000),
+        ?assert(is_integer(N) andalso is_integer(OpenMs))
     after
         redis_test_server:stop(Redis)
     end.

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -70,6 +70,8 @@ struct Trip {
     probing: bool,
     /// That task is in the middle of an attempt.
     trying: bool,
+    /// When the breaker last opened, while it is open: for the log.
+    opened_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -103,8 +105,10 @@ impl Breaker {
     }
 
     /// Opens the breaker; logged when it was closed.
-    fn open(&self, reason: &str) {
+    fn open(&self, trip: &mut Trip) {
         if !self.open.swap(true, Ordering::AcqRel) {
+            trip.opened_at = Some(Instant::now());
+            let reason = trip.last_error.as_str();
             tracing::warn!(servers = %self.servers, reason, "breaker_open");
         }
     }
@@ -142,7 +146,7 @@ impl Breaker {
         let mut trip = self.locked();
         trip.last_error = reason(error);
         if open_now {
-            self.open(&trip.last_error);
+            self.open(&mut trip);
         }
         !std::mem::replace(&mut trip.probing, true)
     }
@@ -172,14 +176,23 @@ impl Breaker {
                     Ok(()) => {
                         trip.probing = false;
                         if self.open.swap(false, Ordering::AcqRel) {
-                            tracing::info!(servers = %self.servers, failed_probes, "breaker_closed");
+                            let open_ms = trip
+                                .opened_at
+                                .take()
+                                .map_or(0, |at| at.elapsed().as_millis() as u64);
+                            tracing::info!(
+                                servers = %self.servers,
+                                failed_probes,
+                                open_ms,
+                                "breaker_closed"
+                            );
                         }
                         return;
                     }
                     Err(e) => {
                         trip.last_error = reason(&e);
                         failed_probes += 1;
-                        self.open(&trip.last_error);
+                        self.open(&mut trip);
                     }
                 }
             }
