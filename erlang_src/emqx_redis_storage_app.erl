@@ -5,14 +5,19 @@
 
 -export([start/2, stop/1]).
 
+%% The supervisor (and with it the log forwarder) starts first, so that
+%% what the Rust side reports while the default client connects is logged.
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
+    {ok, Sup} = emqx_redis_storage_sup:start_link(),
     case emqx_redis_storage:connect(application:get_env(emqx_redis_storage, config, #{})) of
         {ok, Client} ->
             ok = emqx_redis_storage_client:set_default(Client),
             warn_if_not_persistent(Client),
-            emqx_redis_storage_sup:start_link();
+            {ok, Sup};
         {error, _} = Error ->
+            unlink(Sup),
+            ok = gen_server:stop(Sup),
             Error
     end.
 
@@ -22,11 +27,12 @@ start(_Type, _Args) ->
 warn_if_not_persistent(Client) ->
     case emqx_redis_storage:q(Client, [<<"CONFIG">>, <<"GET">>, <<"appendonly">>]) of
         {ok, [_, <<"no">>]} ->
-            logger:warning(
-                "emqx_redis_storage: Redis at ~ts does not persist to disk (appendonly no); "
-                "a Redis restart loses sessions and queued messages",
-                [lists:join(",", maps:get(servers, emqx_redis_storage_client:info(Client)))]
-            );
+            Servers = maps:get(servers, emqx_redis_storage_client:info(Client)),
+            emqx_redis_storage_log:report(warning, #{
+                msg => <<"redis_not_persistent">>,
+                servers => iolist_to_binary(lists:join(",", Servers)),
+                reason => <<"appendonly no: a Redis restart loses sessions and queued messages">>
+            });
         _ ->
             ok
     end.

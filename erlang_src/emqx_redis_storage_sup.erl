@@ -11,4 +11,5 @@ start_link() ->
 
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
-    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, []}}.
+    Log = #{id => emqx_redis_storage_log, start => {emqx_redis_storage_log, start_link, []}},
+    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [Log]}}.

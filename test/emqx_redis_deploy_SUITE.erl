@@ -483,7 +483,7 @@ appendonly_off_is_warned(_Config) ->
     try
         ok = emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server)}}),
         receive
-            {warning, Text} -> ?assertNotEqual(nomatch, string:find(Text, "appendonly no"))
+            {warning, #{reason := Reason}} -> ?assertNotEqual(nomatch, string:find(Reason, "appendonly no"))
         after 5000 -> ct:fail(no_warning)
         end
     after
@@ -492,9 +492,9 @@ appendonly_off_is_warned(_Config) ->
         redis_test_server:stop(Server)
     end.
 
-%% logger handler: forwards warnings to the test process
-log(#{level := warning, msg := {Format, Args}}, #{config := Pid}) when is_list(Format) ->
-    Pid ! {warning, lists:flatten(io_lib:format(Format, Args))};
+%% logger handler: forwards the warning to the test process
+log(#{level := warning, msg := {report, #{msg := <<"redis_not_persistent">>} = Report}}, #{config := Pid}) ->
+    Pid ! {warning, Report};
 log(_Event, _Config) ->
     ok.
 

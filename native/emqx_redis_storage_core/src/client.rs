@@ -101,6 +101,12 @@ impl Server {
     }
 }
 
+/// `host:port,host:port`, as the config names them.
+fn addresses(servers: &[(String, u16)]) -> String {
+    let all: Vec<String> = servers.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+    all.join(",")
+}
+
 fn connect_timeout() -> redis::RedisError {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout").into()
 }
@@ -148,6 +154,10 @@ impl Link {
             return Ok(conn); // dialled by the call we waited for
         }
         let (conn, alive) = self.server.dial().await?;
+        tracing::debug!(server = %alive.server(), connection = *made + 1, "connection_opened");
+        if *made > 0 {
+            tracing::info!(server = %alive.server(), "connection_restored");
+        }
         *made += 1;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((*made, conn, alive));
         Ok(self.open().expect("just stored"))
@@ -370,12 +380,12 @@ impl Backend {
         };
         Ok(Backend {
             target: Arc::new(target),
-            config,
             transport,
             next: Arc::new(AtomicUsize::new(0)),
             failover: Arc::new(tokio::sync::Mutex::new(())),
             last_recheck: Arc::new(std::sync::Mutex::new(None)),
-            breaker: Arc::new(Breaker::default()),
+            breaker: Arc::new(Breaker::new(addresses(&config.servers))),
+            config,
             shutdown,
         })
     }
@@ -431,6 +441,32 @@ impl Backend {
     /// request that never reached Redis, and follows a Sentinel failover.
     /// While Redis is known to be unreachable, fails at once.
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.logged(self.attempt(op).await)
+    }
+
+    /// Logs a call that did not get through to Redis, or got no answer:
+    /// the error's kind and text (never a command's arguments).
+    fn logged<T>(&self, result: Result<T>) -> Result<T> {
+        let (error, reason) = match &result {
+            Err(Error::Connection(reason)) => ("connection", reason.as_str()),
+            Err(Error::ConnectionLost(reason)) => ("connection_lost", reason.as_str()),
+            Err(Error::Timeout) => ("timeout", ""),
+            _ => return result,
+        };
+        tracing::warn!(
+            servers = %addresses(&self.config.servers),
+            error,
+            reason,
+            "call_failed"
+        );
+        result
+    }
+
+    async fn attempt<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -639,6 +675,11 @@ impl Backend {
         }
         match connect_cluster(&self.config).await {
             Ok(fresh) => {
+                tracing::warn!(
+                    old_masters = %slot_master_addresses(&current.masters),
+                    new_masters = %slot_master_addresses(&fresh.masters),
+                    "cluster_topology_refreshed"
+                );
                 *cluster.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
                 true
             }
@@ -650,7 +691,9 @@ impl Backend {
     /// `only_if_moved`, only if that is another server than now). True if
     /// the pool changed, here or in a concurrent call.
     async fn move_to_master(&self, only_if_moved: bool) -> bool {
-        let (Mode::Sentinel { .. }, Target::Node(pool)) = (&self.config.mode, &*self.target) else {
+        let (Mode::Sentinel { master, .. }, Target::Node(pool)) =
+            (&self.config.mode, &*self.target)
+        else {
             return false;
         };
         let before = pool.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -669,6 +712,17 @@ impl Backend {
         match pool_at(&self.config, &self.transport, &host, port).await {
             Ok(fresh) => {
                 *pool.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+                let old = format!("{}:{}", current.host, current.port);
+                let new = format!("{host}:{port}");
+                // Also called after a lost connection to a master that stayed.
+                if old != new {
+                    tracing::warn!(
+                        master_name = %master,
+                        old_master = %old,
+                        new_master = %new,
+                        "sentinel_failover_followed"
+                    );
+                }
                 true
             }
             Err(_) => false,
@@ -713,7 +767,6 @@ impl Backend {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        self.breaker.check()?;
         let Some(conn) = self.cluster_conn() else {
             let mut pipe = Pipeline::with_capacity(cmds.len());
             for cmd in cmds {
@@ -721,6 +774,15 @@ impl Backend {
             }
             return self.pipeline(&pipe).await;
         };
+        self.logged(self.each_by_master(conn, cmds).await)
+    }
+
+    async fn each_by_master<T: FromRedisValue>(
+        &self,
+        conn: ClusterConnection,
+        cmds: Vec<Cmd>,
+    ) -> Result<Vec<T>> {
+        self.breaker.check()?;
         let work = async {
             let values = match by_master(&conn, &cmds).await {
                 Ok(values) => values,
@@ -791,6 +853,15 @@ async fn slot_masters(conn: &ClusterConnection) -> RedisResult<Vec<SlotMaster>> 
         .collect();
     masters.sort();
     Ok(masters)
+}
+
+/// `first-last=host:port,...`: which master serves which slots.
+fn slot_master_addresses(masters: &[SlotMaster]) -> String {
+    let all: Vec<String> = masters
+        .iter()
+        .map(|(first, last, host, port)| format!("{first}-{last}={host}:{port}"))
+        .collect();
+    all.join(",")
 }
 
 /// Sends `cmds` as one pipeline per master (from `CLUSTER SLOTS`), each
@@ -1121,7 +1192,7 @@ impl Client {
         let (value, acked): (T, u32) = match self.backend.pipeline(&pipe).await {
             // A script in a pipeline is not loaded on demand: load, then retry.
             Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
-                self.load_script(script).await?;
+                self.reload_script(script).await?;
                 self.backend.pipeline(&pipe).await?
             }
             other => other?,
@@ -1171,6 +1242,14 @@ impl Client {
                 .map_err(|_| Error::Timeout)??;
             }
         }
+        Ok(())
+    }
+
+    /// Loads a script again after Redis answered NOSCRIPT: it restarted
+    /// or failed over, or its script cache was flushed.
+    pub async fn reload_script(&self, script: &Lua) -> Result<()> {
+        self.load_script(script).await?;
+        tracing::info!(sha = script.hash(), "script_reloaded");
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -70,13 +70,17 @@ struct Trip {
     probing: bool,
     /// That task is in the middle of an attempt.
     trying: bool,
+    /// When the breaker last opened, while it is open: for the log.
+    opened_at: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Breaker {
     /// Read by every call; the rest only while open.
     open: AtomicBool,
     trip: Mutex<Trip>,
+    /// What it guards, for the log: the configured servers.
+    servers: String,
 }
 
 /// The text of a connection error, without its kind.
@@ -92,6 +96,23 @@ const FIRST_PROBE: Duration = Duration::from_millis(50);
 const MAX_PROBE_WAIT: Duration = Duration::from_millis(250);
 
 impl Breaker {
+    pub fn new(servers: String) -> Self {
+        Breaker {
+            open: AtomicBool::new(false),
+            trip: Mutex::new(Trip::default()),
+            servers,
+        }
+    }
+
+    /// Opens the breaker; logged when it was closed.
+    fn open(&self, trip: &mut Trip) {
+        if !self.open.swap(true, Ordering::AcqRel) {
+            trip.opened_at = Some(Instant::now());
+            let reason = trip.last_error.as_str();
+            tracing::warn!(servers = %self.servers, reason, "breaker_open");
+        }
+    }
+
     fn locked(&self) -> std::sync::MutexGuard<'_, Trip> {
         self.trip.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -125,7 +146,7 @@ impl Breaker {
         let mut trip = self.locked();
         trip.last_error = reason(error);
         if open_now {
-            self.open.store(true, Ordering::Release);
+            self.open(&mut trip);
         }
         !std::mem::replace(&mut trip.probing, true)
     }
@@ -141,6 +162,7 @@ impl Breaker {
     {
         let attempts = async {
             let mut wait = FIRST_PROBE;
+            let mut failed_probes = 0u64;
             loop {
                 if self.open.load(Ordering::Acquire) {
                     tokio::time::sleep(wait).await;
@@ -153,12 +175,24 @@ impl Breaker {
                 match result {
                     Ok(()) => {
                         trip.probing = false;
-                        self.open.store(false, Ordering::Release);
+                        if self.open.swap(false, Ordering::AcqRel) {
+                            let open_ms = trip
+                                .opened_at
+                                .take()
+                                .map_or(0, |at| at.elapsed().as_millis() as u64);
+                            tracing::info!(
+                                servers = %self.servers,
+                                failed_probes,
+                                open_ms,
+                                "breaker_closed"
+                            );
+                        }
                         return;
                     }
                     Err(e) => {
                         trip.last_error = reason(&e);
-                        self.open.store(true, Ordering::Release);
+                        failed_probes += 1;
+                        self.open(&mut trip);
                     }
                 }
             }
@@ -197,7 +231,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let breaker = Breaker::default();
+        let breaker = Breaker::new("test".into());
         assert!(breaker.check().is_ok());
         let refused = Error::Connection("Connection refused".into());
         assert!(breaker.trip(&refused, true));
@@ -231,7 +265,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let breaker = Breaker::default();
+        let breaker = Breaker::new("test".into());
         let refused = Error::Connection("Connection refused".into());
         assert!(breaker.trip(&refused, false));
         assert_eq!(breaker.state(), BreakerState::Closed);

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gate;
 pub mod guard;
 pub mod keys;
+pub mod log;
 pub mod message;
 pub mod registry;
 pub mod route_index;

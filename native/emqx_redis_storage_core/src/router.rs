@@ -527,7 +527,7 @@ pub async fn match_in_redis(client: &Client, topic: &[u8]) -> Result<Vec<Vec<u8>
     let found: Vec<Vec<Vec<u8>>> = match client.backend().each(calls()).await {
         // After a Redis restart its script cache is empty again.
         Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
-            load_match_script(client).await?;
+            client.reload_script(&MATCH).await?;
             client.backend().each(calls()).await
         }
         other => other,
@@ -557,13 +557,21 @@ pub async fn sync_index(
     mut shutdown: tokio::sync::watch::Receiver<()>,
 ) {
     let mut attempt = 0;
+    let mut resync = Resync::Start;
     loop {
         // `follow` returns only when something broke; either way the index
         // may have missed changes, so it is stale until the next full load.
         let followed = tokio::select! {
-            r = follow(&index, &backend, &keys, &config, attempt) => r,
+            r = follow(&index, &backend, &keys, &config, attempt, &resync) => r,
             _ = shutdown.changed() => return,
         };
+        resync = Resync::PubsubLost(
+            followed
+                .as_ref()
+                .err()
+                .map(Error::to_string)
+                .unwrap_or_default(),
+        );
         index.mark_stale();
         attempt += 1;
         // Corrupt routes in Redis fail the load, and the index stays unused
@@ -587,6 +595,7 @@ async fn follow(
     keys: &Keys,
     config: &RouterConfig,
     attempt: usize,
+    resync: &Resync,
 ) -> Result<()> {
     let timeout = backend.config().connect_timeout;
     let mut pubsub = backend.pubsub(attempt).await?;
@@ -595,7 +604,7 @@ async fn follow(
         .map_err(|_| Error::Timeout)??;
     let (mut sink, mut stream) = pubsub.split();
     // Subscribed first, loaded second: no change can fall between the two.
-    reload(index, backend, keys, config.shards).await?;
+    reload(index, backend, keys, config.shards, resync).await?;
     let mut tick = tokio::time::interval(config.sync_interval);
     tick.tick().await;
     loop {
@@ -607,7 +616,7 @@ async fn follow(
                 let in_order = Event::parse(msg.get_payload_bytes())
                     .is_some_and(|event| index.apply(&event));
                 if !in_order {
-                    reload(index, backend, keys, config.shards).await?;
+                    reload(index, backend, keys, config.shards, &Resync::Gap).await?;
                 }
             }
             _ = tick.tick() => {
@@ -633,26 +642,75 @@ async fn follow(
                     .map(|v| shard_version(v.as_deref()))
                     .collect::<Result<Vec<u64>>>()?;
                 if versions != index.versions() {
-                    reload(index, backend, keys, config.shards).await?;
+                    reload(index, backend, keys, config.shards, &Resync::Drift).await?;
                 }
             }
         }
     }
 }
 
-async fn reload(index: &LocalIndex, backend: &Backend, keys: &Keys, shards: u16) -> Result<()> {
+/// Why the local index is loaded in full.
+enum Resync {
+    /// The client started.
+    Start,
+    /// Following the route events stopped, for this reason: the pub/sub
+    /// connection was lost, or a check on it failed.
+    PubsubLost(String),
+    /// An event came out of order: one was missed.
+    Gap,
+    /// The periodic check found shard versions the index does not have.
+    Drift,
+}
+
+impl Resync {
+    /// Logged once the load is done: the first at `info`, the others (the
+    /// index had missed changes) at `warn`.
+    fn log(&self, routes: usize, elapsed: Duration) {
+        let elapsed_ms = elapsed.as_millis() as u64;
+        match self {
+            Resync::Start => {
+                tracing::info!(reason = "start", routes, elapsed_ms, "route_index_resync")
+            }
+            Resync::PubsubLost(cause) => tracing::warn!(
+                reason = "pubsub_lost",
+                cause = %cause,
+                routes,
+                elapsed_ms,
+                "route_index_resync"
+            ),
+            Resync::Gap => {
+                tracing::warn!(reason = "gap", routes, elapsed_ms, "route_index_resync")
+            }
+            Resync::Drift => {
+                tracing::warn!(reason = "drift", routes, elapsed_ms, "route_index_resync")
+            }
+        }
+    }
+}
+
+async fn reload(
+    index: &LocalIndex,
+    backend: &Backend,
+    keys: &Keys,
+    shards: u16,
+    resync: &Resync,
+) -> Result<()> {
+    let started = std::time::Instant::now();
     index.mark_stale();
     let mut routes = RouteIndex::new();
     let mut versions = Vec::with_capacity(shards as usize);
+    let mut loaded = 0;
     for (version, filters) in read_shards(backend, keys, shards).await? {
         versions.push(version);
         for (filter, dests) in filters {
             for dest in split_dests(&dests) {
                 routes.insert(&filter, Arc::from(dest));
+                loaded += 1;
             }
         }
     }
     index.replace(routes, versions);
+    resync.log(loaded, started.elapsed());
     Ok(())
 }
 

@@ -61,7 +61,7 @@ impl Transport {
     ) -> redis::RedisResult<(Box<dyn Stream>, Alive)> {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        let alive = Alive(Arc::new(AtomicBool::new(true)));
+        let alive = Alive::new(format!("{host}:{port}"));
         let Some((connector, name)) = &self.tls else {
             return Ok((Box::new(Coalesce::new(tcp, alive.clone())), alive));
         };
@@ -75,7 +75,9 @@ impl Transport {
                 ))
             })?,
         };
-        let tls = connector.connect(name, tcp).await?;
+        let tls = connector.connect(name, tcp).await.inspect_err(|e| {
+            tracing::warn!(server = %alive.server(), reason = %e, "tls_handshake_failed");
+        })?;
         Ok((Box::new(Coalesce::new(tls, alive.clone())), alive))
     }
 }
@@ -85,15 +87,33 @@ impl Transport {
 /// is known to be closed, so a request given to a closed one provably never
 /// reached Redis and may be sent again on a new connection.
 #[derive(Clone, Debug)]
-pub struct Alive(Arc<AtomicBool>);
+pub struct Alive(Arc<(AtomicBool, String)>);
 
 impl Alive {
-    pub fn is_open(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// An open stream to `server` (`host:port`).
+    fn new(server: String) -> Self {
+        Alive(Arc::new((AtomicBool::new(true), server)))
     }
 
-    fn closed(&self) {
-        self.0.store(false, Ordering::Release);
+    pub fn is_open(&self) -> bool {
+        self.0 .0.load(Ordering::Acquire)
+    }
+
+    pub fn server(&self) -> &str {
+        &self.0 .1
+    }
+
+    /// True the first time only.
+    fn end(&self) -> bool {
+        self.0 .0.swap(false, Ordering::AcqRel)
+    }
+
+    /// The stream ended without our asking: logged where the end is seen
+    /// first, at that moment, and once.
+    fn lost(&self, reason: &dyn std::fmt::Display) {
+        if self.end() {
+            tracing::warn!(server = %self.server(), reason = %reason, "connection_lost");
+        }
     }
 
     /// Notes the end of the stream if `polled` shows it.
@@ -102,10 +122,10 @@ impl Alive {
         polled: Poll<io::Result<T>>,
         end: impl Fn(&T) -> bool,
     ) -> Poll<io::Result<T>> {
-        if let Poll::Ready(result) = &polled {
-            if result.as_ref().map_or(true, end) {
-                self.closed();
-            }
+        match &polled {
+            Poll::Ready(Err(e)) => self.lost(e),
+            Poll::Ready(Ok(done)) if end(done) => self.lost(&"closed by the server"),
+            _ => {}
         }
         polled
     }
@@ -204,7 +224,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.alive.closed();
+        self.alive.end();
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -347,7 +367,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let (near, mut far) = tokio::io::duplex(1 << 16);
-            let alive = Alive(Arc::new(AtomicBool::new(true)));
+            let alive = Alive::new("test".into());
             let mut near = Coalesce::new(near, alive.clone());
             // Other tasks queued meanwhile make the writer wait its turn.
             let busy: Vec<_> = (0..100).map(|_| tokio::spawn(async {})).collect();
@@ -381,7 +401,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let (near, far) = tokio::io::duplex(64);
-            let alive = Alive(Arc::new(AtomicBool::new(true)));
+            let alive = Alive::new("test".into());
             let mut near = Coalesce::new(near, alive.clone());
             drop(far);
             let mut buf = [0; 8];

@@ -1,6 +1,7 @@
 //! The NIF library of emqx_redis_storage: Erlang terms in, Redis logic from
 //! emqx_redis_storage_core, Erlang terms out. This file only loads it.
 
+mod log;
 mod message;
 mod nif;
 mod router;
@@ -20,7 +21,11 @@ fn load(_env: Env, load_info: Term) -> bool {
         .map_get(atoms::worker_threads())
         .and_then(|t| t.decode::<usize>())
         .unwrap_or(2);
-    runtime::init(workers).is_ok()
+    let started = runtime::init(workers).is_ok();
+    if started {
+        log::init(runtime::handle());
+    }
+    started
 }
 
 rustler::init!("emqx_redis_storage_nif", load = load);

@@ -41,7 +41,7 @@ pub fn init(worker_threads: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-fn handle() -> &'static tokio::runtime::Handle {
+pub fn handle() -> &'static tokio::runtime::Handle {
     RUNTIME
         .get()
         .expect("the runtime is created when the NIF loads")
