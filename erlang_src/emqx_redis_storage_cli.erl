@@ -28,6 +28,7 @@ cmd(Args) ->
             {ok, Client} ->
                 case run(Client, Format, Words) of
                     {ok, Text} -> Text;
+                    {error, usage} -> usage();
                     {error, Message} -> [Message, $\n]
                 end;
             {error, not_started} ->
@@ -36,14 +37,14 @@ cmd(Args) ->
     print(Output).
 
 %% @doc Runs the command `Words' on `Client' and renders its report: `{ok,
-%% Text}', or `{error, Message}' (the usage, for words that are no command).
--spec run(emqx_redis_storage_client:t(), format(), [string()]) -> {ok, iodata()} | {error, iodata()}.
+%% Text}', `{error, Message}', or `{error, usage}' for words that are no command.
+-spec run(emqx_redis_storage_client:t(), format(), [string()]) -> {ok, iodata()} | {error, usage | iodata()}.
 run(Client, Format, Words) ->
     try report(Client, Words) of
         {ok, Report} -> {ok, render(Format, Report)};
         {error, Reason} -> {error, emqx_redis_storage_cli_format:error(Reason)}
     catch
-        throw:usage -> {error, usage()}
+        throw:usage -> {error, usage}
     end.
 
 -spec usage() -> iodata().

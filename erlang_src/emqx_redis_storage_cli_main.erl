@@ -29,6 +29,7 @@
 -spec main([string()]) -> no_return().
 main(Args) ->
     ok = io:setopts(standard_io, [{encoding, unicode}]),
+    ok = emqx_redis_storage_terms:allow_new_atoms(),
     Status =
         case run(Args) of
             {ok, Text} ->
@@ -65,6 +66,7 @@ connected(Config, #{json := Json}, Words) ->
                 end,
             case emqx_redis_storage_cli:run(Client, Format, Words) of
                 {ok, Text} -> {ok, Text};
+                {error, usage} -> {error, 2, usage()};
                 {error, Message} -> {error, 1, Message}
             end;
         {error, Reason} ->
