@@ -69,7 +69,7 @@ error({not_available, Fun}) ->
 error({invalid_config, Field, Expected}) ->
     ["invalid config: ", value(Field), ": ", value(Expected)];
 error({connection, Message}) ->
-    ["cannot reach Redis: ", value(Message)];
+    ["connecting to Redis failed: ", value(Message)];
 error(Reason) ->
     value(Reason).
 
