@@ -47,7 +47,7 @@ stop() ->
     end.
 
 %% @doc The default client's status (see `status/1'), or
-%% `#{started => false, connected => false}'.
+%% `#{started => false, connected => false, healthy => false}'.
 -spec status() -> map().
 status() ->
     case emqx_redis_storage_client:default() of

@@ -3,7 +3,7 @@
 %% as one line.
 -module(emqx_redis_storage_cli_format).
 
--export([human/1, error/1]).
+-export([human/1, error/1, usage/0]).
 
 -spec human({atom(), term()}) -> iodata().
 human({status, Status}) ->
@@ -59,6 +59,23 @@ human({metrics, Metrics}) ->
     [value(Metrics), $\n];
 human({prometheus, Text}) ->
     Text.
+
+%% @doc The commands, as `emqx_ctl' and the tool show them.
+-spec usage() -> iodata().
+usage() ->
+    [
+        "Commands:\n",
+        "  status                       the connection to Redis and its health\n",
+        "  sessions count               how many sessions are stored\n",
+        "  sessions list [N]            the first N client ids (default 100)\n",
+        "  sessions show ClientId       a session's term and its info\n",
+        "  queue show ClientId [N]      a queue's info and its first N messages (default 10)\n",
+        "  routes list [N]              the first N route filters and their dests (default 1000)\n",
+        "  routes match Topic           the dests of the routes matching a topic\n",
+        "  metrics                      the client's counters\n",
+        "  prometheus                   the same in the Prometheus text format\n",
+        "Add --json for JSON output.\n"
+    ].
 
 %% @doc One line for an error reason: the common ones in words.
 -spec error(term()) -> iodata().

@@ -1,6 +1,6 @@
 %% @doc The entry of `bin/emqx-redis-storage': reads the options, builds
 %% the same config map the application takes, connects a client of its own
-%% and runs one command of `emqx_redis_storage_cli'. The password comes only
+%% and runs one command of `emqx_redis_storage_cli_commands'. The password comes only
 %% from the environment (`EMQX_REDIS_PASSWORD', `EMQX_REDIS_SENTINEL_PASSWORD')
 %% or the config file, and is never printed. Exit status: 0 done, 1 the
 %% command failed, 2 bad usage.
@@ -64,7 +64,7 @@ connected(Config, #{json := Json}, Words) ->
                     true -> json;
                     false -> human
                 end,
-            case emqx_redis_storage_cli:run(Client, Format, Words) of
+            case emqx_redis_storage_cli_commands:run(Client, Format, Words) of
                 {ok, Text} -> {ok, Text};
                 {error, usage} -> {error, 2, usage()};
                 {error, Message} -> {error, 1, Message}
@@ -185,5 +185,5 @@ usage() ->
         "  --tls-verify verify_peer|verify_none  --tls-server-name NAME|disable\n",
         "  --json  (output JSON)   -h, --help\n",
         "Passwords only from the environment: EMQX_REDIS_PASSWORD, EMQX_REDIS_SENTINEL_PASSWORD\n\n",
-        emqx_redis_storage_cli:usage()
+        emqx_redis_storage_cli_format:usage()
     ].

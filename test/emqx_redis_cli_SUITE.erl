@@ -211,8 +211,8 @@ cmd_in_the_vm(Config) ->
     ?assertEqual([Node, Node ++ " (group g1)"], lists:sort(Matched)),
     ?assertMatch({match, _}, re:run(captured(["sessions", "show", "c1"]), "subscriptions")),
     ?assertEqual("not found\n", captured(["sessions", "show", "nobody"])),
-    ?assertEqual(iolist_to_binary(emqx_redis_storage_cli:usage()), list_to_binary(captured(["nothing"]))),
-    ?assertEqual(iolist_to_binary(emqx_redis_storage_cli:usage()), list_to_binary(captured(not_a_list))),
+    ?assertEqual(iolist_to_binary(emqx_redis_storage_cli_format:usage()), list_to_binary(captured(["nothing"]))),
+    ?assertEqual(iolist_to_binary(emqx_redis_storage_cli_format:usage()), list_to_binary(captured(not_a_list))),
     ?assertEqual("metrics is not available in this build of emqx_redis_storage\n", captured(["metrics"])).
 
 %% `healthy' true with Redis up, false while it is down (breaker open, the
