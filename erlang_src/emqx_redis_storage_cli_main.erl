@@ -83,6 +83,8 @@ options(["--tls" | Rest], #{flags := Flags} = Opts) ->
     options(Rest, Opts#{flags => [{[redis, ssl, enable], true} | Flags]});
 options(["--config", File | Rest], Opts) ->
     options(Rest, Opts#{file => File});
+options(["--config"], _Opts) ->
+    {error, "missing value for --config"};
 options(["--" ++ _ = Flag | Rest], #{flags := Flags} = Opts) ->
     case {lists:keyfind(Flag, 1, ?FLAGS), Rest} of
         {{Flag, Path}, [Value | Rest1]} -> options(Rest1, Opts#{flags => [{Path, flag_value(Value)} | Flags]});
@@ -137,9 +139,8 @@ file_config(File) ->
             {error, [File, ": ", reason(Reason)]}
     end.
 
-reason({Line, _Module, _Term}) when is_integer(Line) -> io_lib:format("syntax error on line ~b", [Line]);
-reason(Reason) when is_atom(Reason) -> file:format_error(Reason);
-reason(_Reason) -> "cannot be read".
+reason({Line, _Module, _Term}) -> io_lib:format("syntax error on line ~b", [Line]);
+reason(Reason) -> file:format_error(Reason).
 
 %% The config may use binary keys; the flags use atoms. One kind of key
 %% per field, so a flag replaces the file's value rather than adding a twin.
