@@ -529,7 +529,8 @@ impl Backend {
     }
 
     /// The servers in use: the single server or the Sentinel master (in
-    /// the breaker's state), or each master of a cluster (asked with PING).
+    /// the breaker's state), or each master the cluster names now (asked
+    /// with PING).
     async fn status(&self) -> Status {
         let breaker = self.breaker.state();
         let servers = match &*self.target {
@@ -551,8 +552,16 @@ impl Backend {
             }
             Target::Cluster(cluster) => {
                 let current = cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
-                let mut addresses: Vec<(String, u16)> = current
-                    .masters
+                // The masters now: after a failover the list the connection
+                // was made with names a dead master, and redis-rs has
+                // followed the cluster without us.
+                let ask =
+                    tokio::time::timeout(self.config.connect_timeout, slot_masters(&current.conn));
+                let masters = match ask.await {
+                    Ok(Ok(masters)) => masters,
+                    _ => current.masters.clone(),
+                };
+                let mut addresses: Vec<(String, u16)> = masters
                     .iter()
                     .map(|(_, _, host, port)| (host.clone(), *port))
                     .collect();
