@@ -49,31 +49,40 @@ stop() ->
     end.
 
 %% @doc The default client's status (see `status/1'), or
-%% `#{started => false, connected => false}'.
+%% `#{started => false, connected => false, healthy => false}'.
 -spec status() -> map().
 status() ->
     case emqx_redis_storage_client:default() of
         {error, not_started} ->
-            #{started => false, connected => false};
+            #{started => false, connected => false, healthy => false};
         {ok, Client} ->
             #{} = Status = status(Client),
             Status
     end.
 
 %% @doc `#{started, mode, servers, database, pool_size, key_prefix,
-%% route_index, connected, breaker, last_error, in_flight, server_states}':
-%% `connected' is a PING answered now; `breaker' is `closed', or `open'
-%% while Redis is unreachable (calls fail at once) with `half_open' while
-%% a background probe tries it; `server_states' has a
-%% `#{server, state => up | connecting | down}' for each server in use (the
-%% single server, the Sentinel master, each Cluster master). Never a secret.
+%% route_index, connected, healthy, breaker, last_error, in_flight,
+%% server_states}': `connected' is a PING answered now; `breaker' is
+%% `closed', or `open' while Redis is unreachable (calls fail at once) with
+%% `half_open' while a background probe tries it; `server_states' has a
+%% `#{server, state => up | connecting | down, last_ok_at, last_error,
+%% last_error_at}' for each server in use (the single server, the Sentinel
+%% master, each Cluster master). `healthy' is `connected', the breaker
+%% closed and every server up. Never a secret.
 -spec status(emqx_redis_storage_client:t()) -> map() | {error, {invalid_client, term()}}.
 status(Client) ->
     emqx_redis_storage_client:checked(Client, [], fun() ->
         Connected = q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>},
         Info = emqx_redis_storage_client:info(Client),
-        maps:merge(Info#{started => true, connected => Connected}, emqx_redis_storage_client:health(Client))
+        Health = emqx_redis_storage_client:health(Client),
+        maps:merge(Info#{started => true, connected => Connected, healthy => healthy(Connected, Health)}, Health)
     end).
+
+%% One rule an operator can alert on: every part of the way to Redis works.
+healthy(Connected, #{breaker := closed, server_states := [_ | _] = Servers}) ->
+    Connected andalso lists:all(fun(#{state := State}) -> State =:= up end, Servers);
+healthy(_Connected, _Health) ->
+    false.
 
 %% @doc A client of its own, apart from the application's default one, for a
 %% config map of the same shape as `start/1' takes, such as

@@ -131,7 +131,9 @@ info(#client{info = Info}) -> Info.
 
 %% @doc How the client's connection to Redis fares: the breaker (`open'
 %% while Redis is unreachable: calls fail at once), the requests in flight,
-%% and the state of each server in use.
+%% and the state of each server in use: `up', `connecting' or `down', when
+%% it last answered and the last error met reaching it (Unix ms, or
+%% `undefined' if never).
 -spec health(t()) -> map().
 health(#client{status_timeout = Timeout} = Client) ->
     case wait(fun(Ref) -> emqx_redis_storage_nif:client_status(res(Client), Ref) end, Timeout) of
@@ -140,7 +142,16 @@ health(#client{status_timeout = Timeout} = Client) ->
                 breaker => Breaker,
                 last_error => LastError,
                 in_flight => InFlight,
-                server_states => [#{server => Address, state => State} || {Address, State} <- Servers]
+                server_states => [
+                    #{
+                        server => Address,
+                        state => State,
+                        last_ok_at => LastOk,
+                        last_error => ServerError,
+                        last_error_at => ErrorAt
+                    }
+                 || {Address, State, LastOk, ServerError, ErrorAt} <- Servers
+                ]
             };
         {error, Reason} ->
             #{breaker => unknown, last_error => iolist_to_binary(io_lib:format("~0p", [Reason]))}

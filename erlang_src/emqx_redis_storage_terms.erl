@@ -4,12 +4,13 @@
 
 -export([client_id/1, node_name/1, to_node/2, encode/2, decode/2, corrupt/2]).
 -export([owner_to_bin/1, bin_to_owner/1, ms/1]).
--export([list_length/1]).
+-export([list_length/1, allow_new_atoms/0]).
 
 -define(MAX_CLIENT_ID, 65535).
 %% Node names seen only in Redis become atoms, but never more than this many.
 -define(MAX_NEW_NODE_ATOMS, 10000).
 -define(NEW_ATOMS_KEY, {?MODULE, new_node_atoms}).
+-define(NEW_TERM_ATOMS_KEY, {?MODULE, new_term_atoms}).
 
 %% @doc `ok' for a valid MQTT client id: a non-empty binary of at most 65535
 %% bytes; any bytes are allowed (braces, colons, spaces, UTF-8).
@@ -126,16 +127,30 @@ encode(Term, Max) ->
     end.
 
 %% @doc A term read back from a key of kind `Kind'. Creates no atoms: every
-%% atom in stored data exists in a VM that runs the code that wrote it. Bytes
-%% that are no term, or more than one, are corrupt data of that kind.
+%% atom in stored data exists in a VM that runs the code that wrote it
+%% (except after `allow_new_atoms/0'). Bytes that are no term, or more than
+%% one, are corrupt data of that kind.
 -spec decode(atom(), binary()) -> {ok, term()} | {error, {corrupt, map()}}.
 decode(Kind, Bin) ->
-    try binary_to_term(Bin, [safe, used]) of
+    Safe =
+        case persistent_term:get(?NEW_TERM_ATOMS_KEY, false) of
+            true -> [];
+            false -> [safe]
+        end,
+    try binary_to_term(Bin, [used | Safe]) of
         {Term, Used} when Used =:= byte_size(Bin) -> {ok, Term};
         {_, _} -> corrupt(Kind, <<"bytes after the term">>)
     catch
         error:badarg -> corrupt(Kind, <<"not a term">>)
     end.
+
+%% @doc Lets `decode/2' create the atoms of stored terms. Only for the
+%% operators' tool: its own VM runs none of the code that wrote the terms,
+%% so their atoms do not exist there, and it ends after printing one page,
+%% which bounds the atoms it can make.
+-spec allow_new_atoms() -> ok.
+allow_new_atoms() ->
+    persistent_term:put(?NEW_TERM_ATOMS_KEY, true).
 
 %% @doc The error for data at a key of kind `Kind' that is not what we wrote;
 %% the same shape as the NIF's (`{corrupt, #{kind, detail}}').

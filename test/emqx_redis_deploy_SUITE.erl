@@ -162,14 +162,25 @@ master_killed_replica_promoted_nothing_lost(Config) ->
     [ok = emqx_redis_session:save_session(Id, {kept, Id}) || Id <- Ids],
     ok = emqx_redis_message:store_messages(<<"durable-queue">>, [#{id => integer_to_binary(I)} || I <- lists:seq(1, 100)]),
     [Victim | _] = masters(Nodes),
+    %% Health: every master answers a PING; the dead one is down while it
+    %% still serves slots; healthy again once its replica took them over.
+    #{healthy := true, server_states := Up} = emqx_redis_storage:status(),
+    ?assertEqual(length(masters(Nodes)), length(Up)),
+    [?assertMatch(#{state := up, last_ok_at := At} when is_integer(At), S) || S <- Up],
+    VictimAddress = redis_test_server:address(Victim),
     T0 = erlang:monotonic_time(millisecond),
     ok = redis_test_server:kill(Victim),
+    #{healthy := false, server_states := Down} = emqx_redis_storage:status(),
+    ?assertMatch([#{state := down, last_error := E}] when is_binary(E), [S || #{server := A} = S <- Down, A =:= VictimAddress]),
     %% every shard answers again once the replica of the dead master took over
     Sample = lists:sublist(Ids, 30),
     ok = test_util:wait_until(fun() -> [emqx_redis_session:load_session(Id) || Id <- Sample] =:= [{ok, {kept, Id}} || Id <- Sample] end, 30000),
     Recovery = erlang:monotonic_time(millisecond) - T0,
     ct:log("cluster: calls succeed again ~p ms after the master was killed", [Recovery]),
     ct:comment("recovered in ~p ms", [Recovery]),
+    ok = test_util:wait_until(fun() -> maps:get(healthy, emqx_redis_storage:status()) end, 30000),
+    #{server_states := After} = emqx_redis_storage:status(),
+    ?assertNot(lists:member(VictimAddress, [A || #{server := A} <- After])),
     [?assertEqual({ok, {kept, Id}}, emqx_redis_session:load_session(Id)) || Id <- Ids],
     ?assertEqual({ok, 100}, emqx_redis_message:count_messages(<<"durable-queue">>)),
     %% the promoted master has no replica left: writes there say so clearly

@@ -22,7 +22,7 @@
 
 -define(PUBLIC, [
     emqx_redis_storage, emqx_redis_session, emqx_redis_message,
-    emqx_redis_router, emqx_redis_registry, emqx_redis_topic
+    emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli
 ]).
 -define(DEFAULT_CALLS, 20000).
 -define(MAX_FENCE, (1 bsl 53) - 1).
@@ -201,7 +201,7 @@ in_parallel(Funs) ->
 fuzz_with_application_stopped(Config) ->
     ok = ?ST:stop(),
     ok = ?ST:stop(),
-    ?assertEqual(#{started => false, connected => false}, ?ST:status()),
+    ?assertEqual(#{started => false, connected => false, healthy => false}, ?ST:status()),
     ?assertEqual({error, not_started}, ?S:load_session(<<"c">>)),
     try
         run_fuzz(Config, max(1000, calls() div 20), stopped)
@@ -354,9 +354,11 @@ shape({emqx_redis_router, has_route, _}) -> boolean;
 shape({emqx_redis_router, index_ready, 1}) -> boolean_or_error;
 shape({emqx_redis_storage, status, 0}) -> status;
 shape({emqx_redis_storage, status, 1}) -> client_status;
+shape({emqx_redis_storage_cli, cmd, 1}) -> printed;
 shape(_MFA) -> result.
 
 valid_reply(_Ctx, boolean, Reply) -> is_boolean(Reply);
+valid_reply(_Ctx, printed, Reply) -> Reply =:= ok;
 valid_reply(_Ctx, validation, Reply) -> Reply =:= ok orelse is_tuple_of(error, Reply, fun is_atom/1);
 valid_reply(Ctx, boolean_or_error, Reply) -> is_boolean(Reply) orelse valid_reply(Ctx, result, Reply);
 valid_reply(#{app := App}, status, #{started := Started, connected := Connected}) ->
@@ -522,7 +524,8 @@ signatures() ->
         {?G, cleanup_node, 1} => [node],
         {?G, cleanup_node, 2} => [client, node],
         {emqx_redis_topic, validate, 2} => [topic_kind, topic],
-        {emqx_redis_topic, match, 2} => [topic, filter]
+        {emqx_redis_topic, match, 2} => [topic, filter],
+        {emqx_redis_storage_cli, cmd, 1} => [cli_words]
     }.
 
 %% One valid value of a kind, for the deterministic cases.
@@ -542,7 +545,8 @@ valid_example(filter) -> <<"a/+">>;
 valid_example(topic) -> <<"a/b">>;
 valid_example(dest) -> node();
 valid_example(routes) -> [{<<"a/+">>, node()}];
-valid_example(node) -> node().
+valid_example(node) -> node();
+valid_example(cli_words) -> ["sessions", "count"].
 
 %%--------------------------------------------------------------------
 %% Generators
@@ -567,7 +571,7 @@ fuzzed(_Ctx, _M, _F) -> true.
 
 %% Functions that visit the whole store (every hash slot or every entry)
 %% take tens of milliseconds: drawn less often, so the run stays short.
-weight(F) when F =:= count_sessions; F =:= list_sessions; F =:= cleanup_node -> 1;
+weight(F) when F =:= count_sessions; F =:= list_sessions; F =:= cleanup_node; F =:= cmd -> 1;
 weight(_F) -> 5.
 
 %% Mostly values of the right kind, so calls get past validation and reach
@@ -617,7 +621,22 @@ gen_valid(_Ctx, routes) ->
 gen_valid(_Ctx, node) ->
     gen_node();
 gen_valid(_Ctx, topic_kind) ->
-    elements([name, filter]).
+    elements([name, filter]);
+gen_valid(_Ctx, cli_words) ->
+    %% emqx_ctl passes strings; the ids and topics reach Redis.
+    ?LET(
+        {Words, Id, N},
+        {
+            elements([
+                ["status"], ["--json", "status"], ["sessions", "count"], ["sessions", "list"],
+                ["sessions", "show"], ["queue", "show"], ["routes", "list"], ["routes", "match"],
+                ["metrics"], ["--json", "routes", "list"], ["sessions"], []
+            ]),
+            oneof([gen_client_id(), gen_topic()]),
+            elements([[], ["3"], ["0"], ["-1"], ["x"], ["3", "4"]])
+        },
+        Words ++ [binary_to_list(Id) || lists:last([[] | Words]) =/= "list", is_binary(Id)] ++ N
+    ).
 
 %% A small pool, so that calls meet each other's data in Redis.
 gen_client_id() ->

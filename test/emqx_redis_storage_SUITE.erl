@@ -50,7 +50,7 @@ redis_config(Config) ->
 %%--------------------------------------------------------------------
 
 start_and_stop(Config) ->
-    ?assertEqual(#{started => false, connected => false}, emqx_redis_storage:status()),
+    ?assertEqual(#{started => false, connected => false, healthy => false}, emqx_redis_storage:status()),
     ?assertEqual({error, not_started}, emqx_redis_storage:q([<<"PING">>])),
     ok = emqx_redis_storage:start(redis_config(Config)),
     ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])),
@@ -82,7 +82,7 @@ start_fails_cleanly_when_redis_is_unreachable(_Config) ->
     end),
     ?assertMatch({error, {connection, _}}, Result),
     ?assert(Micros < 2000000),
-    ?assertEqual(#{started => false, connected => false}, emqx_redis_storage:status()).
+    ?assertEqual(#{started => false, connected => false, healthy => false}, emqx_redis_storage:status()).
 
 config_errors_name_the_field(Config) ->
     Good = redis_config(Config),
@@ -135,7 +135,7 @@ config_errors_name_the_field(Config) ->
                 Other ->
                     ct:fail({expected_invalid, Field, Bad, Other})
             end,
-            ?assertEqual(#{started => false, connected => false}, emqx_redis_storage:status())
+            ?assertEqual(#{started => false, connected => false, healthy => false}, emqx_redis_storage:status())
         end,
         Cases
     ),

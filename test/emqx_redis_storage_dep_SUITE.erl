@@ -1,7 +1,7 @@
 %% Works as a dependency: a scratch rebar3 project lists this repository as a
 %% git dependency (a file:// URL at the current commit), compiles it, starts
 %% it from its own sys.config, talks to Redis through it and saves and loads
-%% a session.
+%% a session; the operators' tool runs from the dependency's directory.
 -module(emqx_redis_storage_dep_SUITE).
 
 -compile([export_all, nowarn_export_all]).
@@ -56,7 +56,11 @@ scratch_project_builds_and_uses_it(Config) ->
     ?assertNotEqual(nomatch, string:find(Out, "RESULT {{ok,<<\"PONG\">>},{ok,<<\"OK\">>},ok,true}"), Out),
     %% Both went to the Redis named in the consumer's own sys.config.
     ?assertEqual("was here", redis_test_server:cmd(?config(redis, Config), ["GET", "consumer"])),
-    ?assertEqual("emqx:sess:{consumer-1}", redis_test_server:cmd(?config(redis, Config), ["--scan", "--pattern", "emqx:sess:*"])).
+    ?assertEqual("emqx:sess:{consumer-1}", redis_test_server:cmd(?config(redis, Config), ["--scan", "--pattern", "emqx:sess:*"])),
+    %% The operators' tool, where the dependency put it, with the same sys.config.
+    Tool = "_build/default/lib/emqx_redis_storage/bin/emqx-redis-storage --config config/sys.config ",
+    ?assertEqual("1\n", run(Tool ++ "sessions count", Dir)),
+    ?assertEqual("[\"consumer-1\"]\n", run(Tool ++ "--json sessions list", Dir)).
 
 write(Dir, Name, Content) ->
     ok = file:write_file(filename:join(Dir, Name), Content).

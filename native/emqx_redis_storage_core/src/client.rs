@@ -14,6 +14,7 @@
 //! a reconnect. A command that provably never reached Redis (the connection
 //! was already broken when it was written) is sent once more.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -30,6 +31,7 @@ use redis::{
 use crate::config::{ClientConfig, Mode, ServerNameCheck, Tls};
 use crate::error::{Error, Result};
 use crate::guard::{Breaker, BreakerState, InFlight, Permit};
+use crate::health::{HealthReport, ServerHealth};
 use crate::keys::Keys;
 use crate::router::{self, Router};
 use crate::scripts::Lua;
@@ -80,6 +82,8 @@ struct Server {
     settings: RedisConnectionInfo,
     connect_timeout: Duration,
     command_timeout: Duration,
+    /// Shared by the links to this server (its clones).
+    health: Arc<ServerHealth>,
 }
 
 impl Server {
@@ -153,7 +157,9 @@ impl Link {
         if let Some(conn) = self.open() {
             return Ok(conn); // dialled by the call we waited for
         }
-        let (conn, alive) = self.server.dial().await?;
+        let (conn, alive) = self.server.dial().await.inspect_err(|e| {
+            self.server.health.failed(e);
+        })?;
         tracing::debug!(server = %alive.server(), connection = *made + 1, "connection_opened");
         if *made > 0 {
             tracing::info!(server = %alive.server(), "connection_restored");
@@ -183,9 +189,16 @@ pub struct NodeConn {
 
 impl NodeConn {
     fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &result {
-            if e.is_unrecoverable_error() {
-                self.link.forget(self.generation);
+        let health = &self.link.server.health;
+        match &result {
+            // An error reply is an answer too: the round trip worked.
+            Ok(_) => health.answered(),
+            Err(e) if e.code().is_some() => health.answered(),
+            Err(e) => {
+                health.failed(e);
+                if e.is_unrecoverable_error() {
+                    self.link.forget(self.generation);
+                }
             }
         }
         result
@@ -250,6 +263,9 @@ pub struct Backend {
     last_recheck: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Open while Redis cannot be reached: calls fail at once.
     breaker: Arc<Breaker>,
+    /// Cluster masters by address, as the PINGs of `status` found them:
+    /// redis-rs owns the connections to them, so only those PINGs are seen.
+    cluster_health: Arc<std::sync::Mutex<HashMap<String, Arc<ServerHealth>>>>,
     /// Completes when the client is dropped: background tasks end then.
     shutdown: tokio::sync::watch::Receiver<()>,
 }
@@ -285,6 +301,7 @@ fn server(config: &ClientConfig, transport: &Arc<Transport>, host: &str, port: u
         settings: redis_settings(config),
         connect_timeout: config.connect_timeout,
         command_timeout: config.command_timeout,
+        health: Arc::new(ServerHealth::default()),
     }
 }
 
@@ -305,6 +322,7 @@ pub struct ServerStatus {
     /// `host:port`.
     pub address: String,
     pub state: ServerState,
+    pub health: HealthReport,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,6 +403,7 @@ impl Backend {
             failover: Arc::new(tokio::sync::Mutex::new(())),
             last_recheck: Arc::new(std::sync::Mutex::new(None)),
             breaker: Arc::new(Breaker::new(addresses(&config.servers))),
+            cluster_health: Arc::default(),
             config,
             shutdown,
         })
@@ -546,7 +565,8 @@ impl Backend {
     }
 
     /// The servers in use: the single server or the Sentinel master (in
-    /// the breaker's state), or each master of a cluster (asked with PING).
+    /// the breaker's state), or each master the cluster names now (asked
+    /// with PING).
     async fn status(&self) -> Status {
         let breaker = self.breaker.state();
         let servers = match &*self.target {
@@ -563,12 +583,21 @@ impl Backend {
                 vec![ServerStatus {
                     address: format!("{}:{}", server.host, server.port),
                     state,
+                    health: server.health.report(),
                 }]
             }
             Target::Cluster(cluster) => {
                 let current = cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
-                let mut addresses: Vec<(String, u16)> = current
-                    .masters
+                // The masters now: after a failover the list the connection
+                // was made with names a dead master, and redis-rs has
+                // followed the cluster without us.
+                let ask =
+                    tokio::time::timeout(self.config.connect_timeout, slot_masters(&current.conn));
+                let masters = match ask.await {
+                    Ok(Ok(masters)) => masters,
+                    _ => current.masters.clone(),
+                };
+                let mut addresses: Vec<(String, u16)> = masters
                     .iter()
                     .map(|(_, _, host, port)| (host.clone(), *port))
                     .collect();
@@ -577,6 +606,7 @@ impl Backend {
                 let pings = addresses.into_iter().map(|(host, port)| {
                     let mut conn = current.conn.clone();
                     let timeout = self.config.connect_timeout;
+                    let health = self.cluster_server_health(&format!("{host}:{port}"));
                     async move {
                         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
                         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
@@ -584,7 +614,20 @@ impl Backend {
                             port,
                         });
                         let ping = conn.route_command(redis::cmd("PING"), route);
-                        let up = matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_)));
+                        let up = match tokio::time::timeout(timeout, ping).await {
+                            Ok(Ok(_)) => true,
+                            Ok(Err(e)) => {
+                                health.failed(&e);
+                                false
+                            }
+                            Err(_) => {
+                                health.failed(&"PING timed out");
+                                false
+                            }
+                        };
+                        if up {
+                            health.answered();
+                        }
                         ServerStatus {
                             address: format!("{host}:{port}"),
                             state: if up {
@@ -592,6 +635,7 @@ impl Backend {
                             } else {
                                 ServerState::Down
                             },
+                            health: health.report(),
                         }
                     }
                 });
@@ -603,6 +647,15 @@ impl Backend {
             last_error: self.breaker.last_error(),
             servers,
         }
+    }
+
+    /// The health record of the cluster master at `address`.
+    fn cluster_server_health(&self, address: &str) -> Arc<ServerHealth> {
+        let mut known = self
+            .cluster_health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        known.entry(address.to_string()).or_default().clone()
     }
 
     /// One round trip to Redis, bypassing the breaker; in Sentinel mode it

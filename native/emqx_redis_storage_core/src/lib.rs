@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod gate;
 pub mod guard;
+pub mod health;
 pub mod keys;
 pub mod log;
 pub mod message;

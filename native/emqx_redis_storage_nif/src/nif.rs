@@ -56,8 +56,9 @@ fn q<'a>(
     })
 }
 
-/// `{Breaker, LastError | undefined, InFlight, [{Address, State}]}` with
-/// Breaker `closed | open | half_open` and State `up | connecting | down`.
+/// `{Breaker, LastError | undefined, InFlight, [{Address, State, LastOkMs,
+/// LastError, LastErrorMs}]}` with Breaker `closed | open | half_open`, State
+/// `up | connecting | down`, and `undefined` for a time or error not seen.
 /// Not counted in flight: an overloaded client still reports its status.
 #[rustler::nif]
 fn client_status<'a>(
@@ -83,9 +84,14 @@ fn client_status<'a>(
                     ServerState::Connecting => "connecting",
                     ServerState::Down => "down",
                 };
+                let health = server.health;
+                let time = |ms: Option<i64>| ms.map_or(Out::Atom("undefined"), Out::Int);
                 Out::Tuple(vec![
                     Out::Bin(server.address.into_bytes()),
                     Out::Atom(state),
+                    time(health.last_ok_ms),
+                    Out::bin_or(health.last_error.map(String::into_bytes), "undefined"),
+                    time(health.last_error_ms),
                 ])
             })
             .collect();

@@ -1,0 +1,128 @@
+%% @doc How the operators' commands show their reports to people: fields
+%% one per line, lists as aligned tables, times as UTC dates, and errors
+%% as one line.
+-module(emqx_redis_storage_cli_format).
+
+-export([human/1, error/1, usage/0]).
+
+-spec human({atom(), term()}) -> iodata().
+human({status, Status}) ->
+    Servers = maps:get(server_states, Status, []),
+    Fields = [
+        {K, maps:get(K, Status)}
+     || K <- [healthy, started, connected, breaker, last_error, in_flight, mode, servers, database,
+              pool_size, key_prefix, route_index],
+        maps:is_key(K, Status)
+    ],
+    [
+        fields(Fields),
+        "\n",
+        table(
+            ["SERVER", "STATE", "LAST OK", "LAST ERROR AT", "LAST ERROR"],
+            [
+                [value(S), value(St), time(Ok), time(ErrAt), value(Err)]
+             || #{server := S, state := St, last_ok_at := Ok, last_error := Err, last_error_at := ErrAt} <- Servers
+            ]
+        )
+    ];
+human({count, #{sessions := N}}) ->
+    [integer_to_binary(N), $\n];
+human({sessions, Ids}) ->
+    [[value(Id), $\n] || Id <- Ids];
+human({session, #{client_id := Id, session := Session, info := Info}}) ->
+    #{created_at := Created, updated_at := Updated, expires_at := Expires, node := Node} = Info,
+    fields([
+        {client_id, Id},
+        {node, Node},
+        {created_at, time(Created)},
+        {updated_at, time(Updated)},
+        {expires_at, time(Expires)},
+        {session, Session}
+    ]);
+human({queue, #{client_id := Id, info := Info, messages := Messages}}) ->
+    #{len := Len, dropped := Dropped, oldest_at := Oldest} = Info,
+    [
+        fields([{client_id, Id}, {len, Len}, {dropped, Dropped}, {oldest_at, time(Oldest)}]),
+        "\n",
+        table(["ID", "MESSAGE"], [[value(MsgId), value(Msg)] || #{id := MsgId, message := Msg} <- Messages])
+    ];
+human({routes, #{total := Total, routes := Routes}}) ->
+    [
+        table(["FILTER", "DESTS"], [[value(F), dests(D)] || #{filter := F, dests := D} <- Routes]),
+        io_lib:format("~b of ~b filters shown~n", [length(Routes), Total])
+    ];
+human({matches, #{dests := Dests}}) ->
+    [[dests([D]), $\n] || D <- Dests];
+human({metrics, Metrics}) when is_map(Metrics) ->
+    fields(lists:sort(maps:to_list(Metrics)));
+human({metrics, Metrics}) ->
+    [value(Metrics), $\n];
+human({prometheus, Text}) ->
+    Text.
+
+%% @doc The commands, as `emqx_ctl' and the tool show them.
+-spec usage() -> iodata().
+usage() ->
+    [
+        "Commands:\n",
+        "  status                       the connection to Redis and its health\n",
+        "  sessions count               how many sessions are stored\n",
+        "  sessions list [N]            the first N client ids (default 100)\n",
+        "  sessions show ClientId       a session's term and its info\n",
+        "  queue show ClientId [N]      a queue's info and its first N messages (default 10)\n",
+        "  routes list [N]              the first N route filters and their dests (default 1000)\n",
+        "  routes match Topic           the dests of the routes matching a topic\n",
+        "  metrics                      the client's counters\n",
+        "  prometheus                   the same in the Prometheus text format\n",
+        "Add --json for JSON output.\n"
+    ].
+
+%% @doc One line for an error reason: the common ones in words.
+-spec error(term()) -> iodata().
+error(not_found) ->
+    "not found";
+error({not_available, Fun}) ->
+    io_lib:format("~s is not available in this build of emqx_redis_storage", [Fun]);
+error({invalid_config, Field, Expected}) ->
+    ["invalid config: ", value(Field), ": ", value(Expected)];
+error({connection, Message}) ->
+    ["connecting to Redis failed: ", value(Message)];
+error(Reason) ->
+    value(Reason).
+
+fields(Pairs) ->
+    Width = lists:max([0 | [length(atom_to_list(K)) || {K, _} <- Pairs]]),
+    [io_lib:format("~-*s  ~ts~n", [Width, K, value(V)]) || {K, V} <- Pairs].
+
+table(Header, Rows) ->
+    Widths = [lists:max([string:length(Cell) || Cell <- Column]) || Column <- columns([Header | Rows])],
+    [line(Widths, Row) || Row <- [Header | Rows]].
+
+columns([[] | _]) -> [];
+columns(Rows) -> [[chardata(hd(R)) || R <- Rows] | columns([tl(R) || R <- Rows])].
+
+line(Widths, Row) ->
+    Cells = [string:pad(chardata(Cell), W) || {W, Cell} <- lists:zip(Widths, Row)],
+    [string:trim(lists:join("  ", Cells), trailing), $\n].
+
+chardata(Cell) -> unicode:characters_to_list(Cell).
+
+dests(Dests) ->
+    lists:join(", ", [dest(D) || D <- Dests]).
+
+dest(#{group := Group, node := Node}) -> [value(Node), " (group ", value(Group), ")"];
+dest(#{node := Node}) -> value(Node).
+
+%% Unix ms as an RFC 3339 date in UTC.
+time(undefined) ->
+    "-";
+time(Ms) when is_integer(Ms) ->
+    calendar:system_time_to_rfc3339(Ms, [{unit, millisecond}, {offset, "Z"}]).
+
+value(undefined) -> "-";
+value(Bin) when is_binary(Bin) -> emqx_redis_storage_json:chars(Bin);
+value(Atom) when is_atom(Atom) -> atom_to_list(Atom);
+value(Int) when is_integer(Int) -> integer_to_list(Int);
+value([First | _] = Binaries) when is_binary(First) -> lists:join(",", [value(B) || B <- Binaries]);
+value(Chars) when is_list(Chars) -> Chars;
+value(Other) -> emqx_redis_storage_json:chars(emqx_redis_storage_json:printed(Other)).
