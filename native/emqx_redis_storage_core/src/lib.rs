@@ -8,6 +8,7 @@ pub mod gate;
 pub mod guard;
 pub mod keys;
 pub mod message;
+pub mod metrics;
 pub mod registry;
 pub mod route_index;
 pub mod router;

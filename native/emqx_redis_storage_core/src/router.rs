@@ -234,6 +234,11 @@ impl LocalIndex {
         state.ready.then(|| state.routes.matches(topic))
     }
 
+    /// The routes it holds (also while stale).
+    pub fn len(&self) -> usize {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).routes.len()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.state.read().unwrap_or_else(|e| e.into_inner()).ready
     }
@@ -642,6 +647,8 @@ async fn follow(
 
 async fn reload(index: &LocalIndex, backend: &Backend, keys: &Keys, shards: u16) -> Result<()> {
     index.mark_stale();
+    let resyncs = &backend.metrics().connections.route_index_resyncs;
+    resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut routes = RouteIndex::new();
     let mut versions = Vec::with_capacity(shards as usize);
     for (version, filters) in read_shards(backend, keys, shards).await? {
