@@ -1102,7 +1102,7 @@ impl Client {
 
     /// What the client counted, with the routes in its local index now.
     pub fn metrics(&self) -> (Snapshot, Option<usize>) {
-        let routes = self.router.index.as_ref().map(|index| index.len());
+        let routes = self.router.index.as_ref().map(|index| index.route_count());
         (self.backend.metrics.snapshot(), routes)
     }
 

@@ -88,7 +88,12 @@ impl OpTable {
     }
 
     fn iter(&self) -> impl Iterator<Item = &Arc<OpMetrics>> {
-        let overflow = self.overflow.latency.buckets.iter().any(|b| b.load(Relaxed) > 0);
+        let overflow = self
+            .overflow
+            .latency
+            .buckets
+            .iter()
+            .any(|b| b.load(Relaxed) > 0);
         self.slots
             .iter()
             .filter_map(OnceLock::get)
@@ -276,7 +281,9 @@ mod tests {
             let result = if i < 3 { Err(Error::Timeout) } else { Ok(()) };
             metrics.start("load").finish(&result);
         }
-        metrics.start("save").finish(&Err::<(), _>(Error::Overloaded));
+        metrics
+            .start("save")
+            .finish(&Err::<(), _>(Error::Overloaded));
         let snapshot = metrics.snapshot();
         let load = op(&snapshot, "load");
         assert_eq!((load.calls, load.in_flight), (10, 1));

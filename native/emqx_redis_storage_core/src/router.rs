@@ -235,8 +235,12 @@ impl LocalIndex {
     }
 
     /// The routes it holds (also while stale).
-    pub fn len(&self) -> usize {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).routes.len()
+    pub fn route_count(&self) -> usize {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .routes
+            .len()
     }
 
     pub fn is_ready(&self) -> bool {

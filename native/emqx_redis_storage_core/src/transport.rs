@@ -237,7 +237,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
 
 impl<S> Drop for Coalesce<S> {
     fn drop(&mut self) {
-        self.metrics.connections.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .connections
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -444,7 +447,11 @@ mod tests {
 
     #[test]
     fn bad_names_and_pem_are_config_errors() {
-        let err = |t: &Tls| Transport::new(Some(t), metrics()).err().map(|e| e.to_string());
+        let err = |t: &Tls| {
+            Transport::new(Some(t), metrics())
+                .err()
+                .map(|e| e.to_string())
+        };
         assert!(err(&tls(ServerNameCheck::Name("not a name!".into())))
             .unwrap()
             .contains("redis.ssl.server_name_indication"));
@@ -458,7 +465,8 @@ mod tests {
         assert!(Transport::new(
             Some(&tls(ServerNameCheck::Name("redis.test".into()))),
             metrics()
-        ).is_ok());
+        )
+        .is_ok());
         assert!(Transport::new(Some(&tls(ServerNameCheck::Disable)), metrics()).is_ok());
     }
 }

@@ -181,9 +181,12 @@ fn route_match_redis<'a>(
     topic: Binary,
 ) -> Term<'a> {
     let topic = topic.to_vec();
-    spawn_admitted(env, client.admit("route_match_redis"), reply_ref, async move {
-        dests_out(router::match_in_redis(&client, &topic).await?)
-    })
+    spawn_admitted(
+        env,
+        client.admit("route_match_redis"),
+        reply_ref,
+        async move { dests_out(router::match_in_redis(&client, &topic).await?) },
+    )
 }
 
 /// True when the local index is loaded and in step with Redis.

@@ -9,9 +9,9 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
+use emqx_redis_storage_core::client::Admitted;
 use emqx_redis_storage_core::error::panic_message;
 use emqx_redis_storage_core::gate::ReplyGate;
-use emqx_redis_storage_core::client::Admitted;
 use emqx_redis_storage_core::{Error, Result};
 use futures::FutureExt;
 use rustler::env::OwnedEnv;

@@ -182,10 +182,15 @@ fn channel_register<'a>(
     node: Binary,
 ) -> Term<'a> {
     let (id, node) = (client_id.to_vec(), node.to_vec());
-    spawn_admitted(env, client.admit("channel_register"), reply_ref, async move {
-        registry::register(&client, &id, &node).await?;
-        Ok(Out::Atom("ok"))
-    })
+    spawn_admitted(
+        env,
+        client.admit("channel_register"),
+        reply_ref,
+        async move {
+            registry::register(&client, &id, &node).await?;
+            Ok(Out::Atom("ok"))
+        },
+    )
 }
 
 #[rustler::nif]
@@ -213,10 +218,15 @@ fn channel_unregister<'a>(
     node: Binary,
 ) -> Term<'a> {
     let (id, node) = (client_id.to_vec(), node.to_vec());
-    spawn_admitted(env, client.admit("channel_unregister"), reply_ref, async move {
-        registry::unregister(&client, &id, &node).await?;
-        Ok(Out::Atom("ok"))
-    })
+    spawn_admitted(
+        env,
+        client.admit("channel_unregister"),
+        reply_ref,
+        async move {
+            registry::unregister(&client, &id, &node).await?;
+            Ok(Out::Atom("ok"))
+        },
+    )
 }
 
 #[rustler::nif]
@@ -227,9 +237,14 @@ fn channel_cleanup<'a>(
     node: Binary,
 ) -> Term<'a> {
     let node = node.to_vec();
-    spawn_admitted(env, client.admit("channel_cleanup"), reply_ref, async move {
-        Ok(Out::Int(
-            registry::cleanup_node(&client, &node).await? as i64,
-        ))
-    })
+    spawn_admitted(
+        env,
+        client.admit("channel_cleanup"),
+        reply_ref,
+        async move {
+            Ok(Out::Int(
+                registry::cleanup_node(&client, &node).await? as i64,
+            ))
+        },
+    )
 }

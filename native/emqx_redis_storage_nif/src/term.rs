@@ -147,7 +147,10 @@ pub fn metrics(snapshot: Snapshot, routes: Option<usize>) -> Out {
         ("connections", count(snapshot.connections_open)),
         ("reconnects", count(snapshot.reconnects)),
         ("sentinel_failovers", count(snapshot.failovers)),
-        ("cluster_topology_refreshes", count(snapshot.topology_refreshes)),
+        (
+            "cluster_topology_refreshes",
+            count(snapshot.topology_refreshes),
+        ),
         ("route_index_resyncs", count(snapshot.route_index_resyncs)),
         (
             "route_index_routes",
