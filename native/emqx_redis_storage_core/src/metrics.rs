@@ -3,10 +3,13 @@
 //! reconnects, failovers followed, requests, bytes, route index loads).
 //!
 //! Every update is a relaxed atomic add on counters of the client's own:
-//! no lock, and nothing shared by all clients. An operation is only a name
-//! given by the caller; this module knows no domain.
+//! no lock, and nothing shared by all clients. An operation's counters are
+//! sharded by thread: a call starts on an Erlang scheduler and ends on a
+//! Tokio worker, and with one set of counters their cache lines would move
+//! between cores on every call. An operation is only a name given by the
+//! caller; this module knows no domain.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,14 +22,20 @@ pub const LATENCY_BUCKETS_US: [u64; 16] = [
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
-/// Latencies, bucketed: each bucket counts its own calls (not cumulative).
+const BUCKETS: usize = LATENCY_BUCKETS_US.len() + 1;
+
+/// One thread's share of an operation's counters, on cache lines of its own.
 #[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+#[repr(align(128))]
+struct Shard {
+    started: AtomicU64,
+    errors: [AtomicU64; Error::KINDS.len()],
+    /// Answered calls by latency; each bucket counts its own calls.
+    buckets: [AtomicU64; BUCKETS],
     sum_us: AtomicU64,
 }
 
-impl Histogram {
+impl Shard {
     fn observe(&self, elapsed: Duration) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BUCKETS_US.partition_point(|&upper| upper < us);
@@ -35,22 +44,39 @@ impl Histogram {
     }
 }
 
+/// More shards than a small machine has busy threads; threads beyond share.
+const SHARDS: usize = 8;
+
+/// This thread's shard: threads take them in turn when they first count.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    SHARD.with(|shard| *shard)
+}
+
 /// The counters of one operation.
 struct OpMetrics {
     name: &'static str,
-    in_flight: AtomicI64,
-    errors: [AtomicU64; Error::KINDS.len()],
-    latency: Histogram,
+    shards: [Shard; SHARDS],
 }
 
 impl OpMetrics {
     fn new(name: &'static str) -> Self {
         OpMetrics {
             name,
-            in_flight: AtomicI64::new(0),
-            errors: Default::default(),
-            latency: Histogram::default(),
+            shards: Default::default(),
         }
+    }
+
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index()]
+    }
+
+    /// The sum over the shards of one counter.
+    fn total(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| counter(s).load(Relaxed)).sum()
     }
 }
 
@@ -88,12 +114,7 @@ impl OpTable {
     }
 
     fn iter(&self) -> impl Iterator<Item = &Arc<OpMetrics>> {
-        let overflow = self
-            .overflow
-            .latency
-            .buckets
-            .iter()
-            .any(|b| b.load(Relaxed) > 0);
+        let overflow = self.overflow.total(|s| &s.started) > 0;
         self.slots
             .iter()
             .filter_map(OnceLock::get)
@@ -146,7 +167,7 @@ impl Metrics {
     /// until the returned `Call` is finished or dropped.
     pub fn start(&self, name: &'static str) -> Call {
         let op = self.ops.get(name).clone();
-        op.in_flight.fetch_add(1, Relaxed);
+        op.shard().started.fetch_add(1, Relaxed);
         Call {
             op,
             started: Instant::now(),
@@ -174,19 +195,23 @@ impl Metrics {
 }
 
 fn op_snapshot(op: &OpMetrics) -> OpSnapshot {
-    let buckets: Vec<u64> = op.latency.buckets.iter().map(|b| b.load(Relaxed)).collect();
+    // Answered before started: a call is started before it is answered,
+    // so in flight is never below zero.
+    let buckets: Vec<u64> = (0..BUCKETS).map(|b| op.total(|s| &s.buckets[b])).collect();
+    let calls = buckets.iter().sum();
+    let started = op.total(|s| &s.started);
     OpSnapshot {
         name: op.name,
-        in_flight: op.in_flight.load(Relaxed).max(0) as u64,
+        in_flight: started.saturating_sub(calls),
         errors: Error::KINDS
             .iter()
-            .zip(&op.errors)
-            .map(|(kind, n)| (*kind, n.load(Relaxed)))
+            .enumerate()
+            .map(|(i, kind)| (*kind, op.total(|s| &s.errors[i])))
             .filter(|(_, n)| *n > 0)
             .collect(),
-        calls: buckets.iter().sum(),
+        calls,
         buckets,
-        sum_us: op.latency.sum_us.load(Relaxed),
+        sum_us: op.total(|s| &s.sum_us),
     }
 }
 
@@ -210,13 +235,12 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        let op = &self.op;
-        op.in_flight.fetch_sub(1, Relaxed);
-        op.latency.observe(elapsed);
+        let shard = self.op.shard();
+        shard.observe(elapsed);
         if let Some(kind) = self.error {
-            op.errors[kind].fetch_add(1, Relaxed);
+            shard.errors[kind].fetch_add(1, Relaxed);
         }
-        warn_if_slow(op.name, elapsed, self.slow_after);
+        warn_if_slow(self.op.name, elapsed, self.slow_after);
     }
 }
 
@@ -299,7 +323,7 @@ mod tests {
 
     #[test]
     fn latencies_fall_in_their_buckets() {
-        let h = Histogram::default();
+        let h = Shard::default();
         for us in [0, 100, 101, 999, 10_000_000, 10_000_001, u64::MAX / 2] {
             h.observe(Duration::from_micros(us));
         }
@@ -319,14 +343,34 @@ mod tests {
             .map(|i| &*Box::leak(format!("op{i}").into_boxed_str()))
             .collect();
         for name in &names {
-            table.get(name).in_flight.fetch_add(1, Relaxed);
+            table.get(name).shard().started.fetch_add(1, Relaxed);
         }
         for name in &names[..OP_SLOTS] {
             assert_eq!(table.get(name).name, *name);
-            assert_eq!(table.get(name).in_flight.load(Relaxed), 1);
+            assert_eq!(table.get(name).total(|s| &s.started), 1);
         }
         assert_eq!(table.get(names[OP_SLOTS]).name, OVERFLOW_OP);
-        assert_eq!(table.overflow.in_flight.load(Relaxed), 5);
+        assert_eq!(table.overflow.total(|s| &s.started), 5);
+    }
+
+    /// Calls started on one thread and answered on others are counted once.
+    #[test]
+    fn calls_across_threads_add_up() {
+        let metrics = Metrics::new(Duration::from_secs(3600));
+        let mut calls: Vec<Call> = (0..1000).map(|_| metrics.start("q")).collect();
+        assert_eq!(op(&metrics.snapshot(), "q").in_flight, 1000);
+        std::thread::scope(|s| {
+            while !calls.is_empty() {
+                let batch: Vec<Call> = calls.drain(..100).collect();
+                s.spawn(move || {
+                    batch
+                        .into_iter()
+                        .for_each(|c| c.finish(&Ok::<(), Error>(())))
+                });
+            }
+        });
+        let q = op(&metrics.snapshot(), "q").clone();
+        assert_eq!((q.calls, q.in_flight, q.errors.len()), (1000, 0, 0));
     }
 
     #[test]
