@@ -17,7 +17,7 @@
 %% Up to 2^43 ns (2.4 hours).
 -define(BUCKETS, (43 * ?PER_OCTAVE)).
 %% Queues are not capped here: storing is measured, not dropping the oldest.
--define(MAX_QUEUE_LEN, 100000000).
+-define(MAX_QUEUE_LEN, 1000000).
 -define(BATCH, 100).
 -define(PAGE, 100).
 %% A literal, so that no message copies it.

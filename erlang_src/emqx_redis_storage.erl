@@ -8,6 +8,7 @@
 
 -export([start/0, start/1, stop/0, status/0, status/1]).
 -export([connect/1, q/1, q/2]).
+-export([metrics/0, metrics/1, prometheus/0, prometheus/1]).
 
 -type command() :: [binary() | iodata() | atom() | integer() | float()].
 -export_type([command/0]).
@@ -83,6 +84,31 @@ healthy(Connected, #{breaker := closed, server_states := [_ | _] = Servers}) ->
     Connected andalso lists:all(fun(#{state := State}) -> State =:= up end, Servers);
 healthy(_Connected, _Health) ->
     false.
+
+%% @doc The default client's metrics; see `metrics/1'.
+-spec metrics() -> map() | {error, not_started}.
+metrics() ->
+    emqx_redis_storage_client:with_default(fun metrics/1).
+
+%% @doc What the client counted since it connected: per operation (the
+%% NIF's names: `session_save', `message_store', `q', ...) the calls
+%% answered, errors by kind, calls in flight and a latency histogram, and
+%% the client's connections, reconnects, failovers followed, requests and
+%% bytes. The README lists every field.
+-spec metrics(emqx_redis_storage_client:t()) -> map() | {error, {invalid_client, term()}}.
+metrics(Client) ->
+    emqx_redis_storage_client:checked(Client, [], fun() -> emqx_redis_storage_metrics:read(Client) end).
+
+%% @doc The default client's metrics in the Prometheus text format.
+-spec prometheus() -> iodata() | {error, not_started}.
+prometheus() ->
+    emqx_redis_storage_client:with_default(fun prometheus/1).
+
+%% @doc `metrics/1' in the Prometheus text exposition format, for an HTTP
+%% handler to serve with content type `text/plain; version=0.0.4'.
+-spec prometheus(emqx_redis_storage_client:t()) -> iodata() | {error, {invalid_client, term()}}.
+prometheus(Client) ->
+    emqx_redis_storage_client:checked(Client, [], fun() -> emqx_redis_storage_metrics:prometheus(Client) end).
 
 %% @doc A client of its own, apart from the application's default one, for a
 %% config map of the same shape as `start/1' takes, such as

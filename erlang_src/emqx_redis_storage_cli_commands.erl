@@ -69,9 +69,17 @@ report(Client, ["routes", "match", Topic]) ->
     ok_report(matches, fun(Dests) -> #{topic => binary(Topic), dests => dests(Dests)} end,
         emqx_redis_router:match_routes(Client, binary(Topic)));
 report(Client, ["metrics"]) ->
-    optional(metrics, Client);
+    case emqx_redis_storage:metrics(Client) of
+        #{operations := Ops} = Metrics ->
+            {ok, {metrics, Metrics#{operations := maps:map(fun(_, Op) -> buckets_as_maps(Op) end, Ops)}}};
+        {error, _} = Error ->
+            Error
+    end;
 report(Client, ["prometheus"]) ->
-    optional(prometheus, Client);
+    case emqx_redis_storage:prometheus(Client) of
+        {error, _} = Error -> Error;
+        Text -> {ok, {prometheus, Text}}
+    end;
 report(_Client, _Words) ->
     throw(usage).
 
@@ -90,19 +98,9 @@ maybe_all([Call | Calls], Make, Values) ->
         {error, _} = Error -> Error
     end.
 
-%% `metrics/1' and `prometheus/1' come with the metrics work; a build
-%% without them says so rather than crash.
-optional(Fun, Client) ->
-    _ = code:ensure_loaded(emqx_redis_storage),
-    case erlang:function_exported(emqx_redis_storage, Fun, 1) of
-        true ->
-            case apply(emqx_redis_storage, Fun, [Client]) of
-                {error, _} = Error -> Error;
-                Result -> {ok, {Fun, Result}}
-            end;
-        false ->
-            {error, {not_available, Fun}}
-    end.
+%% Latency buckets as `#{le_us, count}' maps, which JSON shows as objects.
+buckets_as_maps(#{latency := #{buckets := Buckets} = Latency} = Op) ->
+    Op#{latency := Latency#{buckets := [#{le_us => Le, count => N} || {Le, N} <- Buckets]}}.
 
 dests(Dests) ->
     [dest(D) || D <- Dests].

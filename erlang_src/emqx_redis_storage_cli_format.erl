@@ -53,12 +53,22 @@ human({routes, #{total := Total, routes := Routes}}) ->
     ];
 human({matches, #{dests := Dests}}) ->
     [[dests([D]), $\n] || D <- Dests];
-human({metrics, Metrics}) when is_map(Metrics) ->
-    fields(lists:sort(maps:to_list(Metrics)));
-human({metrics, Metrics}) ->
-    [value(Metrics), $\n];
+human({metrics, #{operations := Ops} = Metrics}) ->
+    [
+        fields(lists:sort(maps:to_list(maps:remove(operations, Metrics)))),
+        "\n",
+        table(
+            ["OPERATION", "CALLS", "ERRORS", "IN FLIGHT", "MEAN US"],
+            [operation_row(Name, Op) || {Name, Op} <- lists:sort(maps:to_list(Ops))]
+        )
+    ];
 human({prometheus, Text}) ->
     Text.
+
+operation_row(Name, #{calls := Calls, errors := Errors, in_flight := InFlight, latency := #{sum_us := Sum}}) ->
+    ErrorText = [io_lib:format("~s ~b", [Kind, N]) || {Kind, N} <- lists:sort(maps:to_list(Errors))],
+    Mean = case Calls of 0 -> 0; _ -> Sum div Calls end,
+    [value(Name), value(Calls), value(lists:flatten(lists:join(", ", ErrorText))), value(InFlight), value(Mean)].
 
 %% @doc The commands, as `emqx_ctl' and the tool show them.
 -spec usage() -> iodata().
@@ -81,8 +91,6 @@ usage() ->
 -spec error(term()) -> iodata().
 error(not_found) ->
     "not found";
-error({not_available, Fun}) ->
-    io_lib:format("~s is not available in this build of emqx_redis_storage", [Fun]);
 error({invalid_config, Field, Expected}) ->
     ["invalid config: ", value(Field), ": ", value(Expected)];
 error({connection, Message}) ->

@@ -35,7 +35,7 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
                 maps:with(
                     [redis_type, servers, sentinel, sentinel_username, database, username,
                      pool_size, connect_timeout, command_timeout, wait_replicas, wait_timeout,
-                     max_inflight],
+                     max_inflight, slow_call_threshold],
                     Redis
                 ),
                 maps:with([route_index, route_shards, route_sync_interval], Config)

@@ -73,6 +73,8 @@ redis_schema() ->
         %% Requests of the client waiting for Redis at once; beyond it a call
         %% returns {error, overloaded} at once (bounded memory when Redis stalls).
         {max_inflight, {integer, 1, 1000000}, 10000},
+        %% A call taking this long or longer emits a slow_call warning.
+        {slow_call_threshold, {duration, ms, ?HOUR_MS}, 1000},
         {ssl, {map, ssl_schema()}, #{}}
     ].
 

@@ -3,7 +3,7 @@
 %% `emqx_redis_storage_client', which owns deadlines and late replies.
 -module(emqx_redis_storage_nif).
 
--export([connect/2, q/3, cancel/1, panic_in_task/1, client_status/2, log_sink/2]).
+-export([connect/2, q/3, cancel/1, panic_in_task/1, client_status/2, log_sink/2, client_metrics/1]).
 -export([
     session_save/7, session_load/3, session_delete/3, session_info/3, session_count/2,
     session_list/4, lease_acquire/6, lease_renew/5, lease_release/4,
@@ -75,6 +75,10 @@ client_status(_Client, _Ref) -> ?NOT_LOADED.
 -spec log_sink(pid() | undefined, off | error | warn | info | debug | trace) ->
     [{binary(), logger:level(), pos_integer()}].
 log_sink(_Pid, _Level) -> ?NOT_LOADED.
+
+%% Synchronous: the client's counters as a map.
+-spec client_metrics(reference()) -> map().
+client_metrics(_Client) -> ?NOT_LOADED.
 
 -spec panic_in_task(reference()) -> ticket().
 panic_in_task(_Ref) -> ?NOT_LOADED.

@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(make git openssl erlang-nox erlang-dev erlang-common-test erlang-eunit
           erlang-dialyzer erlang-proper erlang-proper-dev erlang-tools rebar3 redis-server redis-tools
-          redis-sentinel gnuplot-nox)
+          redis-sentinel gnuplot-nox prometheus)
 
 for tool in cargo cargo-clippy rustfmt; do
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -16,8 +16,8 @@ for tool in cargo cargo-clippy rustfmt; do
 done
 
 if ! command -v dpkg >/dev/null 2>&1; then
-    for tool in erl rebar3 redis-server redis-cli redis-sentinel openssl git; do
-        command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: please install $tool (Erlang/OTP 25+, rebar3, Redis 7)" >&2; exit 1; }
+    for tool in erl rebar3 redis-server redis-cli redis-sentinel openssl git promtool; do
+        command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: please install $tool (Erlang/OTP 25+, rebar3, Redis 7; promtool comes with Prometheus)" >&2; exit 1; }
     done
     exit 0
 fi

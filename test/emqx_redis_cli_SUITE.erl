@@ -172,14 +172,17 @@ errors_and_exit_statuses(Config) ->
     {2, "", _} = tool(Config, []),
     {0, Help, ""} = tool(Config, ["--help"]),
     ?assertMatch({match, _}, re:run(Help, "EMQX_REDIS_PASSWORD")),
-    %% metrics/1 and prometheus/1 come from another branch.
-    [
-        ?assertEqual(
-            {1, "", Name ++ " is not available in this build of emqx_redis_storage\n"},
-            tool(Config, Flags ++ [Name])
-        )
-     || Name <- ["metrics", "prometheus"]
-    ],
+    %% The tool's own client counted its calls: PING and status at least.
+    {0, Metrics, ""} = tool(Config, Flags ++ ["metrics"]),
+    ?assertMatch({match, _}, re:run(Metrics, "^OPERATION +CALLS +ERRORS", [multiline])),
+    ?assertMatch({match, _}, re:run(Metrics, "^bytes_sent +[1-9]", [multiline])),
+    {0, MetricsJson, ""} = tool(Config, Flags ++ ["--json", "metrics"]),
+    ?assertMatch(
+        #{<<"operations">> := #{}, <<"requests">> := N} when N > 0,
+        json_test_decoder:decode(MetricsJson)
+    ),
+    {0, Prometheus, ""} = tool(Config, Flags ++ ["prometheus"]),
+    ?assertMatch({match, _}, re:run(Prometheus, "^# TYPE emqx_redis_storage_requests_total counter$", [multiline])),
     %% Wrong or missing password, a bad config value, a config file with a
     %% syntax error next to the password: errors that name no secret.
     {1, "", Wrong} = run(?config(tool, Config), Flags ++ ["status"], [{"EMQX_REDIS_PASSWORD", "wrong-pw"}]),
@@ -213,7 +216,8 @@ cmd_in_the_vm(Config) ->
     ?assertEqual("not found\n", captured(["sessions", "show", "nobody"])),
     ?assertEqual(iolist_to_binary(emqx_redis_storage_cli_format:usage()), list_to_binary(captured(["nothing"]))),
     ?assertEqual(iolist_to_binary(emqx_redis_storage_cli_format:usage()), list_to_binary(captured(not_a_list))),
-    ?assertEqual("metrics is not available in this build of emqx_redis_storage\n", captured(["metrics"])).
+    Counted = json_test_decoder:decode(captured(["--json", "metrics"])),
+    ?assertMatch(#{<<"operations">> := #{<<"session_count">> := #{<<"calls">> := C}}} when C > 0, Counted).
 
 %% `healthy' true with Redis up, false while it is down (breaker open, the
 %% server's last error set), true again after a restart; the time of the

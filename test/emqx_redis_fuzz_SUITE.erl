@@ -355,6 +355,8 @@ shape({emqx_redis_router, index_ready, 1}) -> boolean_or_error;
 shape({emqx_redis_storage, status, 0}) -> status;
 shape({emqx_redis_storage, status, 1}) -> client_status;
 shape({emqx_redis_storage_cli, cmd, 1}) -> printed;
+shape({emqx_redis_storage, metrics, _}) -> metrics;
+shape({emqx_redis_storage, prometheus, _}) -> prometheus;
 shape(_MFA) -> result.
 
 valid_reply(_Ctx, boolean, Reply) -> is_boolean(Reply);
@@ -367,6 +369,10 @@ valid_reply(_Ctx, status, _Reply) -> false;
 valid_reply(_Ctx, client_status, #{started := true, connected := Connected, breaker := Breaker}) ->
     is_boolean(Connected) andalso lists:member(Breaker, [closed, open, half_open]);
 valid_reply(Ctx, client_status, Reply) -> valid_reply(Ctx, result, Reply);
+valid_reply(_Ctx, metrics, #{operations := Ops, requests := N}) -> is_map(Ops) andalso is_integer(N);
+valid_reply(_Ctx, prometheus, Text) when is_list(Text) -> is_binary(iolist_to_binary(Text));
+valid_reply(Ctx, Metrics, Reply) when Metrics =:= metrics; Metrics =:= prometheus ->
+    valid_reply(Ctx, result, Reply);
 valid_reply(_Ctx, result, ok) -> true;
 valid_reply(_Ctx, result, {ok, _}) -> true;
 valid_reply(Ctx, result, {error, Reason}) -> known_error(Ctx, Reason);
@@ -465,6 +471,10 @@ signatures() ->
         {?ST, connect, 1} => [config],
         {?ST, q, 1} => [command],
         {?ST, q, 2} => [client, command],
+        {?ST, metrics, 0} => [],
+        {?ST, metrics, 1} => [client],
+        {?ST, prometheus, 0} => [],
+        {?ST, prometheus, 1} => [client],
         {?S, save_session, 2} => [client_id, any],
         {?S, save_session, 3} => [client_id, any, save_opts],
         {?S, save_session, 4} => [client, client_id, any, save_opts],

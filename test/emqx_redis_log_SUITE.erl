@@ -14,6 +14,7 @@
     sentinel_failover_followed/1,
     route_index_resyncs/1,
     script_reloaded_after_flush/1,
+    slow_call_is_reported/1,
     tls_wrong_name/1,
     flood_is_rate_limited/1,
     debug_only_at_debug_level/1,
@@ -37,6 +38,7 @@ groups() ->
             sentinel_failover_followed,
             route_index_resyncs,
             script_reloaded_after_flush,
+            slow_call_is_reported,
             tls_wrong_name,
             flood_is_rate_limited,
             debug_only_at_debug_level,
@@ -209,6 +211,18 @@ script_reloaded_after_flush(Config) ->
     {ok, []} = emqx_redis_router:match_routes(Client, <<"no/such/route">>),
     #{sha := Sha} = expect(info, <<"script_reloaded">>, #{}, 5000),
     ?assertEqual(40, byte_size(Sha)).
+
+%% A call slower than `redis.slow_call_threshold' (Redis made to sleep in
+%% a script for 50 ms; the threshold is 20 ms) is reported with its
+%% operation and duration.
+slow_call_is_reported(Config) ->
+    Redis = ?config(redis, Config),
+    {ok, Client} = emqx_redis_storage:connect(config(Redis, #{slow_call_threshold => 20})),
+    Sleep = <<"local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] "
+              "repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > 50000 return 1">>,
+    {ok, 1} = emqx_redis_storage:q(Client, [<<"EVAL">>, Sleep, <<"0">>]),
+    #{duration_ms := Ms} = expect(warning, <<"slow_call">>, #{operation => <<"q">>, threshold_ms => 20}, 5000),
+    ?assert(Ms >= 50, Ms).
 
 redis_cli(Redis, Args) ->
     redis_test_server:cmd(Redis, ["--no-auth-warning", "-a", binary_to_list(?PASSWORD) | Args]).

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::guard::{Breaker, BreakerState, InFlight, Permit};
 use crate::health::{HealthReport, ServerHealth};
 use crate::keys::Keys;
+use crate::metrics::{Call, Metrics, Snapshot};
 use crate::router::{self, Router};
 use crate::scripts::Lua;
 use crate::transport::{Alive, Transport};
@@ -165,6 +166,9 @@ impl Link {
             tracing::info!(server = %alive.server(), "connection_restored");
         }
         *made += 1;
+        if *made > 1 {
+            count(&self.server.transport.metrics().connections.reconnects, 1);
+        }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((*made, conn, alive));
         Ok(self.open().expect("just stored"))
     }
@@ -266,12 +270,14 @@ pub struct Backend {
     /// Cluster masters by address, as the PINGs of `status` found them:
     /// redis-rs owns the connections to them, so only those PINGs are seen.
     cluster_health: Arc<std::sync::Mutex<HashMap<String, Arc<ServerHealth>>>>,
+    metrics: Arc<Metrics>,
     /// Completes when the client is dropped: background tasks end then.
     shutdown: tokio::sync::watch::Receiver<()>,
 }
 
 pub struct Client {
     backend: Backend,
+    /// A bound on the calls in flight.
     keys: Keys,
     router: Router,
     in_flight: InFlight,
@@ -387,7 +393,8 @@ impl Backend {
         shutdown: tokio::sync::watch::Receiver<()>,
     ) -> Result<Backend> {
         let config = Arc::new(config);
-        let transport = Arc::new(Transport::new(config.tls.as_ref())?);
+        let metrics = Arc::new(Metrics::new(config.slow_call_threshold));
+        let transport = Arc::new(Transport::new(config.tls.as_ref(), metrics.clone())?);
         let target = match &config.mode {
             Mode::Cluster => {
                 Target::Cluster(RwLock::new(Arc::new(connect_cluster(&config).await?)))
@@ -404,6 +411,7 @@ impl Backend {
             last_recheck: Arc::new(std::sync::Mutex::new(None)),
             breaker: Arc::new(Breaker::new(addresses(&config.servers))),
             cluster_health: Arc::default(),
+            metrics,
             config,
             shutdown,
         })
@@ -411,6 +419,11 @@ impl Backend {
 
     pub fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// The client's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -496,7 +509,7 @@ impl Backend {
             let mut resent = false;
             let failure = loop {
                 let (failed, had_conn) = match self.conn().await {
-                    Ok(conn) => match op(conn).await {
+                    Ok(conn) => match self.sent(op(conn)).await {
                         Ok(value) => return Ok(value),
                         Err(e) => (Failure::of_request(e), true),
                     },
@@ -541,6 +554,12 @@ impl Backend {
             self.recheck();
         }
         result
+    }
+
+    /// `request`, counted as one request handed to a connection.
+    fn sent<F: Future>(&self, request: F) -> F {
+        count(&self.metrics.connections.requests, 1);
+        request
     }
 
     /// After Redis could not be reached: opens the breaker and probes in the
@@ -734,6 +753,7 @@ impl Backend {
                     "cluster_topology_refreshed"
                 );
                 *cluster.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+                count(&self.metrics.connections.topology_refreshes, 1);
                 true
             }
             Err(_) => false,
@@ -769,6 +789,7 @@ impl Backend {
                 let new = format!("{host}:{port}");
                 // Also called after a lost connection to a master that stayed.
                 if old != new {
+                    count(&self.metrics.connections.failovers, 1);
                     tracing::warn!(
                         master_name = %master,
                         old_master = %old,
@@ -837,14 +858,14 @@ impl Backend {
     ) -> Result<Vec<T>> {
         self.breaker.check()?;
         let work = async {
-            let values = match by_master(&conn, &cmds).await {
+            let values = match by_master(&conn, &cmds, &self.metrics).await {
                 Ok(values) => values,
                 // The topology moved under us (MOVED, a failover): one by one,
                 // which follows redirections.
                 Err(_) => {
                     futures::future::try_join_all(cmds.iter().map(|cmd| {
                         let mut conn = conn.clone();
-                        async move { cmd.query_async::<Value>(&mut conn).await }
+                        self.sent(async move { cmd.query_async::<Value>(&mut conn).await })
                     }))
                     .await?
                 }
@@ -919,7 +940,11 @@ fn slot_master_addresses(masters: &[SlotMaster]) -> String {
 
 /// Sends `cmds` as one pipeline per master (from `CLUSTER SLOTS`), each
 /// command to the master of its key's slot; replies in the order of `cmds`.
-async fn by_master(conn: &ClusterConnection, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
+async fn by_master(
+    conn: &ClusterConnection,
+    cmds: &[Cmd],
+    metrics: &Metrics,
+) -> RedisResult<Vec<Value>> {
     use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
     let ranges: Vec<(u16, u16)> = slot_masters(conn)
         .await?
@@ -955,6 +980,7 @@ async fn by_master(conn: &ClusterConnection, cmds: &[Cmd]) -> RedisResult<Vec<Va
             }
         }
     }
+    count(&metrics.connections.requests, groups.len() as u64);
     let replies =
         futures::future::try_join_all(groups.into_iter().map(|(start, pipe, positions)| {
             let mut conn = conn.clone();
@@ -975,6 +1001,10 @@ async fn by_master(conn: &ClusterConnection, cmds: &[Cmd]) -> RedisResult<Vec<Va
         out[i] = value;
     }
     Ok(out)
+}
+
+fn count(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 /// The pool, connected: to `servers[0]`, or to the master the sentinels name.
@@ -1179,10 +1209,25 @@ impl Client {
         &self.backend
     }
 
-    /// Admits one more request, or refuses it at once with
-    /// `Error::Overloaded` when `max_inflight` are already in flight.
-    pub fn admit(&self) -> Result<Permit> {
-        self.in_flight.admit()
+    /// Admits one more call of `operation` (a name for the metrics), or
+    /// refuses it at once with `Error::Overloaded` when `max_inflight` are
+    /// already in flight. Either way the call is counted and timed.
+    pub fn admit(&self, operation: &'static str) -> Result<Admitted> {
+        let call = self.backend.metrics.start(operation);
+        match self.in_flight.admit() {
+            Ok(permit) => Ok(Admitted { permit, call }),
+            Err(refused) => {
+                let refused = Err(refused);
+                call.finish(&refused);
+                refused
+            }
+        }
+    }
+
+    /// What the client counted, with the routes in its local index now.
+    pub fn metrics(&self) -> (Snapshot, Option<usize>) {
+        let routes = self.router.index.as_ref().map(|index| index.route_count());
+        (self.backend.metrics.snapshot(), routes)
     }
 
     /// The requests in flight now.
@@ -1321,6 +1366,20 @@ impl Client {
         self.backend
             .each(slots.into_iter().map(cmd).collect())
             .await
+    }
+}
+
+/// A call admitted by `Client::admit`: it holds its place in flight and is
+/// timed until it is finished (or dropped).
+pub struct Admitted {
+    permit: Permit,
+    call: Call,
+}
+
+impl Admitted {
+    pub fn finish<T>(self, result: &Result<T>) {
+        self.call.finish(result);
+        drop(self.permit);
     }
 }
 

@@ -62,6 +62,8 @@ pub struct ClientConfig {
     pub wait_timeout: Duration,
     /// Requests in flight at most; beyond, calls are refused at once.
     pub max_inflight: usize,
+    /// A call that takes this long or longer emits a `slow_call` event.
+    pub slow_call_threshold: Duration,
     /// Every key starts with it.
     pub key_prefix: Vec<u8>,
     pub router: RouterConfig,
@@ -90,6 +92,7 @@ impl fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("wait_replicas", &self.wait_replicas)
+            .field("slow_call_threshold", &self.slow_call_threshold)
             .field("key_prefix", &String::from_utf8_lossy(&self.key_prefix))
             .field("router", &self.router)
             .finish()
@@ -122,6 +125,7 @@ mod tests {
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
             max_inflight: 10,
+            slow_call_threshold: Duration::from_secs(1),
             key_prefix: b"emqx:".to_vec(),
             router: RouterConfig::default(),
         };

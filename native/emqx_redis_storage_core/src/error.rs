@@ -30,6 +30,37 @@ pub enum Error {
     NotReplicated { acked: u32, wanted: u32 },
 }
 
+impl Error {
+    /// The name of each kind of error: the atom an Erlang `Reason` is or
+    /// starts with. Metrics count errors by it.
+    pub const KINDS: [&'static str; 9] = [
+        "timeout",
+        "redis",
+        "connection",
+        "connection_lost",
+        "overloaded",
+        "corrupt",
+        "internal",
+        "invalid_config",
+        "not_replicated",
+    ];
+
+    /// The position of this error's kind in [`Error::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Error::Timeout => 0,
+            Error::Redis(_) => 1,
+            Error::Connection(_) => 2,
+            Error::ConnectionLost(_) => 3,
+            Error::Overloaded => 4,
+            Error::Corrupt { .. } => 5,
+            Error::Internal(_) => 6,
+            Error::InvalidConfig(..) => 7,
+            Error::NotReplicated { .. } => 8,
+        }
+    }
+}
+
 /// The kinds of our keys, as scripts name them in `CORRUPT <kind> <detail>`
 /// error replies; `reply` when the domain is not known (yet).
 pub const CORRUPT_KINDS: &[&str] = &[

@@ -10,6 +10,7 @@ pub mod health;
 pub mod keys;
 pub mod log;
 pub mod message;
+pub mod metrics;
 pub mod registry;
 pub mod route_index;
 pub mod router;

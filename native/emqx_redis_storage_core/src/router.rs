@@ -234,6 +234,15 @@ impl LocalIndex {
         state.ready.then(|| state.routes.matches(topic))
     }
 
+    /// The routes it holds (also while stale).
+    pub fn route_count(&self) -> usize {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .routes
+            .len()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.state.read().unwrap_or_else(|e| e.into_inner()).ready
     }
@@ -697,6 +706,8 @@ async fn reload(
 ) -> Result<()> {
     let started = std::time::Instant::now();
     index.mark_stale();
+    let resyncs = &backend.metrics().connections.route_index_resyncs;
+    resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut routes = RouteIndex::new();
     let mut versions = Vec::with_capacity(shards as usize);
     let mut loaded = 0;

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -22,6 +22,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{ServerNameCheck, Tls};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// A connected byte stream, plain or TLS.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -29,12 +30,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 pub struct Transport {
     tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
+    /// The client's: its connections count their bytes and themselves here.
+    metrics: Arc<Metrics>,
 }
 
 impl Transport {
     /// Checks the PEM contents and the name now: a bad one is a config error
     /// at start, not a connection error later.
-    pub fn new(tls: Option<&Tls>) -> Result<Transport> {
+    pub fn new(tls: Option<&Tls>, metrics: Arc<Metrics>) -> Result<Transport> {
         let tls = match tls {
             None => None,
             Some(tls) => {
@@ -49,7 +52,12 @@ impl Transport {
                 Some((TlsConnector::from(Arc::new(rustls_config(tls)?)), name))
             }
         };
-        Ok(Transport { tls })
+        Ok(Transport { tls, metrics })
+    }
+
+    /// The client's counters, which its connections add to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A stream to `host:port`, and whether it is still open. The caller
@@ -63,7 +71,8 @@ impl Transport {
         tcp.set_nodelay(true)?;
         let alive = Alive::new(format!("{host}:{port}"));
         let Some((connector, name)) = &self.tls else {
-            return Ok((Box::new(Coalesce::new(tcp, alive.clone())), alive));
+            let stream = Coalesce::new(tcp, alive.clone(), self.metrics.clone());
+            return Ok((Box::new(stream), alive));
         };
         let name = match name {
             Some(name) => name.clone(),
@@ -78,7 +87,8 @@ impl Transport {
         let tls = connector.connect(name, tcp).await.inspect_err(|e| {
             tracing::warn!(server = %alive.server(), reason = %e, "tls_handshake_failed");
         })?;
-        Ok((Box::new(Coalesce::new(tls, alive.clone())), alive))
+        let stream = Coalesce::new(tls, alive.clone(), self.metrics.clone());
+        Ok((Box::new(stream), alive))
     }
 }
 
@@ -135,19 +145,31 @@ impl Alive {
 /// flush, so that the requests other callers queue meanwhile leave in the
 /// same write: one system call (and one read in Redis) for many requests
 /// instead of one each. redis-rs flushes as soon as its queue is empty.
+/// It also counts the connection's bytes, and the connection itself while
+/// it exists.
 struct Coalesce<S> {
     inner: S,
     /// This flush already waited its turn.
     waited: bool,
     alive: Alive,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> Coalesce<S> {
-    fn new(inner: S, alive: Alive) -> Self {
+    fn new(inner: S, alive: Alive, metrics: Arc<Metrics>) -> Self {
+        metrics.connections.open.fetch_add(1, Ordering::Relaxed);
         Coalesce {
             inner,
             waited: false,
             alive,
+            metrics,
+        }
+    }
+
+    /// Adds the bytes a successful read or write moved to `counter`.
+    fn count<T>(polled: &Poll<io::Result<T>>, counter: &AtomicU64, bytes: impl Fn(&T) -> usize) {
+        if let Poll::Ready(Ok(done)) = polled {
+            counter.fetch_add(bytes(done) as u64, Ordering::Relaxed);
         }
     }
 
@@ -179,8 +201,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
         let before = buf.filled().len();
         let wanted = buf.remaining() > 0;
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        Self::count(&polled, &self.metrics.connections.bytes_received, |_| read);
         // Nothing read into room for something: the end of the stream.
-        let eof = wanted && buf.filled().len() == before;
+        let eof = wanted && read == 0;
         self.alive.watch(polled, |_| eof)
     }
 }
@@ -195,6 +219,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
             return Poll::Pending;
         }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        Self::count(&polled, &self.metrics.connections.bytes_sent, |n| *n);
         self.alive.watch(polled, |n| *n == 0 && !buf.is_empty())
     }
 
@@ -207,6 +232,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
             return Poll::Pending;
         }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        Self::count(&polled, &self.metrics.connections.bytes_sent, |n| *n);
         self.alive
             .watch(polled, |n| *n == 0 && bufs.iter().any(|b| !b.is_empty()))
     }
@@ -226,6 +252,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.alive.end();
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S> Drop for Coalesce<S> {
+    fn drop(&mut self) {
+        self.metrics
+            .connections
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -357,7 +392,12 @@ impl ServerCertVerifier for Lenient {
 mod tests {
     use super::*;
 
-    /// Whatever the waiting, every byte passes, in order, both ways.
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(std::time::Duration::from_secs(1)))
+    }
+
+    /// Whatever the waiting, every byte passes, in order, both ways, and
+    /// is counted.
     #[test]
     fn coalesce_passes_every_byte() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -368,7 +408,8 @@ mod tests {
         runtime.block_on(async {
             let (near, mut far) = tokio::io::duplex(1 << 16);
             let alive = Alive::new("test".into());
-            let mut near = Coalesce::new(near, alive.clone());
+            let metrics = metrics();
+            let mut near = Coalesce::new(near, alive.clone(), metrics.clone());
             // Other tasks queued meanwhile make the writer wait its turn.
             let busy: Vec<_> = (0..100).map(|_| tokio::spawn(async {})).collect();
             let mut sent = Vec::new();
@@ -389,6 +430,12 @@ mod tests {
                 task.await.unwrap();
             }
             assert!(alive.is_open());
+            let counted = metrics.snapshot();
+            assert_eq!(counted.bytes_sent, sent.len() as u64);
+            assert_eq!(counted.bytes_received, 5);
+            assert_eq!(counted.connections_open, 1);
+            drop(near);
+            assert_eq!(metrics.snapshot().connections_open, 0);
         });
     }
 
@@ -402,7 +449,7 @@ mod tests {
         runtime.block_on(async {
             let (near, far) = tokio::io::duplex(64);
             let alive = Alive::new("test".into());
-            let mut near = Coalesce::new(near, alive.clone());
+            let mut near = Coalesce::new(near, alive.clone(), metrics());
             drop(far);
             let mut buf = [0; 8];
             assert_eq!(near.read(&mut buf).await.unwrap(), 0);
@@ -420,7 +467,11 @@ mod tests {
 
     #[test]
     fn bad_names_and_pem_are_config_errors() {
-        let err = |t: &Tls| Transport::new(Some(t)).err().map(|e| e.to_string());
+        let err = |t: &Tls| {
+            Transport::new(Some(t), metrics())
+                .err()
+                .map(|e| e.to_string())
+        };
         assert!(err(&tls(ServerNameCheck::Name("not a name!".into())))
             .unwrap()
             .contains("redis.ssl.server_name_indication"));
@@ -431,7 +482,11 @@ mod tests {
         bad_key.cert = Some(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".to_vec());
         bad_key.key = Some(b"nothing".to_vec());
         assert!(err(&bad_key).unwrap().contains("redis.ssl."));
-        assert!(Transport::new(Some(&tls(ServerNameCheck::Name("redis.test".into())))).is_ok());
-        assert!(Transport::new(Some(&tls(ServerNameCheck::Disable))).is_ok());
+        assert!(Transport::new(
+            Some(&tls(ServerNameCheck::Name("redis.test".into()))),
+            metrics()
+        )
+        .is_ok());
+        assert!(Transport::new(Some(&tls(ServerNameCheck::Disable)), metrics()).is_ok());
     }
 }

@@ -27,7 +27,7 @@ fn message_store<'a>(
             body: body.to_vec(),
         })
         .collect();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("message_store"), reply_ref, async move {
         message::store(&client, &id, &messages, max_len).await?;
         Ok(Out::Atom("ok"))
     })
@@ -44,7 +44,7 @@ fn message_get<'a>(
     limit: u64,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("message_get"), reply_ref, async move {
         let page = message::get(&client, &id, offset, limit).await?;
         Ok(Out::List(
             page.into_iter()
@@ -63,7 +63,7 @@ fn message_ack<'a>(
     message_id: Binary,
 ) -> Term<'a> {
     let (id, message_id) = (client_id.to_vec(), message_id.to_vec());
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("message_ack"), reply_ref, async move {
         message::ack(&client, &id, &message_id).await?;
         Ok(Out::Atom("ok"))
     })
@@ -77,7 +77,7 @@ fn message_delete<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("message_delete"), reply_ref, async move {
         message::delete(&client, &id).await?;
         Ok(Out::Atom("ok"))
     })
@@ -91,7 +91,7 @@ fn message_count<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("message_count"), reply_ref, async move {
         Ok(Out::Int(message::count(&client, &id).await? as i64))
     })
 }
@@ -105,7 +105,7 @@ fn message_info<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("message_info"), reply_ref, async move {
         let info = message::info(&client, &id).await?;
         Ok(Out::Tuple(vec![
             Out::Int(info.len as i64),

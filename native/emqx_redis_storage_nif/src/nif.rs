@@ -51,7 +51,7 @@ fn q<'a>(
     for arg in &args {
         cmd.arg(arg.as_slice());
     }
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("q"), reply_ref, async move {
         client.query(&cmd).await.map(Reply).map_err(Error::raw)
     })
 }
@@ -102,6 +102,15 @@ fn client_status<'a>(
             Out::List(servers),
         ]))
     })
+}
+
+/// The client's metrics as a map (see `emqx_redis_storage:metrics/1`).
+/// Synchronous: it reads counters, and the local route index's size under
+/// its read lock, in microseconds.
+#[rustler::nif]
+fn client_metrics(client: ResourceArc<ClientRes>) -> Out {
+    let (snapshot, routes) = client.metrics();
+    term::metrics(snapshot, routes)
 }
 
 /// Panics inside a runtime task, to prove that such a panic is answered as

@@ -77,7 +77,7 @@ fn route_add<'a>(
         };
         owned.push((filter.to_vec(), dest));
     }
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("route_add"), reply_ref, async move {
         Ok(Out::Int(router::add(&client, &owned).await? as i64))
     })
 }
@@ -94,7 +94,7 @@ fn route_delete<'a>(
         return badarg(env);
     };
     let filter = filter.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("route_delete"), reply_ref, async move {
         router::delete(&client, &filter, &dest).await?;
         Ok(Out::Atom("ok"))
     })
@@ -108,7 +108,7 @@ fn route_lookup<'a>(
     filter: Binary,
 ) -> Term<'a> {
     let filter = filter.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("route_lookup"), reply_ref, async move {
         dests_out(router::lookup(&client, &filter).await?)
     })
 }
@@ -119,7 +119,7 @@ fn route_filters<'a>(
     client: ResourceArc<ClientRes>,
     reply_ref: Term<'a>,
 ) -> Term<'a> {
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("route_filters"), reply_ref, async move {
         Ok(Out::bins(router::filters(&client).await?))
     })
 }
@@ -134,7 +134,7 @@ fn route_cleanup<'a>(
     let Ok(node) = node.to_term(env).atom_to_string() else {
         return badarg(env);
     };
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("route_cleanup"), reply_ref, async move {
         Ok(Out::Int(
             router::cleanup_node(&client, node.as_bytes()).await? as i64,
         ))
@@ -181,9 +181,12 @@ fn route_match_redis<'a>(
     topic: Binary,
 ) -> Term<'a> {
     let topic = topic.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
-        dests_out(router::match_in_redis(&client, &topic).await?)
-    })
+    spawn_admitted(
+        env,
+        client.admit("route_match_redis"),
+        reply_ref,
+        async move { dests_out(router::match_in_redis(&client, &topic).await?) },
+    )
 }
 
 /// True when the local index is loaded and in step with Redis.

@@ -9,9 +9,9 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
+use emqx_redis_storage_core::client::Admitted;
 use emqx_redis_storage_core::error::panic_message;
 use emqx_redis_storage_core::gate::ReplyGate;
-use emqx_redis_storage_core::guard::Permit;
 use emqx_redis_storage_core::{Error, Result};
 use futures::FutureExt;
 use rustler::env::OwnedEnv;
@@ -65,12 +65,13 @@ fn cancel(ticket: ResourceArc<Ticket>) -> rustler::Atom {
     }
 }
 
-/// `spawn_reply` for a request of a client, if the client admitted it
-/// (`Client::admit`); else `{error, overloaded}` at once. The permit is
-/// held until the work is done, also when the caller stopped waiting.
+/// `spawn_reply` for a call a client admitted (`Client::admit`, which names
+/// the operation for the metrics); else `{error, overloaded}` at once. The
+/// call holds its place in flight until the work is done, also when the
+/// caller stopped waiting, and is timed until then.
 pub fn spawn_admitted<'a, T, F>(
     env: Env<'a>,
-    admitted: Result<Permit>,
+    admitted: Result<Admitted>,
     reply_ref: Term<'a>,
     work: F,
 ) -> Term<'a>
@@ -79,9 +80,10 @@ where
     F: Future<Output = Result<T>> + Send + 'static,
 {
     match admitted {
-        Ok(permit) => spawn_reply(env, reply_ref, async move {
-            let _permit = permit;
-            work.await
+        Ok(admitted) => spawn_reply(env, reply_ref, async move {
+            let result = work.await;
+            admitted.finish(&result);
+            result
         }),
         Err(reason) => (atoms::error(), Reason(&reason)).encode(env),
     }

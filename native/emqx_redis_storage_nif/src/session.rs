@@ -40,7 +40,7 @@ fn session_save<'a>(
     fence: Option<i64>,
 ) -> Term<'a> {
     let (id, data, node) = (client_id.to_vec(), data.to_vec(), node.to_vec());
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("session_save"), reply_ref, async move {
         let args = SaveArgs {
             client_id: &id,
             data: &data,
@@ -63,7 +63,7 @@ fn session_load<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("session_load"), reply_ref, async move {
         Ok(Out::bin_or(session::load(&client, &id).await?, "undefined"))
     })
 }
@@ -76,7 +76,7 @@ fn session_delete<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("session_delete"), reply_ref, async move {
         session::delete(&client, &id).await?;
         Ok(Out::Atom("ok"))
     })
@@ -90,7 +90,7 @@ fn session_info<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("session_info"), reply_ref, async move {
         Ok(session::info(&client, &id)
             .await?
             .map_or(Out::Atom("undefined"), info))
@@ -103,7 +103,7 @@ fn session_count<'a>(
     client: ResourceArc<ClientRes>,
     reply_ref: Term<'a>,
 ) -> Term<'a> {
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("session_count"), reply_ref, async move {
         Ok(Out::Int(session::count(&client).await? as i64))
     })
 }
@@ -116,7 +116,7 @@ fn session_list<'a>(
     limit: u64,
     offset: u64,
 ) -> Term<'a> {
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("session_list"), reply_ref, async move {
         Ok(Out::bins(session::list(&client, limit, offset).await?))
     })
 }
@@ -132,7 +132,7 @@ fn lease_acquire<'a>(
     fence_ttl_ms: u64,
 ) -> Term<'a> {
     let (id, owner) = (client_id.to_vec(), owner.to_vec());
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("lease_acquire"), reply_ref, async move {
         Ok(
             match session::acquire_lease(&client, &id, &owner, lease_ms, fence_ttl_ms).await? {
                 Ok(fence) => Out::Tuple(vec![Out::Atom("fence"), Out::Int(fence)]),
@@ -152,7 +152,7 @@ fn lease_renew<'a>(
     lease_ms: u64,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("lease_renew"), reply_ref, async move {
         Ok(lease(
             session::renew_lease(&client, &id, fence, lease_ms).await?,
         ))
@@ -168,7 +168,7 @@ fn lease_release<'a>(
     fence: i64,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("lease_release"), reply_ref, async move {
         Ok(lease(session::release_lease(&client, &id, fence).await?))
     })
 }
@@ -182,10 +182,15 @@ fn channel_register<'a>(
     node: Binary,
 ) -> Term<'a> {
     let (id, node) = (client_id.to_vec(), node.to_vec());
-    spawn_admitted(env, client.admit(), reply_ref, async move {
-        registry::register(&client, &id, &node).await?;
-        Ok(Out::Atom("ok"))
-    })
+    spawn_admitted(
+        env,
+        client.admit("channel_register"),
+        reply_ref,
+        async move {
+            registry::register(&client, &id, &node).await?;
+            Ok(Out::Atom("ok"))
+        },
+    )
 }
 
 #[rustler::nif]
@@ -196,7 +201,7 @@ fn channel_lookup<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let id = client_id.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
+    spawn_admitted(env, client.admit("channel_lookup"), reply_ref, async move {
         Ok(Out::bin_or(
             registry::lookup(&client, &id).await?,
             "undefined",
@@ -213,10 +218,15 @@ fn channel_unregister<'a>(
     node: Binary,
 ) -> Term<'a> {
     let (id, node) = (client_id.to_vec(), node.to_vec());
-    spawn_admitted(env, client.admit(), reply_ref, async move {
-        registry::unregister(&client, &id, &node).await?;
-        Ok(Out::Atom("ok"))
-    })
+    spawn_admitted(
+        env,
+        client.admit("channel_unregister"),
+        reply_ref,
+        async move {
+            registry::unregister(&client, &id, &node).await?;
+            Ok(Out::Atom("ok"))
+        },
+    )
 }
 
 #[rustler::nif]
@@ -227,9 +237,14 @@ fn channel_cleanup<'a>(
     node: Binary,
 ) -> Term<'a> {
     let node = node.to_vec();
-    spawn_admitted(env, client.admit(), reply_ref, async move {
-        Ok(Out::Int(
-            registry::cleanup_node(&client, &node).await? as i64,
-        ))
-    })
+    spawn_admitted(
+        env,
+        client.admit("channel_cleanup"),
+        reply_ref,
+        async move {
+            Ok(Out::Int(
+                registry::cleanup_node(&client, &node).await? as i64,
+            ))
+        },
+    )
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use emqx_redis_storage_core::config::{ClientConfig, Mode, ServerNameCheck, Tls};
+use emqx_redis_storage_core::metrics::{OpSnapshot, Snapshot, LATENCY_BUCKETS_US};
 use emqx_redis_storage_core::router::{IndexMode, RouterConfig};
 use emqx_redis_storage_core::Error;
 use redis::Value;
@@ -81,6 +82,7 @@ pub enum Out {
     Bin(Vec<u8>),
     List(Vec<Out>),
     Tuple(Vec<Out>),
+    Map(Vec<(Out, Out)>),
 }
 
 impl Out {
@@ -112,8 +114,81 @@ impl Encoder for Out {
                 let terms: Vec<Term<'a>> = items.iter().map(|item| item.encode(env)).collect();
                 rustler::types::tuple::make_tuple(env, &terms)
             }
+            Out::Map(pairs) => {
+                let (keys, values): (Vec<Term<'a>>, Vec<Term<'a>>) = pairs
+                    .iter()
+                    .map(|(k, v)| (k.encode(env), v.encode(env)))
+                    .unzip();
+                Term::map_from_arrays(env, &keys, &values)
+                    .unwrap_or_else(|_| atoms::undefined().encode(env))
+            }
         }
     }
+}
+
+/// A map whose keys are atoms.
+fn fields(pairs: Vec<(&'static str, Out)>) -> Out {
+    Out::Map(pairs.into_iter().map(|(k, v)| (Out::Atom(k), v)).collect())
+}
+
+fn count(n: u64) -> Out {
+    Out::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// A client's metrics as the map `emqx_redis_storage:metrics/1` shows.
+pub fn metrics(snapshot: Snapshot, routes: Option<usize>) -> Out {
+    let operations = snapshot
+        .operations
+        .into_iter()
+        .map(|op| (Out::Atom(op.name), operation(op)))
+        .collect();
+    fields(vec![
+        ("operations", Out::Map(operations)),
+        ("connections", count(snapshot.connections_open)),
+        ("reconnects", count(snapshot.reconnects)),
+        ("sentinel_failovers", count(snapshot.failovers)),
+        (
+            "cluster_topology_refreshes",
+            count(snapshot.topology_refreshes),
+        ),
+        ("route_index_resyncs", count(snapshot.route_index_resyncs)),
+        (
+            "route_index_routes",
+            routes.map_or(Out::Atom("undefined"), |n| count(n as u64)),
+        ),
+        ("requests", count(snapshot.requests)),
+        ("bytes_sent", count(snapshot.bytes_sent)),
+        ("bytes_received", count(snapshot.bytes_received)),
+    ])
+}
+
+/// `#{calls, errors => #{Kind => N}, in_flight, latency => #{buckets =>
+/// [{UpperBoundUs | infinity, Count}], sum_us, count}}`.
+fn operation(op: OpSnapshot) -> Out {
+    let bounds = LATENCY_BUCKETS_US.iter().map(|&us| count(us));
+    let buckets = bounds
+        .chain([Out::Atom("infinity")])
+        .zip(op.buckets)
+        .map(|(bound, n)| Out::Tuple(vec![bound, count(n)]))
+        .collect();
+    let errors = op
+        .errors
+        .into_iter()
+        .map(|(kind, n)| (Out::Atom(kind), count(n)))
+        .collect();
+    fields(vec![
+        ("calls", count(op.calls)),
+        ("errors", Out::Map(errors)),
+        ("in_flight", count(op.in_flight)),
+        (
+            "latency",
+            fields(vec![
+                ("buckets", Out::List(buckets)),
+                ("sum_us", count(op.sum_us)),
+                ("count", count(op.calls)),
+            ]),
+        ),
+    ])
 }
 
 /// A reply read from Redis, waiting to be encoded in the caller's message.
@@ -261,6 +336,7 @@ pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
         max_inflight,
         connect_timeout: millis(map, "connect_timeout")?,
         command_timeout: millis(map, "command_timeout")?,
+        slow_call_threshold: millis(map, "slow_call_threshold")?,
         key_prefix: field::<Binary>(map, "key_prefix")?.as_slice().to_vec(),
         router: RouterConfig {
             shards: match field::<u16>(map, "route_shards")? {
