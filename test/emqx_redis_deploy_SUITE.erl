@@ -201,6 +201,8 @@ master_frozen_replica_promoted(Config) ->
     ok = emqx_redis_storage:stop(),
     ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{command_timeout => 500}})),
     [Victim | _] = [N || N <- masters(Nodes), has_replica(N)],
+    %% The operators' log tells of the new topology.
+    ok = add_log_handler(),
     T0 = erlang:monotonic_time(millisecond),
     ok = redis_test_server:pause(Victim),
     try
@@ -209,10 +211,34 @@ master_frozen_replica_promoted(Config) ->
         Recovery = erlang:monotonic_time(millisecond) - T0,
         ct:log("cluster: calls succeed again ~p ms after the master froze", [Recovery]),
         ct:comment("recovered in ~p ms", [Recovery]),
-        [?assertEqual({ok, {kept, Id}}, emqx_redis_session:load_session(Id)) || Id <- Ids]
+        [?assertEqual({ok, {kept, Id}}, emqx_redis_session:load_session(Id)) || Id <- Ids],
+        receive
+            {report, warning, #{msg := <<"cluster_topology_refreshed">>, old_masters := Old, new_masters := New} = Report} ->
+                ct:log("~p", [Report]),
+                Frozen = redis_test_server:address(Victim),
+                ?assertNotEqual(nomatch, binary:match(Old, Frozen)),
+                ?assertEqual(nomatch, binary:match(New, Frozen))
+        after 5000 ->
+            ct:fail(no_cluster_topology_refreshed_report)
+        end
     after
+        ok = logger:remove_handler(?MODULE),
         redis_test_server:resume(Victim)
     end.
+
+%% A logger handler that sends the library's reports to the calling test
+%% process as `{report, Level, Report}'; removed with logger:remove_handler(?MODULE).
+add_log_handler() ->
+    logger:add_handler(?MODULE, ?MODULE, #{
+        level => all,
+        filters => [{domain, {fun logger_filters:domain/2, {stop, not_equal, [emqx_redis_storage]}}}],
+        config => #{pid => self()}
+    }).
+
+log(#{level := Level, msg := {report, Report}}, #{config := #{pid := Pid}}) ->
+    Pid ! {report, Level, Report};
+log(_Event, _Config) ->
+    ok.
 
 has_replica(Node) ->
     string:find(redis_test_server:cmd(Node, ["INFO", "replication"]), "connected_slaves:1") =/= nomatch.
@@ -490,11 +516,12 @@ user_without_rights_gets_clear_error(_Config) ->
 
 appendonly_off_is_warned(_Config) ->
     Server = redis_test_server:start(),
-    ok = logger:add_handler(?MODULE, ?MODULE, #{config => self(), level => warning}),
+    ok = add_log_handler(),
     try
         ok = emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server)}}),
         receive
-            {warning, #{reason := Reason}} -> ?assertNotEqual(nomatch, string:find(Reason, "appendonly no"))
+            {report, warning, #{msg := <<"redis_not_persistent">>, reason := Reason}} ->
+                ?assertNotEqual(nomatch, string:find(Reason, "appendonly no"))
         after 5000 -> ct:fail(no_warning)
         end
     after
@@ -503,11 +530,6 @@ appendonly_off_is_warned(_Config) ->
         redis_test_server:stop(Server)
     end.
 
-%% logger handler: forwards the warning to the test process
-log(#{level := warning, msg := {report, #{msg := <<"redis_not_persistent">>} = Report}}, #{config := Pid}) ->
-    Pid ! {warning, Report};
-log(_Event, _Config) ->
-    ok.
 
 %%--------------------------------------------------------------------
 
