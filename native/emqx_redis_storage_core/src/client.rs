@@ -265,6 +265,8 @@ pub struct Backend {
     failover: Arc<tokio::sync::Mutex<()>>,
     /// When a timed-out call last made us ask the sentinels.
     last_recheck: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// The configured servers as `host:port,...`, for the log.
+    servers: Arc<str>,
     /// Open while Redis cannot be reached: calls fail at once.
     breaker: Arc<Breaker>,
     /// Cluster masters by address, as the PINGs of `status` found them:
@@ -277,9 +279,9 @@ pub struct Backend {
 
 pub struct Client {
     backend: Backend,
-    /// A bound on the calls in flight.
     keys: Keys,
     router: Router,
+    /// A bound on the calls in flight.
     in_flight: InFlight,
     /// Dropped with the client; background tasks (the route index sync) end then.
     _shutdown: tokio::sync::watch::Sender<()>,
@@ -395,6 +397,7 @@ impl Backend {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new(config.slow_call_threshold));
         let transport = Arc::new(Transport::new(config.tls.as_ref(), metrics.clone())?);
+        let servers: Arc<str> = addresses(&config.servers).into();
         let target = match &config.mode {
             Mode::Cluster => {
                 Target::Cluster(RwLock::new(Arc::new(connect_cluster(&config).await?)))
@@ -409,7 +412,8 @@ impl Backend {
             next: Arc::new(AtomicUsize::new(0)),
             failover: Arc::new(tokio::sync::Mutex::new(())),
             last_recheck: Arc::new(std::sync::Mutex::new(None)),
-            breaker: Arc::new(Breaker::new(addresses(&config.servers))),
+            breaker: Arc::new(Breaker::new(servers.clone())),
+            servers,
             cluster_health: Arc::default(),
             metrics,
             config,
@@ -490,7 +494,7 @@ impl Backend {
             _ => return result,
         };
         tracing::warn!(
-            servers = %addresses(&self.config.servers),
+            servers = %self.servers,
             error,
             reason,
             "call_failed"

@@ -80,7 +80,7 @@ pub struct Breaker {
     open: AtomicBool,
     trip: Mutex<Trip>,
     /// What it guards, for the log: the configured servers.
-    servers: String,
+    servers: Arc<str>,
 }
 
 /// The text of a connection error, without its kind.
@@ -96,7 +96,7 @@ const FIRST_PROBE: Duration = Duration::from_millis(50);
 const MAX_PROBE_WAIT: Duration = Duration::from_millis(250);
 
 impl Breaker {
-    pub fn new(servers: String) -> Self {
+    pub fn new(servers: Arc<str>) -> Self {
         Breaker {
             open: AtomicBool::new(false),
             trip: Mutex::new(Trip::default()),
