@@ -17,7 +17,8 @@
     %% the connect timeout, whatever the command timeout.
     status_timeout :: pos_integer(),
     info :: map(),
-    %% The `persistence' section of the config: TTLs and size limits.
+    %% The `persistence' section of the config (TTLs and size limits), and
+    %% the `ds' section under `ds'.
     settings :: map()
 }).
 -opaque t() :: #client{}.
@@ -40,10 +41,13 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
                 ),
                 maps:with([route_index, route_shards, route_sync_interval], Config)
             ),
+            #{message_retention := Retention, stream_shards := StreamShards} = Ds = maps:get(ds, Config),
             %% Secrets are revealed only inside the fun that hands them to the NIF.
             Start = fun(Ref) ->
                 emqx_redis_storage_nif:connect(Ref, Nif#{
                     key_prefix => KeyPrefix,
+                    ds_message_retention => Retention,
+                    ds_stream_shards => StreamShards,
                     tls => Tls,
                     password => reveal(maps:get(password, Redis)),
                     sentinel_password => reveal(maps:get(sentinel_password, Redis))
@@ -60,7 +64,7 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
                         timeout = CommandTimeout,
                         status_timeout = ConnectTimeout + 1000,
                         info = Info,
-                        settings = Settings
+                        settings = Settings#{ds => Ds}
                     }};
                 {error, timeout} ->
                     {error, {connection, <<"connect timeout">>}};
@@ -161,7 +165,8 @@ health(#client{status_timeout = Timeout} = Client) ->
 -spec res(t()) -> reference().
 res(#client{res = Res}) -> Res.
 
-%% @doc The `persistence' settings the client was made with.
+%% @doc The `persistence' settings the client was made with, and the `ds'
+%% settings under `ds'.
 -spec settings(t()) -> map().
 settings(#client{settings = Settings}) -> Settings.
 

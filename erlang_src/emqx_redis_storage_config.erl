@@ -39,7 +39,22 @@ schema() ->
         {key_prefix, key_prefix, <<"emqx:">>},
         {route_index, {enum, [local, redis]}, local},
         {route_shards, {integer, 1, 1024}, 16},
-        {route_sync_interval, {duration, ms, ?HOUR_MS}, 5000}
+        {route_sync_interval, {duration, ms, ?HOUR_MS}, 5000},
+        {ds, {map, ds_schema()}, #{}}
+    ].
+
+%% Durable messages (emqx_redis_ds).
+ds_schema() ->
+    [
+        %% Older messages are trimmed; EMQX's message_retention_period.
+        {message_retention, {duration, ms, 365 * 24 * ?HOUR_MS}, 24 * ?HOUR_MS},
+        %% Whether a durable filter may start with `+' or `#' (it reads
+        %% every stream: all durable traffic).
+        {allow_wildcard_root, boolean, false},
+        {max_subscriptions_per_client, {integer, 1, 100000}, 100},
+        %% Streams per topic first level, over which publishers are spread.
+        %% The same on every node of a deployment.
+        {stream_shards, {integer, 1, 256}, 4}
     ].
 
 persistence_schema() ->

@@ -15,6 +15,10 @@
     route_index_ready/1
 ]).
 -export([
+    ds_subscribe/5, ds_unsubscribe/4, ds_subscriptions/3, ds_persist/3, ds_streams/3,
+    ds_next/6, ds_watch/6, ds_unwatch/2, ds_filter_match/2
+]).
+-export([
     message_store/5, message_get/5, message_ack/4, message_delete/3, message_count/3,
     message_info/3
 ]).
@@ -177,3 +181,34 @@ message_count(_C, _Ref, _ClientId) -> ?NOT_LOADED.
 
 -spec message_info(reference(), reference(), binary()) -> ticket().
 message_info(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+%% Durable messages. Replies: see emqx_redis_ds.
+
+-spec ds_subscribe(reference(), reference(), binary(), binary(), pos_integer()) -> ticket().
+ds_subscribe(_C, _Ref, _ClientId, _Filter, _Max) -> ?NOT_LOADED.
+
+-spec ds_unsubscribe(reference(), reference(), binary(), binary()) -> ticket().
+ds_unsubscribe(_C, _Ref, _ClientId, _Filter) -> ?NOT_LOADED.
+
+-spec ds_subscriptions(reference(), reference(), binary()) -> ticket().
+ds_subscriptions(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+-spec ds_persist(reference(), reference(), [{binary(), binary(), non_neg_integer()}]) -> ticket().
+ds_persist(_C, _Ref, _Messages) -> ?NOT_LOADED.
+
+-spec ds_streams(reference(), reference(), binary()) -> ticket().
+ds_streams(_C, _Ref, _Filter) -> ?NOT_LOADED.
+
+-spec ds_next(reference(), reference(), {binary(), non_neg_integer()}, binary(),
+    {non_neg_integer(), non_neg_integer()}, pos_integer()) -> ticket().
+ds_next(_C, _Ref, _Stream, _Filter, _Pos, _N) -> ?NOT_LOADED.
+
+-spec ds_watch(reference(), reference(), {binary(), non_neg_integer()},
+    {non_neg_integer(), non_neg_integer()}, reference(), binary()) -> ticket().
+ds_watch(_C, _Ref, _Stream, _Pos, _WatchRef, _Key) -> ?NOT_LOADED.
+
+-spec ds_unwatch(reference(), binary()) -> ok.
+ds_unwatch(_C, _Key) -> ?NOT_LOADED.
+
+-spec ds_filter_match(reference(), binary()) -> boolean() | not_ready.
+ds_filter_match(_C, _Topic) -> ?NOT_LOADED.

@@ -421,6 +421,11 @@ impl Backend {
         })
     }
 
+    /// Completes when the client is dropped: background tasks end then.
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<()> {
+        self.shutdown.clone()
+    }
+
     pub fn config(&self) -> &ClientConfig {
         &self.config
     }
@@ -1198,11 +1203,11 @@ impl Client {
             router::load_match_script(&client).await?;
         }
         if let Some(index) = &client.router.index {
-            tokio::spawn(router::sync_index(
+            tokio::spawn(crate::mirror::sync(
                 index.clone(),
                 client.backend.clone(),
                 client.keys.clone(),
-                config.router.clone(),
+                config.router.sync_interval,
                 shutdown_rx,
             ));
         }
@@ -1230,7 +1235,7 @@ impl Client {
 
     /// What the client counted, with the routes in its local index now.
     pub fn metrics(&self) -> (Snapshot, Option<usize>) {
-        let routes = self.router.index.as_ref().map(|index| index.route_count());
+        let routes = self.router.index.as_ref().map(|index| index.len());
         (self.backend.metrics.snapshot(), routes)
     }
 
@@ -1321,6 +1326,28 @@ impl Client {
             return Err(Error::NotReplicated { acked, wanted });
         }
         Ok(value)
+    }
+
+    /// Commands that write, in order on one connection (their keys share a
+    /// slot on a cluster); see `write_eval`. The replies of the commands.
+    pub async fn write_pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
+        let wanted = self.backend.config.wait_replicas;
+        if wanted == 0 {
+            return self.backend.pipeline(pipe).await;
+        }
+        let mut pipe = pipe.clone();
+        pipe.cmd("WAIT")
+            .arg(wanted)
+            .arg(self.backend.config.wait_timeout.as_millis() as u64);
+        let mut values: Vec<Value> = self.backend.pipeline(&pipe).await?;
+        let acked = match values.pop() {
+            Some(Value::Int(n)) => n.clamp(0, u32::MAX as i64) as u32,
+            _ => return Err(Error::corrupt("reply", "WAIT gave no count")),
+        };
+        if acked < wanted {
+            return Err(Error::NotReplicated { acked, wanted });
+        }
+        Ok(values)
     }
 
     /// Loads a script on every node that may run it.

@@ -73,6 +73,10 @@ pub const CORRUPT_KINDS: &[&str] = &[
     "route_trie",
     "message",
     "queue",
+    "durable_subscription",
+    "durable_filter",
+    "durable_stream",
+    "durable_levels",
     "reply",
 ];
 

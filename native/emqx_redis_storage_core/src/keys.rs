@@ -16,6 +16,13 @@
 //! | `emqx:rt:{rN}` | hash | routes of shard N: filter -> NUL-joined dests; `"\0v"` -> version |
 //! | `emqx:rtrie:{rN}` | hash | prefixes of shard N's wildcard filters -> count |
 //! | `emqx:rt:events` | pub/sub channel | every route change, with shard and version |
+//! | `emqx:ds:sub:{C}` | set | the client's durable filters |
+//! | `emqx:ds:f:{dN}` | hash | durable filters of shard N: filter -> clients holding it; `"\0v"` -> version |
+//! | `emqx:ds:h:{dN}:<filter>` | set | the clients holding a durable filter |
+//! | `emqx:ds:f:events` | pub/sub channel | every durable filter added or gone, with shard and version |
+//! | `emqx:ds:m:{L/K}` | stream | durable messages whose topic's first level is L, publisher shard K |
+//! | `emqx:ds:levels` | set | the first levels that have streams |
+//! | `emqx:ds:appends` | pub/sub channel | the streams appended to, with their last entry id |
 //!
 //! `{C}` is the client id as a Redis Cluster hash tag, so all keys of one
 //! client live in one slot and are changed atomically by one script. The
@@ -105,25 +112,67 @@ impl Keys {
         self.slot_key("chan", slot)
     }
 
-    fn shard_key(&self, kind: &str, shard: u16) -> Vec<u8> {
+    /// `kind:{<table><shard>}`: the keys of one shard of a table share a tag.
+    fn shard_key(&self, kind: &str, table: char, shard: u16) -> Vec<u8> {
         let mut key = self.prefix.clone();
-        key.extend_from_slice(format!("{kind}:{{r{shard}}}").as_bytes());
+        key.extend_from_slice(format!("{kind}:{{{table}{shard}}}").as_bytes());
         key
+    }
+
+    fn global(&self, name: &str) -> Vec<u8> {
+        [&self.prefix, name.as_bytes()].concat()
     }
 
     /// The routes of one shard; its trie shares the hash tag.
     pub fn routes(&self, shard: u16) -> Vec<u8> {
-        self.shard_key("rt", shard)
+        self.shard_key("rt", 'r', shard)
     }
 
     pub fn route_trie(&self, shard: u16) -> Vec<u8> {
-        self.shard_key("rtrie", shard)
+        self.shard_key("rtrie", 'r', shard)
     }
 
     pub fn route_events(&self) -> Vec<u8> {
-        let mut key = self.prefix.clone();
-        key.extend_from_slice(b"rt:events");
+        self.global("rt:events")
+    }
+
+    pub fn ds_subscriptions(&self, client_id: &[u8]) -> Vec<u8> {
+        self.client_key("ds:sub", client_id)
+    }
+
+    /// The durable filters of one shard; their holder sets share the tag.
+    pub fn ds_filters(&self, shard: u16) -> Vec<u8> {
+        self.shard_key("ds:f", 'd', shard)
+    }
+
+    pub fn ds_holders(&self, shard: u16, filter: &[u8]) -> Vec<u8> {
+        let mut key = self.shard_key("ds:h", 'd', shard);
+        key.push(b':');
+        key.extend_from_slice(filter);
         key
+    }
+
+    pub fn ds_filter_events(&self) -> Vec<u8> {
+        self.global("ds:f:events")
+    }
+
+    /// The stream of durable messages whose topic starts with `level`, for
+    /// publisher shard `shard`. A first level holds no `/`, so the tag
+    /// `{level/shard}` is unambiguous; the shards of a busy first level
+    /// spread over the cluster's slots.
+    pub fn ds_stream(&self, level: &[u8], shard: u16) -> Vec<u8> {
+        let mut key = self.global("ds:m:{");
+        escape_into(&mut key, level);
+        key.extend_from_slice(format!("/{shard}}}").as_bytes());
+        key
+    }
+
+    pub fn ds_levels(&self) -> Vec<u8> {
+        self.global("ds:levels")
+    }
+
+    pub fn ds_appends(&self) -> Vec<u8> {
+        self.global("ds:appends")
     }
 }
 
@@ -234,6 +283,13 @@ mod tests {
         assert_eq!(k.routes(3), b"emqx:rt:{r3}");
         assert_eq!(k.route_trie(3), b"emqx:rtrie:{r3}");
         assert_eq!(k.route_events(), b"emqx:rt:events");
+        assert_eq!(k.ds_subscriptions(b"c1"), b"emqx:ds:sub:{c1}");
+        assert_eq!(k.ds_filters(2), b"emqx:ds:f:{d2}");
+        assert_eq!(k.ds_holders(2, b"a/+"), b"emqx:ds:h:{d2}:a/+");
+        assert_eq!(k.ds_stream(b"sensors", 3), b"emqx:ds:m:{sensors/3}");
+        assert_eq!(k.ds_stream(b"a{b}", 0), b"emqx:ds:m:{a%7Bb%7D/0}");
+        assert_eq!(k.ds_stream(b"", 1), b"emqx:ds:m:{/1}");
+        assert_eq!(slot(&k.ds_holders(5, b"x")), slot(&k.ds_filters(5)));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod ds;
 pub mod error;
 pub mod gate;
 pub mod guard;
@@ -11,6 +12,7 @@ pub mod keys;
 pub mod log;
 pub mod message;
 pub mod metrics;
+pub mod mirror;
 pub mod registry;
 pub mod route_index;
 pub mod router;

@@ -8,29 +8,19 @@
 //! bumps the shard's version and publishes `"<shard> <version> <+|-><filter>\0<dest>"`
 //! on `rt:events`, in the same script, so the change and its event are one.
 //!
-//! Each client may keep a local index of all routes (see [`LocalIndex`]) and
-//! answer matches from memory. Changes reach it through Redis pub/sub. Pub/sub
-//! drops messages whenever the subscriber's connection breaks, so events alone
-//! cannot be trusted: each carries its shard's version, and any gap, lost
-//! connection or version drift seen by the periodic check makes the index
-//! reload everything. Until it has, matches are answered by Redis instead,
-//! so the local index is never used while it may be wrong. (Keyspace events
-//! would carry no payload and client-side caching tracks keys, not hash
-//! fields; versioned pub/sub gives both the change and a way to see a gap.)
+//! Each client may keep a local index of all routes (a [`Mirror`] of the
+//! table, kept in step through those events) and answer matches from memory;
+//! while the index may be stale, Redis answers.
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use futures::StreamExt;
-use redis::Value;
-
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+use crate::mirror::{per_shard, read_shards, shard_of, Mirror, Table, VERSION_FIELD};
 use crate::scripts::Lua;
-
-use crate::client::{Backend, Client};
-use crate::error::{stored_int, Error, Result};
-use crate::keys::{crc16, Keys};
-use crate::route_index::RouteIndex;
 use crate::topic;
 
 /// The scripts that change a shard share `route_prelude.lua`.
@@ -43,12 +33,19 @@ static DELETE: LazyLock<Lua> =
     LazyLock::new(|| change_script(include_str!("lua/route_delete.lua")));
 static MATCH: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/route_match.lua")]));
 
-/// The hash field of a shard's version counter; no filter can contain NUL.
-const VERSION_FIELD: &[u8] = b"\0v";
-
-/// A destination as stored: a node name, or `\x01 node \x01 group` for a
-/// shared-subscription group (node names cannot contain `\x01`).
-pub type Dest = Arc<[u8]>;
+/// The routing table: filter -> NUL-joined dests. A dest as stored is a
+/// node name, or `\x01 node \x01 group` for a shared-subscription group
+/// (node names cannot contain `\x01`).
+pub static ROUTES: Table = Table {
+    kind: "route",
+    resync_event: "route_index_resync",
+    shard_key: Keys::routes,
+    channel: Keys::route_events,
+    check: check_route,
+    check_change: |filter, dest| check_route(filter, dest).is_ok(),
+    dests: |joined| split_dests(joined).collect(),
+    resyncs: Some(|metrics| &metrics.connections.route_index_resyncs),
+};
 
 pub fn encode_dest(node: &[u8], group: Option<&[u8]>) -> Vec<u8> {
     match group {
@@ -119,13 +116,6 @@ fn check_route(filter: &[u8], joined: &[u8]) -> Result<()> {
     split_dests(joined).try_for_each(|d| decode_dest(d).map(drop))
 }
 
-/// A shard's version as stored; 0 while the shard has none.
-fn shard_version(raw: Option<&[u8]>) -> Result<u64> {
-    raw.map_or(Ok(0), |v| {
-        stored_int("route", "version", v).map(|v| v as u64)
-    })
-}
-
 /// The pattern that `route_delete.lua` takes for "every dest of this node".
 fn node_pattern(node: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(node.len() + 2);
@@ -165,160 +155,16 @@ impl Default for RouterConfig {
     }
 }
 
-pub fn shard_of(filter: &[u8], shards: u16) -> u16 {
-    crc16(filter) % shards.max(1)
-}
-
-/// A route change, as published and as applied to a local index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub shard: u16,
-    pub version: u64,
-    pub add: bool,
-    pub filter: Vec<u8>,
-    pub dest: Vec<u8>,
-}
-
-impl Event {
-    pub fn parse(payload: &[u8]) -> Option<Event> {
-        let mut parts = payload.splitn(3, |&b| b == b' ');
-        let shard = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-        let version = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-        let rest = parts.next()?;
-        let (&op, rest) = rest.split_first()?;
-        let nul = rest.iter().position(|&b| b == 0)?;
-        // An event that does not hold a route we could have written is as
-        // good as a lost one: the index reloads from Redis.
-        check_route(&rest[..nul], &rest[nul + 1..]).ok()?;
-        Some(Event {
-            shard,
-            version,
-            add: match op {
-                b'+' => true,
-                b'-' => false,
-                _ => return None,
-            },
-            filter: rest[..nul].to_vec(),
-            dest: rest[nul + 1..].to_vec(),
-        })
-    }
-}
-
-/// What a client's index knows: every route, and each shard's version.
-/// `ready` is false until a full load completed, and again from the moment a
-/// gap is seen until the next full load.
-struct IndexState {
-    routes: RouteIndex<Dest>,
-    versions: Vec<u64>,
-    ready: bool,
-}
-
-pub struct LocalIndex {
-    state: RwLock<IndexState>,
-}
-
-impl LocalIndex {
-    fn new(shards: u16) -> Self {
-        LocalIndex {
-            state: RwLock::new(IndexState {
-                routes: RouteIndex::new(),
-                versions: vec![0; shards as usize],
-                ready: false,
-            }),
-        }
-    }
-
-    /// The dests matching `topic`, or `None` while the index may be stale.
-    pub fn matches(&self, topic: &[u8]) -> Option<Vec<Dest>> {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.ready.then(|| state.routes.matches(topic))
-    }
-
-    /// The routes it holds (also while stale).
-    pub fn route_count(&self) -> usize {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .routes
-            .len()
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).ready
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, IndexState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Applies a published change in version order. Returns false on a gap:
-    /// then the index is marked stale and must be reloaded.
-    fn apply(&self, event: &Event) -> bool {
-        let mut state = self.write();
-        let Some(&known) = state.versions.get(event.shard as usize) else {
-            state.ready = false;
-            return false;
-        };
-        if !state.ready || event.version <= known {
-            return true;
-        }
-        if event.version != known + 1 {
-            state.ready = false;
-            return false;
-        }
-        state.versions[event.shard as usize] = event.version;
-        change(&mut state.routes, event.add, &event.filter, &event.dest);
-        true
-    }
-
-    /// Shows this client's own change at once, before its event comes back;
-    /// the event log, applied in order later, has the last word. Like
-    /// everything in the index, only a valid route.
-    fn preview(&self, add: bool, filter: &[u8], dest: &[u8]) {
-        let mut state = self.write();
-        if state.ready && check_route(filter, dest).is_ok() {
-            change(&mut state.routes, add, filter, dest);
-        }
-    }
-
-    fn mark_stale(&self) {
-        self.write().ready = false;
-    }
-
-    fn replace(&self, routes: RouteIndex<Dest>, versions: Vec<u64>) {
-        let mut state = self.write();
-        state.routes = routes;
-        state.versions = versions;
-        state.ready = true;
-    }
-
-    fn versions(&self) -> Vec<u64> {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .versions
-            .clone()
-    }
-}
-
-fn change(routes: &mut RouteIndex<Dest>, add: bool, filter: &[u8], dest: &[u8]) {
-    if add {
-        routes.insert(filter, Arc::from(dest));
-    } else {
-        routes.remove(filter, &Arc::from(dest));
-    }
-}
-
 /// The router of one client.
 pub struct Router {
     pub config: RouterConfig,
-    pub index: Option<Arc<LocalIndex>>,
+    pub index: Option<Arc<Mirror>>,
 }
 
 impl Router {
     pub fn new(config: RouterConfig) -> Self {
-        let index =
-            (config.mode == IndexMode::Local).then(|| Arc::new(LocalIndex::new(config.shards)));
+        let index = (config.mode == IndexMode::Local)
+            .then(|| Arc::new(Mirror::new(&ROUTES, config.shards)));
         Router { config, index }
     }
 }
@@ -407,50 +253,12 @@ pub async fn lookup(client: &Client, filter: &[u8]) -> Result<Vec<Vec<u8>>> {
     Ok(split_dests(&joined).map(<[u8]>::to_vec).collect())
 }
 
-type Shard = (u64, Vec<(Vec<u8>, Vec<u8>)>);
-
-/// The same command for every shard, replies in shard order.
-fn per_shard(keys: &Keys, shards: u16, name: &str) -> Vec<redis::Cmd> {
-    (0..shards)
-        .map(|shard| {
-            let mut cmd = redis::cmd(name);
-            cmd.arg(keys.routes(shard));
-            cmd
-        })
-        .collect()
-}
-
-/// Every shard's version and routes (filter, NUL-joined dests), each shard
-/// read atomically by one HGETALL. A route or version we could not have
-/// written fails the whole read: nothing built from it is half right.
-async fn read_shards(backend: &Backend, keys: &Keys, shards: u16) -> Result<Vec<Shard>> {
-    let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> = backend
-        .each(per_shard(keys, shards, "HGETALL"))
-        .await
-        .map_err(|e| e.of("route"))?;
-    all.into_iter()
-        .map(|fields| {
-            let mut version = 0;
-            let mut routes = Vec::with_capacity(fields.len());
-            for (field, value) in fields {
-                if field == VERSION_FIELD {
-                    version = shard_version(Some(&value))?;
-                } else {
-                    check_route(&field, &value)?;
-                    routes.push((field, value));
-                }
-            }
-            Ok((version, routes))
-        })
-        .collect()
-}
-
 /// Every filter that has a route.
 pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
     let shards = client.router().config.shards;
     let all: Vec<Vec<Vec<u8>>> = client
         .backend()
-        .each(per_shard(client.keys(), shards, "HKEYS"))
+        .each(per_shard(&ROUTES, client.keys(), shards, "HKEYS"))
         .await
         .map_err(|e| e.of("route"))?;
     let mut filters: Vec<Vec<u8>> = all
@@ -474,7 +282,7 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
     let keys = client.keys();
     let events = keys.route_events();
     let mut removed = 0;
-    let shards = read_shards(client.backend(), keys, client.router().config.shards).await?;
+    let shards = read_shards(&ROUTES, client.backend(), keys, client.router().config.shards).await?;
     for (shard, (_, routes)) in shards.into_iter().enumerate() {
         let hit: Vec<&[u8]> = routes
             .iter()
@@ -501,10 +309,7 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
         removed += n;
     }
     if let Some(index) = &client.router().index {
-        let mut state = index.write();
-        if state.ready {
-            state.routes.remove_dests_where(|d| is_dest_of(d, node));
-        }
+        index.remove_dests_where(|d| is_dest_of(d, node));
     }
     Ok(removed)
 }
@@ -557,174 +362,6 @@ pub async fn match_in_redis(client: &Client, topic: &[u8]) -> Result<Vec<Vec<u8>
     Ok(dests)
 }
 
-/// Keeps a client's local index in step with Redis until `shutdown` closes.
-pub async fn sync_index(
-    index: Arc<LocalIndex>,
-    backend: Backend,
-    keys: Keys,
-    config: RouterConfig,
-    mut shutdown: tokio::sync::watch::Receiver<()>,
-) {
-    let mut attempt = 0;
-    let mut resync = Resync::Start;
-    loop {
-        // `follow` returns only when something broke; either way the index
-        // may have missed changes, so it is stale until the next full load.
-        let followed = tokio::select! {
-            r = follow(&index, &backend, &keys, &config, attempt, &resync) => r,
-            _ = shutdown.changed() => return,
-        };
-        resync = Resync::PubsubLost(
-            followed
-                .as_ref()
-                .err()
-                .map(Error::to_string)
-                .unwrap_or_default(),
-        );
-        index.mark_stale();
-        attempt += 1;
-        // Corrupt routes in Redis fail the load, and the index stays unused
-        // (matches go to Redis, which names the corrupt route); they stay
-        // until someone repairs them, so retry at the pace of the check.
-        let pause = match followed {
-            Err(Error::Corrupt { .. }) => config.sync_interval,
-            _ => Duration::from_millis(200),
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// Subscribes, loads everything, then applies events until something breaks.
-async fn follow(
-    index: &LocalIndex,
-    backend: &Backend,
-    keys: &Keys,
-    config: &RouterConfig,
-    attempt: usize,
-    resync: &Resync,
-) -> Result<()> {
-    let timeout = backend.config().connect_timeout;
-    let mut pubsub = backend.pubsub(attempt).await?;
-    tokio::time::timeout(timeout, pubsub.subscribe(keys.route_events()))
-        .await
-        .map_err(|_| Error::Timeout)??;
-    let (mut sink, mut stream) = pubsub.split();
-    // Subscribed first, loaded second: no change can fall between the two.
-    reload(index, backend, keys, config.shards, resync).await?;
-    let mut tick = tokio::time::interval(config.sync_interval);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            msg = stream.next() => {
-                let Some(msg) = msg else {
-                    return Err(Error::Connection("route events connection closed".into()));
-                };
-                let in_order = Event::parse(msg.get_payload_bytes())
-                    .is_some_and(|event| index.apply(&event));
-                if !in_order {
-                    reload(index, backend, keys, config.shards, &Resync::Gap).await?;
-                }
-            }
-            _ = tick.tick() => {
-                // Catches what no later event would reveal: a lost last event,
-                // or a subscription that silently stopped delivering.
-                tokio::time::timeout(timeout, sink.ping::<Value>())
-                    .await
-                    .map_err(|_| Error::Timeout)??;
-                let versions: Vec<Option<Vec<u8>>> = backend
-                    .each(
-                        (0..config.shards)
-                            .map(|shard| {
-                                let mut cmd = redis::cmd("HGET");
-                                cmd.arg(keys.routes(shard)).arg(VERSION_FIELD);
-                                cmd
-                            })
-                            .collect(),
-                    )
-                    .await
-                    .map_err(|e| e.of("route"))?;
-                let versions = versions
-                    .iter()
-                    .map(|v| shard_version(v.as_deref()))
-                    .collect::<Result<Vec<u64>>>()?;
-                if versions != index.versions() {
-                    reload(index, backend, keys, config.shards, &Resync::Drift).await?;
-                }
-            }
-        }
-    }
-}
-
-/// Why the local index is loaded in full.
-enum Resync {
-    /// The client started.
-    Start,
-    /// Following the route events stopped, for this reason: the pub/sub
-    /// connection was lost, or a check on it failed.
-    PubsubLost(String),
-    /// An event came out of order: one was missed.
-    Gap,
-    /// The periodic check found shard versions the index does not have.
-    Drift,
-}
-
-impl Resync {
-    /// Logged once the load is done: the first at `info`, the others (the
-    /// index had missed changes) at `warn`.
-    fn log(&self, routes: usize, elapsed: Duration) {
-        let elapsed_ms = elapsed.as_millis() as u64;
-        match self {
-            Resync::Start => {
-                tracing::info!(reason = "start", routes, elapsed_ms, "route_index_resync")
-            }
-            Resync::PubsubLost(cause) => tracing::warn!(
-                reason = "pubsub_lost",
-                cause = %cause,
-                routes,
-                elapsed_ms,
-                "route_index_resync"
-            ),
-            Resync::Gap => {
-                tracing::warn!(reason = "gap", routes, elapsed_ms, "route_index_resync")
-            }
-            Resync::Drift => {
-                tracing::warn!(reason = "drift", routes, elapsed_ms, "route_index_resync")
-            }
-        }
-    }
-}
-
-async fn reload(
-    index: &LocalIndex,
-    backend: &Backend,
-    keys: &Keys,
-    shards: u16,
-    resync: &Resync,
-) -> Result<()> {
-    let started = std::time::Instant::now();
-    index.mark_stale();
-    let resyncs = &backend.metrics().connections.route_index_resyncs;
-    resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut routes = RouteIndex::new();
-    let mut versions = Vec::with_capacity(shards as usize);
-    let mut loaded = 0;
-    for (version, filters) in read_shards(backend, keys, shards).await? {
-        versions.push(version);
-        for (filter, dests) in filters {
-            for dest in split_dests(&dests) {
-                routes.insert(&filter, Arc::from(dest));
-                loaded += 1;
-            }
-        }
-    }
-    index.replace(routes, versions);
-    resync.log(loaded, started.elapsed());
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,71 +404,14 @@ mod tests {
         assert!(check_route(b"a/+", b"n@h\0\x01m@h\x01g").is_ok());
         assert!(check_route(b"a/+", b"n@h\0").is_err(), "an empty dest");
         assert!(check_route(b"a/#/b", b"n@h").is_err(), "not a filter");
-        assert_eq!(shard_version(None), Ok(0));
-        assert!(shard_version(Some(b"notanumber")).is_err());
     }
 
     #[test]
-    fn events_parse() {
-        let e = Event::parse(b"3 17 +a/+/b\0emqx@n").unwrap();
-        assert_eq!(
-            e,
-            Event {
-                shard: 3,
-                version: 17,
-                add: true,
-                filter: b"a/+/b".to_vec(),
-                dest: b"emqx@n".to_vec()
-            }
-        );
-        let e = Event::parse(b"0 1 -with space/x\0\x01n@h\x01g").unwrap();
-        assert!(!e.add);
-        assert_eq!(e.filter, b"with space/x");
-        assert_eq!(Event::parse(b"garbage"), None);
-        assert_eq!(Event::parse(b"1 x +a\0b"), None);
-        assert_eq!(Event::parse(b"1 2 *a\0b"), None);
-        assert_eq!(Event::parse(b"1 2 +a\0nonode"), None, "not a node name");
-    }
-
-    fn event(shard: u16, version: u64, add: bool, filter: &str, dest: &str) -> Event {
-        Event {
-            shard,
-            version,
-            add,
-            filter: filter.into(),
-            dest: dest.into(),
-        }
-    }
-
-    #[test]
-    fn index_applies_in_order_and_detects_gaps() {
-        let index = LocalIndex::new(2);
-        assert_eq!(index.matches(b"a"), None, "not ready before the first load");
-        index.replace(RouteIndex::new(), vec![5, 0]);
-        assert!(index.apply(&event(0, 6, true, "a/+", "n1")));
-        assert_eq!(index.matches(b"a/x").unwrap().len(), 1);
-        // old or repeated events are ignored
-        assert!(index.apply(&event(0, 6, false, "a/+", "n1")));
-        assert_eq!(index.matches(b"a/x").unwrap().len(), 1);
-        // a gap makes the index stale until reloaded
-        assert!(!index.apply(&event(1, 2, true, "b", "n1")));
-        assert_eq!(index.matches(b"a/x"), None);
-        index.replace(RouteIndex::new(), vec![6, 2]);
-        assert_eq!(index.matches(b"a/x").unwrap().len(), 0);
-        // an unknown shard is a gap too
-        assert!(!index.apply(&event(9, 1, true, "c", "n1")));
-        assert!(!index.is_ready());
-    }
-
-    #[test]
-    fn previews_are_overruled_by_the_log() {
-        let index = LocalIndex::new(1);
-        index.replace(RouteIndex::new(), vec![3]);
-        // our add (version 5) shows at once; someone's delete (4) came first
-        index.preview(true, b"t", b"me@h");
-        assert_eq!(index.matches(b"t").unwrap().len(), 1);
-        assert!(index.apply(&event(0, 4, false, "t", "me@h")));
-        assert!(index.apply(&event(0, 5, true, "t", "me@h")));
-        assert_eq!(index.matches(b"t").unwrap().len(), 1);
+    fn only_route_changes_are_route_events() {
+        use crate::mirror::Event;
+        let e = Event::parse(&ROUTES, b"0 1 -with space/x\0\x01n@h\x01g").unwrap();
+        assert_eq!((e.add, &e.dest[..]), (false, &b"\x01n@h\x01g"[..]));
+        assert_eq!(Event::parse(&ROUTES, b"1 2 +a\0nonode"), None, "not a node name");
+        assert_eq!(Event::parse(&ROUTES, b"1 2 +a/#/b\0n@h"), None, "not a filter");
     }
 }

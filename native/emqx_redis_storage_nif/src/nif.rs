@@ -3,8 +3,10 @@
 //! answers the caller later with `{Ref, Result}`.
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use emqx_redis_storage_core::client::Client;
+use emqx_redis_storage_core::ds::Durable;
 use emqx_redis_storage_core::Error;
 use rustler::{Binary, Encoder, Env, ResourceArc, Term};
 
@@ -15,8 +17,12 @@ mod atoms {
     rustler::atoms! { error }
 }
 
-/// A client as an Erlang resource; dropped when the last term referring to it is gone.
-pub struct ClientRes(Client);
+/// A client as an Erlang resource, with its durable-messages state;
+/// dropped when the last term referring to it is gone.
+pub struct ClientRes {
+    client: Client,
+    pub ds: Arc<Durable>,
+}
 
 #[rustler::resource_impl]
 impl rustler::Resource for ClientRes {}
@@ -24,16 +30,17 @@ impl rustler::Resource for ClientRes {}
 impl Deref for ClientRes {
     type Target = Client;
     fn deref(&self) -> &Client {
-        &self.0
+        &self.client
     }
 }
 
 #[rustler::nif]
 fn connect<'a>(env: Env<'a>, reply_ref: Term<'a>, config: Term<'a>) -> Term<'a> {
-    match term::client_config(config) {
-        Ok(config) => spawn_reply(env, reply_ref, async move {
+    match term::client_config(config).and_then(|c| Ok((c, term::ds_config(config)?))) {
+        Ok((config, ds_config)) => spawn_reply(env, reply_ref, async move {
             let client = Client::connect(config).await?;
-            Ok(ResourceArc::new(ClientRes(client)))
+            let ds = Arc::new(Durable::new(ds_config));
+            Ok(ResourceArc::new(ClientRes { client, ds }))
         }),
         Err(reason) => (atoms::error(), Reason(&reason)).encode(env),
     }

@@ -1,0 +1,880 @@
+//! Durable messages: stored once per publish in append-only Redis streams,
+//! replayed by iterators that sessions keep.
+//!
+//! - **Durable filters.** A client's durable filters are a set in its slot;
+//!   each filter's holders are counted in a sharded table (`ds:f:{dN}`),
+//!   which every client mirrors in memory (`mirror.rs`, as the routing table
+//!   is). `persist` stores a message only if its topic matches a filter of
+//!   the mirror: no round trip for a topic nobody durable wants.
+//! - **Streams.** A message goes to one stream, chosen by its topic's first
+//!   level L and its publisher's shard K: `ds:m:{L/K}`. A filter with a
+//!   literal first level reads only the streams of that level; one starting
+//!   with a wildcard reads the streams of every level (`ds:levels`). Messages
+//!   of one publisher on one topic share a stream, so they keep their order.
+//! - **Positions.** A stream entry's id (`ms-seq`) is given by Redis and is
+//!   greater than every id the stream ever held: every message appended sorts
+//!   after every iterator position, so an iterator misses nothing.
+//! - **Retention.** Appends trim what is older than the retention (`MINID ~`,
+//!   whole nodes: cheap), and a sweeper on every client trims exactly, also
+//!   streams nobody appends to any more.
+//! - **Watch.** Every append publishes `ds:appends` once per call and
+//!   stream; each client listens on one connection and wakes the watchers of
+//!   those streams whose position the append passed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use redis::Value;
+
+use crate::client::{Backend, Client};
+use crate::error::{stored_int, Error, Result};
+use crate::keys::Keys;
+use crate::mirror::{self, shard_of, Mirror, Table};
+use crate::scripts::Lua;
+use crate::topic;
+
+static SUBSCRIBE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(&[include_str!("lua/ds_subscribe.lua")]));
+static HOLD: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/ds_hold.lua")]));
+
+/// Shards of the durable filter table.
+pub const FILTER_SHARDS: u16 = 16;
+/// The most entries one `next` reads, and the most bytes it returns.
+pub const MAX_SCAN: usize = 10_000;
+pub const MAX_BYTES: usize = 8 << 20;
+
+/// The durable filters: filter -> number of clients holding it.
+pub static FILTERS: Table = Table {
+    kind: "durable_filter",
+    resync_event: "ds_filter_index_resync",
+    shard_key: Keys::ds_filters,
+    channel: Keys::ds_filter_events,
+    check: check_filter,
+    check_change: |filter, dest| dest.is_empty() && topic::validate_filter(filter).is_ok(),
+    dests: |_| vec![&b""[..]],
+    resyncs: None,
+};
+
+fn check_filter(filter: &[u8], count: &[u8]) -> Result<()> {
+    if topic::validate_filter(filter).is_err() {
+        return Err(Error::corrupt("durable_filter", "a field that is not a filter"));
+    }
+    match stored_int("durable_filter", "count", count)? {
+        0 => Err(Error::corrupt("durable_filter", "count is 0")),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DsConfig {
+    /// Streams per first level: publishers are spread over them.
+    pub stream_shards: u16,
+    pub retention: Duration,
+    /// How often the filter mirror compares its versions with Redis.
+    pub sync_interval: Duration,
+}
+
+impl Default for DsConfig {
+    fn default() -> Self {
+        DsConfig {
+            stream_shards: 4,
+            retention: Duration::from_secs(86400),
+            sync_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A stream: a first level and a publisher shard.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stream {
+    pub level: Vec<u8>,
+    pub shard: u16,
+}
+
+/// A position in a stream: the first entry id not yet read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl Pos {
+    fn parse(id: &[u8]) -> Option<Pos> {
+        let text = std::str::from_utf8(id).ok()?;
+        let (ms, seq) = text.split_once('-')?;
+        let pos = Pos {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        };
+        // `parse` takes a leading '+'; Redis writes none.
+        (ms.bytes().all(|b| b.is_ascii_digit()) && seq.bytes().all(|b| b.is_ascii_digit()))
+            .then_some(pos)
+    }
+
+    fn after(self) -> Pos {
+        match self.seq.checked_add(1) {
+            Some(seq) => Pos { ms: self.ms, seq },
+            None => Pos {
+                ms: self.ms + 1,
+                seq: 0,
+            },
+        }
+    }
+
+    fn id(self) -> String {
+        format!("{}-{}", self.ms, self.seq)
+    }
+}
+
+/// A first level as a stream holds it: no `/`, and a valid topic level.
+pub fn is_level(level: &[u8]) -> bool {
+    !level.contains(&b'/') && topic::validate_name(level).is_ok() || level.is_empty()
+}
+
+/// The first level of a topic name or filter.
+pub fn first_level(topic: &[u8]) -> &[u8] {
+    topic.split(|&b| b == b'/').next().unwrap_or_default()
+}
+
+/// What a client keeps for durable messages: the filter mirror, the levels
+/// it has registered, and the watchers of its callers.
+pub struct Durable {
+    pub config: DsConfig,
+    filters: Arc<Mirror>,
+    levels: Arc<Mutex<HashSet<Vec<u8>>>>,
+    watchers: Arc<Watchers>,
+    /// Bumped each time the appends listener (re)subscribed.
+    listening: tokio::sync::watch::Receiver<u64>,
+    /// Taken by the first call, which starts the background tasks.
+    start: Mutex<Option<tokio::sync::watch::Sender<u64>>>,
+}
+
+impl Durable {
+    pub fn new(config: DsConfig) -> Durable {
+        let (subscribed, listening) = tokio::sync::watch::channel(0);
+        Durable {
+            config,
+            filters: Arc::new(Mirror::new(&FILTERS, FILTER_SHARDS)),
+            levels: Arc::new(Mutex::new(HashSet::new())),
+            watchers: Arc::new(Watchers::default()),
+            listening,
+            start: Mutex::new(Some(subscribed)),
+        }
+    }
+
+    /// Starts, on a client's first durable-messages call, the filter
+    /// mirror, the sweeper and the appends listener; they end with the
+    /// client. A client that never uses durable messages opens no
+    /// connection for them. Call it on the runtime.
+    pub fn start(&self, client: &Client) {
+        let Some(subscribed) = self.start.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let backend = client.backend().clone();
+        let keys = client.keys().clone();
+        tokio::spawn(mirror::sync(
+            self.filters.clone(),
+            backend.clone(),
+            keys.clone(),
+            self.config.sync_interval,
+            backend.closed(),
+        ));
+        tokio::spawn(sweep(
+            backend.clone(),
+            keys.clone(),
+            self.config.clone(),
+            self.levels.clone(),
+        ));
+        tokio::spawn(listen(backend, keys, self.watchers.clone(), subscribed));
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.start.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    pub fn filters(&self) -> &Mirror {
+        &self.filters
+    }
+
+    fn stream_of(&self, topic: &[u8], from_hash: u32) -> Stream {
+        Stream {
+            level: first_level(topic).to_vec(),
+            shard: (from_hash % self.config.stream_shards as u32) as u16,
+        }
+    }
+}
+
+pub enum Subscribed {
+    Added,
+    Present,
+    TooMany,
+}
+
+fn filter_keys(keys: &Keys, filter: &[u8]) -> (u16, Vec<u8>, Vec<u8>) {
+    let shard = shard_of(filter, FILTER_SHARDS);
+    (shard, keys.ds_filters(shard), keys.ds_holders(shard, filter))
+}
+
+/// Counts `client_id` in or out of the holders of `filter`; the holders now.
+async fn hold(client: &Client, client_id: &[u8], filter: &[u8], add: bool) -> Result<i64> {
+    let keys = client.keys();
+    let (shard, filters, holders) = filter_keys(keys, filter);
+    client
+        .write_eval(
+            &HOLD,
+            &[&filters, &holders],
+            &[
+                &keys.ds_filter_events(),
+                shard.to_string().as_bytes(),
+                filter,
+                client_id,
+                if add { b"+" } else { b"-" },
+            ],
+        )
+        .await
+}
+
+/// Makes `filter` durable for `client_id`. The client's set first (it
+/// holds the limit), the count of holders second: both are idempotent, so
+/// a call that failed between them is completed by the next.
+pub async fn subscribe(
+    client: &Client,
+    ds: &Durable,
+    client_id: &[u8],
+    filter: &[u8],
+    max: u32,
+) -> Result<Subscribed> {
+    let added: i64 = client
+        .write_eval(
+            &SUBSCRIBE,
+            &[&client.keys().ds_subscriptions(client_id)],
+            &[filter, max.to_string().as_bytes()],
+        )
+        .await?;
+    if added < 0 {
+        return Ok(Subscribed::TooMany);
+    }
+    hold(client, client_id, filter, true).await?;
+    ds.filters.preview(true, filter, b"");
+    Ok(if added == 1 {
+        Subscribed::Added
+    } else {
+        Subscribed::Present
+    })
+}
+
+/// The reverse of `subscribe`, in the reverse order.
+pub async fn unsubscribe(
+    client: &Client,
+    ds: &Durable,
+    client_id: &[u8],
+    filter: &[u8],
+) -> Result<()> {
+    if hold(client, client_id, filter, false).await? == 0 {
+        ds.filters.preview(false, filter, b"");
+    }
+    let mut srem = redis::cmd("SREM");
+    srem.arg(client.keys().ds_subscriptions(client_id)).arg(filter);
+    client
+        .write_query::<i64>(&srem)
+        .await
+        .map_err(|e| e.of("durable_subscription"))?;
+    Ok(())
+}
+
+/// A client's durable filters, sorted.
+pub async fn subscriptions(client: &Client, client_id: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut smembers = redis::cmd("SMEMBERS");
+    smembers.arg(client.keys().ds_subscriptions(client_id));
+    let mut filters: Vec<Vec<u8>> = client
+        .query(&smembers)
+        .await
+        .map_err(|e| e.of("durable_subscription"))?;
+    if filters.iter().any(|f| topic::validate_filter(f).is_err()) {
+        return Err(Error::corrupt("durable_subscription", "a member that is not a filter"));
+    }
+    filters.sort();
+    Ok(filters)
+}
+
+/// A message to persist: its topic, its encoded body, and a hash of its
+/// publisher (which picks the stream shard).
+pub struct ToPersist {
+    pub topic: Vec<u8>,
+    pub body: Vec<u8>,
+    pub from_hash: u32,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Stores the messages some durable filter matches, once each, in their
+/// order per stream; returns how many were stored. While the mirror may be
+/// stale every message is stored: a reader filters anyway, and nothing a
+/// durable session wants is lost.
+pub async fn persist(client: &Client, ds: &Durable, msgs: Vec<ToPersist>) -> Result<u64> {
+    let mut by_stream: HashMap<Stream, Vec<ToPersist>> = HashMap::new();
+    let mut persisted = 0;
+    for msg in msgs {
+        if ds.filters.any_match(&msg.topic) != Some(false) {
+            persisted += 1;
+            by_stream
+                .entry(ds.stream_of(&msg.topic, msg.from_hash))
+                .or_default()
+                .push(msg);
+        }
+    }
+    if by_stream.is_empty() {
+        return Ok(0);
+    }
+    register_levels(client, ds, by_stream.keys()).await?;
+    let keys = client.keys();
+    let min_id = now_ms()
+        .saturating_sub(ds.config.retention.as_millis() as u64)
+        .to_string();
+    let appends = by_stream.into_iter().map(|(stream, msgs)| {
+        let key = keys.ds_stream(&stream.level, stream.shard);
+        let min_id = &min_id;
+        async move {
+            let mut pipe = redis::pipe();
+            for msg in &msgs {
+                pipe.cmd("XADD")
+                    .arg(&key)
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(min_id)
+                    .arg("*")
+                    .arg("t")
+                    .arg(&msg.topic)
+                    .arg("m")
+                    .arg(&msg.body);
+            }
+            let ids = client
+                .write_pipeline(&pipe)
+                .await
+                .map_err(|e| e.of("durable_stream"))?;
+            let last = ids
+                .last()
+                .and_then(|id| match id {
+                    Value::BulkString(id) => Pos::parse(id),
+                    _ => None,
+                })
+                .ok_or_else(|| Error::corrupt("durable_stream", "XADD gave no entry id"))?;
+            Ok::<_, Error>((stream, last))
+        }
+    });
+    let appended = futures::future::try_join_all(appends).await?;
+    let mut publish = redis::cmd("PUBLISH");
+    publish
+        .arg(keys.ds_appends())
+        .arg(encode_appends(&appended));
+    client.query::<i64>(&publish).await?;
+    Ok(persisted)
+}
+
+/// Adds the first levels this client has not registered yet to
+/// `ds:levels`, before their first message: a reader listing the streams
+/// of a wildcard filter finds every stream that has data.
+async fn register_levels<'a>(
+    client: &Client,
+    ds: &Durable,
+    streams: impl Iterator<Item = &'a Stream>,
+) -> Result<()> {
+    let new: Vec<Vec<u8>> = {
+        let known = ds.levels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut new: Vec<Vec<u8>> = streams
+            .filter(|s| !known.contains(&s.level))
+            .map(|s| s.level.clone())
+            .collect();
+        new.sort();
+        new.dedup();
+        new
+    };
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut sadd = redis::cmd("SADD");
+    sadd.arg(client.keys().ds_levels()).arg(&new);
+    client
+        .write_query::<i64>(&sadd)
+        .await
+        .map_err(|e| e.of("durable_levels"))?;
+    ds.levels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(new);
+    Ok(())
+}
+
+/// `level \0 shard \0 ms-seq` per stream, NUL-joined (no topic holds NUL).
+fn encode_appends(appended: &[(Stream, Pos)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (stream, pos) in appended {
+        if !out.is_empty() {
+            out.push(0);
+        }
+        out.extend_from_slice(&stream.level);
+        out.push(0);
+        out.extend_from_slice(stream.shard.to_string().as_bytes());
+        out.push(0);
+        out.extend_from_slice(pos.id().as_bytes());
+    }
+    out
+}
+
+fn decode_appends(payload: &[u8]) -> Option<Vec<(Stream, Pos)>> {
+    let parts: Vec<&[u8]> = payload.split(|&b| b == 0).collect();
+    if parts.len() % 3 != 0 {
+        return None;
+    }
+    parts
+        .chunks(3)
+        .map(|c| {
+            let shard = std::str::from_utf8(c[1]).ok()?.parse().ok()?;
+            is_level(c[0]).then_some(())?;
+            Some((
+                Stream {
+                    level: c[0].to_vec(),
+                    shard,
+                },
+                Pos::parse(c[2])?,
+            ))
+        })
+        .collect()
+}
+
+/// The streams that can hold messages matching `filter` (a valid filter).
+pub async fn streams(client: &Client, ds: &Durable, filter: &[u8]) -> Result<Vec<Stream>> {
+    let first = first_level(filter);
+    let levels = if first != b"+" && first != b"#" {
+        vec![first.to_vec()]
+    } else {
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(client.keys().ds_levels());
+        let levels: Vec<Vec<u8>> = client
+            .query(&smembers)
+            .await
+            .map_err(|e| e.of("durable_levels"))?;
+        if !levels.iter().all(|l| is_level(l)) {
+            return Err(Error::corrupt("durable_levels", "a member that is not a first level"));
+        }
+        // A filter starting with a wildcard matches no `$` topic (MQTT 4.7.2).
+        let mut levels: Vec<Vec<u8>> = levels
+            .into_iter()
+            .filter(|l| l.first() != Some(&b'$'))
+            .collect();
+        levels.sort();
+        levels
+    };
+    Ok(levels
+        .into_iter()
+        .flat_map(|level| {
+            (0..ds.config.stream_shards).map(move |shard| Stream {
+                level: level.clone(),
+                shard,
+            })
+        })
+        .collect())
+}
+
+/// A message as read from a stream: its topic and its encoded body.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// What one `next` did.
+pub struct Batch {
+    pub next: Pos,
+    pub msgs: Vec<Entry>,
+    /// Entries read, matching or not: the read amplification is
+    /// `scanned / msgs.len()`.
+    pub scanned: usize,
+}
+
+/// Up to `n` messages matching `filter`, from `from` on, in append order.
+/// Reads at most `MAX_SCAN` entries and returns at most about `MAX_BYTES`;
+/// the returned position is after the last entry read. A position behind
+/// what retention trimmed goes on with the oldest entry kept.
+pub async fn next(
+    client: &Client,
+    stream: &Stream,
+    filter: &[u8],
+    from: Pos,
+    n: usize,
+) -> Result<Batch> {
+    let key = client.keys().ds_stream(&stream.level, stream.shard);
+    let mut batch = Batch {
+        next: from,
+        msgs: Vec::new(),
+        scanned: 0,
+    };
+    let mut bytes = 0;
+    while batch.msgs.len() < n && batch.scanned < MAX_SCAN && bytes < MAX_BYTES {
+        let want = (n - batch.msgs.len()).clamp(100, 1000).min(MAX_SCAN - batch.scanned);
+        let mut xrange = redis::cmd("XRANGE");
+        xrange
+            .arg(&key)
+            .arg(batch.next.id())
+            .arg("+")
+            .arg("COUNT")
+            .arg(want);
+        let entries: Vec<(Vec<u8>, Vec<Vec<u8>>)> = client
+            .query(&xrange)
+            .await
+            .map_err(|e| e.of("durable_stream"))?;
+        let got = entries.len();
+        for (id, fields) in entries {
+            let pos = Pos::parse(&id)
+                .ok_or_else(|| Error::corrupt("durable_stream", "an entry id we did not get"))?;
+            let (topic, body) = match <[Vec<u8>; 4]>::try_from(fields) {
+                Ok([t, topic, m, body]) if t == b"t" && m == b"m" => (topic, body),
+                _ => return Err(Error::corrupt("durable_stream", "an entry we did not write")),
+            };
+            if topic::validate_name(&topic).is_err() || first_level(&topic) != stream.level {
+                return Err(Error::corrupt("durable_stream", "an entry with a topic of another stream"));
+            }
+            batch.next = pos.after();
+            batch.scanned += 1;
+            if topic::matches(&topic, filter) {
+                bytes += topic.len() + body.len();
+                batch.msgs.push((topic, body));
+                if batch.msgs.len() == n || bytes >= MAX_BYTES {
+                    break;
+                }
+            }
+        }
+        if got < want {
+            break;
+        }
+    }
+    Ok(batch)
+}
+
+/// The id of the newest entry of a stream, if it has any.
+async fn last_pos(client: &Client, stream: &Stream) -> Result<Option<Pos>> {
+    let mut xrevrange = redis::cmd("XREVRANGE");
+    xrevrange
+        .arg(client.keys().ds_stream(&stream.level, stream.shard))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1);
+    let last: Vec<(Vec<u8>, Value)> = client
+        .query(&xrevrange)
+        .await
+        .map_err(|e| e.of("durable_stream"))?;
+    last.first()
+        .map(|(id, _)| {
+            Pos::parse(id).ok_or_else(|| Error::corrupt("durable_stream", "an entry id we did not get"))
+        })
+        .transpose()
+}
+
+/// Trims every stream to the retention, now and then: also streams nobody
+/// appends to any more, which no append trims. Registers again the levels
+/// this client has registered, in case Redis lost them (a restart without
+/// persistence): readers of wildcard filters find their streams through them.
+async fn sweep(backend: Backend, keys: Keys, config: DsConfig, levels: Arc<Mutex<HashSet<Vec<u8>>>>) {
+    let every = (config.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut shutdown = backend.closed();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = trim(&backend, &keys, &config, &levels).await {
+            tracing::debug!(error = %e, "ds_sweep_failed");
+        }
+    }
+}
+
+async fn trim(
+    backend: &Backend,
+    keys: &Keys,
+    config: &DsConfig,
+    known: &Mutex<HashSet<Vec<u8>>>,
+) -> Result<()> {
+    let known: Vec<Vec<u8>> = known.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+    if !known.is_empty() {
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(keys.ds_levels()).arg(known);
+        backend.query::<i64>(&sadd).await?;
+    }
+    let mut smembers = redis::cmd("SMEMBERS");
+    smembers.arg(keys.ds_levels());
+    let levels: Vec<Vec<u8>> = backend.query(&smembers).await?;
+    let min_id = now_ms().saturating_sub(config.retention.as_millis() as u64);
+    let cmds = levels
+        .iter()
+        .flat_map(|level| {
+            (0..config.stream_shards).map(move |shard| {
+                let mut xtrim = redis::cmd("XTRIM");
+                xtrim
+                    .arg(keys.ds_stream(level, shard))
+                    .arg("MINID")
+                    .arg(min_id);
+                xtrim
+            })
+        })
+        .collect();
+    backend.each::<Value>(cmds).await?;
+    Ok(())
+}
+
+/// A caller waiting for data after a position of a stream; `notify` is
+/// called once, then the watcher is gone.
+struct Watcher {
+    key: Vec<u8>,
+    from: Pos,
+    notify: Box<dyn FnOnce() + Send>,
+}
+
+#[derive(Default)]
+struct Watchers {
+    by_key: Mutex<HashMap<Vec<u8>, HashMap<Vec<u8>, Watcher>>>,
+    /// Which stream each watch key is on.
+    streams: Mutex<HashMap<Vec<u8>, Stream>>,
+}
+
+impl Watchers {
+    fn add(&self, stream: Stream, watcher: Watcher) {
+        let key = watcher.key.clone();
+        let stream_id = stream_id(&stream);
+        self.streams.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), stream);
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(stream_id)
+            .or_default()
+            .insert(key, watcher);
+    }
+
+    fn remove(&self, key: &[u8]) -> Option<Watcher> {
+        let stream = self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(key)?;
+        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        let id = stream_id(&stream);
+        let watchers = by_key.get_mut(&id)?;
+        let watcher = watchers.remove(key);
+        if watchers.is_empty() {
+            by_key.remove(&id);
+        }
+        watcher
+    }
+
+    /// Wakes the watchers of `stream` that `last` passed.
+    fn appended(&self, stream: &Stream, last: Pos) {
+        let keys: Vec<Vec<u8>> = {
+            let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(watchers) = by_key.get(&stream_id(stream)) else {
+                return;
+            };
+            watchers
+                .values()
+                .filter(|w| w.from <= last)
+                .map(|w| w.key.clone())
+                .collect()
+        };
+        self.fire(keys);
+    }
+
+    /// Wakes every watcher: after a gap in the appends, any may have data.
+    fn all(&self) {
+        let keys: Vec<Vec<u8>> = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        self.fire(keys);
+    }
+
+    fn fire(&self, keys: Vec<Vec<u8>>) {
+        for key in keys {
+            if let Some(watcher) = self.remove(&key) {
+                (watcher.notify)();
+            }
+        }
+    }
+}
+
+fn stream_id(stream: &Stream) -> Vec<u8> {
+    encode_appends(&[(stream.clone(), Pos { ms: 0, seq: 0 })])
+}
+
+/// Calls `notify` once as soon as `stream` holds an entry at or after
+/// `from`, appended by any client; `key` names the watch for `unwatch`.
+/// Before it returns, the watch is registered and the stream checked, so
+/// nothing appended after the call can go unseen.
+pub async fn watch(
+    client: &Client,
+    ds: &Durable,
+    stream: Stream,
+    from: Pos,
+    key: Vec<u8>,
+    notify: Box<dyn FnOnce() + Send>,
+) -> Result<()> {
+    // Registered before the check: an append after the check reaches the
+    // listener, which wakes it; one before is seen by the check. While the
+    // listener is not subscribed, its next subscription wakes everyone.
+    let mut listening = ds.listening.clone();
+    if *listening.borrow() == 0 {
+        let timeout = client.backend().config().connect_timeout;
+        let _ = tokio::time::timeout(timeout, listening.changed()).await;
+    }
+    ds.watchers.add(
+        stream.clone(),
+        Watcher {
+            key: key.clone(),
+            from,
+            notify,
+        },
+    );
+    match last_pos(client, &stream).await {
+        Ok(Some(last)) if last >= from => {
+            ds.watchers.fire(vec![key]);
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            ds.watchers.remove(&key);
+            Err(e)
+        }
+    }
+}
+
+pub fn unwatch(ds: &Durable, key: &[u8]) {
+    ds.watchers.remove(key);
+}
+
+/// Follows `ds:appends` on one connection per client, waking watchers.
+async fn listen(
+    backend: Backend,
+    keys: Keys,
+    watchers: Arc<Watchers>,
+    subscribed: tokio::sync::watch::Sender<u64>,
+) {
+    let mut shutdown = backend.closed();
+    let mut attempt = 0;
+    loop {
+        tokio::select! {
+            r = follow_appends(&backend, &keys, &watchers, &subscribed, attempt) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "ds_appends_listener_lost");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn follow_appends(
+    backend: &Backend,
+    keys: &Keys,
+    watchers: &Watchers,
+    subscribed: &tokio::sync::watch::Sender<u64>,
+    attempt: usize,
+) -> Result<()> {
+    let timeout = backend.config().connect_timeout;
+    let mut pubsub = backend.pubsub(attempt).await?;
+    tokio::time::timeout(timeout, pubsub.subscribe(keys.ds_appends()))
+        .await
+        .map_err(|_| Error::Timeout)??;
+    let (mut sink, mut stream) = pubsub.split();
+    // Appends while we were not subscribed went unseen: wake everyone.
+    subscribed.send_modify(|n| *n += 1);
+    watchers.all();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return Err(Error::Connection("ds appends connection closed".into()));
+                };
+                match decode_appends(msg.get_payload_bytes()) {
+                    Some(appended) => {
+                        for (stream, last) in appended {
+                            watchers.appended(&stream, last);
+                        }
+                    }
+                    None => watchers.all(),
+                }
+            }
+            _ = tick.tick() => {
+                tokio::time::timeout(timeout, sink.ping::<Value>())
+                    .await
+                    .map_err(|_| Error::Timeout)??;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_strictly_and_order() {
+        assert_eq!(Pos::parse(b"12-3"), Some(Pos { ms: 12, seq: 3 }));
+        for bad in [&b"12"[..], b"-3", b"12-", b"+1-2", b"1-+2", b"a-1", b"1-2-3"] {
+            assert_eq!(Pos::parse(bad), None, "{bad:?}");
+        }
+        assert!(Pos { ms: 1, seq: 9 } < Pos { ms: 2, seq: 0 });
+        assert_eq!(Pos { ms: 1, seq: 9 }.after(), Pos { ms: 1, seq: 10 });
+        assert_eq!(Pos { ms: 1, seq: u64::MAX }.after(), Pos { ms: 2, seq: 0 });
+        assert_eq!(Pos { ms: 5, seq: 0 }.id(), "5-0");
+    }
+
+    #[test]
+    fn appends_round_trip() {
+        let appended = vec![
+            (
+                Stream {
+                    level: b"sensors".to_vec(),
+                    shard: 3,
+                },
+                Pos { ms: 10, seq: 2 },
+            ),
+            (
+                Stream {
+                    level: b"".to_vec(),
+                    shard: 0,
+                },
+                Pos { ms: 11, seq: 0 },
+            ),
+        ];
+        assert_eq!(decode_appends(&encode_appends(&appended)), Some(appended));
+        assert_eq!(decode_appends(b"a\x001"), None);
+        assert_eq!(decode_appends(b"a/b\x001\x001-1"), None, "not a first level");
+        assert_eq!(decode_appends(b"a\x00x\x001-1"), None);
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(first_level(b"sensors/1/temp"), b"sensors");
+        assert_eq!(first_level(b"/a"), b"");
+        assert_eq!(first_level(b"#"), b"#");
+        assert!(is_level(b"sensors"));
+        assert!(is_level(b""));
+        assert!(!is_level(b"a/b"));
+        assert!(!is_level(b"+"));
+        assert!(!is_level(b"a\0b"));
+    }
+
+    #[test]
+    fn stored_filters_are_checked() {
+        assert!(check_filter(b"a/+", b"3").is_ok());
+        assert!(check_filter(b"a/#/b", b"3").is_err());
+        assert!(check_filter(b"a", b"0").is_err());
+        assert!(check_filter(b"a", b"x").is_err());
+    }
+}
