@@ -19,10 +19,11 @@
 -define(R, emqx_redis_router).
 -define(G, emqx_redis_registry).
 -define(ST, emqx_redis_storage).
+-define(DS, emqx_redis_ds).
 
 -define(PUBLIC, [
     emqx_redis_storage, emqx_redis_session, emqx_redis_message,
-    emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli
+    emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli, emqx_redis_ds
 ]).
 -define(DEFAULT_CALLS, 20000).
 -define(MAX_FENCE, (1 bsl 53) - 1).
@@ -360,6 +361,8 @@ shape({emqx_redis_topic, match, 2}) -> boolean;
 shape({emqx_redis_topic, validate, 2}) -> validation;
 shape({emqx_redis_router, has_route, _}) -> boolean;
 shape({emqx_redis_router, index_ready, 1}) -> boolean_or_error;
+shape({emqx_redis_ds, filter_matches, 2}) -> boolean_or_error;
+shape({emqx_redis_ds, next, _}) -> batch;
 shape({emqx_redis_storage, status, 0}) -> status;
 shape({emqx_redis_storage, status, 1}) -> client_status;
 shape({emqx_redis_storage_cli, cmd, 1}) -> printed;
@@ -369,8 +372,11 @@ shape(_MFA) -> result.
 
 valid_reply(_Ctx, boolean, Reply) -> is_boolean(Reply);
 valid_reply(_Ctx, printed, Reply) -> Reply =:= ok;
+valid_reply(_Ctx, batch, {ok, {emqx_redis_ds_iterator, _, _, _, _, _, _}, Msgs}) -> is_list(Msgs);
+valid_reply(Ctx, batch, Reply) -> valid_reply(Ctx, result, Reply);
 valid_reply(_Ctx, validation, Reply) -> Reply =:= ok orelse is_tuple_of(error, Reply, fun is_atom/1);
-valid_reply(Ctx, boolean_or_error, Reply) -> is_boolean(Reply) orelse valid_reply(Ctx, result, Reply);
+valid_reply(Ctx, boolean_or_error, Reply) ->
+    is_boolean(Reply) orelse Reply =:= not_ready orelse valid_reply(Ctx, result, Reply);
 valid_reply(#{app := App}, status, #{started := Started, connected := Connected}) ->
     Started =:= (App =:= started) andalso is_boolean(Connected);
 valid_reply(_Ctx, status, _Reply) -> false;
@@ -394,7 +400,8 @@ is_tuple_of(_Tag, _Reply, _Pred) -> false.
 known_error(#{app := App}, not_started) -> App =:= stopped;
 known_error(_Ctx, Reason) when is_atom(Reason) ->
     lists:member(Reason, [
-        not_found, timeout, already_started, stale_fence, not_held, overloaded, not_replicated
+        not_found, timeout, already_started, stale_fence, not_held, overloaded, not_replicated,
+        too_many_subscriptions
     ]);
 known_error(_Ctx, {Tag, Message}) when Tag =:= redis; Tag =:= connection; Tag =:= connection_lost ->
     is_binary(Message);
@@ -406,14 +413,16 @@ known_error(_Ctx, Reason) when is_tuple(Reason), tuple_size(Reason) >= 2 ->
         (lists:prefix("invalid_", atom_to_list(Tag)) orelse
             lists:member(Tag, [
                 too_large, batch_too_large, held_by, not_replicated, unsupported_command, bad_command,
-                undecodable, unknown_node
+                undecodable, unknown_node, filter_too_wide
             ]));
 known_error(_Ctx, _Reason) ->
     false.
 
-%% A late or stray `{Ref, _}' reply would show here.
+%% A late or stray `{Ref, _}' reply would show here. A watch's
+%% notification is no stray: emqx_redis_ds:watch/1 promised it.
 mailbox_empty() ->
     receive
+        {emqx_redis_ds, Ref, new_data} when is_reference(Ref) -> mailbox_empty();
         Message -> {stray_message, Message}
     after 0 -> ok
     end.
@@ -543,7 +552,26 @@ signatures() ->
         {?G, cleanup_node, 2} => [client, node],
         {emqx_redis_topic, validate, 2} => [topic_kind, topic],
         {emqx_redis_topic, match, 2} => [topic, filter],
-        {emqx_redis_storage_cli, cmd, 1} => [cli_words]
+        {emqx_redis_storage_cli, cmd, 1} => [cli_words],
+        {?DS, subscribe, 2} => [client_id, filter],
+        {?DS, subscribe, 3} => [client, client_id, filter],
+        {?DS, unsubscribe, 2} => [client_id, filter],
+        {?DS, unsubscribe, 3} => [client, client_id, filter],
+        {?DS, subscriptions, 1} => [client_id],
+        {?DS, subscriptions, 2} => [client, client_id],
+        {?DS, persist, 1} => [ds_messages],
+        {?DS, persist, 2} => [client, ds_messages],
+        {?DS, get_streams, 2} => [filter, start_time],
+        {?DS, get_streams, 3} => [client, filter, start_time],
+        {?DS, make_iterator, 3} => [stream, filter, start_time],
+        {?DS, make_iterator, 4} => [client, stream, filter, start_time],
+        {?DS, next, 2} => [iterator, batch_size],
+        {?DS, next, 3} => [client, iterator, batch_size],
+        {?DS, watch, 1} => [iterator],
+        {?DS, watch, 2} => [client, iterator],
+        {?DS, unwatch, 1} => [watch_ref],
+        {?DS, unwatch, 2} => [client, watch_ref],
+        {?DS, filter_matches, 2} => [client, topic]
     }.
 
 %% One valid value of a kind, for the deterministic cases.
@@ -564,7 +592,13 @@ valid_example(topic) -> <<"a/b">>;
 valid_example(dest) -> node();
 valid_example(routes) -> [{<<"a/+">>, node()}];
 valid_example(node) -> node();
-valid_example(cli_words) -> ["sessions", "count"].
+valid_example(cli_words) -> ["sessions", "count"];
+valid_example(ds_messages) -> [#{id => <<"m">>, topic => <<"a/b">>}];
+valid_example(start_time) -> 0;
+valid_example(stream) -> {emqx_redis_ds_stream, 1, <<"a">>, 0};
+valid_example(iterator) -> {emqx_redis_ds_iterator, 1, <<"a">>, 0, <<"a/+">>, 0, 0};
+valid_example(batch_size) -> 10;
+valid_example(watch_ref) -> make_ref().
 
 %%--------------------------------------------------------------------
 %% Generators
@@ -640,6 +674,33 @@ gen_valid(_Ctx, node) ->
     gen_node();
 gen_valid(_Ctx, topic_kind) ->
     elements([name, filter]);
+gen_valid(_Ctx, ds_messages) ->
+    frequency([
+        {8, list(frequency([{6, ?LET({M, T}, {gen_message(), gen_topic()}, M#{topic => T})}, {1, gen_message()}, {1, gen_any()}]))},
+        {1, ?LET(M, gen_message(), [M | M])},
+        {1, ?LAZY(exactly(lists:duplicate(10001, #{id => <<"dup">>, topic => <<"a/b">>})))}
+    ]);
+gen_valid(_Ctx, start_time) ->
+    frequency([{6, integer(0, 2000000000000)}, {1, elements([-1, (1 bsl 64) - 1, 1 bsl 64, 1.0])}]);
+gen_valid(_Ctx, stream) ->
+    frequency([
+        {6, ?LET({L, S}, {gen_level(), integer(0, 3)}, {emqx_redis_ds_stream, 1, L, S})},
+        {1, ?LET({V, L, S}, {gen_any(), gen_any(), gen_any()}, {emqx_redis_ds_stream, V, L, S})},
+        {1, elements([{emqx_redis_ds_stream, 1, <<"a">>, 4}, {emqx_redis_ds_stream, 1, <<"a/b">>, 0}, {emqx_redis_ds_stream, 1, <<"a">>}])}
+    ]);
+gen_valid(_Ctx, iterator) ->
+    frequency([
+        {6, ?LET(
+            {L, S, F, Ms, Seq},
+            {gen_level(), integer(0, 3), gen_filter(), frequency([{4, integer(0, 2000000000000)}, {1, gen_integer()}]), frequency([{4, integer(0, 10)}, {1, gen_integer()}])},
+            {emqx_redis_ds_iterator, 1, L, S, F, Ms, Seq}
+        )},
+        {1, ?LET(L, list(gen_any()), list_to_tuple([emqx_redis_ds_iterator | L]))}
+    ]);
+gen_valid(_Ctx, batch_size) ->
+    frequency([{6, integer(1, 100)}, {1, elements([0, -1, 10000, 10001, 1 bsl 64])}]);
+gen_valid(_Ctx, watch_ref) ->
+    frequency([{4, ?LAZY(exactly(make_ref()))}, {1, gen_any()}]);
 gen_valid(_Ctx, cli_words) ->
     %% emqx_ctl passes strings; the ids and topics reach Redis.
     ?LET(
@@ -733,6 +794,9 @@ gen_routes() ->
         {1, list(gen_any())}
     ]).
 
+gen_level() ->
+    frequency([{6, elements([<<"a">>, <<"fz">>, <<"$SYS">>, <<>>])}, {1, elements([<<"a/b">>, <<"+">>, <<"#">>, <<"a\0b">>, <<255>>])}, {1, binary()}]).
+
 gen_node() ->
     elements([node(), 'other@host', 'fz@dead', '', 'a\0b', 'no_at_sign', 'ünï@host']).
 
@@ -757,6 +821,8 @@ gen_command() ->
         )},
         {1, ?LET(Key, elements(library_keys()), [<<"LPUSH">>, Key, <<"x">>])},
         {1, ?LET(Payload, binary(), [<<"PUBLISH">>, <<"emqx:rt:events">>, Payload])},
+        {1, ?LET(Payload, binary(), [<<"PUBLISH">>, elements([<<"emqx:ds:f:events">>, <<"emqx:ds:appends">>]), Payload])},
+        {1, ?LET(Fields, list(gen_leaf()), [<<"XADD">>, <<"emqx:ds:m:{a/0}">>, <<"*">> | Fields])},
         {1, list(gen_any())},
         {1, ?LET(Cmd, list(gen_leaf()), [<<"ECHO">> | Cmd])},
         {1, ?LET(L, gen_leaf(), [<<"PING">> | L])}
@@ -765,7 +831,8 @@ gen_command() ->
 library_keys() ->
     [
         <<"emqx:sess:{fz-1}">>, <<"emqx:lease:{fz-1}">>, <<"emqx:q:{fz-1}">>,
-        <<"emqx:msg:{fz-1}:m1">>, <<"emqx:rt:{r0}">>, <<"emqx:rtrie:{r0}">>
+        <<"emqx:msg:{fz-1}:m1">>, <<"emqx:rt:{r0}">>, <<"emqx:rtrie:{r0}">>,
+        <<"emqx:ds:sub:{fz-1}">>, <<"emqx:ds:f:{d0}">>, <<"emqx:ds:m:{a/0}">>, <<"emqx:ds:levels">>
     ].
 
 %% Safe configs: a map always names the test's Redis in `servers' (or its
@@ -810,7 +877,8 @@ top_config_fields() ->
     [
         {key_prefix, <<"fz3:">>}, {key_prefix, <<"a{b">>}, {key_prefix, 42},
         {route_index, redis}, {route_index, nope}, {route_shards, 1}, {route_shards, 70000},
-        {route_sync_interval, 50}, {persistence, #{session_ttl => "1h", max_queue_len => 1 bsl 70}},
+        {route_sync_interval, 50}, {ds, #{stream_shards => 1, message_retention => "1s"}},
+        {ds, #{allow_wildcard_root => true, max_subscriptions_per_client => 2}}, {ds, #{stream_shards => 0}}, {persistence, #{session_ttl => "1h", max_queue_len => 1 bsl 70}},
         {persistence, #{max_message_size => 0}}, {persistence, nope}, {<<"bogus">>, 1}
     ].
 
