@@ -23,6 +23,7 @@ groups() ->
         {cluster, [sequence], [
             main_cases,
             global_views_span_all_shards,
+            durable_streams_spread_over_masters,
             slot_migration_while_writers_run,
             master_frozen_replica_promoted,
             master_killed_replica_promoted_nothing_lost
@@ -103,6 +104,20 @@ main_cases(_Config) ->
 
 %%--------------------------------------------------------------------
 %% cluster
+
+%% The streams of one busy first level live in several slots, on more
+%% than one master: no single hot key.
+durable_streams_spread_over_masters(Config) ->
+    ok = emqx_redis_ds:subscribe(<<"spread">>, <<"busy/#">>),
+    {ok, Default} = emqx_redis_storage_client:default(),
+    ok = test_util:wait_until(fun() -> emqx_redis_ds:filter_matches(Default, <<"busy/x">>) =:= true end, 10000),
+    Msgs = [#{id => integer_to_binary(I), topic => <<"busy/x">>, from => I} || I <- lists:seq(1, 400)],
+    {ok, #{persisted := 400}} = emqx_redis_ds:persist(Msgs),
+    Masters = masters(?config(nodes, Config)),
+    Per = [length(string:lexemes(redis_test_server:cmd(M, ["KEYS", "emqx:ds:m:{busy/*"]), "\n")) || M <- Masters],
+    ct:log("busy streams per master: ~p", [Per]),
+    ?assert(length([N || N <- Per, N > 0]) >= 2, Per),
+    ok = emqx_redis_ds:unsubscribe(<<"spread">>, <<"busy/#">>).
 
 %% Sessions spread over every master; counting and listing see them all.
 global_views_span_all_shards(Config) ->

@@ -3,7 +3,7 @@
 %% unique per call, so runs never depend on an empty Redis.
 -module(storage_checks).
 
--export([all/0, sessions/0, registry/0, messages/0, routes/0]).
+-export([all/0, sessions/0, registry/0, messages/0, routes/0, durable/0]).
 
 -include_lib("stdlib/include/assert.hrl").
 
@@ -11,7 +11,8 @@ all() ->
     ok = sessions(),
     ok = registry(),
     ok = messages(),
-    ok = routes().
+    ok = routes(),
+    ok = durable().
 
 unique(Prefix) ->
     iolist_to_binary([Prefix, integer_to_list(erlang:unique_integer([positive]))]).
@@ -95,3 +96,42 @@ routes() ->
     ok = R:delete_route(Hash, 'keep@h'),
     ?assertEqual({ok, []}, R:match_routes(Exact)),
     ok.
+
+%% Durable messages: subscribe, persist (one skipped), every stream read
+%% back in order per publisher, a watch woken by an append, unsubscribe.
+durable() ->
+    D = emqx_redis_ds,
+    {ok, Default} = emqx_redis_storage_client:default(),
+    Level = unique(<<"d">>),
+    Filter = <<Level/binary, "/+/temp">>,
+    Owner = unique(<<"dsc-">>),
+    ok = D:subscribe(Owner, Filter),
+    ?assertEqual({ok, [Filter]}, D:subscriptions(Owner)),
+    Topic = fun(I) -> <<Level/binary, "/", (integer_to_binary(I rem 7))/binary, "/temp">> end,
+    %% the mirror of durable filters loads on the client's first call
+    ok = test_util:wait_until(fun() -> D:filter_matches(Default, Topic(1)) =:= true end, 10000),
+    Msgs = [#{id => integer_to_binary(I), topic => Topic(I), from => I rem 3, payload => <<I:32>>} || I <- lists:seq(1, 200)],
+    Skipped = #{id => <<"s">>, topic => <<Level/binary, "/1/hum">>},
+    ?assertEqual({ok, #{persisted => 200, skipped => 1}}, D:persist(Msgs ++ [Skipped])),
+    {ok, Streams} = D:get_streams(Filter, 0),
+    Ends = [read_stream(It, []) || S <- Streams, {ok, It} <- [D:make_iterator(S, Filter, 0)]],
+    Read = lists:append([Got || {_, Got} <- Ends]),
+    ?assertEqual(lists:sort(Msgs), lists:sort(Read)),
+    [?assertEqual([M || #{from := F} = M <- Msgs, F =:= From], [M || #{from := F} = M <- Read, F =:= From]) || From <- [0, 1, 2]],
+    Refs = [Ref || {It, _} <- Ends, {ok, Ref} <- [D:watch(It)]],
+    ?assertEqual(length(Streams), length(Refs)),
+    {ok, #{persisted := 1}} = D:persist([#{id => <<"late">>, topic => Topic(0), from => 0}]),
+    receive
+        {emqx_redis_ds, Ref, new_data} -> ?assert(lists:member(Ref, Refs))
+    after 5000 -> error(watch_not_notified)
+    end,
+    [ok = D:unwatch(R) || R <- Refs],
+    ok = D:unsubscribe(Owner, Filter),
+    ?assertEqual({ok, []}, D:subscriptions(Owner)),
+    ok.
+
+read_stream(It, Acc) ->
+    case emqx_redis_ds:next(It, 50) of
+        {ok, It2, []} -> {It2, lists:append(lists:reverse(Acc))};
+        {ok, It2, Msgs} -> read_stream(It2, [Msgs | Acc])
+    end.
