@@ -125,12 +125,14 @@ run(#{port := Port, pool_size := Pool} = Opts) ->
     T0 = erlang:monotonic_time(millisecond),
     Ceilings = phase(Ctx, redis_benchmark, fun() -> redis_benchmark(Ctx) end),
     Memory = phase(Ctx, memory, fun() -> memory() end),
+    {DsRows, Ds} = ds_cases(Ctx),
     Rows = lists:append([
         session_cases(Ctx),
         message_cases(Ctx),
         raw_cases(Ctx),
         match_cases(Ctx),
-        add_route_cases(Ctx)
+        add_route_cases(Ctx),
+        DsRows
     ]),
     Control = control_case(Ctx),
     report(Ctx, #{
@@ -140,6 +142,7 @@ run(#{port := Port, pool_size := Pool} = Opts) ->
         load_after => loadavg(),
         ceilings => Ceilings,
         memory => Memory,
+        ds => Ds,
         rows => [with_ceiling(R, Ceilings) || R <- Rows],
         control => Control,
         events => sysmon_events(maps:get(sysmon, Ctx))
@@ -277,6 +280,208 @@ message_cases(Ctx, Procs, Wanted) ->
         end,
     parallel(Procs, fun(W) -> ok = emqx_redis_message:delete_messages(queue_id(W)) end),
     [Single, Batched, Got, AckedRow].
+
+%%--------------------------------------------------------------------
+%% Durable messages: persist at every concurrency; the cost of one publish
+%% for 1, 100 and 10,000 durable subscribers, persisted once or fanned out
+%% to their queues; replay; memory; read amplification.
+
+-define(DS_LEVELS, 16).
+%% Messages in the streams that the replay case reads.
+-define(DS_REPLAY, 200000).
+
+ds_message(Level, W, N) ->
+    #{
+        id => id(<<"ds-">>, N),
+        topic => <<Level/binary, "/dev/", (integer_to_binary(W))/binary, "/data">>,
+        from => W,
+        qos => 1,
+        payload => ?PAYLOAD,
+        timestamp => 1700000000000 + N
+    }.
+
+ds_level(W) -> <<"ds", (integer_to_binary(W rem ?DS_LEVELS))/binary>>.
+
+%% Persists batches of 100 messages, each worker on a topic of its own.
+ds_persist_step(LevelOf) ->
+    fun(W, N) ->
+        Level = LevelOf(W),
+        Batch = [ds_message(Level, W, N + I) || I <- lists:seq(0, ?BATCH - 1)],
+        Call = fun() ->
+            case emqx_redis_ds:persist(Batch) of
+                {ok, #{persisted := ?BATCH}} -> ok;
+                Other -> {error, Other}
+            end
+        end,
+        {Call, N + ?BATCH}
+    end.
+
+ds_subscribe_all(Ids, Filter) ->
+    parallel(length(Ids), fun(I) -> ok = emqx_redis_ds:subscribe(lists:nth(I, Ids), Filter) end).
+
+ds_wait_filter(Topic) ->
+    {ok, C} = emqx_redis_storage_client:default(),
+    ok = wait_until(fun() -> emqx_redis_ds:filter_matches(C, Topic) =:= true end, 10000).
+
+ds_cases(Ctx) ->
+    case [Op || Op <- [persist, persist_for, fanout_to, replay, ds_memory, ds_amplification], selected(Ctx, Op)] of
+        [] -> {[], undefined};
+        _ -> ds_cases_run(Ctx)
+    end.
+
+ds_cases_run(#{concurrency := Procs} = Ctx) ->
+    flushall(),
+    [ok = emqx_redis_ds:subscribe(<<"bench-ds">>, <<(ds_level(L))/binary, "/#">>) || L <- lists:seq(0, ?DS_LEVELS - 1)],
+    ds_wait_filter(<<(ds_level(?DS_LEVELS - 1))/binary, "/dev/1/data">>),
+    Persist = run_cases(Ctx, persist, ?BATCH, fun(_) -> 0 end, ds_persist_step(fun ds_level/1)),
+    {Subs, SubRows} = lists:unzip([ds_subscribers(Ctx, N) || N <- [1, 100, 10000]]),
+    Replay = ds_replay(Ctx),
+    Memory = phase(Ctx, ds_memory, fun ds_memory/0),
+    Amplification = phase(Ctx, ds_amplification, fun ds_amplification/0),
+    flushall(),
+    _ = Procs,
+    {Persist ++ lists:append(SubRows) ++ Replay, #{subscribers => Subs, memory => Memory, amplification => Amplification}}.
+
+%% One publish for N durable subscribers: persisted once (64 processes,
+%% 100 per call), or stored in each subscriber's queue (store_message, 64
+%% processes; a publish is N calls). With the Redis memory each costs.
+ds_subscribers(Ctx, N) ->
+    flushall(),
+    Level = <<"sub", (integer_to_binary(N))/binary>>,
+    Ids = [id(<<"dsub-">>, I) || I <- lists:seq(1, N)],
+    phase(Ctx, {subscribe, N}, fun() -> ds_subscribe_all(Ids, <<Level/binary, "/#">>) end),
+    ds_wait_filter(<<Level/binary, "/dev/1/data">>),
+    PersistOp = list_to_atom("persist_for_" ++ integer_to_list(N) ++ "_subs"),
+    {PersistRow, _} = run_case(Ctx, PersistOp, 64, ?BATCH, fun(_) -> 0 end, ds_persist_step(fun(_) -> Level end)),
+    M0 = used_memory(),
+    {ok, #{persisted := 1000}} = emqx_redis_ds:persist([ds_message(Level, 1, 1000000 + I) || I <- lists:seq(1, 1000)]),
+    PersistBytes = (used_memory() - M0) / 1000,
+    Ids1 = list_to_tuple(Ids),
+    Fanout = fun(W, K) ->
+        %% Publish K of worker W goes to every subscriber in turn.
+        Queue = element(K rem N + 1, Ids1),
+        Msg = message(id(<<"fan-", (integer_to_binary(W))/binary, "-">>, K div N)),
+        {fun() -> emqx_redis_message:store_message(Queue, Msg) end, K + 1}
+    end,
+    FanOp = list_to_atom("fanout_to_" ++ integer_to_list(N) ++ "_subs"),
+    {FanRow, _} = run_case(Ctx, FanOp, 64, 1, fun(_) -> 0 end, Fanout),
+    flushall(),
+    M1 = used_memory(),
+    Publishes = max(1, 1000 div N),
+    parallel(N, fun(I) ->
+        ok = emqx_redis_message:store_messages(element(I, Ids1), [message(id(<<"mem-">>, P)) || P <- lists:seq(1, Publishes)])
+    end),
+    FanBytes = (used_memory() - M1) / Publishes,
+    #{ops := FanOps} = FanRow,
+    #{items_s := PersistMsgs} = PersistRow,
+    {#{subscribers => N, persist_publishes_s => PersistMsgs, persist_bytes => PersistBytes,
+       fanout_publishes_s => FanOps / N, fanout_bytes => FanBytes},
+     [PersistRow, FanRow]}.
+
+%% next(It, 1000) over streams holding 200,000 messages, every worker
+%% reading from the start again when it reaches the end.
+ds_replay(Ctx) ->
+    case selected(Ctx, replay) of
+        false ->
+            [];
+        true ->
+            flushall(),
+            ok = emqx_redis_ds:subscribe(<<"bench-replay">>, <<"replay/#">>),
+            ds_wait_filter(<<"replay/dev/1/data">>),
+            phase(Ctx, replay_fill, fun() ->
+                parallel(?DS_REPLAY div ?BATCH, fun(B) ->
+                    {ok, _} = emqx_redis_ds:persist([ds_message(<<"replay">>, B rem 64, B * ?BATCH + I) || I <- lists:seq(1, ?BATCH)])
+                end)
+            end),
+            {ok, Streams} = emqx_redis_ds:get_streams(<<"replay/#">>, 0),
+            %% Each iterator from the start, with the number of whole batches
+            %% its stream holds: a worker starts again after those.
+            Starts = list_to_tuple([
+                {It, Len div 1000}
+             || {emqx_redis_ds_stream, 1, Level, Shard} = S <- Streams,
+                {ok, It} <- [emqx_redis_ds:make_iterator(S, <<"replay/#">>, 0)],
+                {ok, Len} <- [emqx_redis_storage:q([<<"XLEN">>, iolist_to_binary(["emqx:ds:m:{", Level, "/", integer_to_list(Shard), "}"])])],
+                Len >= 1000
+            ]),
+            Init = fun(W) -> element(W rem tuple_size(Starts) + 1, Starts) end,
+            %% The state: the iterator, or `pending' when the previous call
+            %% sent its next iterator to the worker itself.
+            Step = fun(W, {Pending, Left0}) ->
+                {It, Left} =
+                    case {Pending, Left0} of
+                        {_, 0} ->
+                            %% Drop the iterator the last call sent.
+                            receive {next, _} -> ok after 0 -> ok end,
+                            Init(W);
+                        {pending, _} -> {receive {next, I} -> I end, Left0};
+                        _ -> {Pending, Left0}
+                    end,
+                Self = self(),
+                Call = fun() ->
+                    case emqx_redis_ds:next(It, 1000) of
+                        {ok, It2, Msgs} when length(Msgs) =:= 1000 -> Self ! {next, It2}, ok;
+                        Other -> Self ! {next, It}, {error, Other}
+                    end
+                end,
+                {Call, {pending, Left - 1}}
+            end,
+            [element(1, run_case(Ctx, replay, P, 1000, Init, Step)) || P <- [1, 64]]
+    end.
+
+%% Redis memory per persisted message with a 100-byte payload.
+ds_memory() ->
+    flushall(),
+    ok = emqx_redis_ds:subscribe(<<"bench-mem">>, <<"mem/#">>),
+    ds_wait_filter(<<"mem/dev/1/data">>),
+    M0 = used_memory(),
+    parallel(1000, fun(B) ->
+        {ok, _} = emqx_redis_ds:persist([ds_message(<<"mem">>, B rem 64, B * ?BATCH + I) || I <- lists:seq(1, ?BATCH)])
+    end),
+    Bytes = (used_memory() - M0) / 100000,
+    Term = byte_size(term_to_binary(maps:remove(topic, ds_message(<<"mem">>, 1, 50000)))),
+    #{messages => 100000, bytes => Bytes, term_bytes => Term}.
+
+%% Entries read over messages returned: `sensors/+/temp' against traffic
+%% where `sensors/' is 1% (half of it temp), and `+/dev/7/data' (a wildcard
+%% first level: every stream).
+ds_amplification() ->
+    flushall(),
+    {ok, Wide} = emqx_redis_storage:connect(#{
+        redis => #{servers => maps:get(servers, redis_info())}, ds => #{allow_wildcard_root => true}
+    }),
+    ok = emqx_redis_ds:subscribe(Wide, <<"amp">>, <<"#">>),
+    ok = wait_until(fun() -> emqx_redis_ds:filter_matches(Wide, <<"x">>) =:= true end, 10000),
+    Bulk = [ds_message(ds_level(N), N rem 64, N) || N <- lists:seq(1, 99000)],
+    Sensors = [
+        #{id => id(<<"s-">>, N), topic => <<"sensors/", (integer_to_binary(N))/binary, "/", Kind/binary>>, payload => ?PAYLOAD}
+     || N <- lists:seq(1, 500), Kind <- [<<"temp">>, <<"hum">>]
+    ],
+    [{ok, _} = emqx_redis_ds:persist(Wide, B) || B <- chunks(Bulk ++ Sensors, 1000)],
+    Measure = fun(Filter) ->
+        {ok, Streams} = emqx_redis_ds:get_streams(Wide, Filter, 0),
+        lists:foldl(
+            fun({emqx_redis_ds_stream, 1, Level, Shard}, {Read, Returned}) ->
+                {R, N} = scan_all(Wide, {Level, Shard}, Filter, {0, 0}, 0, 0),
+                {Read + R, Returned + N}
+            end,
+            {0, 0},
+            Streams
+        )
+    end,
+    [{F, Measure(F)} || F <- [<<"sensors/+/temp">>, <<"+/dev/7/data">>]].
+
+redis_info() ->
+    {ok, C} = emqx_redis_storage_client:default(),
+    #{servers := [Server]} = emqx_redis_storage_client:info(C),
+    #{servers => Server}.
+
+%% Every entry of a stream through the NIF, which reports the entries read.
+scan_all(Client, Stream, Filter, Pos, Read, Returned) ->
+    {ok, {Ms, Seq, Msgs, Scanned}} = emqx_redis_storage_client:call(Client, ds_next, [Stream, Filter, Pos, 10000]),
+    case Scanned of
+        0 -> {Read, Returned};
+        _ -> scan_all(Client, Stream, Filter, {Ms, Seq}, Read + Scanned, Returned + length(Msgs))
+    end.
 
 raw_cases(Ctx) ->
     Value = ?PAYLOAD,
@@ -434,7 +639,7 @@ run_case(#{sysmon := Sysmon, warmup_ms := Warmup, duration_ms := Duration} = Ctx
             vm_us => PerItem(VmCpu / 100 * Elapsed * 1.0e6),
             redis_us => PerItem(RedisCpu / 100 * Elapsed * 1.0e6),
             redis_exec_us => PerItem(ExecUs),
-            notes => [io_lib:format("first error: ~0p", [E]) || {_, _, _, E} <- lists:sublist([D || {_, _, N, _} = D <- Done, N > 0], 1)]
+            notes => [lists:sublist(lists:flatten(io_lib:format("first error: ~0p", [E])), 300) || {_, _, _, E} <- lists:sublist([D || {_, _, N, _} = D <- Done, N > 0], 1)]
         },
         Cpu
     ),
@@ -798,6 +1003,7 @@ markdown(Ctx, Run) ->
         ),
         notes_md(Rows),
         memory_md(Run),
+        ds_md(Run),
         long_schedule_md(Run),
         targets_md(Run)
     ].
@@ -854,6 +1060,33 @@ memory_md(#{memory := M}) ->
             ["session (save_session)", fmt_int(S), io_lib:format("~b B", [ST]), fmt_int(SB)],
             ["queued message, 100-byte payload (store_messages, 100 per queue)", fmt_int(N),
              io_lib:format("~b B", [MT]), fmt_int(MB)]
+        ]),
+        "\n"
+    ].
+
+ds_md(#{ds := undefined}) ->
+    "";
+ds_md(#{ds := #{subscribers := Subs, memory := Mem, amplification := Amp}}) ->
+    #{bytes := Bytes, term_bytes := Term, messages := N} = Mem,
+    [
+        "## Durable messages: one publish for N subscribers\n\n",
+        "persist: the message stored once (64 processes, 100 per call). fan-out: the same message stored in "
+        "each subscriber's queue (store_message, 64 processes; one publish is N calls). Bytes: Redis "
+        "`used_memory` per publish.\n\n",
+        table(["durable subscribers", "persist publishes/s", "persist bytes/publish", "fan-out publishes/s", "fan-out bytes/publish"], [
+            [fmt_int(S), fmt_int(P), fmt_int(PB), fmt_int(F), fmt_int(FB)]
+         || #{subscribers := S, persist_publishes_s := P, persist_bytes := PB, fanout_publishes_s := F, fanout_bytes := FB} <- Subs
+        ]),
+        io_lib:format(
+            "\nRedis memory per persisted message (~s messages, 100-byte payload, ~b-byte encoded term without the "
+            "topic): ~s bytes.\n\n",
+            [fmt_int(N), Term, fmt_int(Bytes)]
+        ),
+        "Read amplification (entries read by next/2 over messages returned; 100,000 messages of which 1% "
+        "under `sensors/`, half of those `sensors/+/temp`):\n\n",
+        table(["filter", "entries read", "messages returned", "read / returned"], [
+            [["`", F, "`"], fmt_int(R), fmt_int(M), io_lib:format("~.1f", [R / max(1, M)])]
+         || {F, {R, M}} <- Amp
         ]),
         "\n"
     ].
@@ -976,6 +1209,13 @@ targets_md(#{rows := Rows, ceilings := C, events := Events}) ->
          io_lib:format("~s/s, p99 ~s µs", [fmt_int(Ops), fmt_us(P99)]), Verdict(Ops >= 500000 andalso P99 < 50)]
      || #{ops := Ops, p99_us := P99, procs := P} <- Best(match_local_100k)
     ],
+    Ds = [
+        [io_lib:format("persist >= 400,000 msg/s at 64 procs", []), io_lib:format("~s msg/s", [fmt_int(M)]), Verdict(M >= 400000)]
+     || #{items_s := M} <- Find(persist, 64)
+    ] ++ [
+        ["replay next(It, 1000) >= 1,000,000 msg/s (best)", io_lib:format("~s msg/s (~b procs)", [fmt_int(M), P]), Verdict(M >= 1000000)]
+     || #{items_s := M, procs := P} <- Best(replay)
+    ],
     Ours = length([E || {_, Who, Info} = E <- Events, ours(event_where(Who, Info))]),
     Control = length([E || {{control_pure_erlang, _}, _, _} = E <- Events]),
     Sched = [[
@@ -988,7 +1228,7 @@ targets_md(#{rows := Rows, ceilings := C, events := Events}) ->
     ]],
     [
         "## Targets (reported, not asserted)\n\n",
-        table(["target", "measured", ""], Single ++ Batch ++ Save ++ Match ++ Sched),
+        table(["target", "measured", ""], Single ++ Batch ++ Save ++ Match ++ Ds ++ Sched),
         "\n"
     ].
 

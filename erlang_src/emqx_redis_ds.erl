@@ -171,10 +171,10 @@ next(Client, It, BatchSize) ->
     checked(Client, [batch_size(BatchSize)], fun() ->
         with_iterator(Client, It, fun(Level, Shard, Filter, Ms, Seq) ->
         case call(Client, ds_next, [{Level, Shard}, Filter, {Ms, Seq}, BatchSize]) of
-            {ok, {Ms2, Seq2, Entries, _Scanned}} ->
-                case decode_all(Entries, []) of
-                    {ok, Msgs} -> {ok, ?IT(Level, Shard, Filter, Ms2, Seq2), Msgs};
-                    {error, _} = Error -> Error
+            {ok, {Ms2, Seq2, Msgs, _Scanned}} ->
+                case lists:member(corrupt, Msgs) of
+                    false -> {ok, ?IT(Level, Shard, Filter, Ms2, Seq2), Msgs};
+                    true -> emqx_redis_storage_terms:corrupt(durable_message, <<"not a message we persisted">>)
                 end;
             {error, _} = Error ->
                 Error
@@ -322,18 +322,6 @@ encode(Msg, _MaxSize) when is_map(Msg) ->
     {error, {invalid_message, {id, missing}}};
 encode(Msg, _MaxSize) ->
     {error, {invalid_message, Msg}}.
-
-decode_all([], Acc) ->
-    {ok, lists:reverse(Acc)};
-decode_all([{Topic, Body} | Rest], Acc) ->
-    case emqx_redis_storage_terms:decode(durable_message, Body) of
-        {ok, #{id := Id} = Msg} when is_binary(Id), not is_map_key(topic, Msg) ->
-            decode_all(Rest, [Msg#{topic => Topic} | Acc]);
-        {ok, _} ->
-            emqx_redis_storage_terms:corrupt(durable_message, <<"not a message we persisted">>);
-        {error, _} = Error ->
-            Error
-    end.
 
 call(Client, Fun, Args) ->
     emqx_redis_storage_client:call(Client, Fun, Args).

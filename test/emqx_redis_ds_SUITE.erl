@@ -428,13 +428,18 @@ stored_garbage_is_corrupt(_Config) ->
     Key = iolist_to_binary(["emqx:ds:m:{g/", integer_to_list(Shard), "}"]),
     {ok, It} = ?DS:make_iterator(Stream, <<"g/#">>, 0),
     {ok, End, [_]} = ?DS:next(It, 10),
+    Entry = fun(T, B) -> <<(byte_size(T)):16, T/binary, B/binary>> end,
     Garbage = [
         {[<<"x">>, <<"1">>], durable_stream},
-        {[<<"t">>, <<"g/a">>, <<"m">>, <<"notaterm">>], durable_message},
-        {[<<"t">>, <<"g/a">>, <<"m">>, term_to_binary([not_a_map])], durable_message},
-        {[<<"t">>, <<"g/a">>, <<"m">>, term_to_binary(#{id => <<"x">>, topic => <<"g/b">>})], durable_message},
-        {[<<"t">>, <<"other/a">>, <<"m">>, term_to_binary(#{id => <<"x">>})], durable_stream},
-        {[<<"t">>, <<"g/+">>, <<"m">>, term_to_binary(#{id => <<"x">>})], durable_stream}
+        {[<<"m">>, <<0>>], durable_stream},
+        {[<<"m">>, Entry(<<"g/a">>, <<>>), <<"t">>, <<"y">>], durable_stream},
+        {[<<"m">>, Entry(<<"other/a">>, term_to_binary(#{id => <<"x">>}))], durable_stream},
+        {[<<"m">>, Entry(<<"g/+">>, term_to_binary(#{id => <<"x">>}))], durable_stream},
+        {[<<"m">>, Entry(<<"g/a">>, <<"notaterm">>)], durable_message},
+        {[<<"m">>, Entry(<<"g/a">>, term_to_binary([not_a_map]))], durable_message},
+        {[<<"m">>, Entry(<<"g/a">>, term_to_binary(#{id => <<"x">>, topic => <<"g/b">>}))], durable_message},
+        {[<<"m">>, Entry(<<"g/a">>, term_to_binary(#{id => 1}))], durable_message},
+        {[<<"m">>, Entry(<<"g/a">>, <<(term_to_binary(#{id => <<"x">>}))/binary, 0>>)], durable_message}
     ],
     lists:foldl(
         fun({Fields, Kind}, From) ->

@@ -822,7 +822,7 @@ gen_command() ->
         {1, ?LET(Key, elements(library_keys()), [<<"LPUSH">>, Key, <<"x">>])},
         {1, ?LET(Payload, binary(), [<<"PUBLISH">>, <<"emqx:rt:events">>, Payload])},
         {1, ?LET(Payload, binary(), [<<"PUBLISH">>, elements([<<"emqx:ds:f:events">>, <<"emqx:ds:appends">>]), Payload])},
-        {1, ?LET(Fields, list(gen_leaf()), [<<"XADD">>, <<"emqx:ds:m:{a/0}">>, <<"*">> | Fields])},
+        {1, ?LET(Fields, list(gen_leaf()), [<<"XADD">>, <<"emqx:ds:m:{a/0}">>, <<"*">>, <<"m">> | Fields])},
         {1, list(gen_any())},
         {1, ?LET(Cmd, list(gen_leaf()), [<<"ECHO">> | Cmd])},
         {1, ?LET(L, gen_leaf(), [<<"PING">> | L])}

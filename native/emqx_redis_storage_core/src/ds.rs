@@ -349,10 +349,8 @@ pub async fn persist(client: &Client, ds: &Durable, msgs: Vec<ToPersist>) -> Res
                     .arg("~")
                     .arg(min_id)
                     .arg("*")
-                    .arg("t")
-                    .arg(&msg.topic)
                     .arg("m")
-                    .arg(&msg.body);
+                    .arg(entry(&msg.topic, &msg.body));
             }
             let ids = client
                 .write_pipeline(&pipe)
@@ -409,6 +407,28 @@ async fn register_levels<'a>(
         .unwrap_or_else(|e| e.into_inner())
         .extend(new);
     Ok(())
+}
+
+/// A stream entry's one field: the topic's length (two bytes, big-endian),
+/// the topic, the body. One field per entry keeps the replies of a replay
+/// short (and the topic is at most 65535 bytes, as MQTT's are).
+fn entry(topic: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + topic.len() + body.len());
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic);
+    out.extend_from_slice(body);
+    out
+}
+
+/// `(topic, body)` of an entry we wrote, with a valid topic name.
+fn parse_entry(mut entry: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let len = u16::from_be_bytes([*entry.first()?, *entry.get(1)?]) as usize;
+    if entry.len() < 2 + len {
+        return None;
+    }
+    let body = entry.split_off(2 + len);
+    entry.drain(..2);
+    topic::validate_name(&entry).is_ok().then_some((entry, body))
 }
 
 /// `level \0 shard \0 ms-seq` per stream, NUL-joined (no topic holds NUL).
@@ -529,11 +549,12 @@ pub async fn next(
         for (id, fields) in entries {
             let pos = Pos::parse(&id)
                 .ok_or_else(|| Error::corrupt("durable_stream", "an entry id we did not get"))?;
-            let (topic, body) = match <[Vec<u8>; 4]>::try_from(fields) {
-                Ok([t, topic, m, body]) if t == b"t" && m == b"m" => (topic, body),
+            let (topic, body) = match <[Vec<u8>; 2]>::try_from(fields) {
+                Ok([m, value]) if m == b"m" => parse_entry(value)
+                    .ok_or_else(|| Error::corrupt("durable_stream", "an entry we did not write"))?,
                 _ => return Err(Error::corrupt("durable_stream", "an entry we did not write")),
             };
-            if topic::validate_name(&topic).is_err() || first_level(&topic) != stream.level {
+            if first_level(&topic) != stream.level {
                 return Err(Error::corrupt("durable_stream", "an entry with a topic of another stream"));
             }
             batch.next = pos.after();
@@ -856,6 +877,17 @@ mod tests {
         assert_eq!(decode_appends(b"a\x001"), None);
         assert_eq!(decode_appends(b"a/b\x001\x001-1"), None, "not a first level");
         assert_eq!(decode_appends(b"a\x00x\x001-1"), None);
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let e = entry(b"a/b", b"\x83body");
+        assert_eq!(&e[..5], b"\x00\x03a/b");
+        assert_eq!(parse_entry(e), Some((b"a/b".to_vec(), b"\x83body".to_vec())));
+        assert_eq!(parse_entry(entry(b"", b"x")), None, "not a topic");
+        assert_eq!(parse_entry(entry(b"a/+", b"x")), None, "not a topic name");
+        assert_eq!(parse_entry(b"\x00\x09a/b".to_vec()), None, "too short");
+        assert_eq!(parse_entry(b"\x00".to_vec()), None);
     }
 
     #[test]

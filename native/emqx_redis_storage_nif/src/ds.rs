@@ -11,7 +11,7 @@ use crate::runtime::spawn_admitted;
 use crate::term::Out;
 
 mod atoms {
-    rustler::atoms! { ok, error, emqx_redis_ds, new_data }
+    rustler::atoms! { ok, error, emqx_redis_ds, new_data, topic, id, corrupt }
 }
 
 fn badarg<'a>(env: Env<'a>) -> Term<'a> {
@@ -127,7 +127,38 @@ fn ds_streams<'a>(
     })
 }
 
-/// Replies `{Ms, Seq, [{Topic, Body}], Scanned}`: the next position, the
+/// The messages of a batch, decoded into the reply's own environment: a
+/// stored body is a map without `topic` (it is put back here) and with a
+/// binary `id`; anything else becomes the atom `corrupt` in its place.
+struct Messages(Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Encoder for Messages {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let topic_key = atoms::topic().encode(env);
+        let id_key = atoms::id().encode(env);
+        let decoded: Vec<Term<'a>> = self
+            .0
+            .iter()
+            .map(|(topic, body)| {
+                env.binary_to_term(body)
+                    .filter(|(msg, used)| {
+                        *used == body.len()
+                            && msg.map_get(topic_key).is_err()
+                            && msg.map_get(id_key).is_ok_and(|id| id.is_binary())
+                    })
+                    .and_then(|(msg, _)| {
+                        let mut bin = rustler::OwnedBinary::new(topic.len());
+                        bin.as_mut_slice().copy_from_slice(topic);
+                        msg.map_put(topic_key, Binary::from_owned(bin, env)).ok()
+                    })
+                    .unwrap_or_else(|| atoms::corrupt().encode(env))
+            })
+            .collect();
+        decoded.encode(env)
+    }
+}
+
+/// Replies `{Ms, Seq, [Msg | corrupt], Scanned}`: the next position, the
 /// matching messages and how many entries were read.
 #[rustler::nif]
 #[allow(clippy::too_many_arguments)]
@@ -150,19 +181,7 @@ fn ds_next<'a>(
     spawn_admitted(env, client.admit("ds_next"), reply_ref, async move {
         client.ds.start(&client);
         let batch = ds::next(&client, &stream, &filter, Pos { ms, seq }, n).await?;
-        let as_int = |n: u64| Out::Int(n.min(i64::MAX as u64) as i64);
-        Ok(Out::Tuple(vec![
-            as_int(batch.next.ms),
-            as_int(batch.next.seq),
-            Out::List(
-                batch
-                    .msgs
-                    .into_iter()
-                    .map(|(t, b)| Out::Tuple(vec![Out::Bin(t), Out::Bin(b)]))
-                    .collect(),
-            ),
-            Out::Int(batch.scanned as i64),
-        ]))
+        Ok((batch.next.ms, batch.next.seq, Messages(batch.msgs), batch.scanned))
     })
 }
 
