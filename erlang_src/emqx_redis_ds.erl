@@ -122,7 +122,7 @@ subscriptions(Client, ClientId) ->
 -spec persist(client(), [message()]) ->
     {ok, #{persisted := non_neg_integer(), skipped := non_neg_integer()}} | {error, term()}.
 persist(Client, Msgs) ->
-    checked(Client, [batch(Msgs)], fun() ->
+    checked(Client, [emqx_redis_storage_terms:batch(Msgs, ?MAX_BATCH)], fun() ->
         #{max_message_size := MaxSize} = emqx_redis_storage_client:settings(Client),
         case encode_all(Msgs, MaxSize, 0, []) of
             {ok, []} ->
@@ -278,13 +278,6 @@ valid_level(_) ->
 valid_shard(Client, Shard) ->
     #{ds := #{stream_shards := Shards}} = emqx_redis_storage_client:settings(Client),
     is_integer(Shard) andalso Shard >= 0 andalso Shard < Shards.
-
-batch(Msgs) ->
-    case emqx_redis_storage_terms:list_length(Msgs) of
-        {ok, N} when N =< ?MAX_BATCH -> ok;
-        {ok, N} -> {error, {batch_too_large, #{count => N, max => ?MAX_BATCH}}};
-        error -> {error, {invalid_batch, Msgs}}
-    end.
 
 %% `[{Topic, Body, FromHash}]' for the NIF, or the first problem found. The
 %% body leaves the topic out (the stream entry holds it once).

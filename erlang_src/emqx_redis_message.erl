@@ -84,7 +84,8 @@ store_message(Client, ClientId, Msg) ->
 %% crossed the limit of 8 MiB; split the batch).
 -spec store_messages(client(), client_id(), [message()]) -> ok | {error, term()}.
 store_messages(Client, ClientId, Msgs) ->
-    checked(Client, [emqx_redis_storage_terms:client_id(ClientId), batch(Msgs)], fun() ->
+    Checks = [emqx_redis_storage_terms:client_id(ClientId), emqx_redis_storage_terms:batch(Msgs, ?MAX_BATCH)],
+    checked(Client, Checks, fun() ->
         #{message_ttl := Ttl, max_message_size := MaxSize, max_queue_len := MaxLen} =
             emqx_redis_storage_client:settings(Client),
         case encode_all(Msgs, min(Ttl, ?MAX_EXPIRY), MaxSize, 0, []) of
@@ -96,13 +97,6 @@ store_messages(Client, ClientId, Msgs) ->
                 Error
         end
     end).
-
-batch(Msgs) ->
-    case emqx_redis_storage_terms:list_length(Msgs) of
-        {ok, N} when N =< ?MAX_BATCH -> ok;
-        {ok, N} -> {error, {batch_too_large, #{count => N, max => ?MAX_BATCH}}};
-        error -> {error, {invalid_batch, Msgs}}
-    end.
 
 %% `[{Id, TtlMs, Body}]' for the NIF, or the first problem found.
 encode_all([], _Ttl, _MaxSize, _Bytes, Acc) ->

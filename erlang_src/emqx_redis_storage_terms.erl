@@ -2,7 +2,7 @@
 %% of what Redis returns back into terms, with a bound on new atoms.
 -module(emqx_redis_storage_terms).
 
--export([client_id/1, node_name/1, to_node/2, encode/2, decode/2, corrupt/2]).
+-export([batch/2, client_id/1, node_name/1, to_node/2, encode/2, decode/2, corrupt/2]).
 -export([owner_to_bin/1, bin_to_owner/1, ms/1]).
 -export([list_length/1, allow_new_atoms/0]).
 
@@ -26,6 +26,16 @@ list_length(List) ->
         N -> {ok, N}
     catch
         error:badarg -> error
+    end.
+
+%% @doc `ok' for a proper list of at most `Max' elements: a batch of a call.
+-spec batch(term(), pos_integer()) ->
+    ok | {error, {batch_too_large, #{count := non_neg_integer(), max := pos_integer()}} | {invalid_batch, term()}}.
+batch(List, Max) ->
+    case list_length(List) of
+        {ok, N} when N =< Max -> ok;
+        {ok, N} -> {error, {batch_too_large, #{count => N, max => Max}}};
+        error -> {error, {invalid_batch, List}}
     end.
 
 %% @doc A node name as stored in Redis: an atom shaped like a node name
