@@ -1328,28 +1328,6 @@ impl Client {
         Ok(value)
     }
 
-    /// Commands that write, in order on one connection (their keys share a
-    /// slot on a cluster); see `write_eval`. The replies of the commands.
-    pub async fn write_pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
-        let wanted = self.backend.config.wait_replicas;
-        if wanted == 0 {
-            return self.backend.pipeline(pipe).await;
-        }
-        let mut pipe = pipe.clone();
-        pipe.cmd("WAIT")
-            .arg(wanted)
-            .arg(self.backend.config.wait_timeout.as_millis() as u64);
-        let mut values: Vec<Value> = self.backend.pipeline(&pipe).await?;
-        let acked = match values.pop() {
-            Some(Value::Int(n)) => n.clamp(0, u32::MAX as i64) as u32,
-            _ => return Err(Error::corrupt("reply", "WAIT gave no count")),
-        };
-        if acked < wanted {
-            return Err(Error::NotReplicated { acked, wanted });
-        }
-        Ok(values)
-    }
-
     /// Loads a script on every node that may run it.
     pub async fn load_script(&self, script: &Lua) -> Result<()> {
         let mut load = redis::cmd("SCRIPT");

@@ -14,12 +14,13 @@
 //! - **Positions.** A stream entry's id (`ms-seq`) is given by Redis and is
 //!   greater than every id the stream ever held: every message appended sorts
 //!   after every iterator position, so an iterator misses nothing.
-//! - **Retention.** Appends trim what is older than the retention (`MINID ~`,
-//!   whole nodes: cheap), and a sweeper on every client trims exactly, also
+//! - **Appends.** One script per stream and `persist` call appends its
+//!   messages, trims what is older than the retention (`MINID ~`, whole
+//!   nodes: cheap) and publishes the new last id.
+//! - **Retention.** Besides the trimming of appends, and a sweeper on every client trims exactly, also
 //!   streams nobody appends to any more.
-//! - **Watch.** Every append publishes `ds:appends` once per call and
-//!   stream; each client listens on one connection and wakes the watchers of
-//!   those streams whose position the append passed.
+//! - **Watch.** Each client listens on `ds:appends` on one connection and
+//!   wakes the watchers of those streams whose position an append passed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -38,6 +39,7 @@ use crate::topic;
 static SUBSCRIBE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(&[include_str!("lua/ds_subscribe.lua")]));
 static HOLD: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/ds_hold.lua")]));
+static APPEND: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/ds_append.lua")]));
 
 /// Shards of the durable filter table.
 pub const FILTER_SHARDS: u16 = 16;
@@ -337,41 +339,21 @@ pub async fn persist(client: &Client, ds: &Durable, msgs: Vec<ToPersist>) -> Res
     let min_id = now_ms()
         .saturating_sub(ds.config.retention.as_millis() as u64)
         .to_string();
+    let channel = keys.ds_appends();
     let appends = by_stream.into_iter().map(|(stream, msgs)| {
         let key = keys.ds_stream(&stream.level, stream.shard);
-        let min_id = &min_id;
+        let shard = stream.shard.to_string();
+        let entries: Vec<Vec<u8>> = msgs.iter().map(|m| entry(&m.topic, &m.body)).collect();
+        let (min_id, channel) = (&min_id, &channel);
         async move {
-            let mut pipe = redis::pipe();
-            for msg in &msgs {
-                pipe.cmd("XADD")
-                    .arg(&key)
-                    .arg("MINID")
-                    .arg("~")
-                    .arg(min_id)
-                    .arg("*")
-                    .arg("m")
-                    .arg(entry(&msg.topic, &msg.body));
-            }
-            let ids = client
-                .write_pipeline(&pipe)
-                .await
-                .map_err(|e| e.of("durable_stream"))?;
-            let last = ids
-                .last()
-                .and_then(|id| match id {
-                    Value::BulkString(id) => Pos::parse(id),
-                    _ => None,
-                })
-                .ok_or_else(|| Error::corrupt("durable_stream", "XADD gave no entry id"))?;
-            Ok::<_, Error>((stream, last))
+            let mut args: Vec<&[u8]> = Vec::with_capacity(4 + entries.len());
+            args.extend([&channel[..], &stream.level, shard.as_bytes(), min_id.as_bytes()]);
+            args.extend(entries.iter().map(Vec::as_slice));
+            let _last: Vec<u8> = client.write_eval(&APPEND, &[&key], &args).await?;
+            Ok::<_, Error>(())
         }
     });
-    let appended = futures::future::try_join_all(appends).await?;
-    let mut publish = redis::cmd("PUBLISH");
-    publish
-        .arg(keys.ds_appends())
-        .arg(encode_appends(&appended));
-    client.query::<i64>(&publish).await?;
+    futures::future::try_join_all(appends).await?;
     Ok(persisted)
 }
 
@@ -431,22 +413,8 @@ fn parse_entry(mut entry: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
     topic::validate_name(&entry).is_ok().then_some((entry, body))
 }
 
-/// `level \0 shard \0 ms-seq` per stream, NUL-joined (no topic holds NUL).
-fn encode_appends(appended: &[(Stream, Pos)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (stream, pos) in appended {
-        if !out.is_empty() {
-            out.push(0);
-        }
-        out.extend_from_slice(&stream.level);
-        out.push(0);
-        out.extend_from_slice(stream.shard.to_string().as_bytes());
-        out.push(0);
-        out.extend_from_slice(pos.id().as_bytes());
-    }
-    out
-}
-
+/// What `ds_append.lua` publishes: `level \0 shard \0 ms-seq` (no topic
+/// holds NUL), one stream per message; several may be NUL-joined.
 fn decode_appends(payload: &[u8]) -> Option<Vec<(Stream, Pos)>> {
     let parts: Vec<&[u8]> = payload.split(|&b| b == 0).collect();
     if parts.len() % 3 != 0 {
@@ -723,7 +691,7 @@ impl Watchers {
 }
 
 fn stream_id(stream: &Stream) -> Vec<u8> {
-    encode_appends(&[(stream.clone(), Pos { ms: 0, seq: 0 })])
+    [&stream.level[..], b"\0", stream.shard.to_string().as_bytes()].concat()
 }
 
 /// Calls `notify` once as soon as `stream` holds an entry at or after
@@ -873,7 +841,7 @@ mod tests {
                 Pos { ms: 11, seq: 0 },
             ),
         ];
-        assert_eq!(decode_appends(&encode_appends(&appended)), Some(appended));
+        assert_eq!(decode_appends(b"sensors\x003\x0010-2\x00\x000\x0011-0"), Some(appended));
         assert_eq!(decode_appends(b"a\x001"), None);
         assert_eq!(decode_appends(b"a/b\x001\x001-1"), None, "not a first level");
         assert_eq!(decode_appends(b"a\x00x\x001-1"), None);
