@@ -38,9 +38,9 @@
 %% long before.
 -define(MAX_BATCHES, 6000).
 
-%% @doc Loads the code on both nodes; A's durable clients (those of clients 1..N whose fence is in
-%% `Fences') subscribe, and A starts its stream; returns once the stream is
-%% under way (A goes on publishing).
+%% @doc Loads the code on both nodes; A's durable clients (those of
+%% clients 1..N whose fence is in `Fences') subscribe, and A starts its
+%% stream; returns once the stream is under way (A goes on publishing).
 -spec start(node(), node(), pos_integer(), [{pos_integer(), integer()}]) -> map().
 start(A, B, N, Fences) ->
     Drop = int_env("DROP_DURABLE", 0, 0, 1000000),
@@ -115,9 +115,10 @@ resume(B, #{clients := Durable, plan := Plan, drop := Drop} = State, TakeOver) -
     IsDurable = maps:from_keys(Durable, true),
     Clients = [{I, Fence} || {I, _, Fence} <- TakeOver, is_map_key(I, IsDurable)],
     {Resumed, Ms} = phase("B: resumes durable sessions", length(Clients), fun(P) -> rpc(B, resume, [Clients, P]) end),
-    say("B: resumed ~b durable sessions from the iterators of their last commit: ~b messages delivered, "
+    say("B: resumed ~b of ~b durable sessions from the iterators of their last commit: ~b messages delivered, "
         "new iterators committed under B's fences (~s)",
-        [length(Resumed), lists:sum([length(Msgs) || #{delivered := Msgs} <- Resumed]), seconds(Ms)]),
+        [length([ok || #{checkpoint := C} <- Resumed, C =/= none]), length(Clients),
+         lists:sum([length(Msgs) || #{delivered := Msgs} <- Resumed]), seconds(Ms)]),
     Judged = judge(State#{resumed => Resumed}),
     State#{resumed => Resumed, judged => Judged}.
 

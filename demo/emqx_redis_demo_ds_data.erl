@@ -3,8 +3,8 @@
 %% number alone: node A publishes these batches, and the controller
 %% computes them again to judge what the clients got.
 %%
-%% The durable clients are every 10th client among the online ones
-%% (clients 1, 11, 31, 41, ...). They are grouped in sites of about
+%% The durable clients are clients 1, 11, 21, ... that are online (1, 11,
+%% 31, 41, ...). They are grouped in sites of about
 %% ?PER_SITE clients; each client subscribes durably to its site's status
 %% (`site<G>/status/#', shared by the site's clients) and to its own
 %% commands (`site<G>/cmd/<client id>'). Each batch holds, per site, two

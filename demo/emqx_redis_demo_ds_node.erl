@@ -91,7 +91,7 @@ publish(B, #{plan := Plan} = Stream, Interval, Start, Deliverers, Collector) ->
     timer:sleep(max(0, Start + (B - 1) * Interval - erlang:monotonic_time(millisecond))),
     Result = emqx_redis_ds:persist(emqx_redis_demo_ds_data:batch(B, Plan)),
     ok = call(Collector, {persisted, B, Result}),
-    [D ! {batch, B} || D <- Deliverers],
+    lists:foreach(fun(D) -> D ! {batch, B} end, Deliverers),
     publish(B + 1, Stream, Interval, Start, Deliverers, Collector).
 
 %% One delivery process: after each batch (the latest one, if several came
@@ -118,7 +118,7 @@ latest_batch(B) ->
 deliver_client(#{i := I, iterators := Iterators, checkpoint := Checkpoint} = C, Collector) ->
     {Iterators2, Msgs, Errors} = read(Iterators),
     Msgs =:= [] orelse (Collector ! {delivered, I, Checkpoint, Msgs}),
-    [Collector ! {read_error, I, E} || E <- Errors],
+    lists:foreach(fun(E) -> Collector ! {read_error, I, E} end, Errors),
     C#{iterators := Iterators2}.
 
 commit_client(#{i := I, session := Session, fence := Fence, iterators := Iterators, checkpoint := Checkpoint} = C, Collector) ->

@@ -19,7 +19,7 @@
     "clients (leases)", "sessions", "queued QoS 1 messages", "durable messages", "registry entries", "routes",
     "match_routes answers"
 ]).
-%% The durable clients: every 10th client among the online ones.
+%% The durable clients of ?CLIENTS: clients 1, 11, 21, ... that are online.
 -define(DURABLE_CLIENTS, 20).
 
 all() ->
