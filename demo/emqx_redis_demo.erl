@@ -21,6 +21,8 @@
 -module(emqx_redis_demo).
 
 -export([main/0]).
+%% For the durable sessions' part (emqx_redis_demo_ds).
+-export([say/2, phase/3, fail/2, int_env/4]).
 
 -import(emqx_redis_demo_data, [online/1]).
 -import(emqx_redis_demo_report, [seconds/1]).
@@ -57,6 +59,7 @@ settings() ->
         dir => os:getenv("DEMO_DIR", "")
     }.
 
+-spec int_env(string(), integer(), integer(), integer()) -> integer().
 int_env(Name, Default, Min, Max) ->
     case os:getenv(Name, "") of
         "" ->
@@ -133,6 +136,8 @@ take_over_demo(N, LeaseMs, Drop, A, B) ->
     say("A: ~b clients: ~b leases and fenced sessions, ~b channels registered, ~b QoS 1 messages queued "
         "for ~b offline clients, ~b routes (~s)",
         [N, length(Fences), length(Online), Messages, N - length(Online), RoutesAdded, seconds(LoadMs)]),
+    %% Durable sessions: A starts publishing, and is killed while it does.
+    Durable = emqx_redis_demo_ds:start(A, B, N, Fences),
     {RenewErrors, RenewMs} = phase("A: renews its leases", N, fun(P) -> rpc(A, renew, [Fences, LeaseMs, P]) end),
     RenewErrors =:= [] orelse fail("A could not renew its leases: ~p", [lists:sublist(RenewErrors, 3)]),
     say("A: renewed its ~b leases for ~b ms, as a live node keeps doing (~s)", [length(Fences), LeaseMs, seconds(RenewMs)]),
@@ -141,6 +146,7 @@ take_over_demo(N, LeaseMs, Drop, A, B) ->
     Killed = now_ms(),
     OsPid = kill(A),
     say("A: killed with SIGKILL (OS pid ~s): no shutdown, nothing flushed, its leases still held", [OsPid]),
+    DurableKilled = emqx_redis_demo_ds:killed(Durable),
     Dropped = drop_sessions(B, N, Drop),
 
     %% B takes over.
@@ -162,6 +168,7 @@ take_over_demo(N, LeaseMs, Drop, A, B) ->
         [count(RoutesRemoved), count(RoutesRestored), seconds(RoutesMs)]),
     TakeoverMs = now_ms() - Killed,
     say("B: took over all clients ~s after A died", [seconds(TakeoverMs)]),
+    DurableResumed = emqx_redis_demo_ds:resume(B, DurableKilled, Plan),
 
     %% What B sees now.
     Table = emqx_redis_demo_data:route_table(N, B),
@@ -171,6 +178,7 @@ take_over_demo(N, LeaseMs, Drop, A, B) ->
         [N, N, length(maps:get(filters, Seen)), length(Topics), seconds(InspectMs)]),
     [say("  match_routes(~s) -> ~s", [T, show_dests(Answer, B)]) || {T, Answer} <- lists:sublist(maps:get(matches, Seen), 9)],
     #{
+        durable => DurableResumed,
         n => N, a => A, b => B, fences => FenceOf, leases => maps:from_list(Leases), held_by_a => HeldByA,
         clients => maps:from_list([{I, C} || #{i := I} = C <- Clients]),
         registry_removed => RegistryRemoved, register_errors => RegisterErrors,
@@ -289,6 +297,7 @@ rpc(Node, Fun, Args) ->
 
 %% Runs `Fun(Progress)', printing Progress's count of done items once a
 %% second. Returns `{Result, Milliseconds}'.
+-spec phase(string(), non_neg_integer(), fun((pid()) -> Result)) -> {Result, non_neg_integer()}.
 phase(Label, Total, Fun) ->
     Printer = spawn_link(fun() -> progress(Label, Total, 0, now_ms() + 1000) end),
     try
@@ -311,6 +320,7 @@ timed(Fun) ->
     Result = Fun(),
     {Result, now_ms() - Start}.
 
+-spec say(io:format(), list()) -> ok.
 say(Format, Args) ->
     Elapsed = (now_ms() - persistent_term:get({?MODULE, t0})) / 1000,
     io:format("[~7.1fs] " ++ Format ++ "~n", [Elapsed | Args]).

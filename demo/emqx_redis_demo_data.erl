@@ -5,6 +5,7 @@
 
 -export([client_id/1, online/1, session/1, messages/1]).
 -export([routes/2, subscription_routes/2, route_table/2, sample_topics/1, expected_matches/2]).
+-export([matches/2]).
 
 %% A third of the clients are offline: their sessions persist and QoS 1
 %% messages queue up for them. The others are connected (registered).
@@ -139,6 +140,11 @@ sample_topics(N) ->
 expected_matches(Topics, Table) ->
     Filters = [{words(Filter), Dests} || {Filter, Dests} <- maps:to_list(Table)],
     [{Topic, matching(words(Topic), Filters)} || Topic <- Topics].
+
+%% @doc Whether the topic name matches the filter (MQTT rules, as above).
+-spec matches(binary(), binary()) -> boolean().
+matches(Topic, Filter) ->
+    words_match(words(Topic), words(Filter)).
 
 matching(Name, Filters) ->
     lists:usort(lists:append([Dests || {Filter, Dests} <- Filters, words_match(Name, Filter)])).

@@ -10,6 +10,9 @@
 -export([start/1, load/2, renew/3, acquire/3, take_over/3, restore_registry/3, restore_routes/2]).
 -export([drop/1, inspect/3]).
 
+%% Also for the durable sessions' work (emqx_redis_demo_ds_node).
+-export([parallel/3]).
+
 -import(emqx_redis_demo_data, [client_id/1]).
 
 -define(WORKERS, 32).
@@ -176,6 +179,7 @@ inspect(N, Topics, Progress) ->
 %% Runs `Fun' on chunks of `Items' in ?WORKERS processes; `Fun' returns a
 %% list for each chunk, and these lists come back appended (in no
 %% particular order).
+-spec parallel([Item], fun(([Item]) -> [Result]), pid()) -> [Result].
 parallel(Items, Fun, Progress) ->
     Parent = self(),
     Workers = [

@@ -4,8 +4,9 @@
 # library first and then runs this.
 #
 # Environment: CLIENTS (default 10000), REDIS_URL (use that Redis instead of
-# a private redis-server), LEASE_MS, DROP_SESSIONS; EMQX_REDIS_STORAGE_EBIN
-# (the library's ebin directory, default the rebar3 default profile's).
+# a private redis-server), LEASE_MS, DROP_SESSIONS, DROP_DURABLE;
+# EMQX_REDIS_STORAGE_EBIN (the library's ebin directory, default the rebar3
+# default profile's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,9 @@
 %% The demo (`make demo', demo/run.sh) works: node A is killed, node B takes
-%% its clients over and nothing is lost; it starts and stops its own
-%% redis-server unless REDIS_URL names one; and it fails when data is lost.
+%% its clients over and nothing is lost, durable sessions included (every
+%% durable message A's persist/1 acknowledged reaches its subscribers,
+%% from A before their last commit or from B after it resumed them); it
+%% starts and stops its own redis-server unless REDIS_URL names one; and it
+%% fails when data is lost.
 %%
 %% A `redis-server' shim first on PATH logs every start, so the cases can
 %% tell whether the demo started a server.
@@ -13,15 +16,19 @@
 
 -define(CLIENTS, 300).
 -define(ROWS, [
-    "clients (leases)", "sessions", "queued QoS 1 messages", "registry entries", "routes", "match_routes answers"
+    "clients (leases)", "sessions", "queued QoS 1 messages", "durable messages", "registry entries", "routes",
+    "match_routes answers"
 ]).
+%% The durable clients of ?CLIENTS: clients 1, 11, 21, ... that are online.
+-define(DURABLE_CLIENTS, 20).
 
 all() ->
     [
         make_demo_builds_then_runs_it,
         private_redis_nothing_lost,
         redis_url_is_used_and_no_server_started,
-        lost_sessions_fail_the_run
+        lost_sessions_fail_the_run,
+        lost_durable_messages_fail_the_run
     ].
 
 init_per_suite(Config) ->
@@ -108,6 +115,23 @@ lost_sessions_fail_the_run(Config) ->
     {match, [Port]} = re:run(Out, "started redis-server on 127.0.0.1:([0-9]+)", [{capture, all_but_first, list}]),
     ?assertEqual({error, econnrefused}, gen_tcp:connect({127, 0, 0, 1}, list_to_integer(Port), [])).
 
+%% Durable message streams deleted before B resumes the durable sessions:
+%% the messages A had not delivered before the clients' last commits are
+%% reported lost (A delivers every batch, and is killed after some batches
+%% past a commit), and the run fails.
+lost_durable_messages_fail_the_run(Config) ->
+    {Status, Out} = demo(Config, [{"DROP_DURABLE", "1"}]),
+    ?assertEqual(1, Status, Out),
+    Rows = table(Out),
+    #{"durable messages" := {Expected, Ok, Lost, 0}} = Rows,
+    ?assert(Lost > 0, Out),
+    ?assertEqual(Expected, Ok + Lost, Out),
+    maps:foreach(
+        fun(Name, {_, _, L, W}) -> Name =:= "durable messages" orelse ?assertEqual({Name, 0, 0}, {Name, L, W}, Out) end,
+        Rows
+    ),
+    ?assertNotEqual(nomatch, string:find(Out, "FAILED"), Out).
+
 %%--------------------------------------------------------------------
 
 %% Runs demo/run.sh with ?CLIENTS clients, short leases, the shim first on
@@ -119,6 +143,7 @@ demo(Config, Env) ->
         {"LEASE_MS", "1000"},
         {"REDIS_URL", false},
         {"DROP_SESSIONS", false},
+        {"DROP_DURABLE", false},
         {"PATH", ?config(shim, Config) ++ ":" ++ os:getenv("PATH")},
         {"TMPDIR", ?config(dir, Config)},
         {"EMQX_REDIS_STORAGE_EBIN", LibEbin}
@@ -138,6 +163,12 @@ assert_nothing_lost(Out) ->
         Rows
     ),
     ?assertMatch(#{"clients (leases)" := {?CLIENTS, _, _, _}, "sessions" := {?CLIENTS, _, _, _}}, Rows),
+    %% Every durable session was resumed by B; A was killed after
+    %% deliveries past the clients' last commits, which B delivered again.
+    ?assertMatch({match, _}, re:run(Out, ["^  durable sessions +", integer_to_list(?DURABLE_CLIENTS), "   of ",
+        integer_to_list(?DURABLE_CLIENTS), " resumed by B.*errors: 0 on A, 0 on B$"], [multiline]), Out),
+    {match, [Twice]} = re:run(Out, "^  delivered twice +([0-9]+)   ", [multiline, {capture, all_but_first, list}]),
+    ?assert(list_to_integer(Twice) > 0, Out),
     ?assertNotEqual(nomatch, string:find(Out, "PASSED"), Out).
 
 %% The result table: `#{Row => {Expected, Ok, Lost, Wrong}}'.
