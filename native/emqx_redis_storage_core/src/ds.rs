@@ -17,8 +17,8 @@
 //! - **Appends.** One script per stream and `persist` call appends its
 //!   messages, trims what is older than the retention (`MINID ~`, whole
 //!   nodes: cheap) and publishes the new last id.
-//! - **Retention.** Besides the trimming of appends, and a sweeper on every client trims exactly, also
-//!   streams nobody appends to any more.
+//! - **Retention.** Besides the trimming of appends, a sweeper on every
+//!   client trims exactly, also streams nobody appends to any more.
 //! - **Watch.** Each client listens on `ds:appends` on one connection and
 //!   wakes the watchers of those streams whose position an append passed.
 
