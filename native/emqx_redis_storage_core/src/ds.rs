@@ -61,7 +61,10 @@ pub static FILTERS: Table = Table {
 
 fn check_filter(filter: &[u8], count: &[u8]) -> Result<()> {
     if topic::validate_filter(filter).is_err() {
-        return Err(Error::corrupt("durable_filter", "a field that is not a filter"));
+        return Err(Error::corrupt(
+            "durable_filter",
+            "a field that is not a filter",
+        ));
     }
     match stored_int("durable_filter", "count", count)? {
         0 => Err(Error::corrupt("durable_filter", "count is 0")),
@@ -193,7 +196,10 @@ impl Durable {
     }
 
     pub fn is_started(&self) -> bool {
-        self.start.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+        self.start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
     }
 
     pub fn filters(&self) -> &Mirror {
@@ -216,7 +222,11 @@ pub enum Subscribed {
 
 fn filter_keys(keys: &Keys, filter: &[u8]) -> (u16, Vec<u8>, Vec<u8>) {
     let shard = shard_of(filter, FILTER_SHARDS);
-    (shard, keys.ds_filters(shard), keys.ds_holders(shard, filter))
+    (
+        shard,
+        keys.ds_filters(shard),
+        keys.ds_holders(shard, filter),
+    )
 }
 
 /// Counts `client_id` in or out of the holders of `filter`; the holders now.
@@ -278,7 +288,8 @@ pub async fn unsubscribe(
         ds.filters.preview(false, filter, b"");
     }
     let mut srem = redis::cmd("SREM");
-    srem.arg(client.keys().ds_subscriptions(client_id)).arg(filter);
+    srem.arg(client.keys().ds_subscriptions(client_id))
+        .arg(filter);
     client
         .write_query::<i64>(&srem)
         .await
@@ -295,7 +306,10 @@ pub async fn subscriptions(client: &Client, client_id: &[u8]) -> Result<Vec<Vec<
         .await
         .map_err(|e| e.of("durable_subscription"))?;
     if filters.iter().any(|f| topic::validate_filter(f).is_err()) {
-        return Err(Error::corrupt("durable_subscription", "a member that is not a filter"));
+        return Err(Error::corrupt(
+            "durable_subscription",
+            "a member that is not a filter",
+        ));
     }
     filters.sort();
     Ok(filters)
@@ -347,7 +361,12 @@ pub async fn persist(client: &Client, ds: &Durable, msgs: Vec<ToPersist>) -> Res
         let (min_id, channel) = (&min_id, &channel);
         async move {
             let mut args: Vec<&[u8]> = Vec::with_capacity(4 + entries.len());
-            args.extend([&channel[..], &stream.level, shard.as_bytes(), min_id.as_bytes()]);
+            args.extend([
+                &channel[..],
+                &stream.level,
+                shard.as_bytes(),
+                min_id.as_bytes(),
+            ]);
             args.extend(entries.iter().map(Vec::as_slice));
             let _last: Vec<u8> = client.write_eval(&APPEND, &[&key], &args).await?;
             Ok::<_, Error>(())
@@ -410,14 +429,16 @@ fn parse_entry(mut entry: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
     }
     let body = entry.split_off(2 + len);
     entry.drain(..2);
-    topic::validate_name(&entry).is_ok().then_some((entry, body))
+    topic::validate_name(&entry)
+        .is_ok()
+        .then_some((entry, body))
 }
 
 /// What `ds_append.lua` publishes: `level \0 shard \0 ms-seq` (no topic
 /// holds NUL), one stream per message; several may be NUL-joined.
 fn decode_appends(payload: &[u8]) -> Option<Vec<(Stream, Pos)>> {
     let parts: Vec<&[u8]> = payload.split(|&b| b == 0).collect();
-    if parts.len() % 3 != 0 {
+    if !parts.len().is_multiple_of(3) {
         return None;
     }
     parts
@@ -449,7 +470,10 @@ pub async fn streams(client: &Client, ds: &Durable, filter: &[u8]) -> Result<Vec
             .await
             .map_err(|e| e.of("durable_levels"))?;
         if !levels.iter().all(|l| is_level(l)) {
-            return Err(Error::corrupt("durable_levels", "a member that is not a first level"));
+            return Err(Error::corrupt(
+                "durable_levels",
+                "a member that is not a first level",
+            ));
         }
         // A filter starting with a wildcard matches no `$` topic (MQTT 4.7.2).
         let mut levels: Vec<Vec<u8>> = levels
@@ -501,7 +525,9 @@ pub async fn next(
     };
     let mut bytes = 0;
     while batch.msgs.len() < n && batch.scanned < MAX_SCAN && bytes < MAX_BYTES {
-        let want = (n - batch.msgs.len()).clamp(100, 1000).min(MAX_SCAN - batch.scanned);
+        let want = (n - batch.msgs.len())
+            .clamp(100, 1000)
+            .min(MAX_SCAN - batch.scanned);
         let mut xrange = redis::cmd("XRANGE");
         xrange
             .arg(&key)
@@ -520,10 +546,18 @@ pub async fn next(
             let (topic, body) = match <[Vec<u8>; 2]>::try_from(fields) {
                 Ok([m, value]) if m == b"m" => parse_entry(value)
                     .ok_or_else(|| Error::corrupt("durable_stream", "an entry we did not write"))?,
-                _ => return Err(Error::corrupt("durable_stream", "an entry we did not write")),
+                _ => {
+                    return Err(Error::corrupt(
+                        "durable_stream",
+                        "an entry we did not write",
+                    ))
+                }
             };
             if first_level(&topic) != stream.level {
-                return Err(Error::corrupt("durable_stream", "an entry with a topic of another stream"));
+                return Err(Error::corrupt(
+                    "durable_stream",
+                    "an entry with a topic of another stream",
+                ));
             }
             batch.next = pos.after();
             batch.scanned += 1;
@@ -557,7 +591,8 @@ async fn last_pos(client: &Client, stream: &Stream) -> Result<Option<Pos>> {
         .map_err(|e| e.of("durable_stream"))?;
     last.first()
         .map(|(id, _)| {
-            Pos::parse(id).ok_or_else(|| Error::corrupt("durable_stream", "an entry id we did not get"))
+            Pos::parse(id)
+                .ok_or_else(|| Error::corrupt("durable_stream", "an entry id we did not get"))
         })
         .transpose()
 }
@@ -566,7 +601,12 @@ async fn last_pos(client: &Client, stream: &Stream) -> Result<Option<Pos>> {
 /// appends to any more, which no append trims. Registers again the levels
 /// this client has registered, in case Redis lost them (a restart without
 /// persistence): readers of wildcard filters find their streams through them.
-async fn sweep(backend: Backend, keys: Keys, config: DsConfig, levels: Arc<Mutex<HashSet<Vec<u8>>>>) {
+async fn sweep(
+    backend: Backend,
+    keys: Keys,
+    config: DsConfig,
+    levels: Arc<Mutex<HashSet<Vec<u8>>>>,
+) {
     let every = (config.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut shutdown = backend.closed();
     loop {
@@ -586,7 +626,12 @@ async fn trim(
     config: &DsConfig,
     known: &Mutex<HashSet<Vec<u8>>>,
 ) -> Result<()> {
-    let known: Vec<Vec<u8>> = known.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+    let known: Vec<Vec<u8>> = known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
     if !known.is_empty() {
         let mut sadd = redis::cmd("SADD");
         sadd.arg(keys.ds_levels()).arg(known);
@@ -621,9 +666,12 @@ struct Watcher {
     notify: Box<dyn FnOnce() + Send>,
 }
 
+/// Watchers by stream (`stream_id`), then by watch key.
+type ByStream = HashMap<Vec<u8>, HashMap<Vec<u8>, Watcher>>;
+
 #[derive(Default)]
 struct Watchers {
-    by_key: Mutex<HashMap<Vec<u8>, HashMap<Vec<u8>, Watcher>>>,
+    by_stream: Mutex<ByStream>,
     /// Which stream each watch key is on.
     streams: Mutex<HashMap<Vec<u8>, Stream>>,
 }
@@ -632,8 +680,11 @@ impl Watchers {
     fn add(&self, stream: Stream, watcher: Watcher) {
         let key = watcher.key.clone();
         let stream_id = stream_id(&stream);
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), stream);
-        self.by_key
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), stream);
+        self.by_stream
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(stream_id)
@@ -642,13 +693,17 @@ impl Watchers {
     }
 
     fn remove(&self, key: &[u8]) -> Option<Watcher> {
-        let stream = self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(key)?;
-        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        let stream = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)?;
+        let mut by_stream = self.by_stream.lock().unwrap_or_else(|e| e.into_inner());
         let id = stream_id(&stream);
-        let watchers = by_key.get_mut(&id)?;
+        let watchers = by_stream.get_mut(&id)?;
         let watcher = watchers.remove(key);
         if watchers.is_empty() {
-            by_key.remove(&id);
+            by_stream.remove(&id);
         }
         watcher
     }
@@ -656,8 +711,8 @@ impl Watchers {
     /// Wakes the watchers of `stream` that `last` passed.
     fn appended(&self, stream: &Stream, last: Pos) {
         let keys: Vec<Vec<u8>> = {
-            let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(watchers) = by_key.get(&stream_id(stream)) else {
+            let by_stream = self.by_stream.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(watchers) = by_stream.get(&stream_id(stream)) else {
                 return;
             };
             watchers
@@ -691,7 +746,12 @@ impl Watchers {
 }
 
 fn stream_id(stream: &Stream) -> Vec<u8> {
-    [&stream.level[..], b"\0", stream.shard.to_string().as_bytes()].concat()
+    [
+        &stream.level[..],
+        b"\0",
+        stream.shard.to_string().as_bytes(),
+    ]
+    .concat()
 }
 
 /// Calls `notify` once as soon as `stream` holds an entry at or after
@@ -814,12 +874,27 @@ mod tests {
     #[test]
     fn positions_parse_strictly_and_order() {
         assert_eq!(Pos::parse(b"12-3"), Some(Pos { ms: 12, seq: 3 }));
-        for bad in [&b"12"[..], b"-3", b"12-", b"+1-2", b"1-+2", b"a-1", b"1-2-3"] {
+        for bad in [
+            &b"12"[..],
+            b"-3",
+            b"12-",
+            b"+1-2",
+            b"1-+2",
+            b"a-1",
+            b"1-2-3",
+        ] {
             assert_eq!(Pos::parse(bad), None, "{bad:?}");
         }
         assert!(Pos { ms: 1, seq: 9 } < Pos { ms: 2, seq: 0 });
         assert_eq!(Pos { ms: 1, seq: 9 }.after(), Pos { ms: 1, seq: 10 });
-        assert_eq!(Pos { ms: 1, seq: u64::MAX }.after(), Pos { ms: 2, seq: 0 });
+        assert_eq!(
+            Pos {
+                ms: 1,
+                seq: u64::MAX
+            }
+            .after(),
+            Pos { ms: 2, seq: 0 }
+        );
         assert_eq!(Pos { ms: 5, seq: 0 }.id(), "5-0");
     }
 
@@ -841,9 +916,16 @@ mod tests {
                 Pos { ms: 11, seq: 0 },
             ),
         ];
-        assert_eq!(decode_appends(b"sensors\x003\x0010-2\x00\x000\x0011-0"), Some(appended));
+        assert_eq!(
+            decode_appends(b"sensors\x003\x0010-2\x00\x000\x0011-0"),
+            Some(appended)
+        );
         assert_eq!(decode_appends(b"a\x001"), None);
-        assert_eq!(decode_appends(b"a/b\x001\x001-1"), None, "not a first level");
+        assert_eq!(
+            decode_appends(b"a/b\x001\x001-1"),
+            None,
+            "not a first level"
+        );
         assert_eq!(decode_appends(b"a\x00x\x001-1"), None);
     }
 
@@ -851,7 +933,10 @@ mod tests {
     fn entries_round_trip() {
         let e = entry(b"a/b", b"\x83body");
         assert_eq!(&e[..5], b"\x00\x03a/b");
-        assert_eq!(parse_entry(e), Some((b"a/b".to_vec(), b"\x83body".to_vec())));
+        assert_eq!(
+            parse_entry(e),
+            Some((b"a/b".to_vec(), b"\x83body".to_vec()))
+        );
         assert_eq!(parse_entry(entry(b"", b"x")), None, "not a topic");
         assert_eq!(parse_entry(entry(b"a/+", b"x")), None, "not a topic name");
         assert_eq!(parse_entry(b"\x00\x09a/b".to_vec()), None, "too short");

@@ -145,7 +145,9 @@ impl Mirror {
     /// Whether any filter matches `topic`, or `None` while it may be stale.
     pub fn any_match(&self, topic: &[u8]) -> Option<bool> {
         let state = self.read();
-        state.ready.then(|| !state.entries.matches(topic).is_empty())
+        state
+            .ready
+            .then(|| !state.entries.matches(topic).is_empty())
     }
 
     /// The entries it holds (also while stale).
@@ -462,7 +464,11 @@ mod tests {
         assert_eq!(Event::parse(&TEST, b"garbage"), None);
         assert_eq!(Event::parse(&TEST, b"1 x +a\0b"), None);
         assert_eq!(Event::parse(&TEST, b"1 2 *a\0b"), None);
-        assert_eq!(Event::parse(&TEST, b"1 2 +a\0"), None, "a change we never make");
+        assert_eq!(
+            Event::parse(&TEST, b"1 2 +a\0"),
+            None,
+            "a change we never make"
+        );
         assert_eq!(shard_version("t", None), Ok(0));
         assert!(shard_version("t", Some(b"notanumber")).is_err());
     }
@@ -480,7 +486,11 @@ mod tests {
     #[test]
     fn applies_in_order_and_detects_gaps() {
         let mirror = Mirror::new(&TEST, 2);
-        assert_eq!(mirror.matches(b"a"), None, "not ready before the first load");
+        assert_eq!(
+            mirror.matches(b"a"),
+            None,
+            "not ready before the first load"
+        );
         assert_eq!(mirror.any_match(b"a"), None);
         mirror.replace(RouteIndex::new(), vec![5, 0]);
         assert!(mirror.apply(&event(0, 6, true, "a/+", "n1")));

@@ -282,7 +282,13 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
     let keys = client.keys();
     let events = keys.route_events();
     let mut removed = 0;
-    let shards = read_shards(&ROUTES, client.backend(), keys, client.router().config.shards).await?;
+    let shards = read_shards(
+        &ROUTES,
+        client.backend(),
+        keys,
+        client.router().config.shards,
+    )
+    .await?;
     for (shard, (_, routes)) in shards.into_iter().enumerate() {
         let hit: Vec<&[u8]> = routes
             .iter()
@@ -411,7 +417,15 @@ mod tests {
         use crate::mirror::Event;
         let e = Event::parse(&ROUTES, b"0 1 -with space/x\0\x01n@h\x01g").unwrap();
         assert_eq!((e.add, &e.dest[..]), (false, &b"\x01n@h\x01g"[..]));
-        assert_eq!(Event::parse(&ROUTES, b"1 2 +a\0nonode"), None, "not a node name");
-        assert_eq!(Event::parse(&ROUTES, b"1 2 +a/#/b\0n@h"), None, "not a filter");
+        assert_eq!(
+            Event::parse(&ROUTES, b"1 2 +a\0nonode"),
+            None,
+            "not a node name"
+        );
+        assert_eq!(
+            Event::parse(&ROUTES, b"1 2 +a/#/b\0n@h"),
+            None,
+            "not a filter"
+        );
     }
 }

@@ -72,10 +72,15 @@ fn ds_subscriptions<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let client_id = client_id.to_vec();
-    spawn_admitted(env, client.admit("ds_subscriptions"), reply_ref, async move {
-        client.ds.start(&client);
-        Ok(Out::bins(ds::subscriptions(&client, &client_id).await?))
-    })
+    spawn_admitted(
+        env,
+        client.admit("ds_subscriptions"),
+        reply_ref,
+        async move {
+            client.ds.start(&client);
+            Ok(Out::bins(ds::subscriptions(&client, &client_id).await?))
+        },
+    )
 }
 
 /// `msgs` is a list of `{Topic, Body, FromHash}`; replies with the number stored.
@@ -99,7 +104,9 @@ fn ds_persist<'a>(
     }
     spawn_admitted(env, client.admit("ds_persist"), reply_ref, async move {
         client.ds.start(&client);
-        Ok(Out::Int(ds::persist(&client, &client.ds, owned).await? as i64))
+        Ok(Out::Int(
+            ds::persist(&client, &client.ds, owned).await? as i64,
+        ))
     })
 }
 
@@ -181,7 +188,12 @@ fn ds_next<'a>(
     spawn_admitted(env, client.admit("ds_next"), reply_ref, async move {
         client.ds.start(&client);
         let batch = ds::next(&client, &stream, &filter, Pos { ms, seq }, n).await?;
-        Ok((batch.next.ms, batch.next.seq, Messages(batch.msgs), batch.scanned))
+        Ok((
+            batch.next.ms,
+            batch.next.seq,
+            Messages(batch.msgs),
+            batch.scanned,
+        ))
     })
 }
 

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use emqx_redis_storage_core::config::{ClientConfig, Mode, ServerNameCheck, Tls};
-use emqx_redis_storage_core::metrics::{OpSnapshot, Snapshot, LATENCY_BUCKETS_US};
 use emqx_redis_storage_core::ds::DsConfig;
+use emqx_redis_storage_core::metrics::{OpSnapshot, Snapshot, LATENCY_BUCKETS_US};
 use emqx_redis_storage_core::router::{IndexMode, RouterConfig};
 use emqx_redis_storage_core::Error;
 use redis::Value;
@@ -363,11 +363,17 @@ pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
 pub fn ds_config(map: Term) -> Result<DsConfig, Error> {
     let stream_shards: u16 = field(map, "ds_stream_shards")?;
     if !(1..=256).contains(&stream_shards) {
-        return Err(Error::InvalidConfig("ds_stream_shards", "from 1 to 256".into()));
+        return Err(Error::InvalidConfig(
+            "ds_stream_shards",
+            "from 1 to 256".into(),
+        ));
     }
     let retention = millis(map, "ds_message_retention")?;
     if retention.is_zero() {
-        return Err(Error::InvalidConfig("ds_message_retention", "must be positive".into()));
+        return Err(Error::InvalidConfig(
+            "ds_message_retention",
+            "must be positive".into(),
+        ));
     }
     Ok(DsConfig {
         stream_shards,
