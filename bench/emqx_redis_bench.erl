@@ -338,9 +338,36 @@ ds_cases_run(#{concurrency := Procs} = Ctx) ->
     Replay = ds_replay(Ctx),
     Memory = phase(Ctx, ds_memory, fun ds_memory/0),
     Amplification = phase(Ctx, ds_amplification, fun ds_amplification/0),
+    Watch = phase(Ctx, ds_watch, fun ds_watch/0),
     flushall(),
     _ = Procs,
-    {Persist ++ lists:append(SubRows) ++ Replay, #{subscribers => Subs, memory => Memory, amplification => Amplification}}.
+    {Persist ++ lists:append(SubRows) ++ Replay,
+     #{subscribers => Subs, memory => Memory, amplification => Amplification, watch => Watch}}.
+
+%% From the start of a persist on one client to the watch notification on
+%% another (another node's listener), 200 times: p50 and p99 in µs.
+ds_watch() ->
+    flushall(),
+    {ok, Other} = emqx_redis_storage:connect(#{redis => redis_info()}),
+    ok = emqx_redis_ds:subscribe(<<"bench-watch">>, <<"watch/#">>),
+    ok = wait_until(fun() -> emqx_redis_ds:filter_matches(Other, <<"watch/a">>) =:= true end, 10000),
+    {ok, #{persisted := 1}} = emqx_redis_ds:persist(Other, [ds_message(<<"watch">>, 1, 0)]),
+    {ok, Streams} = emqx_redis_ds:get_streams(<<"watch/#">>, 0),
+    [It0] = [It || S <- Streams, {ok, It} <- [emqx_redis_ds:make_iterator(S, <<"watch/#">>, 0)], {ok, _, [_]} <- [emqx_redis_ds:next(It, 10)]],
+    Times = lists:sort(ds_watch_loop(Other, It0, 200, [])),
+    #{p50_us => lists:nth(100, Times), p99_us => lists:nth(198, Times)}.
+
+ds_watch_loop(_Other, _It, 0, Acc) ->
+    Acc;
+ds_watch_loop(Other, It, N, Acc) ->
+    {ok, End, _} = emqx_redis_ds:next(It, 10),
+    {ok, Ref} = emqx_redis_ds:watch(End),
+    T0 = erlang:monotonic_time(microsecond),
+    {ok, #{persisted := 1}} = emqx_redis_ds:persist(Other, [ds_message(<<"watch">>, 1, N)]),
+    receive
+        {emqx_redis_ds, Ref, new_data} -> ds_watch_loop(Other, End, N - 1, [erlang:monotonic_time(microsecond) - T0 | Acc])
+    after 5000 -> error(watch_not_notified)
+    end.
 
 %% One publish for N durable subscribers: persisted once (64 processes,
 %% 100 per call), or stored in each subscriber's queue (store_message, 64
@@ -1066,8 +1093,9 @@ memory_md(#{memory := M}) ->
 
 ds_md(#{ds := undefined}) ->
     "";
-ds_md(#{ds := #{subscribers := Subs, memory := Mem, amplification := Amp}}) ->
+ds_md(#{ds := #{subscribers := Subs, memory := Mem, amplification := Amp, watch := Watch}}) ->
     #{bytes := Bytes, term_bytes := Term, messages := N} = Mem,
+    #{p50_us := W50, p99_us := W99} = Watch,
     [
         "## Durable messages: one publish for N subscribers\n\n",
         "persist: the message stored once (64 processes, 100 per call). fan-out: the same message stored in "
@@ -1088,7 +1116,11 @@ ds_md(#{ds := #{subscribers := Subs, memory := Mem, amplification := Amp}}) ->
             [["`", F, "`"], fmt_int(R), fmt_int(M), io_lib:format("~.1f", [R / max(1, M)])]
          || {F, {R, M}} <- Amp
         ]),
-        "\n"
+        io_lib:format(
+            "\nwatch/1: from the start of a persist on one client to the notification of a watcher on another, "
+            "200 times: p50 ~s µs, p99 ~s µs.\n\n",
+            [fmt_us(W50), fmt_us(W99)]
+        )
     ].
 
 long_schedule_md(#{events := Events, control := Control, rows := Rows}) ->
