@@ -22,7 +22,8 @@
 
 -define(PUBLIC, [
     emqx_redis_storage, emqx_redis_session, emqx_redis_message,
-    emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli
+    emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli,
+    emqx_redis_nodes
 ]).
 -define(DEFAULT_CALLS, 20000).
 -define(MAX_FENCE, (1 bsl 53) - 1).
@@ -365,6 +366,7 @@ shape({emqx_redis_storage, status, 1}) -> client_status;
 shape({emqx_redis_storage_cli, cmd, 1}) -> printed;
 shape({emqx_redis_storage, metrics, _}) -> metrics;
 shape({emqx_redis_storage, prometheus, _}) -> prometheus;
+shape({emqx_redis_nodes, membership, 0}) -> membership;
 shape(_MFA) -> result.
 
 valid_reply(_Ctx, boolean, Reply) -> is_boolean(Reply);
@@ -381,6 +383,8 @@ valid_reply(_Ctx, metrics, #{operations := Ops, requests := N}) -> is_map(Ops) a
 valid_reply(_Ctx, prometheus, Text) when is_list(Text) -> is_binary(iolist_to_binary(Text));
 valid_reply(Ctx, Metrics, Reply) when Metrics =:= metrics; Metrics =:= prometheus ->
     valid_reply(Ctx, result, Reply);
+valid_reply(_Ctx, membership, #{alive := Alive}) -> is_boolean(Alive);
+valid_reply(Ctx, membership, Reply) -> valid_reply(Ctx, result, Reply);
 valid_reply(_Ctx, result, ok) -> true;
 valid_reply(_Ctx, result, {ok, _}) -> true;
 valid_reply(Ctx, result, {error, Reason}) -> known_error(Ctx, Reason);
@@ -394,7 +398,8 @@ is_tuple_of(_Tag, _Reply, _Pred) -> false.
 known_error(#{app := App}, not_started) -> App =:= stopped;
 known_error(_Ctx, Reason) when is_atom(Reason) ->
     lists:member(Reason, [
-        not_found, timeout, already_started, stale_fence, not_held, overloaded, not_replicated
+        not_found, timeout, already_started, stale_fence, not_held, overloaded, not_replicated,
+        disabled, gone, alive, lost_lease
     ]);
 known_error(_Ctx, {Tag, Message}) when Tag =:= redis; Tag =:= connection; Tag =:= connection_lost ->
     is_binary(Message);
@@ -406,7 +411,7 @@ known_error(_Ctx, Reason) when is_tuple(Reason), tuple_size(Reason) >= 2 ->
         (lists:prefix("invalid_", atom_to_list(Tag)) orelse
             lists:member(Tag, [
                 too_large, batch_too_large, held_by, not_replicated, unsupported_command, bad_command,
-                undecodable, unknown_node
+                undecodable, unknown_node, held
             ]));
 known_error(_Ctx, _Reason) ->
     false.
@@ -543,7 +548,15 @@ signatures() ->
         {?G, cleanup_node, 2} => [client, node],
         {emqx_redis_topic, validate, 2} => [topic_kind, topic],
         {emqx_redis_topic, match, 2} => [topic, filter],
-        {emqx_redis_storage_cli, cmd, 1} => [cli_words]
+        {emqx_redis_storage_cli, cmd, 1} => [cli_words],
+        {emqx_redis_nodes, live_nodes, 0} => [],
+        {emqx_redis_nodes, live_nodes, 1} => [client],
+        {emqx_redis_nodes, subscribe, 0} => [],
+        {emqx_redis_nodes, unsubscribe, 0} => [],
+        {emqx_redis_nodes, set_rejoin_hook, 1} => [hook],
+        {emqx_redis_nodes, membership, 0} => [],
+        {emqx_redis_nodes, reap, 2} => [node, incarnation],
+        {emqx_redis_nodes, reap, 3} => [client, node, incarnation]
     }.
 
 %% One valid value of a kind, for the deterministic cases.
@@ -564,7 +577,9 @@ valid_example(topic) -> <<"a/b">>;
 valid_example(dest) -> node();
 valid_example(routes) -> [{<<"a/+">>, node()}];
 valid_example(node) -> node();
-valid_example(cli_words) -> ["sessions", "count"].
+valid_example(cli_words) -> ["sessions", "count"];
+valid_example(hook) -> undefined;
+valid_example(incarnation) -> 1.
 
 %%--------------------------------------------------------------------
 %% Generators
@@ -638,6 +653,10 @@ gen_valid(_Ctx, routes) ->
     gen_routes();
 gen_valid(_Ctx, node) ->
     gen_node();
+gen_valid(_Ctx, hook) ->
+    elements([undefined, fun() -> ok end, {erlang, node, []}, {m, f, [a | b]}, fun(_) -> ok end, {m, f}]);
+gen_valid(_Ctx, incarnation) ->
+    frequency([{8, integer(0, 50)}, {1, elements([-1, 1 bsl 53, 1 bsl 64, nil])}]);
 gen_valid(_Ctx, topic_kind) ->
     elements([name, filter]);
 gen_valid(_Ctx, cli_words) ->
@@ -765,7 +784,8 @@ gen_command() ->
 library_keys() ->
     [
         <<"emqx:sess:{fz-1}">>, <<"emqx:lease:{fz-1}">>, <<"emqx:q:{fz-1}">>,
-        <<"emqx:msg:{fz-1}:m1">>, <<"emqx:rt:{r0}">>, <<"emqx:rtrie:{r0}">>
+        <<"emqx:msg:{fz-1}:m1">>, <<"emqx:rt:{r0}">>, <<"emqx:rtrie:{r0}">>,
+        <<"emqx:nodes:{n}">>, <<"emqx:nodes:inc:{n}">>, <<"emqx:nodes:reap:{n}">>
     ].
 
 %% Safe configs: a map always names the test's Redis in `servers' (or its
@@ -811,7 +831,8 @@ top_config_fields() ->
         {key_prefix, <<"fz3:">>}, {key_prefix, <<"a{b">>}, {key_prefix, 42},
         {route_index, redis}, {route_index, nope}, {route_shards, 1}, {route_shards, 70000},
         {route_sync_interval, 50}, {persistence, #{session_ttl => "1h", max_queue_len => 1 bsl 70}},
-        {persistence, #{max_message_size => 0}}, {persistence, nope}, {<<"bogus">>, 1}
+        {persistence, #{max_message_size => 0}}, {persistence, nope}, {<<"bogus">>, 1},
+        {nodes, #{enable => false}}, {nodes, #{ttl => 100, heartbeat_interval => 200}}, {nodes, nope}
     ].
 
 %% Any term, within a size that keeps calls fast.

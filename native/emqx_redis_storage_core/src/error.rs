@@ -68,11 +68,14 @@ pub const CORRUPT_KINDS: &[&str] = &[
     "session_index",
     "fence",
     "lease",
+    "lease_owner",
     "channel",
     "route",
     "route_trie",
     "message",
     "queue",
+    "node",
+    "node_reap",
     "reply",
 ];
 

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod log;
 pub mod message;
 pub mod metrics;
+pub mod nodes;
 pub mod registry;
 pub mod route_index;
 pub mod router;

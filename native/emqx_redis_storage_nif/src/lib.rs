@@ -4,6 +4,7 @@
 mod log;
 mod message;
 mod nif;
+mod nodes;
 mod router;
 mod runtime;
 mod session;
