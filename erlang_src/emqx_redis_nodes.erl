@@ -78,8 +78,9 @@ is_hook(_) -> false.
 
 %% @doc This node's membership: `node', `incarnation' (`undefined' while no
 %% member), `alive', `last_renewed_at' (Unix ms), `heartbeat_interval',
-%% `ttl', `live' (the members it saw last), `reaping' and `reaps' (the
-%% reaps it finished).
+%% `ttl', `live' (the members it saw last), `reaping', `reaps' (the reaps
+%% it finished) and `last_reap' (`#{node, channels, routes, leases,
+%% took_ms, reaps, at}' of the last, or `undefined').
 -spec membership() -> map() | {error, not_started | disabled | timeout}.
 membership() ->
     server_call(membership).

@@ -30,7 +30,8 @@
     hook :: undefined | fun(() -> term()) | {module(), atom(), list()},
     %% Reaps this node runs now: node name => pid.
     reaping = #{} :: #{binary() => pid()},
-    reaps = 0 :: non_neg_integer()
+    reaps = 0 :: non_neg_integer(),
+    last_reap :: map() | undefined
 }).
 
 -spec start_link(emqx_redis_storage_client:t(), map()) -> {ok, pid()} | {error, term()}.
@@ -246,7 +247,8 @@ reap_dead({Now, Members}, #state{client = Client, reap_lease = Lease, reaping = 
 
 reaped(Node, {ok, Counts}, #state{reaps = Reaps} = State) ->
     report(info, (log_counts(Counts))#{msg => <<"node_reaped">>, node => Node, by => State#state.node}),
-    State#state{reaps = Reaps + 1};
+    Last = (log_counts(Counts))#{node => Node, at => erlang:system_time(millisecond)},
+    State#state{reaps = Reaps + 1, last_reap = Last};
 reaped(_Node, {error, Expected}, State) when
     Expected =:= gone; Expected =:= alive; element(1, Expected) =:= held
 ->
@@ -268,7 +270,8 @@ membership(#state{} = S) ->
         ttl => S#state.ttl,
         live => lists:sort(maps:keys(S#state.live)),
         reaping => lists:sort(maps:keys(S#state.reaping)),
-        reaps => S#state.reaps
+        reaps => S#state.reaps,
+        last_reap => S#state.last_reap
     }.
 
 report(Level, Report) ->
