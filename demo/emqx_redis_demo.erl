@@ -142,9 +142,9 @@ take_over_demo(N, LeaseMs, Drop, A, B) ->
     RenewErrors =:= [] orelse fail("A could not renew its leases: ~p", [lists:sublist(RenewErrors, 3)]),
     say("A: renewed its ~b leases for ~b ms, as a live node keeps doing (~s)", [length(Fences), LeaseMs, seconds(RenewMs)]),
 
-    %% B watches the membership.
+    %% B watches the membership, and counts A alive.
     ok = rpc(B, watch, [self()]),
-    wait_event(nodeup, A),
+    wait_seen_alive(B, A, now_ms() + ?LEASE_GRACE_MS),
 
     %% A dies.
     Killed = now_ms(),
@@ -221,6 +221,17 @@ wait_event(Event, Node) ->
         {emqx_redis_nodes, Event, Node} -> ok
     after ?LEASE_GRACE_MS * 4 ->
         fail("B did not see ~s ~s within ~b s", [Node, Event, ?LEASE_GRACE_MS * 4 div 1000])
+    end.
+
+wait_seen_alive(B, A, Deadline) ->
+    Name = atom_to_binary(A),
+    #{live := Live} = erpc:call(B, emqx_redis_nodes, membership, [], ?RPC_TIMEOUT),
+    case lists:member(Name, Live) of
+        true -> ok;
+        false ->
+            now_ms() < Deadline orelse fail("B does not see A alive", []),
+            timer:sleep(20),
+            wait_seen_alive(B, A, Deadline)
     end.
 
 %% B (the only live node) reaps A; its membership says when it has.
