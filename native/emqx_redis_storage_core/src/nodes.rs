@@ -242,24 +242,15 @@ pub async fn renew_reap(
     fence: i64,
     lease_ms: u64,
 ) -> Result<Option<i64>> {
-    let k = membership(client);
-    let reply: Vec<i64> = client
-        .write_eval(
-            &RENEW,
-            &refs(&k[..3]),
-            &[
-                node,
-                fence.to_string().as_bytes(),
-                lease_ms.to_string().as_bytes(),
-            ],
-        )
-        .await
-        .map_err(|e| e.of("node_reap"))?;
-    match reply.as_slice() {
-        [1, until] => Ok(Some(*until)),
-        [0] => Ok(None),
-        _ => Err(unexpected("node_reap_renew", &reply)),
-    }
+    let (fence, lease_ms) = (fence.to_string(), lease_ms.to_string());
+    under_lease(
+        client,
+        &RENEW,
+        "node_reap_renew",
+        3,
+        &[node, fence.as_bytes(), lease_ms.as_bytes()],
+    )
+    .await
 }
 
 /// Ends the membership of the reaped incarnation: the number of reaps of
@@ -270,23 +261,36 @@ pub async fn finish_reap(
     incarnation: i64,
     fence: i64,
 ) -> Result<Option<i64>> {
+    let (incarnation, fence) = (incarnation.to_string(), fence.to_string());
+    under_lease(
+        client,
+        &FINISH,
+        "node_reap_finish",
+        4,
+        &[node, incarnation.as_bytes(), fence.as_bytes()],
+    )
+    .await
+}
+
+/// A script that acts only for the holder of the reap lease, on the first
+/// `key_count` membership keys: `{1, Value}`, or `{0}` when the lease is not
+/// held with the fence given.
+async fn under_lease(
+    client: &Client,
+    script: &Lua,
+    name: &str,
+    key_count: usize,
+    args: &[&[u8]],
+) -> Result<Option<i64>> {
     let k = membership(client);
     let reply: Vec<i64> = client
-        .write_eval(
-            &FINISH,
-            &refs(&k[..4]),
-            &[
-                node,
-                incarnation.to_string().as_bytes(),
-                fence.to_string().as_bytes(),
-            ],
-        )
+        .write_eval(script, &refs(&k[..key_count]), args)
         .await
         .map_err(|e| e.of("node_reap"))?;
     match reply.as_slice() {
-        [1, count] => Ok(Some(*count)),
+        [1, value] => Ok(Some(*value)),
         [0] => Ok(None),
-        _ => Err(unexpected("node_reap_finish", &reply)),
+        _ => Err(unexpected(name, &reply)),
     }
 }
 
