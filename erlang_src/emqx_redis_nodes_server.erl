@@ -98,7 +98,7 @@ handle_info({'EXIT', Pid, Reason}, #state{reaping = Reaping} = State) ->
     %% A reaper that crashed: the next heartbeat tries again.
     case [Node || {Node, P} <- maps:to_list(Reaping), P =:= Pid] of
         [Node] when Reason =/= normal ->
-            report(warning, #{msg => <<"node_reap_failed">>, node => Node, reason => Reason}),
+            report(warning, #{msg => <<"node_reap_failed">>, node => Node, reason => text(Reason)}),
             {noreply, State#state{reaping = maps:remove(Node, Reaping)}};
         _ ->
             {noreply, State}
@@ -151,7 +151,7 @@ retry_join(#state{interval = Interval} = State, Deadline, Reason) ->
             timer:sleep(Interval),
             join(State, Deadline);
         false ->
-            report(warning, #{msg => <<"node_join_failed">>, node => State#state.node, reason => Reason}),
+            report(warning, #{msg => <<"node_join_failed">>, node => State#state.node, reason => text(Reason)}),
             State
     end.
 
@@ -186,7 +186,7 @@ cannot_renew(Reason, #state{alive = true, renewed_mono = Renewed, ttl = Ttl, nod
     case erlang:monotonic_time(millisecond) - Renewed >= Ttl of
         true ->
             report(warning, #{
-                msg => <<"node_heartbeat_lost">>, node => Node, reason => Reason,
+                msg => <<"node_heartbeat_lost">>, node => Node, reason => text(Reason),
                 detail => <<"not renewed within ttl: this node no longer counts itself alive">>
             }),
             notify(nodedown, Node, State),
@@ -215,7 +215,7 @@ run_hook(Hook) ->
         end
     catch
         Class:Reason:Stack ->
-            report(error, #{msg => <<"node_rejoin_hook_failed">>, class => Class, reason => Reason, stacktrace => Stack})
+            report(error, #{msg => <<"node_rejoin_hook_failed">>, reason => text({Class, Reason, Stack})})
     end.
 
 %% The live members of `View': subscribers hear of each change.
@@ -254,7 +254,7 @@ reaped(_Node, {error, Expected}, State) when
 ->
     State;
 reaped(Node, {error, Reason}, State) ->
-    report(warning, #{msg => <<"node_reap_failed">>, node => Node, reason => Reason}),
+    report(warning, #{msg => <<"node_reap_failed">>, node => Node, reason => text(Reason)}),
     State.
 
 log_counts(Counts) ->
@@ -276,3 +276,7 @@ membership(#state{} = S) ->
 
 report(Level, Report) ->
     emqx_redis_storage_log:report(Level, Report).
+
+%% Report fields are text or numbers.
+text(Term) ->
+    iolist_to_binary(io_lib:format("~0p", [Term])).

@@ -29,7 +29,8 @@ all() ->
         killed_node_is_reaped_once_and_restarts_as_a_new_incarnation,
         reaper_that_dies_is_replaced,
         node_cut_off_from_redis_rejoins,
-        graceful_stop_leaves_at_once
+        graceful_stop_leaves_at_once,
+        foreign_data_is_corrupt_and_changes_nothing
     ].
 
 init_per_suite(Config) ->
@@ -278,6 +279,45 @@ graceful_stop_leaves_at_once(Config) ->
     ?assertEqual(ok, wait(fun() -> reap_count(Config, B) =:= 1 end, 5000)),
     ?assertEqual({error, not_found}, emqx_redis_registry:lookup_channel(Client, <<"b-1">>)),
     ?assertEqual({ok, []}, emqx_redis_router:match_routes(Client, <<"t/b">>)).
+
+%% What the library did not write at the membership keys or a slot's
+%% lease owner index is `{corrupt, #{kind}}', and the call changes nothing.
+foreign_data_is_corrupt_and_changes_nothing(Config) ->
+    Client = ?config(client, Config),
+    Prefix = ?config(prefix, Config),
+    Q = fun(Cmd) -> emqx_redis_storage:q(Client, Cmd) end,
+    Members = <<Prefix/binary, "nodes:{n}">>,
+    Incs = <<Prefix/binary, "nodes:inc:{n}">>,
+    {ok, _} = Q([<<"SET">>, Members, <<"x">>]),
+    ?assertMatch({error, {corrupt, #{kind := node}}}, emqx_redis_nodes:live_nodes(Client)),
+    ?assertMatch({error, {corrupt, #{kind := node}}}, emqx_redis_storage_client:call(Client, node_join, [<<"n@h">>, 1000])),
+    {ok, _} = Q([<<"DEL">>, Members]),
+    %% A member without incarnation, an incarnation that is no integer.
+    {ok, _} = Q([<<"ZADD">>, Members, <<"1">>, <<"n@h">>]),
+    ?assertMatch({error, {corrupt, #{kind := node}}}, emqx_redis_nodes:live_nodes(Client)),
+    {ok, _} = Q([<<"HSET">>, Incs, <<"n@h">>, <<"1.5">>]),
+    ?assertMatch({error, {corrupt, #{kind := node}}}, emqx_redis_nodes:live_nodes(Client)),
+    ?assertMatch({error, {corrupt, #{kind := node}}}, emqx_redis_nodes:reap(Client, 'n@h', 1)),
+    {ok, Dump} = Q([<<"DUMP">>, Members]),
+    ?assertMatch({error, {corrupt, _}}, emqx_redis_storage_client:call(Client, node_join, [<<"n@h">>, 1000])),
+    ?assertEqual({ok, Dump}, Q([<<"DUMP">>, Members])),
+    {ok, _} = Q([<<"DEL">>, Members, Incs]),
+    %% The lease owner index of a client's slot holds a string.
+    {ok, F} = emqx_redis_session:acquire_lease(Client, <<"hostile">>, 'o@h', 60000),
+    {ok, [Index]} = Q([<<"KEYS">>, <<Prefix/binary, "lown:*">>]),
+    {ok, _} = Q([<<"SET">>, Index, <<"x">>]),
+    Lease = <<Prefix/binary, "lease:{hostile}">>,
+    {ok, Before} = Q([<<"DUMP">>, Lease]),
+    ?assertMatch({error, {corrupt, #{kind := lease_owner}}}, emqx_redis_session:release_lease(Client, <<"hostile">>, F)),
+    ?assertMatch({error, {corrupt, #{kind := lease_owner}}}, emqx_redis_session:acquire_lease(Client, <<"hostile">>, 'o@h', 1000)),
+    ?assertEqual({ok, Before}, Q([<<"DUMP">>, Lease])),
+    {ok, {granted, _, Until}} = begin
+        {ok, {joined, Inc}} = emqx_redis_storage_client:call(Client, node_join, [<<"o@h">>, 60000]),
+        {ok, true} = emqx_redis_storage_client:call(Client, node_leave, [<<"o@h">>, Inc]),
+        emqx_redis_nodes_reap:claim(Client, <<"o@h">>, Inc, 5000)
+    end,
+    ?assertMatch({error, {corrupt, #{kind := lease_owner}}}, emqx_redis_nodes_reap:step(Client, leases, <<"o@h">>, Until)),
+    ?assertEqual({ok, Before}, Q([<<"DUMP">>, Lease])).
 
 %%--------------------------------------------------------------------
 %% Helpers
