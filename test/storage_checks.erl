@@ -3,7 +3,7 @@
 %% unique per call, so runs never depend on an empty Redis.
 -module(storage_checks).
 
--export([all/0, sessions/0, registry/0, messages/0, routes/0, nodes/0]).
+-export([all/0, sessions/0, registry/0, messages/0, routes/0, membership/0]).
 
 -include_lib("stdlib/include/assert.hrl").
 
@@ -12,7 +12,7 @@ all() ->
     ok = registry(),
     ok = messages(),
     ok = routes(),
-    ok = nodes().
+    ok = membership().
 
 unique(Prefix) ->
     iolist_to_binary([Prefix, integer_to_list(erlang:unique_integer([positive]))]).
@@ -100,7 +100,7 @@ routes() ->
 %% A member made here under a made-up name, with channels, routes and
 %% leases spread over many slots and shards, leaves; its reap removes them
 %% all and is counted once; a second reap finds it gone.
-nodes() ->
+membership() ->
     N = emqx_redis_nodes,
     {ok, Client} = emqx_redis_storage_client:default(),
     Node = unique_node(),
