@@ -119,7 +119,8 @@ terminate(_Reason, #state{client = Client, node = Node, incarnation = Inc}) ->
 %%--------------------------------------------------------------------
 
 tick(#state{interval = Interval}) ->
-    erlang:send_after(Interval, self(), heartbeat).
+    _ = erlang:send_after(Interval, self(), heartbeat),
+    ok.
 
 %% Joins, reaping an earlier incarnation of this name first, until
 %% `Deadline' (monotonic ms) at the latest.
@@ -189,7 +190,7 @@ cannot_renew(Reason, #state{alive = true, renewed_mono = Renewed, ttl = Ttl, nod
                 msg => <<"node_heartbeat_lost">>, node => Node, reason => text(Reason),
                 detail => <<"not renewed within ttl: this node no longer counts itself alive">>
             }),
-            notify(nodedown, Node, State),
+            ok = notify(nodedown, Node, State),
             State#state{alive = false, live = maps:remove(Node, Live)};
         false ->
             State
@@ -201,10 +202,11 @@ cannot_renew(_Reason, State) ->
 %% which were (or are being) reaped meanwhile.
 rejoined(#state{hook = Hook, node = Node, incarnation = Inc} = State) ->
     report(warning, #{msg => <<"node_rejoined">>, node => Node, incarnation => Inc}),
-    case Hook of
-        undefined -> ok;
-        _ -> proc_lib:spawn(fun() -> run_hook(Hook) end)
-    end,
+    _ =
+        case Hook of
+            undefined -> ok;
+            _ -> proc_lib:spawn(fun() -> run_hook(Hook) end)
+        end,
     State.
 
 run_hook(Hook) ->
@@ -223,14 +225,14 @@ seen({Now, Members}, #state{live = Before} = State) ->
     Live = maps:from_list([{Node, Inc} || {Node, Deadline, Inc} <- Members, Deadline > Now]),
     Down = [Node || {Node, Inc} <- maps:to_list(Before), maps:get(Node, Live, undefined) =/= Inc],
     Up = [Node || {Node, Inc} <- maps:to_list(Live), maps:get(Node, Before, undefined) =/= Inc],
-    [notify(nodedown, Node, State) || Node <- Down],
-    [notify(nodeup, Node, State) || Node <- Up],
+    lists:foreach(fun(Node) -> notify(nodedown, Node, State) end, Down),
+    lists:foreach(fun(Node) -> notify(nodeup, Node, State) end, Up),
     State#state{live = Live}.
 
 notify(Event, NodeBin, #state{subscribers = Subs}) ->
     case emqx_redis_storage_terms:to_node(node, NodeBin) of
-        {ok, Node} -> [Pid ! {emqx_redis_nodes, Event, Node} || Pid <- maps:keys(Subs)];
-        {error, _} -> []
+        {ok, Node} -> lists:foreach(fun(Pid) -> Pid ! {emqx_redis_nodes, Event, Node} end, maps:keys(Subs));
+        {error, _} -> ok
     end.
 
 %% Every dead member not being reaped here gets a reaper; the reap lease
@@ -249,9 +251,11 @@ reaped(Node, {ok, Counts}, #state{reaps = Reaps} = State) ->
     report(info, (log_counts(Counts))#{msg => <<"node_reaped">>, node => Node, by => State#state.node}),
     Last = (log_counts(Counts))#{node => Node, at => erlang:system_time(millisecond)},
     State#state{reaps = Reaps + 1, last_reap = Last};
-reaped(_Node, {error, Expected}, State) when
-    Expected =:= gone; Expected =:= alive; element(1, Expected) =:= held
-->
+reaped(_Node, {error, gone}, State) ->
+    State;
+reaped(_Node, {error, alive}, State) ->
+    State;
+reaped(_Node, {error, {held, _}}, State) ->
     State;
 reaped(Node, {error, Reason}, State) ->
     report(warning, #{msg => <<"node_reap_failed">>, node => Node, reason => text(Reason)}),
