@@ -168,7 +168,9 @@ heartbeat(#state{incarnation = undefined} = State0) ->
     end;
 heartbeat(#state{client = Client, node = Node, incarnation = Inc, ttl = Ttl} = State) ->
     Sent = erlang:monotonic_time(millisecond),
-    case emqx_redis_storage_client:call(Client, node_heartbeat, [Node, Inc, Ttl]) of
+    Res = emqx_redis_storage_client:res(Client),
+    Call = fun(Ref) -> emqx_redis_storage_nif:node_heartbeat(Res, Ref, Node, Inc, Ttl) end,
+    case emqx_redis_storage_client:wait(Call, heartbeat_wait(State, Sent)) of
         {ok, {true, View}} ->
             reap_dead(View, seen(View, renewed(State, Sent)));
         {ok, {false, View}} ->
@@ -180,6 +182,14 @@ heartbeat(#state{client = Client, node = Node, incarnation = Inc, ttl = Ttl} = S
         {error, Reason} ->
             cannot_renew(Reason, State)
     end.
+
+%% While alive, a heartbeat waits no longer than until ttl has passed since
+%% the last renewal: then this node stops counting itself alive on time,
+%% whatever the command timeout. Else it waits up to ttl for the answer.
+heartbeat_wait(#state{alive = true, renewed_mono = Renewed, ttl = Ttl}, Now) ->
+    max(1, Renewed + Ttl - Now);
+heartbeat_wait(#state{ttl = Ttl}, _Now) ->
+    Ttl.
 
 %% Not renewed within ttl: others may have declared this node dead, so it
 %% stops counting itself alive.

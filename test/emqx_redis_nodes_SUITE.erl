@@ -245,6 +245,9 @@ node_cut_off_from_redis_rejoins(Config) ->
         ?assertEqual({ok, []}, emqx_redis_router:match_routes(Client, <<"t/cut">>)),
         %% In its own view, C is no longer alive.
         ?assertEqual(ok, wait(fun() -> has_event(C, nodedown, C) end, 5000)),
+        SelfDown = event_time(C, nodedown, C) - Frozen,
+        ct:pal("C stopped counting itself alive ~b ms after its Redis froze", [SelfDown]),
+        ?assert(SelfDown =< ?TTL + ?SLACK, SelfDown),
         ?assertMatch(#{alive := false}, rpc(C, emqx_redis_nodes, membership, [])),
         ?assertEqual(0, rpc(C, nodes_test_peer, rejoins, [])),
         timer:sleep(max(0, Frozen + ?TTL + 500 - now_ms())),
