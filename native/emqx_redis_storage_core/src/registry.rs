@@ -9,7 +9,6 @@ use crate::scripts::Lua;
 use crate::client::Client;
 use crate::error::Result;
 use crate::keys::client_slot;
-use crate::session::slots_with_hash;
 
 static UNREGISTER: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(&[include_str!("lua/channel_unregister.lua")]));
@@ -63,7 +62,9 @@ pub async fn reap_node(client: &Client, node: &[u8], until: i64) -> Result<u64> 
 
 async fn cleanup(client: &Client, node: &[u8], until: Option<i64>) -> Result<u64> {
     let keys = client.keys();
-    let slots = slots_with_hash(client, "channel", |slot| keys.channels(slot)).await?;
+    let slots = client
+        .slots_with_hash("channel", |slot| keys.channels(slot))
+        .await?;
     let until = until.map(|u| u.to_string());
     // One script per slot that has entries, all in flight at once (they
     // pipeline on the multiplexed connections).

@@ -362,7 +362,9 @@ pub async fn release_lease(
 /// see nodes.rs); returns how many.
 pub async fn release_leases_of(client: &Client, owner: &[u8], until: i64) -> Result<u64> {
     let keys = client.keys();
-    let slots = slots_with_hash(client, "lease_owner", |slot| keys.lease_owners(slot)).await?;
+    let slots = client
+        .slots_with_hash("lease_owner", |slot| keys.lease_owners(slot))
+        .await?;
     let indexes: Vec<Vec<Vec<u8>>> = client
         .for_slots(slots.iter().copied(), |slot| {
             let mut cmd = redis::cmd("HGETALL");
@@ -399,30 +401,6 @@ pub async fn release_leases_of(client: &Client, owner: &[u8], until: i64) -> Res
         })
     });
     Ok(futures::future::try_join_all(scripts).await?.iter().sum())
-}
-
-/// The slots whose per-slot key (of `kind`, built by `key`) is a hash: only
-/// those need a script. Any other type there is corrupt data.
-pub(crate) async fn slots_with_hash(
-    client: &Client,
-    kind: &'static str,
-    key: impl Fn(u16) -> Vec<u8>,
-) -> Result<Vec<u16>> {
-    let types: Vec<String> = client
-        .for_slots(0..SLOTS, |slot| {
-            let mut cmd = redis::cmd("TYPE");
-            cmd.arg(key(slot));
-            cmd
-        })
-        .await?;
-    if types.iter().any(|t| t != "hash" && t != "none") {
-        return Err(Error::corrupt(kind, "wrong type"));
-    }
-    Ok((0..SLOTS)
-        .zip(&types)
-        .filter(|(_, t)| *t == "hash")
-        .map(|(slot, _)| slot)
-        .collect())
 }
 
 fn lease_outcome(script: &str, reply: Vec<Value>) -> Result<std::result::Result<(), NotHeld>> {
