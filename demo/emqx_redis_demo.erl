@@ -15,7 +15,8 @@
 %% checks and the table).
 %%
 %% Environment: CLIENTS (default 10000), REDIS_URL (use that Redis, start
-%% none), LEASE_MS (A's lease duration, default 5000), DROP_SESSIONS (delete
+%% none), LEASE_MS (A's lease duration, default 5000), NODE_TTL_MS (the
+%% nodes' heartbeat ttl, default 3000), DROP_SESSIONS (delete
 %% that many sessions behind B's back, to see the checks catch it) and
 %% DEMO_DIR (set by demo/run.sh: where the private redis-server lives).
 -module(emqx_redis_demo).
@@ -54,6 +55,7 @@ settings() ->
     #{
         clients => int_env("CLIENTS", 10000, 1, 1000000),
         lease_ms => int_env("LEASE_MS", 5000, 100, 600000),
+        node_ttl_ms => int_env("NODE_TTL_MS", 3000, 500, 600000),
         drop => int_env("DROP_SESSIONS", 0, 0, 1000000),
         redis_url => os:getenv("REDIS_URL", ""),
         dir => os:getenv("DEMO_DIR", "")
@@ -95,17 +97,20 @@ ok_or_fail({error, Message}) -> fail("~ts", [Message]).
 %%--------------------------------------------------------------------
 %% The demo
 
-demo(#{clients := N, lease_ms := LeaseMs, drop := Drop}, #{config := RedisConfig}) ->
+demo(#{clients := N, lease_ms := LeaseMs, node_ttl_ms := NodeTtl, drop := Drop}, #{config := RedisConfig}) ->
     %% A key prefix of its own: runs never see each other's data.
     Prefix = iolist_to_binary(["emqx_demo_", integer_to_list(erlang:system_time(second)), "_", os:getpid(), ":"]),
     Config = #{
         redis => RedisConfig,
         key_prefix => Prefix,
-        persistence => #{session_ttl => <<"2h">>, message_ttl => <<"2h">>}
+        persistence => #{session_ttl => <<"2h">>, message_ttl => <<"2h">>},
+        %% A node is declared dead NODE_TTL_MS after its last heartbeat.
+        nodes => #{heartbeat_interval => max(100, NodeTtl div 5), ttl => NodeTtl}
     },
     Peers = start_nodes(Config),
     [{_, A}, {_, B}] = Peers,
-    say("nodes: A = ~s, B = ~s, both running emqx_redis_storage (key prefix ~s)", [A, B, Prefix]),
+    say("nodes: A = ~s, B = ~s, both running emqx_redis_storage (key prefix ~s; heartbeat every ~b ms, "
+        "dead after ~b ms)", [A, B, Prefix, max(100, NodeTtl div 5), NodeTtl]),
     try
         Result = take_over_demo(N, LeaseMs, Drop, A, B),
         Status =
@@ -142,6 +147,10 @@ take_over_demo(N, LeaseMs, Drop, A, B) ->
     RenewErrors =:= [] orelse fail("A could not renew its leases: ~p", [lists:sublist(RenewErrors, 3)]),
     say("A: renewed its ~b leases for ~b ms, as a live node keeps doing (~s)", [length(Fences), LeaseMs, seconds(RenewMs)]),
 
+    %% B watches the membership, and counts A alive.
+    ok = rpc(B, watch, [self()]),
+    wait_seen_alive(B, A, now_ms() + ?LEASE_GRACE_MS),
+
     %% A dies.
     Killed = now_ms(),
     OsPid = kill(A),
@@ -149,23 +158,32 @@ take_over_demo(N, LeaseMs, Drop, A, B) ->
     DurableKilled = emqx_redis_demo_ds:killed(Durable),
     Dropped = drop_sessions(B, N, Drop),
 
-    %% B takes over.
-    {Leases, HeldByA} = acquire_leases(B, A, N, LeaseMs, Killed),
+    %% B takes over: it tries the leases at once (A holds them), sees A
+    %% die, reaps it (its channels, routes and leases), then takes the leases.
+    {First, HeldByA} = try_leases(B, A, N),
+    wait_event(nodedown, A),
+    DownMs = now_ms() - Killed,
+    say("B: saw A down ~s after it died (it stopped renewing its heartbeat)", [seconds(DownMs)]),
+    Reap = wait_reaped(B, A, Killed + LeaseMs + ?LEASE_GRACE_MS),
+    ReapedMs = now_ms() - Killed,
+    say("B: reaped A ~s after it died (in ~s): ~b registry entries and ~b routes removed, ~b leases released",
+        [seconds(ReapedMs), seconds(maps:get(took_ms, Reap)), maps:get(channels, Reap), maps:get(routes, Reap),
+         maps:get(leases, Reap)]),
+    Leases = wait_leases(B, First, N, Killed),
     LeaseWaitMs = now_ms() - Killed,
     FenceOf = maps:from_list(Fences),
     Plan = [{I, maps:get(I, FenceOf), Fence} || {I, {ok, Fence}} <- Leases],
     {Clients, TakeMs} = phase("B: takes over sessions and queues", length(Plan), fun(P) -> rpc(B, take_over, [Plan, A, P]) end),
     say("B: loaded ~b sessions and their queued messages, saved them under its own fences (~s)",
         [length(Clients), seconds(TakeMs)]),
-    Reconnecting = [I || #{i := I, channel := {ok, Node}} <- Clients, Node =:= A],
-    {{RegistryRemoved, RegisterErrors}, RegistryMs} =
-        phase("B: registry", length(Reconnecting), fun(P) -> rpc(B, restore_registry, [A, Reconnecting, P]) end),
-    say("B: registry: cleanup_node(A) removed ~s entries, ~b clients registered on B (~s)",
-        [count(RegistryRemoved), length(Reconnecting) - length(RegisterErrors), seconds(RegistryMs)]),
+    %% The clients that were online on A reconnect to B.
+    Reconnecting = [I || #{i := I} <- Clients, online(I)],
+    {RegisterErrors, RegistryMs} =
+        phase("B: registry", length(Reconnecting), fun(P) -> rpc(B, restore_registry, [Reconnecting, P]) end),
+    say("B: registry: ~b clients registered on B (~s)", [length(Reconnecting) - length(RegisterErrors), seconds(RegistryMs)]),
     Routes = lists:append([emqx_redis_demo_data:subscription_routes(maps:get(subscriptions, S), B) || #{session := {ok, S}} <- Clients]),
-    {{RoutesRemoved, RoutesRestored}, RoutesMs} = timed(fun() -> rpc(B, restore_routes, [A, Routes]) end),
-    say("B: routes: cleanup_node(A) removed ~s routes, add_routes added ~s for B (~s)",
-        [count(RoutesRemoved), count(RoutesRestored), seconds(RoutesMs)]),
+    {RoutesRestored, RoutesMs} = timed(fun() -> rpc(B, restore_routes, [Routes]) end),
+    say("B: routes: add_routes added ~s for B (~s)", [count(RoutesRestored), seconds(RoutesMs)]),
     TakeoverMs = now_ms() - Killed,
     say("B: took over all clients ~s after A died", [seconds(TakeoverMs)]),
     DurableResumed = emqx_redis_demo_ds:resume(B, DurableKilled, Plan),
@@ -181,25 +199,64 @@ take_over_demo(N, LeaseMs, Drop, A, B) ->
         durable => DurableResumed,
         n => N, a => A, b => B, fences => FenceOf, leases => maps:from_list(Leases), held_by_a => HeldByA,
         clients => maps:from_list([{I, C} || #{i := I} = C <- Clients]),
-        registry_removed => RegistryRemoved, register_errors => RegisterErrors,
-        routes_removed => RoutesRemoved, routes_restored => RoutesRestored,
+        registry_removed => {ok, maps:get(channels, Reap)}, register_errors => RegisterErrors,
+        routes_removed => {ok, maps:get(routes, Reap)}, routes_restored => RoutesRestored,
+        down_ms => DownMs, reaped_ms => ReapedMs, reap => Reap,
         route_table => Table, topics => Topics, seen => Seen, dropped => Dropped,
         lease_wait_ms => LeaseWaitMs, takeover_ms => TakeoverMs
     }.
 
-%% B tries every lease once, then, while A's leases are still held, probes
-%% one of them until it is free and tries the rest again.
-acquire_leases(B, A, N, LeaseMs, Killed) ->
+%% B tries every lease once, right after A died.
+try_leases(B, A, N) ->
     {First, _} = phase("B: tries the leases", N, fun(P) -> rpc(B, acquire, [lists:seq(1, N), ?B_LEASE_MS, P]) end),
     Held = [I || {I, {error, {held_by, _}}} <- First],
     HeldByA = length([I || {I, {error, {held_by, Owner}}} <- First, Owner =:= A]),
-    say("B: ~b of ~b leases still held by A, ~b by others; waiting for them to expire",
+    say("B: ~b of ~b leases still held by A, ~b by others; waiting for A to be declared dead and reaped",
         [HeldByA, N, length(Held) - HeldByA]),
-    Rest = wait_for_leases(B, Held, Killed + LeaseMs + ?LEASE_GRACE_MS),
+    {First, HeldByA}.
+
+%% Then the ones still held: released by the reap, or expired.
+wait_leases(B, First, N, Killed) ->
+    Held = [I || {I, Result} <- First, is_held(Result)],
+    Rest = wait_for_leases(B, Held, now_ms() + ?LEASE_GRACE_MS),
     Leases = [L || {_, Result} = L <- First, not is_held(Result)] ++ Rest,
     Acquired = length([ok || {_, {ok, _}} <- Leases]),
     say("B: acquired ~b of ~b leases, ~s after A died", [Acquired, N, seconds(now_ms() - Killed)]),
-    {Leases, HeldByA}.
+    Leases.
+
+wait_event(Event, Node) ->
+    receive
+        {emqx_redis_nodes, Event, Node} -> ok
+    after ?LEASE_GRACE_MS * 4 ->
+        fail("B did not see ~s ~s within ~b s", [Node, Event, ?LEASE_GRACE_MS * 4 div 1000])
+    end.
+
+wait_seen_alive(B, A, Deadline) ->
+    Name = atom_to_binary(A),
+    #{live := Live} = erpc:call(B, emqx_redis_nodes, membership, [], ?RPC_TIMEOUT),
+    case lists:member(Name, Live) of
+        true -> ok;
+        false ->
+            now_ms() < Deadline orelse fail("B does not see A alive", []),
+            timer:sleep(20),
+            wait_seen_alive(B, A, Deadline)
+    end.
+
+%% B (the only live node) reaps A; its membership says when it has.
+wait_reaped(B, A, Deadline) ->
+    Name = atom_to_binary(A),
+    case rpc(B, last_reap, []) of
+        #{node := Name} = Reap ->
+            Reap;
+        _ ->
+            case now_ms() > Deadline of
+                true ->
+                    fail("B did not reap A in time", []);
+                false ->
+                    timer:sleep(20),
+                    wait_reaped(B, A, Deadline)
+            end
+    end.
 
 wait_for_leases(_B, [], _Deadline) ->
     [];

@@ -7,8 +7,8 @@
 %% progress process.
 -module(emqx_redis_demo_node).
 
--export([start/1, load/2, renew/3, acquire/3, take_over/3, restore_registry/3, restore_routes/2]).
--export([drop/1, inspect/3]).
+-export([start/1, load/2, renew/3, acquire/3, take_over/3, restore_registry/2, restore_routes/1]).
+-export([drop/1, inspect/3, watch/1, last_reap/0]).
 
 %% Also for the durable sessions' work (emqx_redis_demo_ds_node).
 -export([parallel/3]).
@@ -112,24 +112,48 @@ take_over_client({I, OldFence, NewFence}, DeadNode) ->
         saved => Saved
     }.
 
-%% @doc Removes the dead node's registry entries, then registers the
-%% clients that were connected to it here (they reconnect to this node).
-%% Returns `{Removed, Errors}'.
--spec restore_registry(node(), [pos_integer()], pid()) -> {{ok, non_neg_integer()} | {error, term()}, [term()]}.
-restore_registry(DeadNode, Reconnecting, Progress) ->
-    Removed = emqx_redis_registry:cleanup_node(DeadNode),
+%% @doc Registers here the clients that were connected to the dead node
+%% (they reconnect to this node); its own entries were reaped. Returns the errors.
+-spec restore_registry([pos_integer()], pid()) -> [term()].
+restore_registry(Reconnecting, Progress) ->
     Register = fun(Chunk) ->
         [{I, emqx_redis_registry:register_channel(client_id(I), node())} || I <- Chunk]
     end,
-    {Removed, [E || {_, {error, _}} = E <- parallel(Reconnecting, Register, Progress)]}.
+    [E || {_, {error, _}} = E <- parallel(Reconnecting, Register, Progress)].
 
-%% @doc Removes the dead node's routes, then adds `Routes' (this node's
-%% routes for the subscriptions of the sessions it took over).
--spec restore_routes(node(), [{binary(), emqx_redis_router:dest()}]) ->
-    {{ok, non_neg_integer()} | {error, term()}, {ok, non_neg_integer()} | {error, term()}}.
-restore_routes(DeadNode, Routes) ->
-    Removed = emqx_redis_router:cleanup_node(DeadNode),
-    {Removed, emqx_redis_router:add_routes(Routes)}.
+%% @doc Adds `Routes' (this node's routes for the subscriptions of the
+%% sessions it took over); the dead node's were reaped.
+-spec restore_routes([{binary(), emqx_redis_router:dest()}]) -> {ok, non_neg_integer()} | {error, term()}.
+restore_routes(Routes) ->
+    emqx_redis_router:add_routes(Routes).
+
+%% @doc `Controller' gets the membership events this node sees
+%% (`{emqx_redis_nodes, nodeup | nodedown, Node}').
+-spec watch(pid()) -> ok | {error, term()}.
+watch(Controller) ->
+    Caller = self(),
+    Watcher = spawn(fun() ->
+        Caller ! {self(), emqx_redis_nodes:subscribe()},
+        forward(Controller)
+    end),
+    receive
+        {Watcher, Subscribed} -> Subscribed
+    end.
+
+forward(Controller) ->
+    receive
+        {emqx_redis_nodes, _, _} = Event ->
+            Controller ! Event,
+            forward(Controller)
+    end.
+
+%% @doc The last reap this node did (see emqx_redis_nodes:membership/0).
+-spec last_reap() -> map() | undefined | {error, term()}.
+last_reap() ->
+    case emqx_redis_nodes:membership() of
+        #{last_reap := Last} -> Last;
+        {error, _} = Error -> Error
+    end.
 
 %% @doc Deletes the sessions and queued messages of clients `Indices':
 %% the loss the demo's checks must catch (env DROP_SESSIONS).

@@ -30,9 +30,12 @@ print(#{n := N} = R) ->
         end
      || {Name, Expected, Verdicts} <- Rows
     ]),
-    #{takeover_ms := Takeover, lease_wait_ms := Wait} = R,
-    io:format("  ~-24s ~10s   (~s waiting for A's leases to expire, ~s of work)~n",
-        ["time to take over", seconds(Takeover), seconds(Wait), seconds(Takeover - Wait)]),
+    #{takeover_ms := Takeover, lease_wait_ms := Wait, down_ms := Down, reaped_ms := Reaped, reap := Reap} = R,
+    io:format("  ~-24s ~10s   (~s until B saw A down, ~s until A was reaped, ~s of work)~n",
+        ["time to take over", seconds(Takeover), seconds(Down), seconds(Reaped), seconds(Takeover - Wait)]),
+    io:format("  ~-24s ~10s   by B, ~s after A's nodedown: ~b registry entries, ~b routes, ~b leases released~n",
+        ["reaping A", seconds(maps:get(took_ms, Reap)), seconds(Reaped - Down), maps:get(channels, Reap),
+         maps:get(routes, Reap), maps:get(leases, Reap)]),
     io:format("  ~-24s ~10b of ~b still held by A when B first tried; B's fence above A's and a "
         "late write with A's fence refused for ~b~n~n",
         ["leases", maps:get(held_by_a, R), N, length([ok || ok <- lease_verdicts(R)])]),
@@ -104,15 +107,15 @@ queue_verdicts(Expected, {ok, Got}) ->
 queue_verdicts(Expected, _Error) ->
     [lost || _ <- Expected].
 
-%% Online clients: on A before, on B after; offline ones: in neither.
-%% cleanup_node(A) removed exactly A's entries.
-registry_verdicts(#{n := N, a := A, b := B, clients := Clients, seen := #{clients := Seen}} = R) ->
+%% Online clients: reaped from A by the time B took them over (B found no
+%% entry), on B after; offline ones: in neither. The reap of A removed
+%% exactly A's entries (one per online client).
+registry_verdicts(#{n := N, b := B, clients := Clients, seen := #{clients := Seen}} = R) ->
     After = maps:from_list([{I, Channel} || {I, Channel, _} <- Seen]),
     Verdicts = [
         case {online(I), channel_before(I, Clients), maps:get(I, After, missing)} of
-            {true, {ok, A}, {ok, B}} -> ok;
-            {true, {ok, A}, {error, not_found}} -> lost;
-            {true, {error, not_found}, _} -> lost;
+            {true, {error, not_found}, {ok, B}} -> ok;
+            {true, _, {error, not_found}} -> lost;
             {true, _, _} -> wrong;
             {false, {error, not_found}, {error, not_found}} -> none;
             {false, _, _} -> wrong
@@ -131,7 +134,7 @@ route_count(Table) ->
     lists:sum([length(Dests) || Dests <- maps:values(Table)]).
 
 %% Every route of the sessions is there for B, none for A, no others;
-%% cleanup_node(A) removed exactly A's routes.
+%% the reap of A removed exactly A's routes.
 route_verdicts(#{route_table := Table, seen := #{routes := Seen}} = R) ->
     Found = maps:from_list([{F, Dests} || {F, {ok, Dests}} <- Seen]),
     Expected = [

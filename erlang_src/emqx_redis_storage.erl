@@ -49,8 +49,10 @@ stop() ->
         {error, {not_started, emqx_redis_storage}} -> ok
     end.
 
-%% @doc The default client's status (see `status/1'), or
-%% `#{started => false, connected => false, healthy => false}'.
+%% @doc The default client's status (see `status/1') with this node's
+%% membership under `nodes' (see `emqx_redis_nodes:membership/0'; `disabled'
+%% when it is no member), or `#{started => false, connected => false,
+%% healthy => false}'.
 -spec status() -> map().
 status() ->
     case emqx_redis_storage_client:default() of
@@ -58,7 +60,13 @@ status() ->
             #{started => false, connected => false, healthy => false};
         {ok, Client} ->
             #{} = Status = status(Client),
-            Status
+            Status#{nodes => membership()}
+    end.
+
+membership() ->
+    case emqx_redis_nodes:membership() of
+        {error, Reason} -> Reason;
+        Membership -> Membership
     end.
 
 %% @doc `#{started, mode, servers, database, pool_size, key_prefix,

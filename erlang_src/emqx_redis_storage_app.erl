@@ -10,10 +10,13 @@
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
     {ok, Sup} = emqx_redis_storage_sup:start_link(),
-    case emqx_redis_storage:connect(application:get_env(emqx_redis_storage, config, #{})) of
+    Config = application:get_env(emqx_redis_storage, config, #{}),
+    case emqx_redis_storage:connect(Config) of
         {ok, Client} ->
             ok = emqx_redis_storage_client:set_default(Client),
             warn_if_not_persistent(Client),
+            {ok, #{nodes := Nodes}} = emqx_redis_storage_config:parse(Config),
+            ok = emqx_redis_storage_sup:start_nodes(Client, Nodes),
             {ok, Sup};
         {error, _} = Error ->
             unlink(Sup),

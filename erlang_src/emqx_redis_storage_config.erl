@@ -36,6 +36,7 @@ schema() ->
     [
         {redis, {map, redis_schema()}, #{}},
         {persistence, {map, persistence_schema()}, #{}},
+        {nodes, {map, nodes_schema()}, #{}},
         {key_prefix, key_prefix, <<"emqx:">>},
         {route_index, {enum, [local, redis]}, local},
         {route_shards, {integer, 1, 1024}, 16},
@@ -68,6 +69,18 @@ persistence_schema() ->
         %% At most a whole store_messages/2 batch (8 MiB).
         {max_message_size, {integer, 1, ?MAX_REQUEST_BYTES}, 2 * ?MIB},
         {max_queue_len, {integer, 1, 1000000}, 1000}
+    ].
+
+%% Node liveness (emqx_redis_nodes).
+nodes_schema() ->
+    [
+        {enable, boolean, true},
+        {heartbeat_interval, {duration, ms, ?HOUR_MS}, 1000},
+        %% A node whose heartbeat is this old is dead.
+        {ttl, {duration, ms, ?HOUR_MS}, 10000},
+        %% A reaper that dies mid-way is replaced this long after it started
+        %% (or last renewed its lease).
+        {reap_lease, {duration, ms, ?HOUR_MS}, 10000}
     ].
 
 redis_schema() ->
@@ -131,6 +144,8 @@ check_combinations(#{redis := #{ssl := #{enable := true, certfile := C, keyfile 
     (C =:= undefined) =/= (K =:= undefined)
 ->
     invalid(<<"redis.ssl.keyfile">>, <<"certfile and keyfile together, or neither">>);
+check_combinations(#{nodes := #{heartbeat_interval := Interval, ttl := Ttl}}) when Ttl =< Interval ->
+    invalid(<<"nodes.ttl">>, <<"longer than nodes.heartbeat_interval (a node renews its heartbeat several times within ttl)">>);
 check_combinations(Config) ->
     Config.
 

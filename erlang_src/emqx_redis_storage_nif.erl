@@ -19,6 +19,10 @@
     ds_next/6, ds_watch/6, ds_unwatch/2, ds_filter_match/2
 ]).
 -export([
+    node_join/4, node_heartbeat/5, node_view/2, node_leave/4, node_reap_claim/6,
+    node_reap_renew/5, node_reap_finish/5, node_reap_step/5
+]).
+-export([
     message_store/5, message_get/5, message_ack/4, message_delete/3, message_count/3,
     message_info/3
 ]).
@@ -212,3 +216,30 @@ ds_unwatch(_C, _Key) -> ?NOT_LOADED.
 
 -spec ds_filter_match(reference(), binary()) -> boolean() | not_ready.
 ds_filter_match(_C, _Topic) -> ?NOT_LOADED.
+%% Node liveness. Node names are binaries both ways; times are Redis ms.
+%% Replies: see emqx_redis_nodes and emqx_redis_nodes_reap.
+
+-spec node_join(reference(), reference(), binary(), pos_integer()) -> ticket().
+node_join(_C, _Ref, _Node, _TtlMs) -> ?NOT_LOADED.
+
+-spec node_heartbeat(reference(), reference(), binary(), integer(), pos_integer()) -> ticket().
+node_heartbeat(_C, _Ref, _Node, _Incarnation, _TtlMs) -> ?NOT_LOADED.
+
+-spec node_view(reference(), reference()) -> ticket().
+node_view(_C, _Ref) -> ?NOT_LOADED.
+
+-spec node_leave(reference(), reference(), binary(), integer()) -> ticket().
+node_leave(_C, _Ref, _Node, _Incarnation) -> ?NOT_LOADED.
+
+-spec node_reap_claim(reference(), reference(), binary(), integer(), binary(), pos_integer()) -> ticket().
+node_reap_claim(_C, _Ref, _Node, _Incarnation, _Owner, _LeaseMs) -> ?NOT_LOADED.
+
+-spec node_reap_renew(reference(), reference(), binary(), integer(), pos_integer()) -> ticket().
+node_reap_renew(_C, _Ref, _Node, _Fence, _LeaseMs) -> ?NOT_LOADED.
+
+-spec node_reap_finish(reference(), reference(), binary(), integer(), integer()) -> ticket().
+node_reap_finish(_C, _Ref, _Node, _Incarnation, _Fence) -> ?NOT_LOADED.
+
+-spec node_reap_step(reference(), reference(), channels | routes | leases, binary(), integer()) ->
+    ticket() | {error, badarg}.
+node_reap_step(_C, _Ref, _Step, _Node, _Until) -> ?NOT_LOADED.

@@ -3,7 +3,7 @@
 
 -behaviour(supervisor).
 
--export([start_link/0, init/1]).
+-export([start_link/0, init/1, start_nodes/2]).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
@@ -13,3 +13,20 @@ start_link() ->
 init([]) ->
     Log = #{id => emqx_redis_storage_log, start => {emqx_redis_storage_log, start_link, []}},
     {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [Log]}}.
+
+%% @doc Starts this node's membership (emqx_redis_nodes) on the default
+%% client, unless `nodes.enable' is false or the node is not distributed (a
+%% name every undistributed VM shares cannot tell nodes apart).
+-spec start_nodes(emqx_redis_storage_client:t(), map()) -> ok.
+start_nodes(_Client, #{enable := false}) ->
+    ok;
+start_nodes(_Client, _Config) when node() =:= nonode@nohost ->
+    ok;
+start_nodes(Client, Config) ->
+    Spec = #{
+        id => emqx_redis_nodes_server,
+        start => {emqx_redis_nodes_server, start_link, [Client, Config]},
+        shutdown => 10000
+    },
+    {ok, _} = supervisor:start_child(?MODULE, Spec),
+    ok.

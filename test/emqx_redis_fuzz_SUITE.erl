@@ -23,7 +23,8 @@
 
 -define(PUBLIC, [
     emqx_redis_storage, emqx_redis_session, emqx_redis_message,
-    emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli, emqx_redis_ds
+    emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli, emqx_redis_ds,
+    emqx_redis_nodes
 ]).
 -define(DEFAULT_CALLS, 20000).
 -define(MAX_FENCE, (1 bsl 53) - 1).
@@ -368,6 +369,7 @@ shape({emqx_redis_storage, status, 1}) -> client_status;
 shape({emqx_redis_storage_cli, cmd, 1}) -> printed;
 shape({emqx_redis_storage, metrics, _}) -> metrics;
 shape({emqx_redis_storage, prometheus, _}) -> prometheus;
+shape({emqx_redis_nodes, membership, 0}) -> membership;
 shape(_MFA) -> result.
 
 valid_reply(_Ctx, boolean, Reply) -> is_boolean(Reply);
@@ -387,6 +389,8 @@ valid_reply(_Ctx, metrics, #{operations := Ops, requests := N}) -> is_map(Ops) a
 valid_reply(_Ctx, prometheus, Text) when is_list(Text) -> is_binary(iolist_to_binary(Text));
 valid_reply(Ctx, Metrics, Reply) when Metrics =:= metrics; Metrics =:= prometheus ->
     valid_reply(Ctx, result, Reply);
+valid_reply(_Ctx, membership, #{alive := Alive}) -> is_boolean(Alive);
+valid_reply(Ctx, membership, Reply) -> valid_reply(Ctx, result, Reply);
 valid_reply(_Ctx, result, ok) -> true;
 valid_reply(_Ctx, result, {ok, _}) -> true;
 valid_reply(Ctx, result, {error, Reason}) -> known_error(Ctx, Reason);
@@ -401,7 +405,7 @@ known_error(#{app := App}, not_started) -> App =:= stopped;
 known_error(_Ctx, Reason) when is_atom(Reason) ->
     lists:member(Reason, [
         not_found, timeout, already_started, stale_fence, not_held, overloaded, not_replicated,
-        too_many_subscriptions
+        too_many_subscriptions, disabled, gone, alive, lost_lease
     ]);
 known_error(_Ctx, {Tag, Message}) when Tag =:= redis; Tag =:= connection; Tag =:= connection_lost ->
     is_binary(Message);
@@ -413,7 +417,7 @@ known_error(_Ctx, Reason) when is_tuple(Reason), tuple_size(Reason) >= 2 ->
         (lists:prefix("invalid_", atom_to_list(Tag)) orelse
             lists:member(Tag, [
                 too_large, batch_too_large, held_by, not_replicated, unsupported_command, bad_command,
-                undecodable, unknown_node, filter_too_wide
+                undecodable, unknown_node, filter_too_wide, held
             ]));
 known_error(_Ctx, _Reason) ->
     false.
@@ -571,7 +575,15 @@ signatures() ->
         {?DS, watch, 2} => [client, iterator],
         {?DS, unwatch, 1} => [watch_ref],
         {?DS, unwatch, 2} => [client, watch_ref],
-        {?DS, filter_matches, 2} => [client, topic]
+        {?DS, filter_matches, 2} => [client, topic],
+        {emqx_redis_nodes, live_nodes, 0} => [],
+        {emqx_redis_nodes, live_nodes, 1} => [client],
+        {emqx_redis_nodes, subscribe, 0} => [],
+        {emqx_redis_nodes, unsubscribe, 0} => [],
+        {emqx_redis_nodes, set_rejoin_hook, 1} => [hook],
+        {emqx_redis_nodes, membership, 0} => [],
+        {emqx_redis_nodes, reap, 2} => [node, incarnation],
+        {emqx_redis_nodes, reap, 3} => [client, node, incarnation]
     }.
 
 %% One valid value of a kind, for the deterministic cases.
@@ -598,7 +610,9 @@ valid_example(start_time) -> 0;
 valid_example(stream) -> {emqx_redis_ds_stream, 1, <<"a">>, 0};
 valid_example(iterator) -> {emqx_redis_ds_iterator, 1, <<"a">>, 0, <<"a/+">>, 0, 0};
 valid_example(batch_size) -> 10;
-valid_example(watch_ref) -> make_ref().
+valid_example(watch_ref) -> make_ref();
+valid_example(hook) -> undefined;
+valid_example(incarnation) -> 1.
 
 %%--------------------------------------------------------------------
 %% Generators
@@ -672,6 +686,10 @@ gen_valid(_Ctx, routes) ->
     gen_routes();
 gen_valid(_Ctx, node) ->
     gen_node();
+gen_valid(_Ctx, hook) ->
+    elements([undefined, fun() -> ok end, {erlang, node, []}, {m, f, [a | b]}, fun(_) -> ok end, {m, f}]);
+gen_valid(_Ctx, incarnation) ->
+    frequency([{8, integer(0, 50)}, {1, elements([-1, 1 bsl 53, 1 bsl 64, nil])}]);
 gen_valid(_Ctx, topic_kind) ->
     elements([name, filter]);
 gen_valid(_Ctx, ds_messages) ->
@@ -832,7 +850,8 @@ library_keys() ->
     [
         <<"emqx:sess:{fz-1}">>, <<"emqx:lease:{fz-1}">>, <<"emqx:q:{fz-1}">>,
         <<"emqx:msg:{fz-1}:m1">>, <<"emqx:rt:{r0}">>, <<"emqx:rtrie:{r0}">>,
-        <<"emqx:ds:sub:{fz-1}">>, <<"emqx:ds:f:{d0}">>, <<"emqx:ds:m:{a/0}">>, <<"emqx:ds:levels">>
+        <<"emqx:ds:sub:{fz-1}">>, <<"emqx:ds:f:{d0}">>, <<"emqx:ds:m:{a/0}">>, <<"emqx:ds:levels">>,
+        <<"emqx:nodes:{n}">>, <<"emqx:nodes:inc:{n}">>, <<"emqx:nodes:reap:{n}">>
     ].
 
 %% Safe configs: a map always names the test's Redis in `servers' (or its
@@ -879,7 +898,8 @@ top_config_fields() ->
         {route_index, redis}, {route_index, nope}, {route_shards, 1}, {route_shards, 70000},
         {route_sync_interval, 50}, {ds, #{stream_shards => 1, message_retention => "1s"}},
         {ds, #{allow_wildcard_root => true, max_subscriptions_per_client => 2}}, {ds, #{stream_shards => 0}}, {persistence, #{session_ttl => "1h", max_queue_len => 1 bsl 70}},
-        {persistence, #{max_message_size => 0}}, {persistence, nope}, {<<"bogus">>, 1}
+        {persistence, #{max_message_size => 0}}, {persistence, nope}, {<<"bogus">>, 1},
+        {nodes, #{enable => false}}, {nodes, #{ttl => 100, heartbeat_interval => 200}}, {nodes, nope}
     ].
 
 %% Any term, within a size that keeps calls fast.

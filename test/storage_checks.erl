@@ -3,7 +3,7 @@
 %% unique per call, so runs never depend on an empty Redis.
 -module(storage_checks).
 
--export([all/0, sessions/0, registry/0, messages/0, routes/0, durable/0]).
+-export([all/0, sessions/0, registry/0, messages/0, routes/0, durable/0, membership/0]).
 
 -include_lib("stdlib/include/assert.hrl").
 
@@ -12,7 +12,8 @@ all() ->
     ok = registry(),
     ok = messages(),
     ok = routes(),
-    ok = durable().
+    ok = durable(),
+    ok = membership().
 
 unique(Prefix) ->
     iolist_to_binary([Prefix, integer_to_list(erlang:unique_integer([positive]))]).
@@ -135,3 +136,34 @@ read_stream(It, Acc) ->
         {ok, It2, []} -> {It2, lists:append(lists:reverse(Acc))};
         {ok, It2, Msgs} -> read_stream(It2, [Msgs | Acc])
     end.
+
+%% A member made here under a made-up name, with channels, routes and
+%% leases spread over many slots and shards, leaves; its reap removes them
+%% all and is counted once; a second reap finds it gone.
+membership() ->
+    N = emqx_redis_nodes,
+    {ok, Client} = emqx_redis_storage_client:default(),
+    Node = unique_node(),
+    Bin = atom_to_binary(Node),
+    {ok, {joined, Inc}} = emqx_redis_storage_client:call(Client, node_join, [Bin, 60000]),
+    {ok, Live} = N:live_nodes(),
+    ?assert(lists:member(Node, Live)),
+    Ids = [unique(<<"reap-">>) || _ <- lists:seq(1, 30)],
+    [ok = emqx_redis_registry:register_channel(Id, Node) || Id <- Ids],
+    [{ok, _} = emqx_redis_session:acquire_lease(Id, Node, 60000) || Id <- Ids],
+    Filters = [<<(unique(<<"reap">>))/binary, "/+/x">> || _ <- lists:seq(1, 10)],
+    [ok = emqx_redis_router:add_route(F, Node) || F <- Filters],
+    ok = emqx_redis_router:add_route(hd(Filters), {<<"g">>, Node}),
+    ok = emqx_redis_router:add_route(hd(Filters), 'keep@h'),
+    ?assertEqual({error, alive}, N:reap(Node, Inc)),
+    {ok, true} = emqx_redis_storage_client:call(Client, node_leave, [Bin, Inc]),
+    {ok, After} = N:live_nodes(),
+    ?assertNot(lists:member(Node, After)),
+    ?assertMatch({ok, #{channels := 30, routes := 11, leases := 30, reaps := 1}}, N:reap(Node, Inc)),
+    [?assertEqual({error, not_found}, emqx_redis_registry:lookup_channel(Id)) || Id <- Ids],
+    [?assertMatch({ok, _}, emqx_redis_session:acquire_lease(Id, 'other@h', 1000)) || Id <- Ids],
+    ?assertEqual({ok, ['keep@h']}, emqx_redis_router:lookup_routes(hd(Filters))),
+    ?assertEqual({ok, []}, emqx_redis_router:lookup_routes(lists:last(Filters))),
+    ?assertEqual({error, gone}, N:reap(Node, Inc)),
+    ok = emqx_redis_router:delete_route(hd(Filters), 'keep@h'),
+    ok.

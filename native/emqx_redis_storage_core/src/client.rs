@@ -32,7 +32,7 @@ use crate::config::{ClientConfig, Mode, ServerNameCheck, Tls};
 use crate::error::{Error, Result};
 use crate::guard::{Breaker, BreakerState, InFlight, Permit};
 use crate::health::{HealthReport, ServerHealth};
-use crate::keys::Keys;
+use crate::keys::{Keys, SLOTS};
 use crate::metrics::{Call, Metrics, Snapshot};
 use crate::router::{self, Router};
 use crate::scripts::Lua;
@@ -1375,6 +1375,30 @@ impl Client {
         self.backend
             .each(slots.into_iter().map(cmd).collect())
             .await
+    }
+    /// The slots whose per-slot key (built by `key`) is a hash, from one
+    /// `TYPE` per slot: only those need a script. Any other type there is
+    /// corrupt data of `kind`.
+    pub async fn slots_with_hash(
+        &self,
+        kind: &'static str,
+        key: impl Fn(u16) -> Vec<u8>,
+    ) -> Result<Vec<u16>> {
+        let types: Vec<String> = self
+            .for_slots(0..SLOTS, |slot| {
+                let mut cmd = redis::cmd("TYPE");
+                cmd.arg(key(slot));
+                cmd
+            })
+            .await?;
+        if types.iter().any(|t| t != "hash" && t != "none") {
+            return Err(Error::corrupt(kind, "wrong type"));
+        }
+        Ok((0..SLOTS)
+            .zip(&types)
+            .filter(|(_, t)| *t == "hash")
+            .map(|(slot, _)| slot)
+            .collect())
     }
 }
 

@@ -68,6 +68,7 @@ pub const CORRUPT_KINDS: &[&str] = &[
     "session_index",
     "fence",
     "lease",
+    "lease_owner",
     "channel",
     "route",
     "route_trie",
@@ -77,6 +78,8 @@ pub const CORRUPT_KINDS: &[&str] = &[
     "durable_filter",
     "durable_stream",
     "durable_levels",
+    "node",
+    "node_reap",
     "reply",
 ];
 

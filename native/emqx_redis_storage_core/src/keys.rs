@@ -23,6 +23,12 @@
 //! | `emqx:ds:m:{L/K}` | stream | durable messages whose topic's first level is L, publisher shard K |
 //! | `emqx:ds:levels` | set | the first levels that have streams |
 //! | `emqx:ds:appends` | pub/sub channel | the streams appended to, with their last entry id |
+//! | `emqx:lown:{S}` | hash | lease owners of slot S: client id -> owner (maintained by the lease scripts) |
+//! | `emqx:nodes:{n}` | zset | members: node -> heartbeat deadline (Redis ms); kept after it passes until reaped |
+//! | `emqx:nodes:inc:{n}` | hash | node -> its incarnation (a member's, or a dead one's until reaped) |
+//! | `emqx:nodes:reap:{n}` | hash | node -> reap lease: `"<fence> <until ms> <owner>"` |
+//! | `emqx:nodes:reaped:{n}` | hash | node -> number of finished reaps of that name |
+//! | `emqx:nodes:seq:{n}` | string | the last incarnation or reap fence issued |
 //!
 //! `{C}` is the client id as a Redis Cluster hash tag, so all keys of one
 //! client live in one slot and are changed atomically by one script. The
@@ -30,7 +36,9 @@
 //! byte string is a valid, unambiguous tag. `{S}` is a tag chosen to hash to
 //! slot S: the per-slot indexes live in the same slot as the clients they
 //! index, which keeps index and data atomic on a cluster as well, and spreads
-//! them over all shards instead of one hot key.
+//! them over all shards instead of one hot key. The membership keys share
+//! the tag `{n}`: one small slot, changed atomically by the node scripts; its
+//! size is the number of nodes, never of clients or routes.
 
 use std::sync::OnceLock;
 
@@ -110,6 +118,40 @@ impl Keys {
 
     pub fn channels(&self, slot: u16) -> Vec<u8> {
         self.slot_key("chan", slot)
+    }
+
+    /// Who holds the leases of the clients of one slot, so a dead owner's
+    /// leases are found slot by slot.
+    pub fn lease_owners(&self, slot: u16) -> Vec<u8> {
+        self.slot_key("lown", slot)
+    }
+
+    fn membership_key(&self, kind: &str) -> Vec<u8> {
+        let mut key = self.prefix.clone();
+        key.extend_from_slice(kind.as_bytes());
+        key.extend_from_slice(b":{n}");
+        key
+    }
+
+    /// The node members and their heartbeat deadlines.
+    pub fn members(&self) -> Vec<u8> {
+        self.membership_key("nodes")
+    }
+
+    pub fn incarnations(&self) -> Vec<u8> {
+        self.membership_key("nodes:inc")
+    }
+
+    pub fn reap_leases(&self) -> Vec<u8> {
+        self.membership_key("nodes:reap")
+    }
+
+    pub fn reap_counts(&self) -> Vec<u8> {
+        self.membership_key("nodes:reaped")
+    }
+
+    pub fn node_sequence(&self) -> Vec<u8> {
+        self.membership_key("nodes:seq")
     }
 
     /// `kind:{<table><shard>}`: the keys of one shard of a table share a tag.
@@ -290,6 +332,25 @@ mod tests {
         assert_eq!(k.ds_stream(b"a{b}", 0), b"emqx:ds:m:{a%7Bb%7D/0}");
         assert_eq!(k.ds_stream(b"", 1), b"emqx:ds:m:{/1}");
         assert_eq!(slot(&k.ds_holders(5, b"x")), slot(&k.ds_filters(5)));
+        assert_eq!(k.members(), b"emqx:nodes:{n}");
+        assert_eq!(k.incarnations(), b"emqx:nodes:inc:{n}");
+        assert_eq!(k.reap_leases(), b"emqx:nodes:reap:{n}");
+        assert_eq!(k.reap_counts(), b"emqx:nodes:reaped:{n}");
+        assert_eq!(k.node_sequence(), b"emqx:nodes:seq:{n}");
+    }
+
+    #[test]
+    fn membership_keys_share_one_slot() {
+        let k = Keys::new(b"p:");
+        let s = slot(&k.members());
+        for key in [
+            k.incarnations(),
+            k.reap_leases(),
+            k.reap_counts(),
+            k.node_sequence(),
+        ] {
+            assert_eq!(slot(&key), s);
+        }
     }
 
     #[test]
@@ -298,6 +359,7 @@ mod tests {
         for s in 0..SLOTS {
             assert_eq!(slot(&k.session_index(s)), s);
             assert_eq!(slot(&k.channels(s)), s);
+            assert_eq!(slot(&k.lease_owners(s)), s);
         }
     }
 

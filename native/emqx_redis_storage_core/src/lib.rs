@@ -13,6 +13,7 @@ pub mod log;
 pub mod message;
 pub mod metrics;
 pub mod mirror;
+pub mod nodes;
 pub mod registry;
 pub mod route_index;
 pub mod router;

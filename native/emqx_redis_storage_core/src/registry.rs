@@ -7,13 +7,20 @@ use std::sync::LazyLock;
 use crate::scripts::Lua;
 
 use crate::client::Client;
-use crate::error::{Error, Result};
-use crate::keys::{client_slot, SLOTS};
+use crate::error::Result;
+use crate::keys::client_slot;
 
 static UNREGISTER: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(&[include_str!("lua/channel_unregister.lua")]));
 static CLEANUP: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(&[include_str!("lua/channel_cleanup.lua")]));
+/// The same, as a reaper's step (nodes.rs).
+static REAP: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&[
+        include_str!("lua/reap_fence.lua"),
+        include_str!("lua/channel_cleanup.lua"),
+    ])
+});
 
 pub async fn register(client: &Client, client_id: &[u8], node: &[u8]) -> Result<()> {
     let key = client.keys().channels(client_slot(client_id));
@@ -44,31 +51,37 @@ pub async fn unregister(client: &Client, client_id: &[u8], node: &[u8]) -> Resul
 /// Removes every entry that names `node`; returns how many. A slot's key of
 /// the wrong type is found before any entry is removed.
 pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
+    cleanup(client, node, None).await
+}
+
+/// `cleanup_node` as a reaper's step that ends at `until` (Redis ms): each
+/// slot's script refuses once it has passed (nodes.rs).
+pub async fn reap_node(client: &Client, node: &[u8], until: i64) -> Result<u64> {
+    cleanup(client, node, Some(until)).await
+}
+
+async fn cleanup(client: &Client, node: &[u8], until: Option<i64>) -> Result<u64> {
     let keys = client.keys();
-    // Only slots whose hash exists need the script.
-    let types: Vec<String> = client
-        .for_slots(0..SLOTS, |slot| {
-            let mut cmd = redis::cmd("TYPE");
-            cmd.arg(keys.channels(slot));
-            cmd
-        })
+    let slots = client
+        .slots_with_hash("channel", |slot| keys.channels(slot))
         .await?;
-    if types.iter().any(|t| t != "hash" && t != "none") {
-        return Err(Error::corrupt("channel", "wrong type"));
-    }
+    let until = until.map(|u| u.to_string());
     // One script per slot that has entries, all in flight at once (they
     // pipeline on the multiplexed connections).
-    let scripts =
-        types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| *t == "hash")
-            .map(|(slot, _)| async move {
-                let key = keys.channels(slot as u16);
-                client
-                    .write_eval::<u64>(&CLEANUP, &[&key], &[node])
-                    .await
-                    .map_err(|e| e.of("channel"))
-            });
+    let scripts = slots.iter().map(|&slot| {
+        let until = until.as_deref();
+        async move {
+            let key = keys.channels(slot);
+            let result = match until {
+                None => client.write_eval::<u64>(&CLEANUP, &[&key], &[node]).await,
+                Some(until) => {
+                    client
+                        .write_eval::<u64>(&REAP, &[&key], &[node, until.as_bytes()])
+                        .await
+                }
+            };
+            result.map_err(|e| e.of("channel"))
+        }
+    });
     Ok(futures::future::try_join_all(scripts).await?.iter().sum())
 }

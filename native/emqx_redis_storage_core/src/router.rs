@@ -31,6 +31,14 @@ fn change_script(own: &str) -> Lua {
 static ADD: LazyLock<Lua> = LazyLock::new(|| change_script(include_str!("lua/route_add.lua")));
 static DELETE: LazyLock<Lua> =
     LazyLock::new(|| change_script(include_str!("lua/route_delete.lua")));
+/// The same, as a reaper's step (nodes.rs).
+static REAP: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&[
+        include_str!("lua/reap_fence.lua"),
+        include_str!("lua/route_prelude.lua"),
+        include_str!("lua/route_delete.lua"),
+    ])
+});
 static MATCH: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/route_match.lua")]));
 
 /// The routing table: filter -> NUL-joined dests. A dest as stored is a
@@ -278,6 +286,20 @@ pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
 /// are one script per shard, so a trie found corrupt by one of them stops
 /// the cleanup there, with the shards before it cleaned.
 pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
+    cleanup(client, node, None).await
+}
+
+/// `cleanup_node` as a reaper's step that ends at `until` (Redis ms): each
+/// shard's script refuses once it has passed (nodes.rs).
+pub async fn reap_node(client: &Client, node: &[u8], until: i64) -> Result<u64> {
+    cleanup(client, node, Some(until)).await
+}
+
+async fn cleanup(client: &Client, node: &[u8], until: Option<i64>) -> Result<u64> {
+    let (script, until) = match until {
+        None => (&*DELETE, None),
+        Some(until) => (&*REAP, Some(until.to_string())),
+    };
     let pattern = node_pattern(node);
     let keys = client.keys();
     let events = keys.route_events();
@@ -305,9 +327,10 @@ pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
             args.push(filter);
             args.push(&pattern);
         }
+        args.extend(until.as_deref().map(str::as_bytes));
         let (n, _): (u64, u64) = client
             .write_eval(
-                &DELETE,
+                script,
                 &[&keys.routes(shard), &keys.route_trie(shard)],
                 &args,
             )

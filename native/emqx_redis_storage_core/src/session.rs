@@ -29,6 +29,12 @@ static ACQUIRE: LazyLock<Lua> =
 static RENEW: LazyLock<Lua> = LazyLock::new(|| lease_script(include_str!("lua/lease_renew.lua")));
 static RELEASE: LazyLock<Lua> =
     LazyLock::new(|| lease_script(include_str!("lua/lease_release.lua")));
+static REAP_LEASES: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&[
+        include_str!("lua/reap_fence.lua"),
+        include_str!("lua/lease_reap.lua"),
+    ])
+});
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -289,11 +295,16 @@ pub async fn acquire_lease(
     let reply: (i64, Value) = client
         .write_eval(
             &ACQUIRE,
-            &[&keys.lease(client_id), &keys.fence(client_id)],
+            &[
+                &keys.lease(client_id),
+                &keys.fence(client_id),
+                &keys.lease_owners(client_slot(client_id)),
+            ],
             &[
                 owner,
                 lease_ms.to_string().as_bytes(),
                 fence_ttl_ms.to_string().as_bytes(),
+                client_id,
             ],
         )
         .await
@@ -331,12 +342,65 @@ pub async fn release_lease(
     client_id: &[u8],
     fence: i64,
 ) -> Result<std::result::Result<(), NotHeld>> {
-    let key = client.keys().lease(client_id);
+    let keys = client.keys();
     let reply: Vec<Value> = client
-        .write_eval(&RELEASE, &[&key], &[fence.to_string().as_bytes()])
+        .write_eval(
+            &RELEASE,
+            &[
+                &keys.lease(client_id),
+                &keys.lease_owners(client_slot(client_id)),
+            ],
+            &[fence.to_string().as_bytes(), client_id],
+        )
         .await
         .map_err(|e| e.of("lease"))?;
     lease_outcome("lease_release", reply)
+}
+
+/// Releases every lease `owner` (a dead node) still holds, found through the
+/// per-slot owner index, as a reaper's step that ends at `until` (Redis ms,
+/// see nodes.rs); returns how many.
+pub async fn release_leases_of(client: &Client, owner: &[u8], until: i64) -> Result<u64> {
+    let keys = client.keys();
+    let slots = client
+        .slots_with_hash("lease_owner", |slot| keys.lease_owners(slot))
+        .await?;
+    let indexes: Vec<Vec<Vec<u8>>> = client
+        .for_slots(slots.iter().copied(), |slot| {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(keys.lease_owners(slot));
+            cmd
+        })
+        .await
+        .map_err(|e| e.of("lease_owner"))?;
+    let until = until.to_string();
+    let scripts = slots.iter().zip(&indexes).filter_map(|(&slot, index)| {
+        let ids: Vec<&[u8]> = index
+            .chunks(2)
+            .filter(|entry| entry.len() == 2 && entry[1] == owner)
+            .map(|entry| entry[0].as_slice())
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let until = until.as_bytes();
+        Some(async move {
+            let index = keys.lease_owners(slot);
+            let leases: Vec<Vec<u8>> = ids.iter().map(|id| keys.lease(id)).collect();
+            let script_keys: Vec<&[u8]> = std::iter::once(index.as_slice())
+                .chain(leases.iter().map(Vec::as_slice))
+                .collect();
+            let args: Vec<&[u8]> = std::iter::once(owner)
+                .chain(ids.iter().copied())
+                .chain(std::iter::once(until))
+                .collect();
+            client
+                .write_eval::<u64>(&REAP_LEASES, &script_keys, &args)
+                .await
+                .map_err(|e| e.of("lease"))
+        })
+    });
+    Ok(futures::future::try_join_all(scripts).await?.iter().sum())
 }
 
 fn lease_outcome(script: &str, reply: Vec<Value>) -> Result<std::result::Result<(), NotHeld>> {

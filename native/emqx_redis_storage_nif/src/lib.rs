@@ -5,6 +5,7 @@ mod ds;
 mod log;
 mod message;
 mod nif;
+mod nodes;
 mod router;
 mod runtime;
 mod session;
