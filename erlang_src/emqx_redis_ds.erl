@@ -295,18 +295,16 @@ encode_all([Msg | Rest], MaxSize, Bytes, Acc) ->
             Error
     end.
 
+%% The NIF checks each topic name (`{invalid_message, {topic, Topic}}`).
 encode(#{id := Id, topic := Topic} = Msg, MaxSize) when
-    is_binary(Id), byte_size(Id) > 0, byte_size(Id) =< ?MAX_ID
+    is_binary(Id), byte_size(Id) > 0, byte_size(Id) =< ?MAX_ID, is_binary(Topic)
 ->
-    case name(Topic) of
-        ok ->
-            case emqx_redis_storage_terms:encode(maps:remove(topic, Msg), MaxSize) of
-                {ok, Body} -> {ok, {Topic, Body, erlang:phash2(maps:get(from, Msg, undefined))}};
-                {error, {too_large, Info}} -> {error, {too_large, Info#{id => Id}}}
-            end;
-        {error, _} ->
-            {error, {invalid_message, {topic, Topic}}}
+    case emqx_redis_storage_terms:encode(maps:remove(topic, Msg), MaxSize) of
+        {ok, Body} -> {ok, {Topic, Body, erlang:phash2(maps:get(from, Msg, undefined))}};
+        {error, {too_large, Info}} -> {error, {too_large, Info#{id => Id}}}
     end;
+encode(#{id := Id, topic := Topic}, _MaxSize) when is_binary(Id), byte_size(Id) > 0, byte_size(Id) =< ?MAX_ID ->
+    {error, {invalid_message, {topic, Topic}}};
 encode(#{id := Id, topic := _}, _MaxSize) ->
     {error, {invalid_message, {id, Id}}};
 encode(#{id := _}, _MaxSize) ->

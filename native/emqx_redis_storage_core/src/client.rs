@@ -34,7 +34,6 @@ use crate::guard::{Breaker, BreakerState, InFlight, Permit};
 use crate::health::{HealthReport, ServerHealth};
 use crate::keys::{Keys, SLOTS};
 use crate::metrics::{Call, Metrics, Snapshot};
-use crate::router::{self, Router};
 use crate::scripts::Lua;
 use crate::transport::{Alive, Transport};
 
@@ -280,10 +279,9 @@ pub struct Backend {
 pub struct Client {
     backend: Backend,
     keys: Keys,
-    router: Router,
     /// A bound on the calls in flight.
     in_flight: InFlight,
-    /// Dropped with the client; background tasks (the route index sync) end then.
+    /// Dropped with the client; background tasks end then (`Backend::closed`).
     _shutdown: tokio::sync::watch::Sender<()>,
 }
 
@@ -1182,11 +1180,10 @@ impl Client {
         // rustls needs one process-wide crypto provider; the first install wins.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(());
-        let backend = Backend::connect(config.clone(), shutdown_rx.clone()).await?;
+        let backend = Backend::connect(config.clone(), shutdown_rx).await?;
         let client = Client {
             backend,
             keys: Keys::new(&config.key_prefix),
-            router: Router::new(config.router.clone()),
             in_flight: InFlight::new(config.max_inflight),
             _shutdown: shutdown,
         };
@@ -1198,18 +1195,6 @@ impl Client {
         };
         for _ in 0..pings {
             client.backend.query::<Value>(&redis::cmd("PING")).await?;
-        }
-        if config.router.mode == router::IndexMode::Redis {
-            router::load_match_script(&client).await?;
-        }
-        if let Some(index) = &client.router.index {
-            tokio::spawn(crate::mirror::sync(
-                index.clone(),
-                client.backend.clone(),
-                client.keys.clone(),
-                config.router.sync_interval,
-                shutdown_rx,
-            ));
         }
         Ok(client)
     }
@@ -1233,10 +1218,9 @@ impl Client {
         }
     }
 
-    /// What the client counted, with the routes in its local index now.
-    pub fn metrics(&self) -> (Snapshot, Option<usize>) {
-        let routes = self.router.index.as_ref().map(|index| index.len());
-        (self.backend.metrics.snapshot(), routes)
+    /// What the client counted.
+    pub fn metrics(&self) -> Snapshot {
+        self.backend.metrics.snapshot()
     }
 
     /// The requests in flight now.
@@ -1251,10 +1235,6 @@ impl Client {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
-    }
-
-    pub fn router(&self) -> &Router {
-        &self.router
     }
 
     /// One command; a Redis error reply becomes `Err(Error::Redis)`.

@@ -4,8 +4,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::router::RouterConfig;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// One Redis: `servers[0]`.
@@ -66,7 +64,6 @@ pub struct ClientConfig {
     pub slow_call_threshold: Duration,
     /// Every key starts with it.
     pub key_prefix: Vec<u8>,
-    pub router: RouterConfig,
 }
 
 fn hidden<T>(secret: &Option<T>) -> Option<&'static str> {
@@ -94,7 +91,6 @@ impl fmt::Debug for ClientConfig {
             .field("wait_replicas", &self.wait_replicas)
             .field("slow_call_threshold", &self.slow_call_threshold)
             .field("key_prefix", &String::from_utf8_lossy(&self.key_prefix))
-            .field("router", &self.router)
             .finish()
     }
 }
@@ -127,7 +123,6 @@ mod tests {
             max_inflight: 10,
             slow_call_threshold: Duration::from_secs(1),
             key_prefix: b"emqx:".to_vec(),
-            router: RouterConfig::default(),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -29,9 +29,10 @@ use redis::Value;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::router::{self, Router};
 use crate::scripts::Lua;
 use crate::session::unexpected;
-use crate::{registry, router, session};
+use crate::{registry, session};
 
 /// How far the clocks of a Cluster's masters may differ: a reap lease is
 /// given to another reaper only this long after it ended.
@@ -300,6 +301,7 @@ async fn under_lease(
 /// removed from then on; shards or slots done before stay done).
 pub async fn reap_step(
     client: &Client,
+    router: &Router,
     step: Step,
     name: &[u8],
     until: i64,
@@ -311,7 +313,7 @@ pub async fn reap_step(
     }
     let removed = match step {
         Step::Channels => registry::reap_node(client, name, until).await,
-        Step::Routes => router::reap_node(client, name, until).await,
+        Step::Routes => router::reap_node(client, router, name, until).await,
         Step::Leases => session::release_leases_of(client, name, until).await,
     };
     match removed {

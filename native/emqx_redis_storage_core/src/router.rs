@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
-use crate::mirror::{per_shard, read_shards, shard_of, Mirror, Table, VERSION_FIELD};
+use crate::mirror::{self, per_shard, read_shards, shard_of, Mirror, Table, VERSION_FIELD};
 use crate::scripts::Lua;
 use crate::topic;
 
@@ -175,19 +175,38 @@ impl Router {
             .then(|| Arc::new(Mirror::new(&ROUTES, config.shards)));
         Router { config, index }
     }
+
+    /// Gets a client's router going: the match script loaded (`Redis`
+    /// mode), or the local index following the routing table until the
+    /// client is dropped (`Local`).
+    pub async fn start(&self, client: &Client) -> Result<()> {
+        if self.config.mode == IndexMode::Redis {
+            load_match_script(client).await?;
+        }
+        if let Some(index) = &self.index {
+            tokio::spawn(mirror::sync(
+                index.clone(),
+                client.backend().clone(),
+                client.keys().clone(),
+                self.config.sync_interval,
+                client.backend().closed(),
+            ));
+        }
+        Ok(())
+    }
 }
 
-fn shard_keys(client: &Client, filter: &[u8]) -> (u16, Vec<u8>, Vec<u8>) {
-    let shard = shard_of(filter, client.router().config.shards);
+fn shard_keys(client: &Client, router: &Router, filter: &[u8]) -> (u16, Vec<u8>, Vec<u8>) {
+    let shard = shard_of(filter, router.config.shards);
     let keys = client.keys();
     (shard, keys.routes(shard), keys.route_trie(shard))
 }
 
 /// Adds routes `(filter, dest)`; returns how many were new. One script call
 /// per shard and batch: restoring a node's many routes is cheap.
-pub async fn add(client: &Client, routes: &[(Vec<u8>, Vec<u8>)]) -> Result<u64> {
+pub async fn add(client: &Client, router: &Router, routes: &[(Vec<u8>, Vec<u8>)]) -> Result<u64> {
     const BATCH: usize = 1000;
-    let shards = client.router().config.shards;
+    let shards = router.config.shards;
     let mut by_shard: Vec<Vec<&(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); shards as usize];
     for route in routes {
         by_shard[shard_of(&route.0, shards) as usize].push(route);
@@ -218,7 +237,7 @@ pub async fn add(client: &Client, routes: &[(Vec<u8>, Vec<u8>)]) -> Result<u64> 
         .await?
         .into_iter()
         .sum();
-    if let Some(index) = &client.router().index {
+    if let Some(index) = &router.index {
         for (filter, dest) in routes {
             index.preview(true, filter, dest);
         }
@@ -227,8 +246,8 @@ pub async fn add(client: &Client, routes: &[(Vec<u8>, Vec<u8>)]) -> Result<u64> 
 }
 
 /// Removes a route; true if it was there.
-pub async fn delete(client: &Client, filter: &[u8], dest: &[u8]) -> Result<bool> {
-    let (shard, routes, trie) = shard_keys(client, filter);
+pub async fn delete(client: &Client, router: &Router, filter: &[u8], dest: &[u8]) -> Result<bool> {
+    let (shard, routes, trie) = shard_keys(client, router, filter);
     let (removed, _version): (u64, u64) = client
         .write_eval(
             &DELETE,
@@ -241,15 +260,15 @@ pub async fn delete(client: &Client, filter: &[u8], dest: &[u8]) -> Result<bool>
             ],
         )
         .await?;
-    if let Some(index) = &client.router().index {
+    if let Some(index) = &router.index {
         index.preview(false, filter, dest);
     }
     Ok(removed > 0)
 }
 
 /// The dests of exactly this filter.
-pub async fn lookup(client: &Client, filter: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let (_, routes, _) = shard_keys(client, filter);
+pub async fn lookup(client: &Client, router: &Router, filter: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let (_, routes, _) = shard_keys(client, router, filter);
     let joined: Option<Vec<u8>> = client
         .query(redis::cmd("HGET").arg(routes).arg(filter))
         .await
@@ -262,8 +281,8 @@ pub async fn lookup(client: &Client, filter: &[u8]) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Every filter that has a route.
-pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
-    let shards = client.router().config.shards;
+pub async fn filters(client: &Client, router: &Router) -> Result<Vec<Vec<u8>>> {
+    let shards = router.config.shards;
     let all: Vec<Vec<Vec<u8>>> = client
         .backend()
         .each(per_shard(&ROUTES, client.keys(), shards, "HKEYS"))
@@ -285,17 +304,17 @@ pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
 /// Every shard is read and checked before the first change; the changes
 /// are one script per shard, so a trie found corrupt by one of them stops
 /// the cleanup there, with the shards before it cleaned.
-pub async fn cleanup_node(client: &Client, node: &[u8]) -> Result<u64> {
-    cleanup(client, node, None).await
+pub async fn cleanup_node(client: &Client, router: &Router, node: &[u8]) -> Result<u64> {
+    cleanup(client, router, node, None).await
 }
 
 /// `cleanup_node` as a reaper's step that ends at `until` (Redis ms): each
 /// shard's script refuses once it has passed (nodes.rs).
-pub async fn reap_node(client: &Client, node: &[u8], until: i64) -> Result<u64> {
-    cleanup(client, node, Some(until)).await
+pub async fn reap_node(client: &Client, router: &Router, node: &[u8], until: i64) -> Result<u64> {
+    cleanup(client, router, node, Some(until)).await
 }
 
-async fn cleanup(client: &Client, node: &[u8], until: Option<i64>) -> Result<u64> {
+async fn cleanup(client: &Client, router: &Router, node: &[u8], until: Option<i64>) -> Result<u64> {
     let (script, until) = match until {
         None => (&*DELETE, None),
         Some(until) => (&*REAP, Some(until.to_string())),
@@ -304,13 +323,7 @@ async fn cleanup(client: &Client, node: &[u8], until: Option<i64>) -> Result<u64
     let keys = client.keys();
     let events = keys.route_events();
     let mut removed = 0;
-    let shards = read_shards(
-        &ROUTES,
-        client.backend(),
-        keys,
-        client.router().config.shards,
-    )
-    .await?;
+    let shards = read_shards(&ROUTES, client.backend(), keys, router.config.shards).await?;
     for (shard, (_, routes)) in shards.into_iter().enumerate() {
         let hit: Vec<&[u8]> = routes
             .iter()
@@ -337,7 +350,7 @@ async fn cleanup(client: &Client, node: &[u8], until: Option<i64>) -> Result<u64
             .await?;
         removed += n;
     }
-    if let Some(index) = &client.router().index {
+    if let Some(index) = &router.index {
         index.remove_dests_where(|d| is_dest_of(d, node));
     }
     Ok(removed)
@@ -345,15 +358,19 @@ async fn cleanup(client: &Client, node: &[u8], until: Option<i64>) -> Result<u64
 
 /// Loads the match script, which runs inside pipelines where it cannot be
 /// loaded on demand.
-pub async fn load_match_script(client: &Client) -> Result<()> {
+async fn load_match_script(client: &Client) -> Result<()> {
     client.load_script(&MATCH).await
 }
 
 /// Matches inside Redis: the match script on every shard (one pipeline on a
 /// single server, concurrent calls on a cluster, where shards live apart).
-pub async fn match_in_redis(client: &Client, topic: &[u8]) -> Result<Vec<Vec<u8>>> {
+pub async fn match_in_redis(
+    client: &Client,
+    router: &Router,
+    topic: &[u8],
+) -> Result<Vec<Vec<u8>>> {
     let keys = client.keys();
-    let shards = client.router().config.shards;
+    let shards = router.config.shards;
     let calls = || {
         (0..shards)
             .map(|shard| {

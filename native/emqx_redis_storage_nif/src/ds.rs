@@ -11,7 +11,7 @@ use crate::runtime::spawn_admitted;
 use crate::term::Out;
 
 mod atoms {
-    rustler::atoms! { ok, error, emqx_redis_ds, new_data, topic, id, corrupt }
+    rustler::atoms! { ok, error, emqx_redis_ds, new_data, topic, id, corrupt, invalid_message }
 }
 
 fn badarg<'a>(env: Env<'a>) -> Term<'a> {
@@ -83,7 +83,9 @@ fn ds_subscriptions<'a>(
     )
 }
 
-/// `msgs` is a list of `{Topic, Body, FromHash}`; replies with the number stored.
+/// `msgs` is a list of `{Topic, Body, FromHash}`; replies with the number
+/// stored. A topic that is not a topic name: `{error, {invalid_message,
+/// {topic, Topic}}}` at once, nothing stored.
 #[rustler::nif]
 fn ds_persist<'a>(
     env: Env<'a>,
@@ -94,7 +96,8 @@ fn ds_persist<'a>(
     let mut owned = Vec::with_capacity(msgs.len());
     for (topic, body, from_hash) in msgs {
         if topic::validate_name(topic.as_slice()).is_err() {
-            return badarg(env);
+            let reason = (atoms::invalid_message(), (atoms::topic(), topic));
+            return (atoms::error(), reason).encode(env);
         }
         owned.push(ToPersist {
             topic: topic.to_vec(),

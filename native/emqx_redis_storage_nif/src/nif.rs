@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use emqx_redis_storage_core::client::Client;
 use emqx_redis_storage_core::ds::Durable;
+use emqx_redis_storage_core::router::Router;
 use emqx_redis_storage_core::Error;
 use rustler::{Binary, Encoder, Env, ResourceArc, Term};
 
@@ -21,6 +22,7 @@ mod atoms {
 /// dropped when the last term referring to it is gone.
 pub struct ClientRes {
     client: Client,
+    pub router: Router,
     pub ds: Arc<Durable>,
 }
 
@@ -36,11 +38,15 @@ impl Deref for ClientRes {
 
 #[rustler::nif]
 fn connect<'a>(env: Env<'a>, reply_ref: Term<'a>, config: Term<'a>) -> Term<'a> {
-    match term::client_config(config).and_then(|c| Ok((c, term::ds_config(config)?))) {
-        Ok((config, ds_config)) => spawn_reply(env, reply_ref, async move {
+    let configs = term::client_config(config)
+        .and_then(|c| Ok((c, term::router_config(config)?, term::ds_config(config)?)));
+    match configs {
+        Ok((config, router_config, ds_config)) => spawn_reply(env, reply_ref, async move {
             let client = Client::connect(config).await?;
+            let router = Router::new(router_config);
+            router.start(&client).await?;
             let ds = Arc::new(Durable::new(ds_config));
-            Ok(ResourceArc::new(ClientRes { client, ds }))
+            Ok(ResourceArc::new(ClientRes { client, router, ds }))
         }),
         Err(reason) => (atoms::error(), Reason(&reason)).encode(env),
     }
@@ -116,8 +122,8 @@ fn client_status<'a>(
 /// its read lock, in microseconds.
 #[rustler::nif]
 fn client_metrics(client: ResourceArc<ClientRes>) -> Out {
-    let (snapshot, routes) = client.metrics();
-    term::metrics(snapshot, routes)
+    let routes = client.router.index.as_ref().map(|index| index.len());
+    term::metrics(client.metrics(), routes)
 }
 
 /// Panics inside a runtime task, to prove that such a panic is answered as

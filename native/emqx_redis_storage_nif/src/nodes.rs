@@ -171,7 +171,7 @@ fn node_reap_step<'a>(
     };
     let node = node.to_vec();
     spawn_admitted(env, client.admit("node_reap"), reply_ref, async move {
-        let removed = nodes::reap_step(&client, step, &node, until).await?;
+        let removed = nodes::reap_step(&client, &client.router, step, &node, until).await?;
         Ok(removed.map_or(Out::Atom("stale"), |n| Out::Int(n as i64)))
     })
 }

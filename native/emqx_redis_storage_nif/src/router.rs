@@ -78,7 +78,9 @@ fn route_add<'a>(
         owned.push((filter.to_vec(), dest));
     }
     spawn_admitted(env, client.admit("route_add"), reply_ref, async move {
-        Ok(Out::Int(router::add(&client, &owned).await? as i64))
+        Ok(Out::Int(
+            router::add(&client, &client.router, &owned).await? as i64,
+        ))
     })
 }
 
@@ -95,7 +97,7 @@ fn route_delete<'a>(
     };
     let filter = filter.to_vec();
     spawn_admitted(env, client.admit("route_delete"), reply_ref, async move {
-        router::delete(&client, &filter, &dest).await?;
+        router::delete(&client, &client.router, &filter, &dest).await?;
         Ok(Out::Atom("ok"))
     })
 }
@@ -109,7 +111,7 @@ fn route_lookup<'a>(
 ) -> Term<'a> {
     let filter = filter.to_vec();
     spawn_admitted(env, client.admit("route_lookup"), reply_ref, async move {
-        dests_out(router::lookup(&client, &filter).await?)
+        dests_out(router::lookup(&client, &client.router, &filter).await?)
     })
 }
 
@@ -120,7 +122,7 @@ fn route_filters<'a>(
     reply_ref: Term<'a>,
 ) -> Term<'a> {
     spawn_admitted(env, client.admit("route_filters"), reply_ref, async move {
-        Ok(Out::bins(router::filters(&client).await?))
+        Ok(Out::bins(router::filters(&client, &client.router).await?))
     })
 }
 
@@ -136,7 +138,7 @@ fn route_cleanup<'a>(
     };
     spawn_admitted(env, client.admit("route_cleanup"), reply_ref, async move {
         Ok(Out::Int(
-            router::cleanup_node(&client, node.as_bytes()).await? as i64,
+            router::cleanup_node(&client, &client.router, node.as_bytes()).await? as i64,
         ))
     })
 }
@@ -150,7 +152,7 @@ fn route_match_local<'a>(env: Env<'a>, client: ResourceArc<ClientRes>, topic: Bi
         return (atoms::error(), Atom::from_str(env, e.as_str()).ok()).encode(env);
     }
     let found = client
-        .router()
+        .router
         .index
         .as_ref()
         .and_then(|index| index.matches(topic.as_slice()));
@@ -185,12 +187,12 @@ fn route_match_redis<'a>(
         env,
         client.admit("route_match_redis"),
         reply_ref,
-        async move { dests_out(router::match_in_redis(&client, &topic).await?) },
+        async move { dests_out(router::match_in_redis(&client, &client.router, &topic).await?) },
     )
 }
 
 /// True when the local index is loaded and in step with Redis.
 #[rustler::nif]
 fn route_index_ready(client: ResourceArc<ClientRes>) -> bool {
-    client.router().index.as_ref().is_some_and(|i| i.is_ready())
+    client.router.index.as_ref().is_some_and(|i| i.is_ready())
 }

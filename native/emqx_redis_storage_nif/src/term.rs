@@ -339,23 +339,6 @@ pub fn client_config(map: Term) -> Result<ClientConfig, Error> {
         command_timeout: millis(map, "command_timeout")?,
         slow_call_threshold: millis(map, "slow_call_threshold")?,
         key_prefix: field::<Binary>(map, "key_prefix")?.as_slice().to_vec(),
-        router: RouterConfig {
-            shards: match field::<u16>(map, "route_shards")? {
-                0 => {
-                    return Err(Error::InvalidConfig(
-                        "route_shards",
-                        "must be positive".into(),
-                    ))
-                }
-                n => n,
-            },
-            mode: if field::<Atom>(map, "route_index")? == atoms::local() {
-                IndexMode::Local
-            } else {
-                IndexMode::Redis
-            },
-            sync_interval: millis(map, "route_sync_interval")?,
-        },
     })
 }
 
@@ -378,6 +361,27 @@ pub fn ds_config(map: Term) -> Result<DsConfig, Error> {
     Ok(DsConfig {
         stream_shards,
         retention,
+        sync_interval: millis(map, "route_sync_interval")?,
+    })
+}
+
+/// The routing-table settings of the same map.
+pub fn router_config(map: Term) -> Result<RouterConfig, Error> {
+    Ok(RouterConfig {
+        shards: match field::<u16>(map, "route_shards")? {
+            0 => {
+                return Err(Error::InvalidConfig(
+                    "route_shards",
+                    "must be positive".into(),
+                ))
+            }
+            n => n,
+        },
+        mode: if field::<Atom>(map, "route_index")? == atoms::local() {
+            IndexMode::Local
+        } else {
+            IndexMode::Redis
+        },
         sync_interval: millis(map, "route_sync_interval")?,
     })
 }
