@@ -36,11 +36,14 @@
 -opaque stream() :: {emqx_redis_ds_stream, 1, Level :: binary(), Shard :: non_neg_integer()}.
 -opaque iterator() ::
     {emqx_redis_ds_iterator, 1, Level :: binary(), Shard :: non_neg_integer(), filter(),
-        Ms :: non_neg_integer(), Seq :: non_neg_integer()}.
+        Ms :: non_neg_integer(), Seq :: non_neg_integer(), Skip :: non_neg_integer()}.
 -export_type([stream/0, iterator/0, message/0]).
 
 -define(STREAM(Level, Shard), {emqx_redis_ds_stream, 1, Level, Shard}).
--define(IT(Level, Shard, Filter, Ms, Seq), {emqx_redis_ds_iterator, 1, Level, Shard, Filter, Ms, Seq}).
+%% The position: the stream entry id `Ms-Seq' to read next, and how many of
+%% its messages were read already (an entry holds a persist call's messages).
+-define(IT(Level, Shard, Filter, Ms, Seq, Skip), {emqx_redis_ds_iterator, 1, Level, Shard, Filter, Ms, Seq, Skip}).
+-define(MAX_U32, 4294967295).
 %% Messages per persist/1 call and per next/2 batch.
 -define(MAX_BATCH, 10000).
 -define(MAX_ID, 65535).
@@ -155,7 +158,7 @@ get_streams(Client, Filter, StartTimeMs) ->
 make_iterator(Client, Stream, Filter, StartTimeMs) ->
     checked(Client, [filter(Filter), time(StartTimeMs)], fun() ->
         with_stream(Client, Stream, fun(Level, Shard) ->
-            {ok, ?IT(Level, Shard, Filter, StartTimeMs, 0)}
+            {ok, ?IT(Level, Shard, Filter, StartTimeMs, 0, 0)}
         end)
     end).
 
@@ -169,11 +172,11 @@ make_iterator(Client, Stream, Filter, StartTimeMs) ->
     {ok, iterator(), [message()]} | {ok, end_of_stream} | {error, term()}.
 next(Client, It, BatchSize) ->
     checked(Client, [batch_size(BatchSize)], fun() ->
-        with_iterator(Client, It, fun(Level, Shard, Filter, Ms, Seq) ->
-        case call(Client, ds_next, [{Level, Shard}, Filter, {Ms, Seq}, BatchSize]) of
-            {ok, {Ms2, Seq2, Msgs, _Scanned}} ->
+        with_iterator(Client, It, fun(Level, Shard, Filter, Ms, Seq, Skip) ->
+        case call(Client, ds_next, [{Level, Shard}, Filter, {Ms, Seq, Skip}, BatchSize]) of
+            {ok, {{Ms2, Seq2, Skip2}, Msgs, _Scanned}} ->
                 case lists:member(corrupt, Msgs) of
-                    false -> {ok, ?IT(Level, Shard, Filter, Ms2, Seq2), Msgs};
+                    false -> {ok, ?IT(Level, Shard, Filter, Ms2, Seq2, Skip2), Msgs};
                     true -> emqx_redis_storage_terms:corrupt(durable_message, <<"not a message we persisted">>)
                 end;
             {error, _} = Error ->
@@ -189,7 +192,7 @@ next(Client, It, BatchSize) ->
 -spec watch(client(), iterator()) -> {ok, reference()} | {error, term()}.
 watch(Client, It) ->
     checked(Client, [], fun() ->
-        with_iterator(Client, It, fun(Level, Shard, _Filter, Ms, Seq) ->
+        with_iterator(Client, It, fun(Level, Shard, _Filter, Ms, Seq, _Skip) ->
             WatchRef = make_ref(),
             Key = term_to_binary(WatchRef),
             case call(Client, ds_watch, [{Level, Shard}, {Ms, Seq}, WatchRef, Key]) of
@@ -257,12 +260,13 @@ with_stream(Client, ?STREAM(Level, Shard) = Stream, Fun) ->
 with_stream(_Client, Other, _Fun) ->
     {error, {invalid_stream, Other}}.
 
-with_iterator(Client, ?IT(Level, Shard, Filter, Ms, Seq) = It, Fun) ->
+with_iterator(Client, ?IT(Level, Shard, Filter, Ms, Seq, Skip) = It, Fun) ->
     Valid =
         valid_level(Level) andalso valid_shard(Client, Shard) andalso
-            filter(Filter) =:= ok andalso time(Ms) =:= ok andalso time(Seq) =:= ok,
+            filter(Filter) =:= ok andalso time(Ms) =:= ok andalso time(Seq) =:= ok andalso
+            is_integer(Skip) andalso Skip >= 0 andalso Skip =< ?MAX_U32,
     case Valid of
-        true -> Fun(Level, Shard, Filter, Ms, Seq);
+        true -> Fun(Level, Shard, Filter, Ms, Seq, Skip);
         false -> {error, {invalid_iterator, It}}
     end;
 with_iterator(_Client, Other, _Fun) ->

@@ -204,7 +204,7 @@ ds_persist(_C, _Ref, _Messages) -> ?NOT_LOADED.
 ds_streams(_C, _Ref, _Filter) -> ?NOT_LOADED.
 
 -spec ds_next(reference(), reference(), {binary(), non_neg_integer()}, binary(),
-    {non_neg_integer(), non_neg_integer()}, pos_integer()) -> ticket().
+    {non_neg_integer(), non_neg_integer(), non_neg_integer()}, pos_integer()) -> ticket().
 ds_next(_C, _Ref, _Stream, _Filter, _Pos, _N) -> ?NOT_LOADED.
 
 -spec ds_watch(reference(), reference(), {binary(), non_neg_integer()},

@@ -110,6 +110,7 @@ stream_keys() ->
     {ok, Keys} = emqx_redis_storage:q([<<"KEYS">>, <<"emqx:ds:m:*">>]),
     lists:sort(Keys).
 
+%% Stream entries: one per persist call and stream.
 entries() ->
     lists:sum([N || K <- stream_keys(), {ok, N} <- [emqx_redis_storage:q([<<"XLEN">>, K])]]).
 
@@ -184,12 +185,14 @@ one_copy_for_many_subscribers(_Config) ->
         [{ok, #{persisted := 100}} = ?DS:persist(B) || B <- test_util:chunks(Msgs, 100)],
         Keys = [K || K <- stream_keys(), binary:match(K, <<"{", Level/binary, "/">>) =/= nomatch],
         {
-            lists:sum([N || K <- Keys, {ok, N} <- [emqx_redis_storage:q([<<"XLEN">>, K])]]),
+            length(read_all(<<Level/binary, "/#">>)),
             lists:sum([N || K <- Keys, {ok, N} <- [emqx_redis_storage:q([<<"MEMORY">>, <<"USAGE">>, K])]])
         }
     end,
     {2000, One} = Publish(<<"one">>),
     {2000, Many} = Publish(<<"many">>),
+    %% one stream entry per persist call and stream
+    ?assertEqual(40, entries()),
     ct:pal("Redis memory for 2000 messages: ~b bytes with 1 subscriber, ~b with 1000 (~b per message)", [One, Many, Many div 2000]),
     ?assert(Many =< One * 1.05 + 1024, {One, Many}),
     ?assertEqual(2000, length(read_all(<<"many/#">>))).
@@ -313,7 +316,7 @@ retention_trims_without_readers(Config) ->
     Short = other_node(Config, #{message_retention => <<"1s">>}),
     ok = ?DS:subscribe(Short, <<"c1">>, <<"ret/#">>),
     {ok, #{persisted := 50}} = ?DS:persist(Short, [msg(<<"ret/a">>, N) || N <- lists:seq(1, 50)]),
-    ?assertEqual(50, entries()),
+    ?assertEqual(1, entries(), "one entry: one persist call, one stream"),
     {ok, Streams} = ?DS:get_streams(Short, <<"ret/#">>, 0),
     [Behind] = [It || S <- Streams, {ok, It} <- [?DS:make_iterator(Short, S, <<"ret/#">>, 0)], {ok, _, [_ | _]} <- [?DS:next(Short, It, 1)]],
     ok = test_util:wait_until(fun() -> entries() =:= 0 end, 5000),
@@ -366,7 +369,13 @@ watch_fires_at_once_for_data_already_there(_Config) ->
     {ok, End, [_]} = ?DS:next(It, 10),
     {ok, Ref2} = ?DS:watch(End),
     receive {emqx_redis_ds, Ref2, new_data} -> ct:fail(early) after 200 -> ok end,
-    ok = ?DS:unwatch(Ref2).
+    ok = ?DS:unwatch(Ref2),
+    %% stopped inside one persist call's messages: the rest is there already
+    {ok, #{persisted := 10}} = ?DS:persist([msg(<<"w/y">>, N) || N <- lists:seq(2, 11)]),
+    {ok, Inside, [#{n := 2}, #{n := 3}, #{n := 4}]} = ?DS:next(End, 3),
+    {ok, Ref3} = ?DS:watch(Inside),
+    receive {emqx_redis_ds, Ref3, new_data} -> ok after 1000 -> ct:fail(not_notified) end,
+    ?assertMatch({ok, _, [#{n := 5} | _]}, ?DS:next(Inside, 100)).
 
 wildcard_roots_are_refused_unless_allowed(Config) ->
     [?assertEqual({error, {filter_too_wide, F}}, ?DS:subscribe(<<"c1">>, F)) || F <- [<<"#">>, <<"+">>, <<"+/a">>, <<"+/+/#">>]],
@@ -401,7 +410,7 @@ invalid_input_is_refused(_Config) ->
     {ok, [S | _]} = ?DS:get_streams(<<"v/#">>, 0),
     {ok, It} = ?DS:make_iterator(S, <<"v/#">>, 0),
     {emqx_redis_ds_stream, 1, _, _} = S,
-    {emqx_redis_ds_iterator, 1, L, Sh, F, Ms, Seq} = It,
+    {emqx_redis_ds_iterator, 1, L, Sh, F, Ms, Seq, Skip} = It,
     Bad = [
         ?DS:subscribe(<<>>, <<"a">>),
         ?DS:subscribe(<<"c">>, <<"a/#/b">>),
@@ -430,14 +439,16 @@ invalid_input_is_refused(_Config) ->
         ?DS:next(It, 0),
         ?DS:next(It, 10001),
         ?DS:next(It, many),
-        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, -1, Seq}, 10),
-        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, Ms, 1 bsl 64}, 10),
-        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, <<"#/x">>, Ms, Seq}, 10),
-        ?DS:next({emqx_redis_ds_iterator, 1, <<"a", 0:8>>, Sh, F, Ms, Seq}, 10),
-        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, Ms}, 10),
+        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, -1, Seq, Skip}, 10),
+        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, Ms, Seq, -1}, 10),
+        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, Ms, Seq, 1 bsl 32}, 10),
+        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, Ms, 1 bsl 64, Skip}, 10),
+        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, <<"#/x">>, Ms, Seq, Skip}, 10),
+        ?DS:next({emqx_redis_ds_iterator, 1, <<"a", 0:8>>, Sh, F, Ms, Seq, Skip}, 10),
+        ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, Ms, Seq}, 10),
         ?DS:next(S, 10),
         ?DS:watch(S),
-        ?DS:watch({emqx_redis_ds_iterator, 1, L, 99, F, Ms, Seq}),
+        ?DS:watch({emqx_redis_ds_iterator, 1, L, 99, F, Ms, Seq, Skip}),
         ?DS:unwatch(not_a_ref),
         ?DS:next(not_a_client, It, 10),
         ?DS:persist(not_a_client, [])
@@ -447,8 +458,8 @@ invalid_input_is_refused(_Config) ->
     ?assertMatch({error, {too_large, #{id := <<"1">>, size := _, max := 2097152}}},
         ?DS:persist([#{id => <<"1">>, topic => <<"v/a">>, payload => binary:copy(<<"x">>, 3 bsl 20)}])),
     %% an iterator beyond the end, or of a stream nobody wrote, reads nothing
-    ?assertMatch({ok, _, []}, ?DS:next({emqx_redis_ds_iterator, 1, <<"nobody">>, 0, <<"nobody/#">>, 0, 0}, 10)),
-    ?assertMatch({ok, _, []}, ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, 1 bsl 62, 0}, 10)).
+    ?assertMatch({ok, _, []}, ?DS:next({emqx_redis_ds_iterator, 1, <<"nobody">>, 0, <<"nobody/#">>, 0, 0, 0}, 10)),
+    ?assertMatch({ok, _, []}, ?DS:next({emqx_redis_ds_iterator, 1, L, Sh, F, 1 bsl 62, 0, 0}, 10)).
 
 stored_garbage_is_corrupt(_Config) ->
     ok = ?DS:subscribe(<<"c1">>, <<"g/#">>),
@@ -458,11 +469,13 @@ stored_garbage_is_corrupt(_Config) ->
     Key = iolist_to_binary(["emqx:ds:m:{g/", integer_to_list(Shard), "}"]),
     {ok, It} = ?DS:make_iterator(Stream, <<"g/#">>, 0),
     {ok, End, [_]} = ?DS:next(It, 10),
-    Entry = fun(T, B) -> <<(byte_size(T)):16, T/binary, B/binary>> end,
+    Entry = fun(T, B) -> <<(byte_size(T)):16, T/binary, (byte_size(B)):32, B/binary>> end,
     Garbage = [
         {[<<"x">>, <<"1">>], durable_stream},
         {[<<"m">>, <<0>>], durable_stream},
         {[<<"m">>, Entry(<<"g/a">>, <<>>), <<"t">>, <<"y">>], durable_stream},
+        {[<<"m">>, <<>>], durable_stream},
+        {[<<"m">>, <<(Entry(<<"g/a">>, term_to_binary(#{id => <<"x">>})))/binary, 0>>], durable_stream},
         {[<<"m">>, Entry(<<"other/a">>, term_to_binary(#{id => <<"x">>}))], durable_stream},
         {[<<"m">>, Entry(<<"g/+">>, term_to_binary(#{id => <<"x">>}))], durable_stream},
         {[<<"m">>, Entry(<<"g/a">>, <<"notaterm">>)], durable_message},
@@ -532,8 +545,8 @@ literal_first_level_reads_only_its_streams(_Config) ->
 
 %% The messages and the entries read, straight from the NIF.
 scan({emqx_redis_ds_stream, 1, Level, Shard}, Filter) ->
-    {ok, {_, _, Entries, Scanned}} =
-        emqx_redis_storage_client:call(default(), ds_next, [{Level, Shard}, Filter, {0, 0}, 10000]),
+    {ok, {_, Entries, Scanned}} =
+        emqx_redis_storage_client:call(default(), ds_next, [{Level, Shard}, Filter, {0, 0, 0}, 10000]),
     {Entries, Scanned}.
 
 %% For random filters and topics: persist stores what some filter matches

@@ -374,7 +374,7 @@ shape(_MFA) -> result.
 
 valid_reply(_Ctx, boolean, Reply) -> is_boolean(Reply);
 valid_reply(_Ctx, printed, Reply) -> Reply =:= ok;
-valid_reply(_Ctx, batch, {ok, {emqx_redis_ds_iterator, _, _, _, _, _, _}, Msgs}) -> is_list(Msgs);
+valid_reply(_Ctx, batch, {ok, {emqx_redis_ds_iterator, _, _, _, _, _, _, _}, Msgs}) -> is_list(Msgs);
 valid_reply(Ctx, batch, Reply) -> valid_reply(Ctx, result, Reply);
 valid_reply(_Ctx, validation, Reply) -> Reply =:= ok orelse is_tuple_of(error, Reply, fun is_atom/1);
 valid_reply(Ctx, boolean_or_error, Reply) ->
@@ -608,7 +608,7 @@ valid_example(cli_words) -> ["sessions", "count"];
 valid_example(ds_messages) -> [#{id => <<"m">>, topic => <<"a/b">>}];
 valid_example(start_time) -> 0;
 valid_example(stream) -> {emqx_redis_ds_stream, 1, <<"a">>, 0};
-valid_example(iterator) -> {emqx_redis_ds_iterator, 1, <<"a">>, 0, <<"a/+">>, 0, 0};
+valid_example(iterator) -> {emqx_redis_ds_iterator, 1, <<"a">>, 0, <<"a/+">>, 0, 0, 0};
 valid_example(batch_size) -> 10;
 valid_example(watch_ref) -> make_ref();
 valid_example(hook) -> undefined;
@@ -709,9 +709,10 @@ gen_valid(_Ctx, stream) ->
 gen_valid(_Ctx, iterator) ->
     frequency([
         {6, ?LET(
-            {L, S, F, Ms, Seq},
-            {gen_level(), integer(0, 3), gen_filter(), frequency([{4, integer(0, 2000000000000)}, {1, gen_integer()}]), frequency([{4, integer(0, 10)}, {1, gen_integer()}])},
-            {emqx_redis_ds_iterator, 1, L, S, F, Ms, Seq}
+            {L, S, F, Ms, Seq, Skip},
+            {gen_level(), integer(0, 3), gen_filter(), frequency([{4, integer(0, 2000000000000)}, {1, gen_integer()}]),
+                frequency([{4, integer(0, 10)}, {1, gen_integer()}]), frequency([{4, integer(0, 200)}, {1, gen_integer()}])},
+            {emqx_redis_ds_iterator, 1, L, S, F, Ms, Seq, Skip}
         )},
         {1, ?LET(L, list(gen_any()), list_to_tuple([emqx_redis_ds_iterator | L]))}
     ]);

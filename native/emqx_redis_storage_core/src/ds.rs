@@ -11,18 +11,20 @@
 //!   literal first level reads only the streams of that level; one starting
 //!   with a wildcard reads the streams of every level (`ds:levels`). Messages
 //!   of one publisher on one topic share a stream, so they keep their order.
-//! - **Positions.** A stream entry's id (`ms-seq`) is given by Redis and is
-//!   greater than every id the stream ever held: every message appended sorts
-//!   after every iterator position, so an iterator misses nothing.
 //! - **Appends.** One script per stream and `persist` call appends its
-//!   messages, trims what is older than the retention (`MINID ~`, whole
-//!   nodes: cheap) and publishes the new last id.
+//!   messages as one entry, trims what is older than the retention
+//!   (`MINID ~`, whole nodes: cheap) and publishes the new last id.
+//! - **Positions.** An iterator's cursor is an entry id (`ms-seq`) and how
+//!   many of that entry's messages it read. Redis gives an entry an id
+//!   greater than every id the stream ever held: every message appended sorts
+//!   after every cursor, so an iterator misses nothing.
 //! - **Retention.** Besides the trimming of appends, a sweeper on every
 //!   client trims exactly, also streams nobody appends to any more.
 //! - **Watch.** Each client listens on `ds:appends` on one connection and
 //!   wakes the watchers of those streams whose position an append passed.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,7 +45,7 @@ static APPEND: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/ds_
 
 /// Shards of the durable filter table.
 pub const FILTER_SHARDS: u16 = 16;
-/// The most entries one `next` reads, and the most bytes it returns.
+/// The most messages one `next` looks at, and the most bytes it returns.
 pub const MAX_SCAN: usize = 10_000;
 pub const MAX_BYTES: usize = 8 << 20;
 
@@ -357,17 +359,16 @@ pub async fn persist(client: &Client, ds: &Durable, msgs: Vec<ToPersist>) -> Res
     let appends = by_stream.into_iter().map(|(stream, msgs)| {
         let key = keys.ds_stream(&stream.level, stream.shard);
         let shard = stream.shard.to_string();
-        let entries: Vec<Vec<u8>> = msgs.iter().map(|m| entry(&m.topic, &m.body)).collect();
+        let entry = encode_entry(&msgs);
         let (min_id, channel) = (&min_id, &channel);
         async move {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(4 + entries.len());
-            args.extend([
-                &channel[..],
+            let args: [&[u8]; 5] = [
+                channel,
                 &stream.level,
                 shard.as_bytes(),
                 min_id.as_bytes(),
-            ]);
-            args.extend(entries.iter().map(Vec::as_slice));
+                &entry,
+            ];
             let _last: Vec<u8> = client.write_eval(&APPEND, &[&key], &args).await?;
             Ok::<_, Error>(())
         }
@@ -410,28 +411,43 @@ async fn register_levels<'a>(
     Ok(())
 }
 
-/// A stream entry's one field: the topic's length (two bytes, big-endian),
-/// the topic, the body. One field per entry keeps the replies of a replay
-/// short (and the topic is at most 65535 bytes, as MQTT's are).
-fn entry(topic: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + topic.len() + body.len());
-    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    out.extend_from_slice(topic);
-    out.extend_from_slice(body);
+/// A stream entry: the messages of one `persist` call for one stream, in
+/// their order, each as the topic's length (2 bytes, big-endian), the topic,
+/// the body's length (4 bytes, big-endian) and the body. One entry per call
+/// and stream: Redis appends, stores and returns a batch as one item.
+fn encode_entry(msgs: &[ToPersist]) -> Vec<u8> {
+    let size = msgs.iter().map(|m| 6 + m.topic.len() + m.body.len()).sum();
+    let mut out = Vec::with_capacity(size);
+    for m in msgs {
+        out.extend_from_slice(&(m.topic.len() as u16).to_be_bytes());
+        out.extend_from_slice(&m.topic);
+        out.extend_from_slice(&(m.body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&m.body);
+    }
     out
 }
 
-/// `(topic, body)` of an entry we wrote, with a valid topic name.
-fn parse_entry(mut entry: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
-    let len = u16::from_be_bytes([*entry.first()?, *entry.get(1)?]) as usize;
-    if entry.len() < 2 + len {
-        return None;
+/// Where the topic and the body of each message of an entry are, if it is
+/// an entry we could have written to the stream of `level`: at least one
+/// message, every topic a topic name of that first level.
+fn decode_entry(entry: &[u8], level: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < entry.len() {
+        let topic_len = u16::from_be_bytes(entry.get(at..at + 2)?.try_into().ok()?) as usize;
+        let topic = at + 2..at + 2 + topic_len;
+        let len_at = topic.end;
+        let body_len = u32::from_be_bytes(entry.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
+        let body = len_at + 4..len_at + 4 + body_len;
+        let name = entry.get(topic.clone())?;
+        entry.get(body.clone())?;
+        if topic::validate_name(name).is_err() || first_level(name) != level {
+            return None;
+        }
+        at = body.end;
+        found.push((topic, body));
     }
-    let body = entry.split_off(2 + len);
-    entry.drain(..2);
-    topic::validate_name(&entry)
-        .is_ok()
-        .then_some((entry, body))
+    (!found.is_empty()).then_some(found)
 }
 
 /// What `ds_append.lua` publishes: `level \0 shard \0 ms-seq` (no topic
@@ -494,58 +510,85 @@ pub async fn streams(client: &Client, ds: &Durable, filter: &[u8]) -> Result<Vec
         .collect())
 }
 
-/// A message as read from a stream: its topic and its encoded body.
-pub type Entry = (Vec<u8>, Vec<u8>);
+/// Where an iterator is: the id of the next entry to read, and how many of
+/// its messages were read already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub id: Pos,
+    pub skip: u32,
+}
 
-/// What one `next` did.
+/// What one `next` read: the matching messages (slices of the entries
+/// read), where to go on from, and how many messages it looked at.
 pub struct Batch {
-    pub next: Pos,
-    pub msgs: Vec<Entry>,
-    /// Entries read, matching or not: the read amplification is
-    /// `scanned / msgs.len()`.
+    pub next: Cursor,
+    entries: Vec<Vec<u8>>,
+    found: Vec<(usize, Range<usize>, Range<usize>)>,
+    /// Messages read, matching or not: the read amplification is
+    /// `scanned / len()`.
     pub scanned: usize,
 }
 
+impl Batch {
+    /// `(topic, body)` of each matching message, in append order.
+    pub fn messages(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.found.iter().map(|(e, topic, body)| {
+            (
+                &self.entries[*e][topic.clone()],
+                &self.entries[*e][body.clone()],
+            )
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+}
+
 /// Up to `n` messages matching `filter`, from `from` on, in append order.
-/// Reads at most `MAX_SCAN` entries and returns at most about `MAX_BYTES`;
-/// the returned position is after the last entry read. A position behind
-/// what retention trimmed goes on with the oldest entry kept.
+/// Looks at most at `MAX_SCAN` messages and returns at most about
+/// `MAX_BYTES`; the cursor returned is after the last message looked at. A
+/// position behind what retention trimmed goes on with the oldest entry kept.
 pub async fn next(
     client: &Client,
     stream: &Stream,
     filter: &[u8],
-    from: Pos,
+    from: Cursor,
     n: usize,
 ) -> Result<Batch> {
     let key = client.keys().ds_stream(&stream.level, stream.shard);
     let mut batch = Batch {
         next: from,
-        msgs: Vec::new(),
+        entries: Vec::new(),
+        found: Vec::new(),
         scanned: 0,
     };
-    let mut bytes = 0;
-    while batch.msgs.len() < n && batch.scanned < MAX_SCAN && bytes < MAX_BYTES {
-        let want = (n - batch.msgs.len())
-            .clamp(100, 1000)
-            .min(MAX_SCAN - batch.scanned);
+    let (mut bytes, mut entries_read) = (0, 0);
+    // Entries hold a persist call's messages each: ask for as many as the
+    // entries read so far say are needed.
+    let mut count = (n / 100).clamp(1, 10);
+    loop {
         let mut xrange = redis::cmd("XRANGE");
         xrange
             .arg(&key)
-            .arg(batch.next.id())
+            .arg(batch.next.id.id())
             .arg("+")
             .arg("COUNT")
-            .arg(want);
-        let entries: Vec<(Vec<u8>, Vec<Vec<u8>>)> = client
+            .arg(count);
+        let replies: Vec<(Vec<u8>, Vec<Vec<u8>>)> = client
             .query(&xrange)
             .await
             .map_err(|e| e.of("durable_stream"))?;
-        let got = entries.len();
-        for (id, fields) in entries {
+        let got = replies.len();
+        for (id, fields) in replies {
             let pos = Pos::parse(&id)
                 .ok_or_else(|| Error::corrupt("durable_stream", "an entry id we did not get"))?;
-            let (topic, body) = match <[Vec<u8>; 2]>::try_from(fields) {
-                Ok([m, value]) if m == b"m" => parse_entry(value)
-                    .ok_or_else(|| Error::corrupt("durable_stream", "an entry we did not write"))?,
+            let entry = match <[Vec<u8>; 2]>::try_from(fields) {
+                Ok([m, value]) if m == b"m" => value,
                 _ => {
                     return Err(Error::corrupt(
                         "durable_stream",
@@ -553,27 +596,43 @@ pub async fn next(
                     ))
                 }
             };
-            if first_level(&topic) != stream.level {
-                return Err(Error::corrupt(
-                    "durable_stream",
-                    "an entry with a topic of another stream",
-                ));
-            }
-            batch.next = pos.after();
-            batch.scanned += 1;
-            if topic::matches(&topic, filter) {
-                bytes += topic.len() + body.len();
-                batch.msgs.push((topic, body));
-                if batch.msgs.len() == n || bytes >= MAX_BYTES {
-                    break;
+            let messages = decode_entry(&entry, &stream.level)
+                .ok_or_else(|| Error::corrupt("durable_stream", "an entry we did not write"))?;
+            let skip = if pos == batch.next.id {
+                batch.next.skip as usize
+            } else {
+                0
+            };
+            let index = batch.entries.len();
+            entries_read += 1;
+            for (k, (topic, body)) in messages.iter().enumerate().skip(skip) {
+                if batch.found.len() == n || bytes >= MAX_BYTES || batch.scanned >= MAX_SCAN {
+                    batch.next = Cursor {
+                        id: pos,
+                        skip: k as u32,
+                    };
+                    batch.entries.push(entry);
+                    return Ok(batch);
+                }
+                batch.scanned += 1;
+                if topic::matches(&entry[topic.clone()], filter) {
+                    bytes += topic.len() + body.len();
+                    batch.found.push((index, topic.clone(), body.clone()));
                 }
             }
+            batch.next = Cursor {
+                id: pos.after(),
+                skip: 0,
+            };
+            batch.entries.push(entry);
         }
-        if got < want {
-            break;
+        let full = batch.found.len() == n || bytes >= MAX_BYTES || batch.scanned >= MAX_SCAN;
+        if got < count || full {
+            return Ok(batch);
         }
+        let per_entry = (batch.scanned / entries_read.max(1)).max(1);
+        count = (n - batch.found.len()).div_ceil(per_entry).clamp(1, 1000);
     }
-    Ok(batch)
 }
 
 /// The id of the newest entry of a stream, if it has any.
@@ -931,16 +990,24 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let e = entry(b"a/b", b"\x83body");
-        assert_eq!(&e[..5], b"\x00\x03a/b");
-        assert_eq!(
-            parse_entry(e),
-            Some((b"a/b".to_vec(), b"\x83body".to_vec()))
-        );
-        assert_eq!(parse_entry(entry(b"", b"x")), None, "not a topic");
-        assert_eq!(parse_entry(entry(b"a/+", b"x")), None, "not a topic name");
-        assert_eq!(parse_entry(b"\x00\x09a/b".to_vec()), None, "too short");
-        assert_eq!(parse_entry(b"\x00".to_vec()), None);
+        let msg = |t: &str, b: &str| ToPersist {
+            topic: t.into(),
+            body: b.into(),
+            from_hash: 0,
+        };
+        let e = encode_entry(&[msg("a/b", "one"), msg("a", "")]);
+        assert_eq!(&e[..9], b"\x00\x03a/b\x00\x00\x00\x03");
+        let found = decode_entry(&e, b"a").unwrap();
+        let got: Vec<(&[u8], &[u8])> = found
+            .iter()
+            .map(|(t, b)| (&e[t.clone()], &e[b.clone()]))
+            .collect();
+        assert_eq!(got, vec![(&b"a/b"[..], &b"one"[..]), (&b"a"[..], &b""[..])]);
+        assert_eq!(decode_entry(&e, b"b"), None, "another stream's level");
+        assert_eq!(decode_entry(b"", b"a"), None, "no message");
+        assert_eq!(decode_entry(&encode_entry(&[msg("a/+", "x")]), b"a"), None);
+        assert_eq!(decode_entry(&e[..e.len() - 1], b"a"), None, "cut short");
+        assert_eq!(decode_entry(b"\x00", b"a"), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! | `emqx:ds:f:{dN}` | hash | durable filters of shard N: filter -> clients holding it; `"\0v"` -> version |
 //! | `emqx:ds:h:{dN}:<filter>` | set | the clients holding a durable filter |
 //! | `emqx:ds:f:events` | pub/sub channel | every durable filter added or gone, with shard and version |
-//! | `emqx:ds:m:{L/K}` | stream | durable messages whose topic's first level is L, publisher shard K |
+//! | `emqx:ds:m:{L/K}` | stream | durable messages whose topic's first level is L, publisher shard K; an entry per `persist` call |
 //! | `emqx:ds:levels` | set | the first levels that have streams |
 //! | `emqx:ds:appends` | pub/sub channel | the streams appended to, with their last entry id |
 //! | `emqx:lown:{S}` | hash | lease owners of slot S: client id -> owner (maintained by the lease scripts) |

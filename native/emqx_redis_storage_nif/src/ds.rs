@@ -1,7 +1,9 @@
 //! Durable-message NIFs (`emqx_redis_ds`). Streams travel as `{Level,
 //! Shard}` and positions as `{Ms, Seq}`; the Erlang side builds its terms.
 
-use emqx_redis_storage_core::ds::{self, is_level, Pos, Stream, Subscribed, ToPersist};
+use emqx_redis_storage_core::ds::{
+    self, is_level, Batch, Cursor, Pos, Stream, Subscribed, ToPersist,
+};
 use emqx_redis_storage_core::topic;
 use rustler::env::OwnedEnv;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc, Term};
@@ -140,7 +142,7 @@ fn ds_streams<'a>(
 /// The messages of a batch, decoded into the reply's own environment: a
 /// stored body is a map without `topic` (it is put back here) and with a
 /// binary `id`; anything else becomes the atom `corrupt` in its place.
-struct Messages(Vec<(Vec<u8>, Vec<u8>)>);
+struct Messages(Batch);
 
 impl Encoder for Messages {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
@@ -148,7 +150,7 @@ impl Encoder for Messages {
         let id_key = atoms::id().encode(env);
         let decoded: Vec<Term<'a>> = self
             .0
-            .iter()
+            .messages()
             .map(|(topic, body)| {
                 env.binary_to_term(body)
                     .filter(|(msg, used)| {
@@ -168,8 +170,8 @@ impl Encoder for Messages {
     }
 }
 
-/// Replies `{Ms, Seq, [Msg | corrupt], Scanned}`: the next position, the
-/// matching messages and how many entries were read.
+/// Replies `{{Ms, Seq, Skip}, [Msg | corrupt], Scanned}`: where to go on
+/// from, the matching messages and how many messages were looked at.
 #[rustler::nif]
 #[allow(clippy::too_many_arguments)]
 fn ds_next<'a>(
@@ -178,7 +180,7 @@ fn ds_next<'a>(
     reply_ref: Term<'a>,
     (level, shard): (Binary, u16),
     filter: Binary,
-    (ms, seq): (u64, u64),
+    (ms, seq, skip): (u64, u64, u32),
     n: usize,
 ) -> Term<'a> {
     let Some(stream) = stream(level, shard) else {
@@ -190,13 +192,14 @@ fn ds_next<'a>(
     let filter = filter.to_vec();
     spawn_admitted(env, client.admit("ds_next"), reply_ref, async move {
         client.ds.start(&client);
-        let batch = ds::next(&client, &stream, &filter, Pos { ms, seq }, n).await?;
-        Ok((
-            batch.next.ms,
-            batch.next.seq,
-            Messages(batch.msgs),
-            batch.scanned,
-        ))
+        let from = Cursor {
+            id: Pos { ms, seq },
+            skip,
+        };
+        let batch = ds::next(&client, &stream, &filter, from, n).await?;
+        let Cursor { id, skip } = batch.next;
+        let scanned = batch.scanned;
+        Ok(((id.ms, id.seq, skip), Messages(batch), scanned))
     })
 }
 
