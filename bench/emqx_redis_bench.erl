@@ -383,9 +383,9 @@ ds_subscribers(Ctx, N) ->
     M0 = used_memory(),
     [
         {ok, #{persisted := ?BATCH}} = emqx_redis_ds:persist([ds_message(Level, 1, 1000000 + B * ?BATCH + I) || I <- lists:seq(1, ?BATCH)])
-     || B <- lists:seq(1, 10)
+     || B <- lists:seq(1, 100)
     ],
-    PersistBytes = (used_memory() - M0) / (10 * ?BATCH),
+    PersistBytes = (used_memory() - M0) / (100 * ?BATCH),
     Ids1 = list_to_tuple(Ids),
     Fanout = fun(W, K) ->
         %% Publish K of worker W goes to every subscriber in turn.
