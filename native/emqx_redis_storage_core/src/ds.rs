@@ -451,26 +451,18 @@ fn decode_entry(entry: &[u8], level: &[u8]) -> Option<Vec<(Range<usize>, Range<u
 }
 
 /// What `ds_append.lua` publishes: `level \0 shard \0 ms-seq` (no topic
-/// holds NUL), one stream per message; several may be NUL-joined.
-fn decode_appends(payload: &[u8]) -> Option<Vec<(Stream, Pos)>> {
-    let parts: Vec<&[u8]> = payload.split(|&b| b == 0).collect();
-    if !parts.len().is_multiple_of(3) {
+/// holds NUL) for the stream it appended to.
+fn decode_append(payload: &[u8]) -> Option<(Stream, Pos)> {
+    let mut parts = payload.splitn(3, |&b| b == 0);
+    let (level, shard, id) = (parts.next()?, parts.next()?, parts.next()?);
+    if !is_level(level) {
         return None;
     }
-    parts
-        .chunks(3)
-        .map(|c| {
-            let shard = std::str::from_utf8(c[1]).ok()?.parse().ok()?;
-            is_level(c[0]).then_some(())?;
-            Some((
-                Stream {
-                    level: c[0].to_vec(),
-                    shard,
-                },
-                Pos::parse(c[2])?,
-            ))
-        })
-        .collect()
+    let stream = Stream {
+        level: level.to_vec(),
+        shard: std::str::from_utf8(shard).ok()?.parse().ok()?,
+    };
+    Some((stream, Pos::parse(id)?))
 }
 
 /// The streams that can hold messages matching `filter` (a valid filter).
@@ -525,7 +517,7 @@ pub struct Batch {
     entries: Vec<Vec<u8>>,
     found: Vec<(usize, Range<usize>, Range<usize>)>,
     /// Messages read, matching or not: the read amplification is
-    /// `scanned / len()`.
+    /// `scanned` over the messages returned.
     pub scanned: usize,
 }
 
@@ -538,14 +530,6 @@ impl Batch {
                 &self.entries[*e][body.clone()],
             )
         })
-    }
-
-    pub fn len(&self) -> usize {
-        self.found.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.found.is_empty()
     }
 }
 
@@ -568,6 +552,9 @@ pub async fn next(
         scanned: 0,
     };
     let (mut bytes, mut entries_read) = (0, 0);
+    let full = |batch: &Batch, bytes: usize| {
+        batch.found.len() == n || bytes >= MAX_BYTES || batch.scanned >= MAX_SCAN
+    };
     // Entries hold a persist call's messages each: ask for as many as the
     // entries read so far say are needed.
     let mut count = (n / 100).clamp(1, 10);
@@ -603,16 +590,13 @@ pub async fn next(
             } else {
                 0
             };
-            let index = batch.entries.len();
+            let (index, found_before) = (batch.entries.len(), batch.found.len());
             entries_read += 1;
+            let mut stopped_at = None;
             for (k, (topic, body)) in messages.iter().enumerate().skip(skip) {
-                if batch.found.len() == n || bytes >= MAX_BYTES || batch.scanned >= MAX_SCAN {
-                    batch.next = Cursor {
-                        id: pos,
-                        skip: k as u32,
-                    };
-                    batch.entries.push(entry);
-                    return Ok(batch);
+                if full(&batch, bytes) {
+                    stopped_at = Some(k as u32);
+                    break;
                 }
                 batch.scanned += 1;
                 if topic::matches(&entry[topic.clone()], filter) {
@@ -620,14 +604,20 @@ pub async fn next(
                     batch.found.push((index, topic.clone(), body.clone()));
                 }
             }
+            // Only the entries messages are returned from are kept.
+            if batch.found.len() > found_before {
+                batch.entries.push(entry);
+            }
+            if let Some(skip) = stopped_at {
+                batch.next = Cursor { id: pos, skip };
+                return Ok(batch);
+            }
             batch.next = Cursor {
                 id: pos.after(),
                 skip: 0,
             };
-            batch.entries.push(entry);
         }
-        let full = batch.found.len() == n || bytes >= MAX_BYTES || batch.scanned >= MAX_SCAN;
-        if got < count || full {
+        if got < count || full(&batch, bytes) {
             return Ok(batch);
         }
         let per_entry = (batch.scanned / entries_read.max(1)).max(1);
@@ -720,97 +710,83 @@ async fn trim(
 /// A caller waiting for data after a position of a stream; `notify` is
 /// called once, then the watcher is gone.
 struct Watcher {
-    key: Vec<u8>,
     from: Pos,
     notify: Box<dyn FnOnce() + Send>,
 }
 
-/// Watchers by stream (`stream_id`), then by watch key.
-type ByStream = HashMap<Vec<u8>, HashMap<Vec<u8>, Watcher>>;
-
+/// The watchers by stream, then by watch key, and the stream of each key.
 #[derive(Default)]
-struct Watchers {
-    by_stream: Mutex<ByStream>,
-    /// Which stream each watch key is on.
-    streams: Mutex<HashMap<Vec<u8>, Stream>>,
+struct Watching {
+    by_stream: HashMap<Stream, HashMap<Vec<u8>, Watcher>>,
+    stream_of: HashMap<Vec<u8>, Stream>,
 }
 
+impl Watching {
+    fn take(&mut self, key: &[u8]) -> Option<Watcher> {
+        let stream = self.stream_of.remove(key)?;
+        let watchers = self.by_stream.get_mut(&stream)?;
+        let watcher = watchers.remove(key);
+        if watchers.is_empty() {
+            self.by_stream.remove(&stream);
+        }
+        watcher
+    }
+}
+
+#[derive(Default)]
+struct Watchers(Mutex<Watching>);
+
 impl Watchers {
-    fn add(&self, stream: Stream, watcher: Watcher) {
-        let key = watcher.key.clone();
-        let stream_id = stream_id(&stream);
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), stream);
-        self.by_stream
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(stream_id)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watching> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, stream: Stream, key: Vec<u8>, watcher: Watcher) {
+        let mut watching = self.lock();
+        watching.stream_of.insert(key.clone(), stream.clone());
+        watching
+            .by_stream
+            .entry(stream)
             .or_default()
             .insert(key, watcher);
     }
 
     fn remove(&self, key: &[u8]) -> Option<Watcher> {
-        let stream = self
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key)?;
-        let mut by_stream = self.by_stream.lock().unwrap_or_else(|e| e.into_inner());
-        let id = stream_id(&stream);
-        let watchers = by_stream.get_mut(&id)?;
-        let watcher = watchers.remove(key);
-        if watchers.is_empty() {
-            by_stream.remove(&id);
+        self.lock().take(key)
+    }
+
+    /// Takes out the watchers `pick` names and wakes them, outside the lock.
+    fn wake(&self, pick: impl FnOnce(&Watching) -> Vec<Vec<u8>>) {
+        let woken: Vec<Watcher> = {
+            let mut watching = self.lock();
+            let keys = pick(&watching);
+            keys.iter().filter_map(|key| watching.take(key)).collect()
+        };
+        for watcher in woken {
+            (watcher.notify)();
         }
-        watcher
     }
 
     /// Wakes the watchers of `stream` that `last` passed.
     fn appended(&self, stream: &Stream, last: Pos) {
-        let keys: Vec<Vec<u8>> = {
-            let by_stream = self.by_stream.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(watchers) = by_stream.get(&stream_id(stream)) else {
-                return;
-            };
-            watchers
-                .values()
-                .filter(|w| w.from <= last)
-                .map(|w| w.key.clone())
-                .collect()
-        };
-        self.fire(keys);
+        self.wake(|watching| {
+            watching
+                .by_stream
+                .get(stream)
+                .map_or_else(Vec::new, |watchers| {
+                    watchers
+                        .iter()
+                        .filter(|(_, w)| w.from <= last)
+                        .map(|(key, _)| key.clone())
+                        .collect()
+                })
+        });
     }
 
     /// Wakes every watcher: after a gap in the appends, any may have data.
     fn all(&self) {
-        let keys: Vec<Vec<u8>> = self
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        self.fire(keys);
+        self.wake(|watching| watching.stream_of.keys().cloned().collect());
     }
-
-    fn fire(&self, keys: Vec<Vec<u8>>) {
-        for key in keys {
-            if let Some(watcher) = self.remove(&key) {
-                (watcher.notify)();
-            }
-        }
-    }
-}
-
-fn stream_id(stream: &Stream) -> Vec<u8> {
-    [
-        &stream.level[..],
-        b"\0",
-        stream.shard.to_string().as_bytes(),
-    ]
-    .concat()
 }
 
 /// Calls `notify` once as soon as `stream` holds an entry at or after
@@ -833,17 +809,11 @@ pub async fn watch(
         let timeout = client.backend().config().connect_timeout;
         let _ = tokio::time::timeout(timeout, listening.changed()).await;
     }
-    ds.watchers.add(
-        stream.clone(),
-        Watcher {
-            key: key.clone(),
-            from,
-            notify,
-        },
-    );
+    ds.watchers
+        .add(stream.clone(), key.clone(), Watcher { from, notify });
     match last_pos(client, &stream).await {
         Ok(Some(last)) if last >= from => {
-            ds.watchers.fire(vec![key]);
+            ds.watchers.wake(|_| vec![key]);
             Ok(())
         }
         Ok(_) => Ok(()),
@@ -908,12 +878,8 @@ async fn follow_appends(
                 let Some(msg) = msg else {
                     return Err(Error::Connection("ds appends connection closed".into()));
                 };
-                match decode_appends(msg.get_payload_bytes()) {
-                    Some(appended) => {
-                        for (stream, last) in appended {
-                            watchers.appended(&stream, last);
-                        }
-                    }
+                match decode_append(msg.get_payload_bytes()) {
+                    Some((stream, last)) => watchers.appended(&stream, last),
                     None => watchers.all(),
                 }
             }
@@ -959,33 +925,19 @@ mod tests {
 
     #[test]
     fn appends_round_trip() {
-        let appended = vec![
-            (
-                Stream {
-                    level: b"sensors".to_vec(),
-                    shard: 3,
-                },
-                Pos { ms: 10, seq: 2 },
-            ),
-            (
-                Stream {
-                    level: b"".to_vec(),
-                    shard: 0,
-                },
-                Pos { ms: 11, seq: 0 },
-            ),
-        ];
+        let stream = Stream {
+            level: b"sensors".to_vec(),
+            shard: 3,
+        };
         assert_eq!(
-            decode_appends(b"sensors\x003\x0010-2\x00\x000\x0011-0"),
-            Some(appended)
+            decode_append(b"sensors\x003\x0010-2"),
+            Some((stream, Pos { ms: 10, seq: 2 }))
         );
-        assert_eq!(decode_appends(b"a\x001"), None);
-        assert_eq!(
-            decode_appends(b"a/b\x001\x001-1"),
-            None,
-            "not a first level"
-        );
-        assert_eq!(decode_appends(b"a\x00x\x001-1"), None);
+        assert!(decode_append(b"\x000\x0011-0").is_some(), "the empty level");
+        assert_eq!(decode_append(b"a\x001"), None);
+        assert_eq!(decode_append(b"a/b\x001\x001-1"), None, "not a first level");
+        assert_eq!(decode_append(b"a\x00x\x001-1"), None);
+        assert_eq!(decode_append(b"a\x001\x001-1\x00b"), None, "more than one");
     }
 
     #[test]

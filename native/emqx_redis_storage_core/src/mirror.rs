@@ -151,12 +151,8 @@ impl Mirror {
     }
 
     /// The entries it holds (also while stale).
-    pub fn len(&self) -> usize {
+    pub fn entry_count(&self) -> usize {
         self.read().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn is_ready(&self) -> bool {

@@ -122,7 +122,11 @@ fn client_status<'a>(
 /// its read lock, in microseconds.
 #[rustler::nif]
 fn client_metrics(client: ResourceArc<ClientRes>) -> Out {
-    let routes = client.router.index.as_ref().map(|index| index.len());
+    let routes = client
+        .router
+        .index
+        .as_ref()
+        .map(|index| index.entry_count());
     term::metrics(client.metrics(), routes)
 }
 
