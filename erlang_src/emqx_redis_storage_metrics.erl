@@ -62,7 +62,12 @@ definitions() ->
         {"sent_bytes_total", counter, "Bytes written to Redis over the library's own transport.",
             {client, bytes_sent}},
         {"received_bytes_total", counter, "Bytes read from Redis over the library's own transport.",
-            {client, bytes_received}}
+            {client, bytes_received}},
+        {"group_commits_total", counter,
+            "Script calls that carried the calls of several callers (group commit).",
+            {client, group_commits}},
+        {"grouped_calls_total", counter, "Calls carried by those script calls.",
+            {client, grouped_calls}}
     ].
 
 %% A metric's HELP and TYPE lines and its samples; nothing if it has none.

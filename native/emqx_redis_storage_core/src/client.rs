@@ -30,6 +30,7 @@ use redis::{
 
 use crate::config::{ClientConfig, Mode, ServerNameCheck, Tls};
 use crate::error::{Error, Result};
+use crate::group::{Call as GroupCall, Groups};
 use crate::guard::{Breaker, BreakerState, InFlight, Permit};
 use crate::health::{HealthReport, ServerHealth};
 use crate::keys::{Keys, SLOTS};
@@ -279,6 +280,8 @@ pub struct Backend {
 pub struct Client {
     backend: Backend,
     keys: Keys,
+    /// Calls of one script that wait to go as one group (group commit).
+    groups: Groups,
     /// A bound on the calls in flight.
     in_flight: InFlight,
     /// Dropped with the client; background tasks end then (`Backend::closed`).
@@ -1184,6 +1187,7 @@ impl Client {
         let client = Client {
             backend,
             keys: Keys::new(&config.key_prefix),
+            groups: Groups::default(),
             in_flight: InFlight::new(config.max_inflight),
             _shutdown: shutdown,
         };
@@ -1288,6 +1292,25 @@ impl Client {
             return Err(Error::NotReplicated { acked, wanted });
         }
         Ok(value)
+    }
+
+    /// `write_eval`, with calls of the same script that arrive meanwhile
+    /// (on a cluster: for the same slot) run by one script call (`group.rs`).
+    pub async fn grouped_write_eval<T: FromRedisValue>(
+        &self,
+        script: &'static Lua,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T> {
+        let slot = match (&*self.backend.target, keys.first()) {
+            (Target::Cluster(_), Some(key)) => crate::keys::key_slot(key),
+            _ => 0,
+        };
+        let value = self
+            .groups
+            .call(self, script, slot, GroupCall { keys, args })
+            .await?;
+        T::from_redis_value(value).map_err(|e| redis::RedisError::from(e).into())
     }
 
     /// A command that writes; see `write_eval`.

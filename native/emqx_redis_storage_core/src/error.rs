@@ -173,6 +173,13 @@ impl std::error::Error for Error {}
 
 impl Error {
     /// A data error not yet tied to a kind of key becomes one of `kind`.
+    /// An error reply's text as an error: what a call's own error reply
+    /// would have become (a group reply carries each call's as text).
+    pub fn replied(text: &str) -> Error {
+        let (code, detail) = text.split_once(' ').unwrap_or((text, ""));
+        data_error(Some(code), Some(detail)).unwrap_or_else(|| Error::Redis(text.to_string()))
+    }
+
     pub fn of(self, kind: &'static str) -> Error {
         match self {
             Error::Corrupt {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod ds;
 pub mod error;
 pub mod gate;
+pub mod group;
 pub mod guard;
 pub mod health;
 pub mod keys;

@@ -104,11 +104,12 @@ pub async fn store(
 ) -> Result<u64> {
     let q = QueueKeys::of(client, client_id);
     let numbers = store_numbers(max_len, messages);
+    let args = store_argv(&q.body_prefix, &numbers, messages);
     client
-        .write_eval(
+        .grouped_write_eval(
             &STORE,
-            &q.keys(),
-            &store_argv(&q.body_prefix, &numbers, messages),
+            q.keys.to_vec(),
+            args.into_iter().map(<[u8]>::to_vec).collect(),
         )
         .await
         .map_err(|e| e.of("queue"))
@@ -195,7 +196,7 @@ fn last_rank(offset: u64, limit: u64) -> Option<u64> {
 pub async fn ack(client: &Client, client_id: &[u8], id: &[u8]) -> Result<bool> {
     let q = QueueKeys::of(client, client_id);
     let removed: i64 = client
-        .write_eval(&ACK, &q.keys(), &[&q.body_prefix, id])
+        .grouped_write_eval(&ACK, q.keys.to_vec(), vec![q.body_prefix, id.to_vec()])
         .await
         .map_err(|e| e.of("queue"))?;
     Ok(removed == 1)

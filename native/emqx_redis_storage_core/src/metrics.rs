@@ -145,6 +145,10 @@ pub struct ConnectionCounters {
     pub requests: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// Script calls that carried a group of calls (group commit), and the
+    /// calls they carried.
+    pub group_commits: AtomicU64,
+    pub grouped_calls: AtomicU64,
 }
 
 /// Everything a client counts.
@@ -190,6 +194,8 @@ impl Metrics {
             requests: c.requests.load(Relaxed),
             bytes_sent: c.bytes_sent.load(Relaxed),
             bytes_received: c.bytes_received.load(Relaxed),
+            group_commits: c.group_commits.load(Relaxed),
+            grouped_calls: c.grouped_calls.load(Relaxed),
         }
     }
 }
@@ -286,6 +292,8 @@ pub struct Snapshot {
     pub requests: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    pub group_commits: u64,
+    pub grouped_calls: u64,
 }
 
 #[cfg(test)]

@@ -222,13 +222,13 @@ pub async fn add(client: &Client, router: &Router, routes: &[(Vec<u8>, Vec<u8>)]
             let shard_text = shard.to_string();
             let events = &events;
             async move {
-                let mut args: Vec<&[u8]> = vec![events, shard_text.as_bytes()];
+                let mut args = vec![events.clone(), shard_text.into_bytes()];
                 for (filter, dest) in batch {
-                    args.push(filter);
-                    args.push(dest);
+                    args.push(filter.clone());
+                    args.push(dest.clone());
                 }
                 let (added, _version): (u64, u64) = client
-                    .write_eval(&ADD, &[&routes_key, &trie_key], &args)
+                    .grouped_write_eval(&ADD, vec![routes_key, trie_key], args)
                     .await?;
                 Ok::<u64, Error>(added)
             }

@@ -70,14 +70,16 @@ pub async fn save(client: &Client, args: SaveArgs<'_>) -> Result<Saved> {
     let ttl = args.ttl_ms.to_string();
     let fence = args.fence.map(|f| f.to_string()).unwrap_or_default();
     let reply: Vec<i64> = client
-        .write_eval(
+        .grouped_write_eval(
             &SAVE,
-            &[
-                &keys.session(id),
-                &keys.fence(id),
-                &keys.session_index(client_slot(id)),
+            vec![
+                keys.session(id),
+                keys.fence(id),
+                keys.session_index(client_slot(id)),
             ],
-            &[id, args.data, ttl.as_bytes(), args.node, fence.as_bytes()],
+            [id, args.data, ttl.as_bytes(), args.node, fence.as_bytes()]
+                .map(<[u8]>::to_vec)
+                .to_vec(),
         )
         .await
         .map_err(|e| e.of("session"))?;

@@ -160,6 +160,8 @@ pub fn metrics(snapshot: Snapshot, routes: Option<usize>) -> Out {
         ("requests", count(snapshot.requests)),
         ("bytes_sent", count(snapshot.bytes_sent)),
         ("bytes_received", count(snapshot.bytes_received)),
+        ("group_commits", count(snapshot.group_commits)),
+        ("grouped_calls", count(snapshot.grouped_calls)),
     ])
 }
 
