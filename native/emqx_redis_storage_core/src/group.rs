@@ -191,8 +191,9 @@ async fn run_group(client: &Client, script: &Lua, own: &Call, others: &[Waiting]
     counters.group_commits.fetch_add(1, Relaxed);
     counters.grouped_calls.fetch_add(calls.len() as u64, Relaxed);
     match client.write_eval(script.group(), &keys, &args).await {
-        Ok(Value::Array(replies)) if replies.len() == calls.len() => {
-            replies.into_iter().map(one_reply).collect()
+        Ok(Value::Array(replies)) if replies.len() == 2 * calls.len() => {
+            let mut replies = replies.into_iter();
+            std::iter::from_fn(|| Some(one_reply(replies.next()?, replies.next()?))).collect()
         }
         Ok(other) => {
             let error = Error::Internal(format!("group reply of another shape: {other:?}"));
@@ -202,17 +203,15 @@ async fn run_group(client: &Client, script: &Lua, own: &Call, others: &[Waiting]
     }
 }
 
-/// A call's part of a group reply: `{1}` or `{1, Reply}`, or `{0, Error}`.
-fn one_reply(reply: Value) -> Result<Value> {
-    let Value::Array(mut parts) = reply else {
-        return Err(Error::Internal(format!("group reply part: {reply:?}")));
-    };
-    let second = if parts.len() > 1 { parts.swap_remove(1) } else { Value::Nil };
-    match (parts.first(), second) {
-        (Some(Value::Int(1)), reply) => Ok(reply),
-        (Some(Value::Int(0)), Value::BulkString(error)) => {
+/// A call's part of a group reply: 1 and its reply, or 0 and its error.
+fn one_reply(status: Value, reply: Value) -> Result<Value> {
+    match (status, reply) {
+        (Value::Int(1), reply) => Ok(reply),
+        (Value::Int(0), Value::BulkString(error)) => {
             Err(Error::replied(&String::from_utf8_lossy(&error)))
         }
-        (_, second) => Err(Error::Internal(format!("group reply part: {parts:?} {second:?}"))),
+        (status, reply) => Err(Error::Internal(format!(
+            "group reply part: {status:?} {reply:?}"
+        ))),
     }
 }

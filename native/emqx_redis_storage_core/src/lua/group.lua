@@ -3,27 +3,37 @@
 -- group (group.rs).
 -- ARGV: number of calls N, then each call's number of keys and number of
 -- arguments, then all calls' arguments; KEYS: all calls' keys, in order.
--- Returns per call {1, reply} ({1} for nil) or {0, error text}.
+-- Returns two items per call: 1 and its reply (false for nil), or 0 and
+-- its error's text.
+-- t[from + 1 .. from + count] as a table of its own; unpack builds it at
+-- its size at once, but is bounded by Lua's C stack.
+local function slice(t, from, count)
+    if count <= 4000 then
+        return {unpack(t, from + 1, from + count)}
+    end
+    local part = {}
+    for j = 1, count do
+        part[j] = t[from + j]
+    end
+    return part
+end
+
 local n = tonumber(ARGV[1])
 local replies = {}
 local k, a = 0, 1 + 2 * n
 for i = 1, n do
     local nk, na = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-    local keys, argv = {}, {}
-    for j = 1, nk do
-        keys[j] = KEYS[k + j]
-    end
-    for j = 1, na do
-        argv[j] = ARGV[a + j]
-    end
+    local keys, argv = slice(KEYS, k, nk), slice(ARGV, a, na)
     k, a = k + nk, a + na
     local ok, reply = pcall(call, keys, argv)
-    if ok and not (type(reply) == 'table' and reply.err) then
-        replies[i] = {1, reply}
-    elseif type(reply) == 'table' and reply.err then
-        replies[i] = {0, reply.err}
+    if ok and type(reply) == 'table' and reply.err then
+        ok, reply = false, reply
+    end
+    if ok then
+        replies[2 * i - 1], replies[2 * i] = 1, reply or false
     else
-        replies[i] = {0, tostring(reply)}
+        replies[2 * i - 1] = 0
+        replies[2 * i] = type(reply) == 'table' and reply.err or tostring(reply)
     end
 end
 return replies
