@@ -31,12 +31,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use redis::Value;
 
-use crate::client::{Backend, Client};
+use crate::connection::scripts::Lua;
+use crate::connection::{Backend, Client};
 use crate::error::{stored_int, Error, Result};
-use crate::keys::Keys;
-use crate::mirror::{self, shard_of, Mirror, Table};
-use crate::scripts::Lua;
-use crate::topic;
+use crate::store::keys::Keys;
+use crate::store::mirror::{self, shard_of, Mirror, Table};
+use crate::store::topic;
 
 static SUBSCRIBE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(&[include_str!("lua/ds_subscribe.lua")]));

@@ -8,11 +8,11 @@ use std::sync::LazyLock;
 
 use redis::Value;
 
-use crate::scripts::Lua;
+use crate::connection::scripts::Lua;
 
-use crate::client::Client;
+use crate::connection::Client;
 use crate::error::{stored_int, Error, Result};
-use crate::keys::{client_slot, SLOTS};
+use crate::store::keys::{client_slot, SLOTS};
 
 static SAVE: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/session_save.lua")]));
 static DELETE: LazyLock<Lua> =

@@ -14,6 +14,11 @@
 //! a reconnect. A command that provably never reached Redis (the connection
 //! was already broken when it was written) is sent once more.
 
+pub mod guard;
+pub mod health;
+pub mod scripts;
+pub mod transport;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,13 +34,13 @@ use redis::{
 };
 
 use crate::config::{ClientConfig, Mode, ServerNameCheck, Tls};
+use crate::connection::guard::{Breaker, BreakerState, InFlight, Permit};
+use crate::connection::health::{HealthReport, ServerHealth};
+use crate::connection::scripts::Lua;
+use crate::connection::transport::{Alive, Transport};
 use crate::error::{Error, Result};
-use crate::guard::{Breaker, BreakerState, InFlight, Permit};
-use crate::health::{HealthReport, ServerHealth};
-use crate::keys::{Keys, SLOTS};
 use crate::metrics::{Call, Metrics, Snapshot};
-use crate::scripts::Lua;
-use crate::transport::{Alive, Transport};
+use crate::store::keys::{Keys, SLOTS};
 
 /// A connection to send one command or pipeline on.
 #[derive(Clone)]
@@ -964,7 +969,7 @@ async fn by_master(
             .args_iter()
             .nth(1)
             .map(|arg| match arg {
-                redis::Arg::Simple(key) => crate::keys::key_slot(key),
+                redis::Arg::Simple(key) => crate::store::keys::key_slot(key),
                 _ => 0,
             })
             .unwrap_or(0);

@@ -4,11 +4,11 @@
 
 use std::sync::LazyLock;
 
-use crate::scripts::Lua;
+use crate::connection::scripts::Lua;
 
-use crate::client::Client;
+use crate::connection::Client;
 use crate::error::Result;
-use crate::keys::client_slot;
+use crate::store::keys::client_slot;
 
 static UNREGISTER: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(&[include_str!("lua/channel_unregister.lua")]));

@@ -16,12 +16,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use crate::client::Client;
+use crate::connection::scripts::Lua;
+use crate::connection::Client;
 use crate::error::{Error, Result};
-use crate::keys::Keys;
-use crate::mirror::{self, per_shard, read_shards, shard_of, Mirror, Table, VERSION_FIELD};
-use crate::scripts::Lua;
-use crate::topic;
+use crate::store::keys::Keys;
+use crate::store::mirror::{self, per_shard, read_shards, shard_of, Mirror, Table, VERSION_FIELD};
+use crate::store::topic;
 
 /// The scripts that change a shard share `route_prelude.lua`.
 fn change_script(own: &str) -> Lua {
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn only_route_changes_are_route_events() {
-        use crate::mirror::Event;
+        use crate::store::mirror::Event;
         let e = Event::parse(&ROUTES, b"0 1 -with space/x\0\x01n@h\x01g").unwrap();
         assert_eq!((e.add, &e.dest[..]), (false, &b"\x01n@h\x01g"[..]));
         assert_eq!(
