@@ -17,6 +17,7 @@
 pub mod guard;
 pub mod health;
 pub mod scripts;
+pub mod slots;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -34,13 +35,13 @@ use redis::{
 };
 
 use crate::config::{ClientConfig, Mode, ServerNameCheck, Tls};
-use crate::connection::guard::{Breaker, BreakerState, InFlight, Permit};
-use crate::connection::health::{HealthReport, ServerHealth};
-use crate::connection::scripts::Lua;
-use crate::connection::transport::{Alive, Transport};
 use crate::error::{Error, Result};
 use crate::metrics::{Call, Metrics, Snapshot};
-use crate::store::keys::{Keys, SLOTS};
+use guard::{Breaker, BreakerState, InFlight, Permit};
+use health::{HealthReport, ServerHealth};
+use scripts::Lua;
+use slots::SLOTS;
+use transport::{Alive, Transport};
 
 /// A connection to send one command or pipeline on.
 #[derive(Clone)]
@@ -283,7 +284,6 @@ pub struct Backend {
 
 pub struct Client {
     backend: Backend,
-    keys: Keys,
     /// A bound on the calls in flight.
     in_flight: InFlight,
     /// Dropped with the client; background tasks end then (`Backend::closed`).
@@ -969,7 +969,7 @@ async fn by_master(
             .args_iter()
             .nth(1)
             .map(|arg| match arg {
-                redis::Arg::Simple(key) => crate::store::keys::key_slot(key),
+                redis::Arg::Simple(key) => slots::key_slot(key),
                 _ => 0,
             })
             .unwrap_or(0);
@@ -1188,7 +1188,6 @@ impl Client {
         let backend = Backend::connect(config.clone(), shutdown_rx).await?;
         let client = Client {
             backend,
-            keys: Keys::new(&config.key_prefix),
             in_flight: InFlight::new(config.max_inflight),
             _shutdown: shutdown,
         };
@@ -1236,10 +1235,6 @@ impl Client {
     /// Each server the client talks to, with its state, and the breaker's.
     pub async fn status(&self) -> Status {
         self.backend.status().await
-    }
-
-    pub fn keys(&self) -> &Keys {
-        &self.keys
     }
 
     /// One command; a Redis error reply becomes `Err(Error::Redis)`.

@@ -20,6 +20,7 @@ use crate::connection::scripts::Lua;
 
 use crate::connection::Client;
 use crate::error::{Error, Result};
+use crate::store::keys::ClientKeys;
 use crate::store::session::unexpected;
 
 /// Each script is the shared prelude followed by its own part.

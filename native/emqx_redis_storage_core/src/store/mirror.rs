@@ -23,10 +23,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use redis::Value;
 
+use crate::connection::slots::crc16;
 use crate::connection::Backend;
 use crate::error::{stored_int, Error, Result};
 use crate::metrics::Metrics;
-use crate::store::keys::{crc16, Keys};
+use crate::store::keys::Keys;
 use crate::store::route_index::RouteIndex;
 
 /// The hash field of a shard's version counter; no filter can contain NUL.

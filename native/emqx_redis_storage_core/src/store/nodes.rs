@@ -30,6 +30,7 @@ use redis::Value;
 use crate::connection::scripts::Lua;
 use crate::connection::Client;
 use crate::error::{Error, Result};
+use crate::store::keys::ClientKeys;
 use crate::store::router::{self, Router};
 use crate::store::session::unexpected;
 use crate::store::{registry, session};
