@@ -1,26 +1,18 @@
 //! The Redis logic of emqx_redis_storage, with no Erlang types in it: the NIF
 //! crate decodes arguments, calls into here and encodes the results.
+//!
+//! Two layers. `connection` reaches Redis (single, Sentinel or Cluster) and
+//! knows nothing of what is stored; `store` keeps sessions, messages, the
+//! registry, routes and durable streams on top of it. A lower layer never
+//! imports a higher one. `config`, `error`, `metrics`, `log` and `gate` are
+//! shared by both.
 
-pub mod client;
 pub mod config;
-pub mod ds;
+pub mod connection;
 pub mod error;
 pub mod gate;
-pub mod group;
-pub mod guard;
-pub mod health;
-pub mod keys;
 pub mod log;
-pub mod message;
 pub mod metrics;
-pub mod mirror;
-pub mod nodes;
-pub mod registry;
-pub mod route_index;
-pub mod router;
-pub mod scripts;
-pub mod session;
-pub mod topic;
-pub mod transport;
+pub mod store;
 
 pub use error::{Error, Result};

@@ -1,10 +1,10 @@
 //! Durable-message NIFs (`emqx_redis_ds`). Streams travel as `{Level,
 //! Shard}` and positions as `{Ms, Seq}`; the Erlang side builds its terms.
 
-use emqx_redis_storage_core::ds::{
+use emqx_redis_storage_core::store::ds::{
     self, is_level, Batch, Cursor, Pos, Stream, Subscribed, ToPersist,
 };
-use emqx_redis_storage_core::topic;
+use emqx_redis_storage_core::store::topic;
 use rustler::env::OwnedEnv;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 

@@ -1,7 +1,7 @@
 //! Message queue NIFs. Arguments are checked by `emqx_redis_message`; each
 //! NIF copies them and answers later with `{Ref, Result}`.
 
-use emqx_redis_storage_core::message::{self, NewMessage};
+use emqx_redis_storage_core::store::message::{self, NewMessage};
 use rustler::{Binary, Env, ResourceArc, Term};
 
 use crate::nif::ClientRes;

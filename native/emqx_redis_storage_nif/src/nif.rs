@@ -5,9 +5,9 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use emqx_redis_storage_core::client::Client;
-use emqx_redis_storage_core::ds::Durable;
-use emqx_redis_storage_core::router::Router;
+use emqx_redis_storage_core::connection::Client;
+use emqx_redis_storage_core::store::ds::Durable;
+use emqx_redis_storage_core::store::router::Router;
 use emqx_redis_storage_core::Error;
 use rustler::{Binary, Encoder, Env, ResourceArc, Term};
 
@@ -79,8 +79,8 @@ fn client_status<'a>(
     client: ResourceArc<ClientRes>,
     reply_ref: Term<'a>,
 ) -> Term<'a> {
-    use emqx_redis_storage_core::client::ServerState;
-    use emqx_redis_storage_core::guard::BreakerState;
+    use emqx_redis_storage_core::connection::guard::BreakerState;
+    use emqx_redis_storage_core::connection::ServerState;
     spawn_reply(env, reply_ref, async move {
         let status = client.status().await;
         let breaker = match status.breaker {

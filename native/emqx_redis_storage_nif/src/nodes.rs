@@ -2,7 +2,7 @@
 //! steps of a fenced reap. Arguments are checked by the Erlang side; node
 //! names travel as binaries (the Erlang side makes atoms, within a bound).
 
-use emqx_redis_storage_core::nodes::{self, Claim, Joined, Step, View};
+use emqx_redis_storage_core::store::nodes::{self, Claim, Joined, Step, View};
 use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::nif::ClientRes;

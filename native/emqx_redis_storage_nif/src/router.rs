@@ -1,8 +1,9 @@
 //! Topic rules and routing-table NIFs. Validation and local matching are
 //! plain synchronous NIFs: bounded, in-memory work of a few microseconds.
 
-use emqx_redis_storage_core::router::{self, decode_dest, encode_dest};
-use emqx_redis_storage_core::{topic, Error};
+use emqx_redis_storage_core::store::router::{self, decode_dest, encode_dest};
+use emqx_redis_storage_core::store::topic;
+use emqx_redis_storage_core::Error;
 use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::nif::ClientRes;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
-use emqx_redis_storage_core::client::Admitted;
+use emqx_redis_storage_core::connection::Admitted;
 use emqx_redis_storage_core::error::panic_message;
 use emqx_redis_storage_core::gate::ReplyGate;
 use emqx_redis_storage_core::{Error, Result};

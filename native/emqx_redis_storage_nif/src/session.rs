@@ -1,8 +1,8 @@
 //! Session, lease and registry NIFs. Arguments are checked by the Erlang
 //! modules; each NIF copies them and answers later with `{Ref, Result}`.
 
-use emqx_redis_storage_core::registry;
-use emqx_redis_storage_core::session::{self, NotHeld, SaveArgs, Saved, SessionInfo};
+use emqx_redis_storage_core::store::registry;
+use emqx_redis_storage_core::store::session::{self, NotHeld, SaveArgs, Saved, SessionInfo};
 use rustler::{Binary, Env, ResourceArc, Term};
 
 use crate::nif::ClientRes;

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use emqx_redis_storage_core::config::{ClientConfig, Mode, ServerNameCheck, Tls};
-use emqx_redis_storage_core::ds::DsConfig;
 use emqx_redis_storage_core::metrics::{OpSnapshot, Snapshot, LATENCY_BUCKETS_US};
-use emqx_redis_storage_core::router::{IndexMode, RouterConfig};
+use emqx_redis_storage_core::store::ds::DsConfig;
+use emqx_redis_storage_core::store::router::{IndexMode, RouterConfig};
 use emqx_redis_storage_core::Error;
 use redis::Value;
 use rustler::types::binary::NewBinary;

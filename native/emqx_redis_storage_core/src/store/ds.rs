@@ -31,12 +31,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use redis::Value;
 
-use crate::client::{Backend, Client};
+use crate::connection::scripts::Lua;
+use crate::connection::{Backend, Client};
 use crate::error::{stored_int, Error, Result};
-use crate::keys::Keys;
-use crate::mirror::{self, shard_of, Mirror, Table};
-use crate::scripts::Lua;
-use crate::topic;
+use crate::store::keys::{ClientKeys, Keys};
+use crate::store::mirror::{self, shard_of, Mirror, Table};
+use crate::store::topic;
 
 static SUBSCRIBE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(&[include_str!("lua/ds_subscribe.lua")]));
@@ -180,7 +180,7 @@ impl Durable {
             return;
         };
         let backend = client.backend().clone();
-        let keys = client.keys().clone();
+        let keys = client.keys();
         tokio::spawn(mirror::sync(
             self.filters.clone(),
             backend.clone(),
@@ -233,7 +233,7 @@ fn filter_keys(keys: &Keys, filter: &[u8]) -> (u16, Vec<u8>, Vec<u8>) {
 
 /// Counts `client_id` in or out of the holders of `filter`; the holders now.
 async fn hold(client: &Client, client_id: &[u8], filter: &[u8], add: bool) -> Result<i64> {
-    let keys = client.keys();
+    let keys = &client.keys();
     let (shard, filters, holders) = filter_keys(keys, filter);
     client
         .write_eval(

@@ -23,9 +23,9 @@ use std::sync::Mutex;
 use redis::Value;
 use tokio::sync::oneshot;
 
-use crate::client::Client;
+use crate::connection::Client;
 use crate::error::{Error, Result};
-use crate::scripts::Lua;
+use crate::connection::scripts::Lua;
 
 /// Groups of one script (and slot) under way at once. Two: while Redis runs
 /// one, the next one gathers the calls that arrive meanwhile.

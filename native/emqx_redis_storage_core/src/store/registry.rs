@@ -4,11 +4,11 @@
 
 use std::sync::LazyLock;
 
-use crate::scripts::Lua;
+use crate::connection::scripts::Lua;
 
-use crate::client::Client;
+use crate::connection::Client;
 use crate::error::Result;
-use crate::keys::client_slot;
+use crate::store::keys::{client_slot, ClientKeys};
 
 static UNREGISTER: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(&[include_str!("lua/channel_unregister.lua")]));
@@ -61,7 +61,7 @@ pub async fn reap_node(client: &Client, node: &[u8], until: i64) -> Result<u64> 
 }
 
 async fn cleanup(client: &Client, node: &[u8], until: Option<i64>) -> Result<u64> {
-    let keys = client.keys();
+    let keys = &client.keys();
     let slots = client
         .slots_with_hash("channel", |slot| keys.channels(slot))
         .await?;

@@ -15,7 +15,7 @@
 //! Semantics match [`topic::matches`] exactly, including for invalid input:
 //! invalid filters are never stored and invalid topic names match nothing.
 
-use crate::topic;
+use crate::store::topic;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 

@@ -16,12 +16,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use crate::client::Client;
+use crate::connection::scripts::Lua;
+use crate::connection::Client;
 use crate::error::{Error, Result};
-use crate::keys::Keys;
-use crate::mirror::{self, per_shard, read_shards, shard_of, Mirror, Table, VERSION_FIELD};
-use crate::scripts::Lua;
-use crate::topic;
+use crate::store::keys::{ClientKeys, Keys};
+use crate::store::mirror::{self, per_shard, read_shards, shard_of, Mirror, Table, VERSION_FIELD};
+use crate::store::topic;
 
 /// The scripts that change a shard share `route_prelude.lua`.
 fn change_script(own: &str) -> Lua {
@@ -187,7 +187,7 @@ impl Router {
             tokio::spawn(mirror::sync(
                 index.clone(),
                 client.backend().clone(),
-                client.keys().clone(),
+                client.keys(),
                 self.config.sync_interval,
                 client.backend().closed(),
             ));
@@ -285,7 +285,7 @@ pub async fn filters(client: &Client, router: &Router) -> Result<Vec<Vec<u8>>> {
     let shards = router.config.shards;
     let all: Vec<Vec<Vec<u8>>> = client
         .backend()
-        .each(per_shard(&ROUTES, client.keys(), shards, "HKEYS"))
+        .each(per_shard(&ROUTES, &client.keys(), shards, "HKEYS"))
         .await
         .map_err(|e| e.of("route"))?;
     let mut filters: Vec<Vec<u8>> = all
@@ -320,7 +320,7 @@ async fn cleanup(client: &Client, router: &Router, node: &[u8], until: Option<i6
         Some(until) => (&*REAP, Some(until.to_string())),
     };
     let pattern = node_pattern(node);
-    let keys = client.keys();
+    let keys = &client.keys();
     let events = keys.route_events();
     let mut removed = 0;
     let shards = read_shards(&ROUTES, client.backend(), keys, router.config.shards).await?;
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn only_route_changes_are_route_events() {
-        use crate::mirror::Event;
+        use crate::store::mirror::Event;
         let e = Event::parse(&ROUTES, b"0 1 -with space/x\0\x01n@h\x01g").unwrap();
         assert_eq!((e.add, &e.dest[..]), (false, &b"\x01n@h\x01g"[..]));
         assert_eq!(

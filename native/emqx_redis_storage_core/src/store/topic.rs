@@ -106,7 +106,7 @@ pub fn validate_filter(f: &[u8]) -> Result<(), TopicError> {
 ///
 /// Both inputs are validated first: if `name` is not a valid topic name or
 /// `filter` is not a valid topic filter the answer is `false`. This keeps the
-/// function total and gives [`crate::route_index`] a precise contract to
+/// function total and gives [`crate::store::route_index`] a precise contract to
 /// mirror.
 pub fn matches(name: &[u8], filter: &[u8]) -> bool {
     validate_name(name).is_ok() && validate_filter(filter).is_ok() && matches_valid(name, filter)

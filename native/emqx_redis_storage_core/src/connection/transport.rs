@@ -2,7 +2,7 @@
 //! own. Owning the TLS handshake lets the certificate be checked against a
 //! name other than the address dialled (`ssl.server_name_indication`), which
 //! redis-rs cannot do. The redis-rs cluster client still opens its node
-//! connections itself (see `client::connect_cluster`).
+//! connections itself (see `cluster::connect_cluster`).
 
 use std::io;
 use std::pin::Pin;

@@ -8,11 +8,12 @@ use std::sync::LazyLock;
 
 use redis::Value;
 
-use crate::scripts::Lua;
+use crate::connection::scripts::Lua;
 
-use crate::client::Client;
+use crate::connection::slots::SLOTS;
+use crate::connection::Client;
 use crate::error::{stored_int, Error, Result};
-use crate::keys::{client_slot, SLOTS};
+use crate::store::keys::{client_slot, ClientKeys};
 
 static SAVE: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/session_save.lua")]));
 static DELETE: LazyLock<Lua> =
@@ -363,7 +364,7 @@ pub async fn release_lease(
 /// per-slot owner index, as a reaper's step that ends at `until` (Redis ms,
 /// see nodes.rs); returns how many.
 pub async fn release_leases_of(client: &Client, owner: &[u8], until: i64) -> Result<u64> {
-    let keys = client.keys();
+    let keys = &client.keys();
     let slots = client
         .slots_with_hash("lease_owner", |slot| keys.lease_owners(slot))
         .await?;

@@ -16,11 +16,12 @@
 
 use std::sync::LazyLock;
 
-use crate::scripts::Lua;
+use crate::connection::scripts::Lua;
 
-use crate::client::Client;
+use crate::connection::Client;
 use crate::error::{Error, Result};
-use crate::session::unexpected;
+use crate::store::keys::ClientKeys;
+use crate::store::session::unexpected;
 
 /// Each script is the shared prelude followed by its own part.
 fn script(own: &str) -> Lua {

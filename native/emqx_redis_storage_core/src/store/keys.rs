@@ -42,8 +42,21 @@
 
 use std::sync::OnceLock;
 
-/// Redis Cluster has 16384 hash slots.
-pub const SLOTS: u16 = 16384;
+use crate::connection::slots::{crc16, SLOTS};
+use crate::connection::Client;
+
+/// The key layout of a client's data: every key starts with the client's
+/// configured prefix. The connection layer knows no layout; this gives the
+/// domains one.
+pub trait ClientKeys {
+    fn keys(&self) -> Keys;
+}
+
+impl ClientKeys for Client {
+    fn keys(&self) -> Keys {
+        Keys::new(&self.backend().config().key_prefix)
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -262,56 +275,14 @@ pub fn slot_tag(slot: u16) -> &'static str {
     &tags[(slot % SLOTS) as usize]
 }
 
-/// CRC16-CCITT (XMODEM), the hash of Redis Cluster key slots.
-pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= (byte as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The Redis Cluster slot of any key.
-pub fn key_slot(key: &[u8]) -> u16 {
-    crc16(hash_tag(key)) % SLOTS
-}
-
-/// The hash tag Redis takes from a key: the bytes between the first `{` and
-/// the first `}` after it, if not empty; else the whole key.
-fn hash_tag(key: &[u8]) -> &[u8] {
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
-        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
-            if len > 0 {
-                return &key[open + 1..open + 1 + len];
-            }
-        }
-    }
-    key
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::slots::key_slot;
     use proptest::prelude::*;
 
     fn slot(key: &[u8]) -> u16 {
         key_slot(key)
-    }
-
-    #[test]
-    fn crc16_matches_the_redis_cluster_specification() {
-        // The check value given in the Redis Cluster specification.
-        assert_eq!(crc16(b"123456789"), 0x31C3);
-        // Known slots (CLUSTER KEYSLOT).
-        assert_eq!(crc16(b"foo") % SLOTS, 12182);
-        assert_eq!(crc16(b"user1000") % SLOTS, 3443);
     }
 
     #[test]

@@ -27,12 +27,13 @@ use std::sync::LazyLock;
 
 use redis::Value;
 
-use crate::client::Client;
+use crate::connection::scripts::Lua;
+use crate::connection::Client;
 use crate::error::{Error, Result};
-use crate::router::{self, Router};
-use crate::scripts::Lua;
-use crate::session::unexpected;
-use crate::{registry, session};
+use crate::store::keys::ClientKeys;
+use crate::store::router::{self, Router};
+use crate::store::session::unexpected;
+use crate::store::{registry, session};
 
 /// How far the clocks of a Cluster's masters may differ: a reap lease is
 /// given to another reaper only this long after it ended.

@@ -23,11 +23,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use redis::Value;
 
-use crate::client::Backend;
+use crate::connection::slots::crc16;
+use crate::connection::Backend;
 use crate::error::{stored_int, Error, Result};
-use crate::keys::{crc16, Keys};
 use crate::metrics::Metrics;
-use crate::route_index::RouteIndex;
+use crate::store::keys::Keys;
+use crate::store::route_index::RouteIndex;
 
 /// The hash field of a shard's version counter; no filter can contain NUL.
 pub const VERSION_FIELD: &[u8] = b"\0v";

@@ -1,0 +1,15 @@
+//! The domains kept in Redis, on top of the connection layer: sessions and
+//! their leases, message queues, the client registry, routes (and the local
+//! route index), durable messages, node membership; and the key layout they
+//! share.
+
+pub mod ds;
+pub mod keys;
+pub mod message;
+pub mod mirror;
+pub mod nodes;
+pub mod registry;
+pub mod route_index;
+pub mod router;
+pub mod session;
+pub mod topic;
