@@ -643,8 +643,10 @@ run_case(#{sysmon := Sysmon, warmup_ms := Warmup, duration_ms := Duration} = Ctx
     timer:sleep(Warmup),
     {ok, <<"OK">>} = emqx_redis_storage:q([<<"CONFIG">>, <<"RESETSTAT">>]),
     Cpu0 = cpu_sample(Ctx),
+    Groups0 = groups(),
     Done = collect(Op, Workers, done),
     Cpu1 = cpu_sample(Ctx),
+    {Commits, Grouped} = diff(groups(), Groups0),
     ExecUs = redis_exec_us(),
     Sysmon ! {label, idle},
     LastEnd = lists:max([From | [E || {_, E, _, _} <- Done]]),
@@ -670,6 +672,8 @@ run_case(#{sysmon := Sysmon, warmup_ms := Warmup, duration_ms := Duration} = Ctx
             vm_us => PerItem(VmCpu / 100 * Elapsed * 1.0e6),
             redis_us => PerItem(RedisCpu / 100 * Elapsed * 1.0e6),
             redis_exec_us => PerItem(ExecUs),
+            %% Calls per script call that carried a group (group commit).
+            per_group => case Commits of 0 -> undefined; _ -> Grouped / Commits end,
             notes => [lists:sublist(lists:flatten(io_lib:format("first error: ~0p", [E])), 300) || {_, _, _, E} <- lists:sublist([D || {_, _, N, _} = D <- Done, N > 0], 1)]
         },
         Cpu
@@ -680,6 +684,13 @@ run_case(#{sysmon := Sysmon, warmup_ms := Warmup, duration_ms := Duration} = Ctx
         fmt_us(maps:get(p50_us, Row)), fmt_us(maps:get(p99_us, Row)), Errors
     ]),
     {Row, [State || {State, _, _, _} <- Done]}.
+
+%% Group commits of the default client, and the calls they carried.
+groups() ->
+    #{group_commits := Commits, grouped_calls := Calls} = emqx_redis_storage:metrics(),
+    {Commits, Calls}.
+
+diff({A, B}, {A0, B0}) -> {A - A0, B - B0}.
 
 %% One message per worker, in worker order; a crashed worker fails the run.
 collect(Op, Workers, Tag) ->
@@ -1025,11 +1036,12 @@ markdown(Ctx, Run) ->
         "\"other\" being every other process on the machine. µs/op: CPU time per op (per message for "
         "batch ops) of the VM and of Redis (at 1 process mostly threads spinning or waking up between "
         "calls); \"exec\": the part of it Redis spent executing commands "
-        "(INFO commandstats, no network I/O). long sched: long_schedule events > 1 ms "
+        "(INFO commandstats, no network I/O). calls/group: the calls a script call carried when it "
+        "carried several (group commit). long sched: long_schedule events > 1 ms "
         "during the case.\n\n",
         table(
             ["op", "procs", "ops/s", "msg/s", "p50 µs", "p99 µs", "ceiling", "ratio", "VM CPU", "Redis CPU",
-             "other CPU", "VM µs/op", "Redis µs/op", "exec µs/op", "long sched", "errors"],
+             "other CPU", "VM µs/op", "Redis µs/op", "exec µs/op", "calls/group", "long sched", "errors"],
             [row_md(R, Run) || R <- Rows]
         ),
         notes_md(Rows),
@@ -1071,6 +1083,7 @@ row_md(#{op := Op, procs := P, items := Items, ops := Ops, items_s := ItemsS, p5
         fmt_us(P50), fmt_us(P99), atom_to_list(Ceiling), io_lib:format("~.2f", [Ratio]),
         fmt_pct(Vm), fmt_pct(Redis), fmt_pct(Other),
         fmt_us(maps:get(vm_us, Row)), fmt_us(maps:get(redis_us, Row)), fmt_us(maps:get(redis_exec_us, Row)),
+        case maps:get(per_group, Row) of undefined -> ""; G -> io_lib:format("~.1f", [G]) end,
         integer_to_list(length([E || {{O, N}, _, _} = E <- Events, O =:= Op, N =:= P])),
         integer_to_list(Errors) ++ case maps:get(notes, Row) of [] -> ""; _ -> " *" end
     ].
