@@ -39,15 +39,14 @@ fn session_save<'a>(
     node: Binary,
     fence: Option<i64>,
 ) -> Term<'a> {
-    let (id, data, node) = (client_id.to_vec(), data.to_vec(), node.to_vec());
+    let args = SaveArgs {
+        client_id: client_id.to_vec(),
+        data: data.to_vec(),
+        ttl_ms,
+        node: node.to_vec(),
+        fence,
+    };
     spawn_admitted(env, client.admit("session_save"), reply_ref, async move {
-        let args = SaveArgs {
-            client_id: &id,
-            data: &data,
-            ttl_ms,
-            node: &node,
-            fence,
-        };
         Ok(match session::save(&client, args).await? {
             Saved::Ok(i) => info(i),
             Saved::StaleFence => Out::Atom("stale_fence"),

@@ -485,24 +485,6 @@ impl Backend {
     }
 
     /// Runs a Lua script by its SHA, loading it first if Redis does not know it.
-    pub async fn eval<T: FromRedisValue>(
-        &self,
-        script: &Lua,
-        keys: &[&[u8]],
-        args: &[&[u8]],
-    ) -> Result<T> {
-        let mut invocation = script.script().prepare_invoke();
-        for key in keys {
-            invocation.key(*key);
-        }
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let invocation = &invocation;
-        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await
-    }
-
     /// Independent commands on keys of any slots, replies in order: one
     /// pipeline on a single server; on a cluster one pipeline per master,
     /// for the commands whose key slot it serves.
@@ -611,7 +593,15 @@ impl Client {
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T> {
-        self.backend.eval(script, keys, args).await
+        let cmd = evalsha(script, keys, args);
+        match self.query(&cmd).await {
+            // Redis restarted, failed over or flushed its scripts: load, retry.
+            Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
+                self.load_script(script).await?;
+                self.query(&cmd).await
+            }
+            other => other,
+        }
     }
 
     /// A script that writes. With `wait_replicas` set, it is followed on the
@@ -628,14 +618,7 @@ impl Client {
             return self.eval(script, keys, args).await;
         }
         let mut pipe = redis::pipe();
-        let eval = pipe.cmd("EVALSHA").arg(script.hash()).arg(keys.len());
-        for key in keys {
-            eval.arg(*key);
-        }
-        for arg in args {
-            eval.arg(*arg);
-        }
-        pipe.cmd("WAIT")
+        pipe.add_command(evalsha(script, keys, args)).cmd("WAIT")
             .arg(wanted)
             .arg(self.backend.config.wait_timeout.as_millis() as u64);
         let (value, acked): (T, u32) = match self.backend.pipeline(&pipe).await {
@@ -761,6 +744,17 @@ impl Client {
             .map(|(slot, _)| slot)
             .collect())
     }
+}
+
+/// `EVALSHA` of `script` with its keys and arguments, copied once.
+fn evalsha(script: &Lua, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
+    let size = keys.iter().chain(args).map(|a| a.len()).sum::<usize>();
+    let mut cmd = Cmd::with_capacity(2 + keys.len() + args.len(), 64 + size);
+    cmd.arg("EVALSHA").arg(script.hash()).arg(keys.len());
+    for arg in keys.iter().chain(args) {
+        cmd.arg(*arg);
+    }
+    cmd
 }
 
 /// A call admitted by `Client::admit`: it holds its place in flight and is

@@ -57,30 +57,31 @@ pub enum Saved {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotHeld(pub Option<Vec<u8>>);
 
-pub struct SaveArgs<'a> {
-    pub client_id: &'a [u8],
-    pub data: &'a [u8],
+/// What `save` stores, owned: the data is handed on, not copied again.
+pub struct SaveArgs {
+    pub client_id: Vec<u8>,
+    pub data: Vec<u8>,
     pub ttl_ms: u64,
-    pub node: &'a [u8],
+    pub node: Vec<u8>,
     pub fence: Option<i64>,
 }
 
-pub async fn save(client: &Client, args: SaveArgs<'_>) -> Result<Saved> {
+pub async fn save(client: &Client, args: SaveArgs) -> Result<Saved> {
     let keys = client.keys();
-    let id = args.client_id;
-    let ttl = args.ttl_ms.to_string();
+    let id = &args.client_id;
+    let script_keys = vec![
+        keys.session(id),
+        keys.fence(id),
+        keys.session_index(client_slot(id)),
+    ];
+    let node = args.node.clone();
+    let ttl = args.ttl_ms.to_string().into_bytes();
     let fence = args.fence.map(|f| f.to_string()).unwrap_or_default();
     let reply: Vec<i64> = client
         .grouped_write_eval(
             &SAVE,
-            vec![
-                keys.session(id),
-                keys.fence(id),
-                keys.session_index(client_slot(id)),
-            ],
-            [id, args.data, ttl.as_bytes(), args.node, fence.as_bytes()]
-                .map(<[u8]>::to_vec)
-                .to_vec(),
+            script_keys,
+            vec![args.client_id, args.data, ttl, args.node, fence.into_bytes()],
         )
         .await
         .map_err(|e| e.of("session"))?;
@@ -89,7 +90,7 @@ pub async fn save(client: &Client, args: SaveArgs<'_>) -> Result<Saved> {
             created_at: *created_at,
             updated_at: *updated_at,
             expires_at: *expires_at,
-            node: args.node.to_vec(),
+            node,
         })),
         [0, _] => Ok(Saved::StaleFence),
         _ => Err(unexpected("session_save", &reply)),
