@@ -3,7 +3,7 @@
 %% unique per call, so runs never depend on an empty Redis.
 -module(storage_checks).
 
--export([all/0, sessions/0, registry/0, messages/0, routes/0, durable/0, membership/0]).
+-export([all/0, sessions/0, registry/0, messages/0, grouped/0, routes/0, durable/0, membership/0]).
 
 -include_lib("stdlib/include/assert.hrl").
 
@@ -11,6 +11,7 @@ all() ->
     ok = sessions(),
     ok = registry(),
     ok = messages(),
+    ok = grouped(),
     ok = routes(),
     ok = durable(),
     ok = membership().
@@ -76,6 +77,32 @@ messages() ->
     {ok, #{len := 49}} = M:queue_info(Id),
     ok = M:delete_messages(Id),
     ?assertEqual({ok, 0}, M:count_messages(Id)).
+
+%% Group commit where the deployment puts a queue: 50 concurrent stores into
+%% one queue while its server is kept busy by a slow script (sent with the
+%% queue's key, so a cluster runs it on the queue's master) go as groups
+%% of one script call, and every message is stored once.
+grouped() ->
+    M = emqx_redis_message,
+    Id = unique(<<"grouped-">>),
+    {ok, Client} = emqx_redis_storage_client:default(),
+    #{key_prefix := Prefix} = emqx_redis_storage_client:info(Client),
+    Queue = <<Prefix/binary, "q:{", Id/binary, "}">>,
+    #{group_commits := Before} = emqx_redis_storage:metrics(),
+    Busy = <<"local t = redis.call('TIME') local until_us = t[1] * 1000000 + t[2] + tonumber(ARGV[1]) "
+             "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us return 1">>,
+    {_, Ref} = spawn_monitor(fun() -> exit(emqx_redis_storage:q([<<"EVAL">>, Busy, <<"1">>, Queue, <<"300000">>])) end),
+    timer:sleep(50),
+    Msgs = [#{id => integer_to_binary(I), topic => <<"t">>, payload => <<I:32>>, qos => 1} || I <- lists:seq(1, 50)],
+    Parent = self(),
+    Pids = [spawn_link(fun() -> Parent ! {self(), M:store_message(Id, Msg)} end) || Msg <- Msgs],
+    ?assertEqual(lists:duplicate(50, ok), [receive {Pid, R} -> R after 10000 -> timeout end || Pid <- Pids]),
+    receive {'DOWN', Ref, process, _, Busied} -> ?assertEqual({ok, 1}, Busied) after 10000 -> error(busy_script) end,
+    #{group_commits := After} = emqx_redis_storage:metrics(),
+    ?assert(After > Before, {Before, After}),
+    {ok, Stored} = M:get_messages(Id, 0, 100),
+    ?assertEqual(lists:sort(Msgs), lists:sort(Stored)),
+    ok = M:delete_messages(Id).
 
 routes() ->
     R = emqx_redis_router,
