@@ -49,3 +49,20 @@ local function stored_int(kind, what, value)
     return tonumber(value)
 end
 
+
+-- Redis's clock in ms, read once per script call: a group form (group.rs)
+-- runs many calls in one script call, and they share it.
+local clock
+local function now_ms()
+    if not clock then
+        local t = redis.call('TIME')
+        clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    return clock
+end
+
+-- An integer as text for redis.call: a Lua number passed as it is would be
+-- formatted as a float ("%.14g"), which costs far more.
+local function int(n)
+    return string.format('%d', n)
+end
