@@ -75,7 +75,13 @@ pub struct Groups {
 impl Groups {
     /// Runs `call` of `script` on `client`, alone (the script itself) or
     /// in a group (its group form).
-    pub async fn call(&self, client: &Client, script: &'static Lua, slot: u16, call: Call) -> Result<Value> {
+    pub async fn call(
+        &self,
+        client: &Client,
+        script: &'static Lua,
+        slot: u16,
+        call: Call,
+    ) -> Result<Value> {
         let key = (script as *const Lua as usize, slot);
         let call = {
             let mut queues = self.lock();
@@ -170,7 +176,12 @@ fn refs(items: &[Vec<u8>]) -> Vec<&[u8]> {
 
 /// One call of the group form of `script` for `own` and `others`; a reply
 /// per call, in that order.
-async fn run_group(client: &Client, script: &Lua, own: &Call, others: &[Waiting]) -> Vec<Result<Value>> {
+async fn run_group(
+    client: &Client,
+    script: &Lua,
+    own: &Call,
+    others: &[Waiting],
+) -> Vec<Result<Value>> {
     let calls: Vec<&Call> = std::iter::once(own)
         .chain(others.iter().map(|w| &w.call))
         .collect();
@@ -189,7 +200,9 @@ async fn run_group(client: &Client, script: &Lua, own: &Call, others: &[Waiting]
         .collect();
     let counters = &client.backend().metrics().connections;
     counters.group_commits.fetch_add(1, Relaxed);
-    counters.grouped_calls.fetch_add(calls.len() as u64, Relaxed);
+    counters
+        .grouped_calls
+        .fetch_add(calls.len() as u64, Relaxed);
     match client.write_eval(script.group(), &keys, &args).await {
         Ok(Value::Array(replies)) if replies.len() == calls.len() => {
             replies.into_iter().map(one_reply).collect()
@@ -207,12 +220,18 @@ fn one_reply(reply: Value) -> Result<Value> {
     let Value::Array(mut parts) = reply else {
         return Err(Error::Internal(format!("group reply part: {reply:?}")));
     };
-    let second = if parts.len() > 1 { parts.swap_remove(1) } else { Value::Nil };
+    let second = if parts.len() > 1 {
+        parts.swap_remove(1)
+    } else {
+        Value::Nil
+    };
     match (parts.first(), second) {
         (Some(Value::Int(1)), reply) => Ok(reply),
         (Some(Value::Int(0)), Value::BulkString(error)) => {
             Err(Error::replied(&String::from_utf8_lossy(&error)))
         }
-        (_, second) => Err(Error::Internal(format!("group reply part: {parts:?} {second:?}"))),
+        (_, second) => Err(Error::Internal(format!(
+            "group reply part: {parts:?} {second:?}"
+        ))),
     }
 }
