@@ -850,7 +850,7 @@ gen_command() ->
 library_keys() ->
     [
         <<"emqx:sess:{fz-1}">>, <<"emqx:lease:{fz-1}">>, <<"emqx:q:{fz-1}">>,
-        <<"emqx:msg:{fz-1}:m1">>, <<"emqx:rt:{r0}">>, <<"emqx:rtrie:{r0}">>,
+        <<"emqx:qb:{fz-1}">>, <<"emqx:rt:{r0}">>, <<"emqx:rtrie:{r0}">>,
         <<"emqx:ds:sub:{fz-1}">>, <<"emqx:ds:f:{d0}">>, <<"emqx:ds:m:{a/0}">>, <<"emqx:ds:levels">>,
         <<"emqx:nodes:{n}">>, <<"emqx:nodes:inc:{n}">>, <<"emqx:nodes:reap:{n}">>
     ].

@@ -224,7 +224,12 @@ queue_keys(Config) ->
     ],
     run(Config, fun setup_queue/1, [
         {[{wrong, {client, K}, T}], All}
-     || {K, Types} <- [{<<"q">>, [string, hash]}, {<<"qx">>, [string, list]}, {<<"qm">>, [string, zset]}],
+     || {K, Types} <- [
+            {<<"q">>, [string, hash]},
+            {<<"qx">>, [string, list]},
+            {<<"qm">>, [string, zset]},
+            {<<"qb">>, [string, zset]}
+        ],
         T <- Types
     ]),
     run(Config, fun setup_queue/1, [
@@ -238,20 +243,18 @@ queue_keys(Config) ->
      || Score <- [<<"+inf">>, <<"1e300">>, <<"4102444800000.5">>]
     ]).
 
+%% A body is the field of its id in the queue's bodies hash (a hash of the
+%% wrong type is a queue key of the wrong type: queue_keys).
 message_bodies(Config) ->
-    Body = {message, <<"m1">>},
+    Body = fun(B) -> {hset, {client, <<"qb">>}, <<"m1">>, B} end,
     Header = <<0:64>>,
     Reads = [{get_messages, message}, {count_messages, ok}, {store_message, ok}, {delete_messages, ok}],
     run(Config, fun setup_queue/1, [
-        {[{wrong, Body, T}], [{queue_info, message}, {ack_message, ok} | Reads]}
-     || T <- [hash, list]
-    ]),
-    run(Config, fun setup_queue/1, [
-        {[{set, Body, B}], [{queue_info, message} | Reads]}
+        {[Body(B)], [{queue_info, message} | Reads]}
      || B <- [<<>>, <<"12345">>]
     ]),
     run(Config, fun setup_queue/1, [
-        {[{set, Body, <<Header/binary, B/binary>>}], [{queue_info, ok}, {ack_message, ok} | Reads]}
+        {[Body(<<Header/binary, B/binary>>)], [{queue_info, ok}, {ack_message, ok} | Reads]}
      || B <- [
             <<>>,
             <<"garbage">>,
@@ -262,9 +265,8 @@ message_bodies(Config) ->
         ]
     ]),
     %% the detail names the message
-    NotAMap = {set, Body, <<Header/binary, (term_to_binary(not_a_map))/binary>>},
-    Short = {set, Body, <<"12345">>},
-    Hash = {wrong, Body, hash},
+    NotAMap = Body(<<Header/binary, (term_to_binary(not_a_map))/binary>>),
+    Short = Body(<<"12345">>),
     [
         begin
             Cl = client(Config),
@@ -276,27 +278,26 @@ message_bodies(Config) ->
      || {Corruption, Call} <- [
             {NotAMap, get_messages},
             {Short, get_messages},
-            {Short, queue_info},
-            {Hash, get_messages},
-            {Hash, queue_info}
+            {Short, queue_info}
         ]
     ],
     %% an id that is no UTF-8 and holds a line break is named escaped, the
-    %% same by a script (wrong type), the NIF (too short) and the Erlang side
-    %% (no term)
+    %% same by a script (too short, queue_info), the NIF (too short,
+    %% get_messages) and the Erlang side (no term)
     Odd = <<"m", 255, "\r\nx">>,
+    OddBody = fun(B) -> {hset, {client, <<"qb">>}, Odd, B} end,
     [
         begin
             Cl = client(Config),
             ok = ?M:store_message(Cl, ?C, #{id => Odd}),
             corrupt(Cl, Corruption),
-            {error, {corrupt, #{kind := message, detail := Detail}}} = ?M:get_messages(Cl, ?C, 0, 10),
+            {error, {corrupt, #{kind := message, detail := Detail}}} = (maps:get(Call, calls()))(Cl),
             ?assertMatch(<<"m\\xff\\r\\nx: ", _/binary>>, Detail)
         end
-     || Corruption <- [
-            {wrong, {message, Odd}, hash},
-            {set, {message, Odd}, <<"12345">>},
-            {set, {message, Odd}, <<0:64, "garbage">>}
+     || {Corruption, Call} <- [
+            {OddBody(<<"12345">>), queue_info},
+            {OddBody(<<"12345">>), get_messages},
+            {OddBody(<<0:64, "garbage">>), get_messages}
         ]
     ].
 
@@ -382,7 +383,7 @@ garbage_route_events_make_the_index_reload(Config) ->
     ?assertEqual({ok, [?NODE]}, ?R:match_routes(Cl, <<"t/y">>)),
     ?assertEqual({ok, []}, ?R:match_routes(Cl, <<"a/x/b">>)).
 
-%% A message body removed outside the library (DEL, eviction): the next
+%% A message body removed outside the library (HDEL, DEL, eviction): the next
 %% script that meets its queue entry drops it, and counts, info and pages
 %% agree.
 %% An id left in only one of the queue's sorted sets (one entry removed
@@ -414,20 +415,27 @@ queue_counts_agree_with_loads(Config) ->
     Cl = client(Config),
     Msgs = [#{id => integer_to_binary(I)} || I <- lists:seq(1, 5)],
     ok = ?M:store_messages(Cl, ?C, Msgs),
-    raw(Cl, [<<"DEL">>, key(Cl, {message, <<"2">>}), key(Cl, {message, <<"4">>})]),
+    raw(Cl, [<<"HDEL">>, key(Cl, {client, <<"qb">>}), <<"2">>, <<"4">>]),
     Live = [M || #{id := Id} = M <- Msgs, Id =/= <<"2">>, Id =/= <<"4">>],
     ?assertEqual({ok, 3}, ?M:count_messages(Cl, ?C)),
     ?assertMatch({ok, #{len := 3}}, ?M:queue_info(Cl, ?C)),
     ?assertEqual({ok, Live}, ?M:get_messages(Cl, ?C, 0, 10)),
     %% pages count live messages only
-    raw(Cl, [<<"DEL">>, key(Cl, {message, <<"3">>})]),
+    raw(Cl, [<<"HDEL">>, key(Cl, {client, <<"qb">>}), <<"3">>]),
     ?assertEqual({ok, [#{id => <<"5">>}]}, ?M:get_messages(Cl, ?C, 1, 10)),
     ?assertEqual({ok, 2}, ?M:count_messages(Cl, ?C)),
     ?assertEqual({ok, 2}, raw(Cl, [<<"ZCARD">>, key(Cl, {client, <<"q">>})])),
     %% a message whose body is gone may be stored again
-    raw(Cl, [<<"DEL">>, key(Cl, {message, <<"1">>})]),
+    raw(Cl, [<<"HDEL">>, key(Cl, {client, <<"qb">>}), <<"1">>]),
     ok = ?M:store_message(Cl, ?C, #{id => <<"1">>, again => true}),
-    ?assertEqual({ok, [#{id => <<"5">>}, #{id => <<"1">>, again => true}]}, ?M:get_messages(Cl, ?C, 0, 10)).
+    ?assertEqual({ok, [#{id => <<"5">>}, #{id => <<"1">>, again => true}]}, ?M:get_messages(Cl, ?C, 0, 10)),
+    %% the whole bodies hash gone (evicted): every message is gone
+    raw(Cl, [<<"DEL">>, key(Cl, {client, <<"qb">>})]),
+    ?assertEqual({ok, 0}, ?M:count_messages(Cl, ?C)),
+    ?assertEqual({ok, []}, ?M:get_messages(Cl, ?C, 0, 10)),
+    ?assertEqual({ok, 0}, raw(Cl, [<<"ZCARD">>, key(Cl, {client, <<"q">>})])),
+    ok = ?M:store_message(Cl, ?C, #{id => <<"5">>, again => true}),
+    ?assertEqual({ok, [#{id => <<"5">>, again => true}]}, ?M:get_messages(Cl, ?C, 0, 10)).
 
 %% A session hash removed outside the library: listing drops its index
 %% entry; counting does not read every hash, so it counts the entry until
@@ -548,8 +556,6 @@ key(Cl, What) ->
 
 key(Cl, {client, Kind}, Id) ->
     <<(prefix(Cl))/binary, Kind/binary, ":{", Id/binary, "}">>;
-key(Cl, {message, MsgId}, Id) ->
-    <<(prefix(Cl))/binary, "msg:{", Id/binary, "}:", MsgId/binary>>;
 key(Cl, {shard, Kind}, _Id) ->
     <<(prefix(Cl))/binary, Kind/binary, ":{r0}">>;
 key(Cl, {slot, Kind}, _Id) ->

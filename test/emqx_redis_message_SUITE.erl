@@ -19,7 +19,7 @@ all() ->
         acks_in_any_order_and_unknown_ids,
         count_and_queue_info,
         delete_removes_the_clients_queue_only,
-        per_message_expiry_reclaims_memory_without_reads,
+        per_message_expiry_reclaims_memory,
         awkward_client_and_message_ids,
         invalid_input_is_refused,
         too_large_messages_and_batches_are_refused,
@@ -99,8 +99,7 @@ messages_come_back_exactly_and_in_order(_Config) ->
     ?assertEqual(length(Msgs), length(Got)),
     [?assert(G =:= M, maps:get(id, M)) || {G, M} <- lists:zip(Got, Msgs)],
     ?assertEqual({ok, length(Msgs)}, ?M:count_messages(<<"c">>)),
-    ?assert(pttl(<<"emqx:msg:{c}:longest-expiry">>) > 4294967295000 - 60000),
-    ?assert(pttl(<<"emqx:q:{c}">>) > 4294967295000 - 60000),
+    [?assert(pttl(<<"emqx:", K/binary, ":{c}">>) > 4294967295000 - 60000) || K <- [<<"q">>, <<"qx">>, <<"qm">>, <<"qb">>]],
     %% a batch of nothing is fine and changes nothing
     ?assertEqual(ok, ?M:store_messages(<<"c">>, [])),
     ?assertEqual({ok, length(Msgs)}, ?M:count_messages(<<"c">>)).
@@ -218,7 +217,7 @@ acks_in_any_order_and_unknown_ids(_Config) ->
     [ok = ?M:ack_message(<<"c">>, Id) || #{id := Id} <- lists:reverse(Kept)],
     ?assertEqual({ok, 0}, ?M:count_messages(<<"c">>)),
     ?assertEqual({ok, []}, ?M:get_messages(<<"c">>, 0, 100)),
-    ?assertEqual([], keys(<<"emqx:msg:{c}:*">>)),
+    ?assertEqual([], keys(<<"emqx:qb:{c}">>)),
     ?assertEqual([], keys(<<"emqx:q:{c}">>) ++ keys(<<"emqx:qx:{c}">>)).
 
 count_and_queue_info(_Config) ->
@@ -255,7 +254,7 @@ delete_removes_the_clients_queue_only(_Config) ->
     ok = ?M:store_message(<<"c1">>, #{id => <<"new">>}),
     ?assertEqual({ok, [#{id => <<"new">>}]}, ?M:get_messages(<<"c1">>, 0, 100)).
 
-per_message_expiry_reclaims_memory_without_reads(_Config) ->
+per_message_expiry_reclaims_memory(_Config) ->
     %% client a: 50 short messages between 10 that live for a day;
     %% client b: short messages only
     Mixed = lists:append([
@@ -267,16 +266,20 @@ per_message_expiry_reclaims_memory_without_reads(_Config) ->
     ok = ?M:store_messages(<<"a">>, Mixed),
     [ok = ?M:store_message(<<"b">>, #{id => id(<<"short">>, I), expiry_interval => 1}) || I <- lists:seq(1, 20)],
     ?assertEqual({ok, 60}, ?M:count_messages(<<"a">>)),
-    ?assertEqual({ok, 60 + 3 + 20 + 3}, emqx_redis_storage:q([<<"DBSIZE">>])),
+    ?assertEqual({ok, 4 + 4}, emqx_redis_storage:q([<<"DBSIZE">>])),
     %% the queue keys live as long as their last message
     ?assert(pttl(<<"emqx:q:{a}">>) > 86000000),
+    ?assert(pttl(<<"emqx:qb:{a}">>) > 86000000),
     ?assert(pttl(<<"emqx:qm:{b}">>) =< 1000),
-    %% Redis reclaims the expired bodies and b's whole queue by itself:
-    %% DBSIZE counts keys that expired but are not reclaimed yet
-    ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"DBSIZE">>]) =:= {ok, 10 + 3} end, 15000),
+    ?assert(pttl(<<"emqx:qb:{b}">>) =< 1000),
+    %% Redis reclaims b's whole queue by itself: DBSIZE counts keys that
+    %% expired but are not reclaimed yet
+    ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"DBSIZE">>]) =:= {ok, 4} end, 15000),
     ?assertEqual([], keys(<<"*{b}*">>)),
-    ?assertEqual(10, length(keys(<<"emqx:msg:{a}:long*">>))),
+    %% a's expired bodies go when a script next meets its queue
+    ?assertEqual({ok, 60}, emqx_redis_storage:q([<<"HLEN">>, <<"emqx:qb:{a}">>])),
     ?assertEqual({ok, 10}, ?M:count_messages(<<"a">>)),
+    ?assertEqual({ok, 10}, emqx_redis_storage:q([<<"HLEN">>, <<"emqx:qb:{a}">>])),
     ?assertEqual({ok, Long}, ?M:get_messages(<<"a">>, 0, 100)),
     ?assertEqual({ok, 0}, ?M:count_messages(<<"b">>)),
     ?assertEqual({ok, []}, ?M:get_messages(<<"b">>, 0, 100)),
@@ -396,7 +399,7 @@ largest_publish_emqx_admits_stores_by_default(Config) ->
 bad_data_in_redis_is_an_error_not_a_crash(_Config) ->
     ok = ?M:store_messages(<<"c">>, [#{id => <<"good">>}, #{id => <<"bad">>}]),
     %% somebody overwrote a body: a valid header, but no term after it
-    {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:msg:{c}:bad">>, <<0:64, "garbage">>]),
+    {ok, 0} = emqx_redis_storage:q([<<"HSET">>, <<"emqx:qb:{c}">>, <<"bad">>, <<0:64, "garbage">>]),
     ?assertMatch(
         {error, {corrupt, #{kind := message, detail := <<"bad: not a term">>}}}, ?M:get_messages(<<"c">>, 0, 10)
     ),
@@ -405,7 +408,7 @@ bad_data_in_redis_is_an_error_not_a_crash(_Config) ->
     ok = ?M:ack_message(<<"c">>, <<"bad">>),
     ?assertEqual({ok, [#{id => <<"good">>}]}, ?M:get_messages(<<"c">>, 0, 10)),
     %% shorter than the header
-    {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:msg:{c}:good">>, <<"abc">>]),
+    {ok, 0} = emqx_redis_storage:q([<<"HSET">>, <<"emqx:qb:{c}">>, <<"good">>, <<"abc">>]),
     ?assertMatch({error, {corrupt, #{kind := message}}}, ?M:get_messages(<<"c">>, 0, 10)),
     %% a queue key of the wrong type
     {ok, <<"OK">>} = emqx_redis_storage:q([<<"SET">>, <<"emqx:q:{w}">>, <<"x">>]),
@@ -442,13 +445,13 @@ default_ttl_expires_messages_and_queues(_Config) ->
     ok = ?M:store_messages(<<"x">>, msgs(<<"d">>, 15) ++ [Keeper] ++ msgs(<<"e">>, 15)),
     ok = ?M:store_messages(<<"y">>, msgs(<<"d">>, 30)),
     ?assertEqual({ok, 31}, ?M:count_messages(<<"x">>)),
-    ?assert(pttl(<<"emqx:msg:{y}:d1">>) =< 1000),
+    ?assert(pttl(<<"emqx:qb:{y}">>) =< 1000),
     ?assert(pttl(<<"emqx:q:{x}">>) > 3500000),
-    %% without reading: only the keeper and x's queue keys are left
-    ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"DBSIZE">>]) =:= {ok, 1 + 3} end, 15000),
+    %% without reading: only x's queue keys are left
+    ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"DBSIZE">>]) =:= {ok, 4} end, 15000),
     ?assertEqual(
         {ok, 0},
-        emqx_redis_storage:q([<<"EXISTS">>, <<"emqx:q:{y}">>, <<"emqx:qx:{y}">>, <<"emqx:qm:{y}">>])
+        emqx_redis_storage:q([<<"EXISTS">>, <<"emqx:q:{y}">>, <<"emqx:qx:{y}">>, <<"emqx:qm:{y}">>, <<"emqx:qb:{y}">>])
     ),
     ?assertEqual({ok, [Keeper]}, ?M:get_messages(<<"x">>, 0, 100)),
     ?assertEqual({ok, 1}, ?M:count_messages(<<"x">>)),
@@ -470,8 +473,9 @@ drop_oldest_at_the_limit(_Config) ->
     ok = ?M:store_messages(<<"c">>, lists:sublist(Msgs, 18, 13)),
     ?assertEqual({ok, lists:sublist(Msgs, 26, 5)}, ?M:get_messages(<<"c">>, 0, 100)),
     ?assertMatch({ok, #{len := 5, dropped := 25}}, ?M:queue_info(<<"c">>)),
-    %% the dropped messages' bodies are gone: 5 bodies and the 3 queue keys
-    ?assertEqual({ok, 5 + 3}, emqx_redis_storage:q([<<"DBSIZE">>])),
+    %% the dropped messages' bodies are gone: 5 bodies in the 4 queue keys
+    ?assertEqual({ok, 4}, emqx_redis_storage:q([<<"DBSIZE">>])),
+    ?assertEqual({ok, 5}, emqx_redis_storage:q([<<"HLEN">>, <<"emqx:qb:{c}">>])),
     %% a queued id stored again is no new message and drops nothing
     ok = ?M:store_message(<<"c">>, lists:nth(26, Msgs)),
     ?assertMatch({ok, #{len := 5, dropped := 25}}, ?M:queue_info(<<"c">>)),

@@ -23,9 +23,9 @@ use std::sync::Mutex;
 use redis::Value;
 use tokio::sync::oneshot;
 
+use crate::connection::scripts::Lua;
 use crate::connection::Client;
 use crate::error::{Error, Result};
-use crate::connection::scripts::Lua;
 
 /// Groups of one script (and slot) under way at once. Two: while Redis runs
 /// one, the next one gathers the calls that arrive meanwhile.
@@ -75,7 +75,13 @@ pub struct Groups {
 impl Groups {
     /// Runs `call` of `script` on `client`, alone (the script itself) or
     /// in a group (its group form).
-    pub async fn call(&self, client: &Client, script: &'static Lua, slot: u16, call: Call) -> Result<Value> {
+    pub async fn call(
+        &self,
+        client: &Client,
+        script: &'static Lua,
+        slot: u16,
+        call: Call,
+    ) -> Result<Value> {
         let key = (script as *const Lua as usize, slot);
         let call = {
             let mut queues = self.lock();
@@ -170,7 +176,12 @@ fn refs(items: &[Vec<u8>]) -> Vec<&[u8]> {
 
 /// One call of the group form of `script` for `own` and `others`; a reply
 /// per call, in that order.
-async fn run_group(client: &Client, script: &Lua, own: &Call, others: &[Waiting]) -> Vec<Result<Value>> {
+async fn run_group(
+    client: &Client,
+    script: &Lua,
+    own: &Call,
+    others: &[Waiting],
+) -> Vec<Result<Value>> {
     let calls: Vec<&Call> = std::iter::once(own)
         .chain(others.iter().map(|w| &w.call))
         .collect();
@@ -189,7 +200,9 @@ async fn run_group(client: &Client, script: &Lua, own: &Call, others: &[Waiting]
         .collect();
     let counters = &client.backend().metrics().connections;
     counters.group_commits.fetch_add(1, Relaxed);
-    counters.grouped_calls.fetch_add(calls.len() as u64, Relaxed);
+    counters
+        .grouped_calls
+        .fetch_add(calls.len() as u64, Relaxed);
     match client.write_eval(script.group(), &keys, &args).await {
         Ok(Value::Array(replies)) if replies.len() == 2 * calls.len() => {
             let mut replies = replies.into_iter();

@@ -40,9 +40,9 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::config::{ClientConfig, Mode};
 use crate::error::{Error, Result};
-use group::{Call as GroupCall, Groups};
 use crate::metrics::{Call, Metrics, Snapshot};
 use cluster::{connect_cluster, Cluster};
+use group::{Call as GroupCall, Groups};
 use guard::{Breaker, BreakerState, InFlight, Permit};
 use health::{HealthReport, ServerHealth};
 use scripts::Lua;
@@ -618,7 +618,8 @@ impl Client {
             return self.eval(script, keys, args).await;
         }
         let mut pipe = redis::pipe();
-        pipe.add_command(evalsha(script, keys, args)).cmd("WAIT")
+        pipe.add_command(evalsha(script, keys, args))
+            .cmd("WAIT")
             .arg(wanted)
             .arg(self.backend.config.wait_timeout.as_millis() as u64);
         let (value, acked): (T, u32) = match self.backend.pipeline(&pipe).await {

@@ -10,7 +10,7 @@
 //! | `emqx:q:{C}` | zset | queued message ids, scored by arrival sequence |
 //! | `emqx:qx:{C}` | zset | queued message ids, scored by expiry time (ms) |
 //! | `emqx:qm:{C}` | hash | queue counters: `seq`, `dropped` |
-//! | `emqx:msg:{C}:<id>` | string | one message body; expires with the message |
+//! | `emqx:qb:{C}` | hash | queued message id -> 8-byte stored-at time + body |
 //! | `emqx:sidx:{S}` | zset | sessions of slot S: client id scored by expiry time (ms) |
 //! | `emqx:chan:{S}` | hash | client registry of slot S: client id -> node |
 //! | `emqx:rt:{rN}` | hash | routes of shard N: filter -> NUL-joined dests; `"\0v"` -> version |
@@ -118,11 +118,8 @@ impl Keys {
         self.client_key("qm", client_id)
     }
 
-    /// The prefix of every message body key of a client; the message id follows.
-    pub fn message_prefix(&self, client_id: &[u8]) -> Vec<u8> {
-        let mut key = self.client_key("msg", client_id);
-        key.push(b':');
-        key
+    pub fn queue_bodies(&self, client_id: &[u8]) -> Vec<u8> {
+        self.client_key("qb", client_id)
     }
 
     pub fn session_index(&self, slot: u16) -> Vec<u8> {
@@ -291,7 +288,7 @@ mod tests {
         assert_eq!(k.session(b"c1"), b"emqx:sess:{c1}");
         assert_eq!(k.lease(b"c1"), b"emqx:lease:{c1}");
         assert_eq!(k.queue(b"c1"), b"emqx:q:{c1}");
-        assert_eq!(k.message_prefix(b"c1"), b"emqx:msg:{c1}:");
+        assert_eq!(k.queue_bodies(b"c1"), b"emqx:qb:{c1}");
         assert_eq!(k.session(b"a{b}%"), b"emqx:sess:{a%7Bb%7D%25}");
         assert_eq!(k.routes(3), b"emqx:rt:{r3}");
         assert_eq!(k.route_trie(3), b"emqx:rtrie:{r3}");
@@ -345,9 +342,7 @@ mod tests {
             prop_assert_eq!(slot(&k.queue(&id)), s);
             prop_assert_eq!(slot(&k.queue_expiry(&id)), s);
             prop_assert_eq!(slot(&k.queue_meta(&id)), s);
-            let mut msg = k.message_prefix(&id);
-            msg.extend_from_slice(b"any}{id");
-            prop_assert_eq!(slot(&msg), s);
+            prop_assert_eq!(slot(&k.queue_bodies(&id)), s);
             prop_assert_eq!(slot(&k.session_index(s)), s);
             prop_assert_eq!(slot(&k.channels(s)), s);
         }
@@ -360,7 +355,7 @@ mod tests {
             prop_assume!(a != b);
             let k = Keys::new(b"emqx:");
             prop_assert_ne!(k.session(&a), k.session(&b));
-            prop_assert_ne!(k.message_prefix(&a), k.message_prefix(&b));
+            prop_assert_ne!(k.queue_bodies(&a), k.queue_bodies(&b));
         }
     }
 }

@@ -1,15 +1,16 @@
 //! Per-client queues of QoS 1/2 messages.
 //!
-//! A queue is three keys plus one string per message body, all in the
-//! client's hash slot, changed together by one Lua script per operation:
-//! `q:{C}` orders ids by an arrival sequence that the script takes from
-//! `qm:{C}` (Redis's order, whatever the writers' clocks), `qx:{C}` holds each
-//! id's expiry time, and `msg:{C}:<id>` holds the body and expires with the
-//! message, so Redis reclaims expired messages without anyone reading them.
-//! Each script checks the queue keys first, then drops the ids of expired
-//! messages (`message_prelude.lua`); the scripts that walk the queue
-//! (get, count, info) also drop the ids whose body was removed outside the
-//! library (DEL, eviction), so that what they count is what `get` returns.
+//! A queue is four keys, all in the client's hash slot, changed together by
+//! one Lua script per operation: `q:{C}` orders ids by an arrival sequence
+//! that the script takes from `qm:{C}` (Redis's order, whatever the writers'
+//! clocks), `qx:{C}` holds each id's expiry time, and `qb:{C}` holds the
+//! bodies, a field per id. The keys expire with the last message, so Redis
+//! reclaims a queue whose messages have all expired without anyone reading
+//! it; the bodies of messages that expire before the last one go when a
+//! script next meets them (every script but ack and delete drops the
+//! expired messages first). The scripts that walk the queue (get, count,
+//! info) also drop the ids whose body was removed outside the library
+//! (HDEL, DEL, eviction), so that what they count is what `get` returns.
 //!
 //! A stored body starts with an 8-byte big-endian header, the time (Unix ms,
 //! Redis's clock) it was stored; the rest is the caller's bytes.
@@ -69,28 +70,23 @@ pub struct QueueInfo {
     pub oldest_at: Option<i64>,
 }
 
-/// The queue keys of a client, in the order the scripts take them, and the
-/// prefix of its body keys.
-struct QueueKeys {
-    keys: [Vec<u8>; 3],
-    body_prefix: Vec<u8>,
-}
+/// The queue keys of a client, in the order the scripts take them.
+struct QueueKeys([Vec<u8>; 4]);
 
 impl QueueKeys {
     fn of(client: &Client, client_id: &[u8]) -> Self {
         let keys = client.keys();
-        QueueKeys {
-            keys: [
-                keys.queue(client_id),
-                keys.queue_expiry(client_id),
-                keys.queue_meta(client_id),
-            ],
-            body_prefix: keys.message_prefix(client_id),
-        }
+        QueueKeys([
+            keys.queue(client_id),
+            keys.queue_expiry(client_id),
+            keys.queue_meta(client_id),
+            keys.queue_bodies(client_id),
+        ])
     }
 
-    fn keys(&self) -> [&[u8]; 3] {
-        [&self.keys[0], &self.keys[1], &self.keys[2]]
+    fn keys(&self) -> [&[u8]; 4] {
+        let [q, x, m, b] = &self.0;
+        [q, x, m, b]
     }
 }
 
@@ -105,11 +101,11 @@ pub async fn store(
 ) -> Result<u64> {
     let q = QueueKeys::of(client, client_id);
     let numbers = store_numbers(max_len, messages);
-    let args = store_argv(&q.body_prefix, &numbers, messages);
+    let args = store_argv(&numbers, messages);
     client
         .grouped_write_eval(
             &STORE,
-            q.keys.to_vec(),
+            q.0.to_vec(),
             args.into_iter().map(<[u8]>::to_vec).collect(),
         )
         .await
@@ -125,15 +121,10 @@ fn store_numbers(max_len: u64, messages: &[NewMessage]) -> Vec<String> {
         .collect()
 }
 
-/// The store script's ARGV: body prefix, max length, then id, ttl and body
-/// of each message. `numbers` comes from [`store_numbers`].
-fn store_argv<'a>(
-    body_prefix: &'a [u8],
-    numbers: &'a [String],
-    messages: &'a [NewMessage],
-) -> Vec<&'a [u8]> {
-    let mut argv = Vec::with_capacity(2 + 3 * messages.len());
-    argv.push(body_prefix);
+/// The store script's ARGV: max length, then id, ttl and body of each
+/// message. `numbers` comes from [`store_numbers`].
+fn store_argv<'a>(numbers: &'a [String], messages: &'a [NewMessage]) -> Vec<&'a [u8]> {
+    let mut argv = Vec::with_capacity(1 + 3 * messages.len());
     argv.push(numbers[0].as_bytes());
     for (m, ttl) in messages.iter().zip(&numbers[1..]) {
         argv.extend([m.id.as_slice(), ttl.as_bytes(), m.body.as_slice()]);
@@ -154,11 +145,7 @@ pub async fn get(
     let q = QueueKeys::of(client, client_id);
     let (first, last) = (offset.to_string(), last.to_string());
     let flat: Vec<Vec<u8>> = client
-        .eval(
-            &GET,
-            &q.keys(),
-            &[&q.body_prefix, first.as_bytes(), last.as_bytes()],
-        )
+        .eval(&GET, &q.keys(), &[first.as_bytes(), last.as_bytes()])
         .await
         .map_err(|e| e.of("queue"))?;
     if !flat.len().is_multiple_of(2) {
@@ -197,7 +184,7 @@ fn last_rank(offset: u64, limit: u64) -> Option<u64> {
 pub async fn ack(client: &Client, client_id: &[u8], id: &[u8]) -> Result<bool> {
     let q = QueueKeys::of(client, client_id);
     let removed: i64 = client
-        .grouped_write_eval(&ACK, q.keys.to_vec(), vec![q.body_prefix, id.to_vec()])
+        .grouped_write_eval(&ACK, q.0.to_vec(), vec![id.to_vec()])
         .await
         .map_err(|e| e.of("queue"))?;
     Ok(removed == 1)
@@ -208,7 +195,7 @@ pub async fn ack(client: &Client, client_id: &[u8], id: &[u8]) -> Result<bool> {
 pub async fn delete(client: &Client, client_id: &[u8]) -> Result<u64> {
     let q = QueueKeys::of(client, client_id);
     client
-        .write_eval(&DELETE, &q.keys(), &[&q.body_prefix])
+        .write_eval(&DELETE, &q.keys(), &[])
         .await
         .map_err(|e| e.of("queue"))
 }
@@ -217,7 +204,7 @@ pub async fn delete(client: &Client, client_id: &[u8]) -> Result<u64> {
 pub async fn count(client: &Client, client_id: &[u8]) -> Result<u64> {
     let q = QueueKeys::of(client, client_id);
     client
-        .eval(&COUNT, &q.keys(), &[&q.body_prefix])
+        .eval(&COUNT, &q.keys(), &[])
         .await
         .map_err(|e| e.of("queue"))
 }
@@ -225,7 +212,7 @@ pub async fn count(client: &Client, client_id: &[u8]) -> Result<u64> {
 pub async fn info(client: &Client, client_id: &[u8]) -> Result<QueueInfo> {
     let q = QueueKeys::of(client, client_id);
     let (len, dropped, header): (u64, u64, Vec<u8>) = client
-        .eval(&INFO, &q.keys(), &[&q.body_prefix])
+        .eval(&INFO, &q.keys(), &[])
         .await
         .map_err(|e| e.of("queue"))?;
     Ok(QueueInfo {
@@ -289,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn store_argv_is_prefix_max_len_then_id_ttl_body_triples() {
+    fn store_argv_is_max_len_then_id_ttl_body_triples() {
         let messages = [
             NewMessage {
                 id: b"m1".to_vec(),
@@ -303,17 +290,8 @@ mod tests {
             },
         ];
         let numbers = store_numbers(5, &messages);
-        let argv = store_argv(b"emqx:msg:{c}:", &numbers, &messages);
-        let expected: [&[u8]; 8] = [
-            b"emqx:msg:{c}:",
-            b"5",
-            b"m1",
-            b"1000",
-            b"one",
-            b"m2",
-            b"86400000",
-            b"",
-        ];
+        let argv = store_argv(&numbers, &messages);
+        let expected: [&[u8]; 7] = [b"5", b"m1", b"1000", b"one", b"m2", b"86400000", b""];
         assert_eq!(argv, expected);
     }
 

@@ -81,7 +81,13 @@ pub async fn save(client: &Client, args: SaveArgs) -> Result<Saved> {
         .grouped_write_eval(
             &SAVE,
             script_keys,
-            vec![args.client_id, args.data, ttl, args.node, fence.into_bytes()],
+            vec![
+                args.client_id,
+                args.data,
+                ttl,
+                args.node,
+                fence.into_bytes(),
+            ],
         )
         .await
         .map_err(|e| e.of("session"))?;

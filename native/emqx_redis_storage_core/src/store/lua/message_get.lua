@@ -1,15 +1,16 @@
 -- One page of the live messages in arrival order; drops the gone ones it
 -- meets on the way.
--- ARGV[2], ARGV[3]: first and last rank (inclusive) among live messages.
+-- ARGV[1], ARGV[2]: first and last rank (inclusive) among live messages.
 -- Returns {id1, body1, id2, body2, ...}.
-local first, last = tonumber(ARGV[2]), tonumber(ARGV[3])
-local live, gone = scan(last + 1)
+local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+local expired, is_expired = expired_ids()
+counters()
+local live, gone, held = scan(last + 1, is_expired, true)
 local page = {}
 for i = first + 1, #live do
-    local id = live[i]
     -- A body too short for its header is refused by message.rs.
-    page[#page + 1] = id
-    page[#page + 1] = read_named('message', named(id), 'GET', body_prefix .. id)
+    page[#page + 1] = live[i]
+    page[#page + 1] = held[i]
 end
-settle(gone)
+settle(expired, gone)
 return page

@@ -1,27 +1,15 @@
--- The start of every message queue script (message.rs prepends it, after
--- guard.lua). It reads and checks the queue keys; each script then does its
--- own reads, and only then writes, starting with settle().
--- KEYS: queue (id -> arrival seq), expiry (id -> expiry ms), meta (seq, dropped)
--- ARGV[1]: the prefix of the client's body keys (a body key is the prefix
--- followed by the message id). Body keys are built here instead of being
--- passed in KEYS: a batch would need one KEYS entry per message, and they
--- carry the client's hash tag, so they are in the slot of KEYS[1] on Redis
--- Cluster as well. The rest of ARGV belongs to the script.
-local queue, expiry, meta = KEYS[1], KEYS[2], KEYS[3]
-local body_prefix = ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-read('queue', 'ZCARD', queue)
--- Expired bodies are gone already (their keys expire at the same time).
-local expired = read('queue', 'ZRANGEBYSCORE', expiry, '-inf', now)
-local counters = read('queue', 'HMGET', meta, 'seq', 'dropped')
-stored_int('queue', 'seq', counters[1])
-local dropped = stored_int('queue', 'dropped', counters[2]) or 0
-local is_expired = {}
-for _, id in ipairs(expired) do
-    is_expired[id] = true
-end
+-- The start of every message queue script but delete (message.rs prepends
+-- it, after guard.lua): the queue keys and what the scripts do with them.
+-- A script reads and checks what it needs first, then writes.
+-- KEYS: queue (id -> arrival seq), expiry (id -> expiry ms), meta (seq,
+-- dropped), bodies (id -> stored-at header + body). A body is a field of one
+-- hash rather than a key of its own: a batch writes its bodies with one
+-- HSET and a page reads them with one HMGET. Expired bodies go when a script
+-- next meets their queue (settle), or with the queue's keys, which expire
+-- with the last message.
+-- ARGV belongs to the script.
+local queue, expiry, meta, bodies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = now_ms()
 
 -- Calls fn(...) with the items in slices: unpack is bounded by Lua's C stack.
 local function in_slices(items, fn)
@@ -30,69 +18,116 @@ local function in_slices(items, fn)
     end
 end
 
-local function body_keys(ids)
-    local keys = {}
-    for i, id in ipairs(ids) do
-        keys[i] = body_prefix .. id
+-- The replies of `cmd key item` for each item (ZMSCORE, HMGET), checked
+-- reads in slices, as one list.
+local function read_each(cmd, key, items)
+    local replies = {}
+    for i = 1, #items, 1000 do
+        local slice = read('queue', cmd, key, unpack(items, i, math.min(i + 999, #items)))
+        for j = 1, #slice do
+            replies[i + j - 1] = slice[j]
+        end
     end
-    return keys
+    return replies
+end
+
+-- The ids whose expiry has passed, as a list and as a set.
+local function expired_ids()
+    local expired = read('queue', 'ZRANGEBYSCORE', expiry, '-inf', int(now))
+    local is_expired = {}
+    for _, id in ipairs(expired) do
+        is_expired[id] = true
+    end
+    return expired, is_expired
+end
+
+-- The counters, checked: seq (the last arrival sequence) and dropped.
+local function counters()
+    local values = read('queue', 'HMGET', meta, 'seq', 'dropped')
+    return stored_int('queue', 'seq', values[1]) or 0, stored_int('queue', 'dropped', values[2]) or 0
 end
 
 -- Reads the queue from the oldest on, in slices, and splits it into live
 -- ids and gone ones (expired, or whose body was deleted or evicted outside
--- the library). Stops after `want` live ids (nil: the whole queue).
-local function scan(want)
-    local live, gone, from = {}, {}, 0
+-- the library). Stops after `want` live ids (nil: the whole queue). With
+-- `with_bodies`, also returns the live ones' bodies; else it learns which
+-- bodies are there from the field names alone.
+local function scan(want, is_expired, with_bodies)
+    local live, held, gone, from, present = {}, {}, {}, 0, nil
     while not want or #live < want do
         local n = want and math.min(1000, want - #live) or 1000
-        local ids = redis.call('ZRANGE', queue, from, from + n - 1)
+        local ids = read('queue', 'ZRANGE', queue, int(from), int(from + n - 1))
         if #ids == 0 then
             break
         end
-        -- One EXISTS for the slice; one per id only if some body is missing.
-        local all_there = redis.call('EXISTS', unpack(body_keys(ids))) == #ids
-        for _, id in ipairs(ids) do
-            if is_expired[id] or not (all_there or redis.call('EXISTS', body_prefix .. id) == 1) then
+        local found
+        if with_bodies then
+            found = read('queue', 'HMGET', bodies, unpack(ids))
+        elseif not present then
+            present = {}
+            for _, id in ipairs(read('queue', 'HKEYS', bodies)) do
+                present[id] = true
+            end
+        end
+        for j, id in ipairs(ids) do
+            local body
+            if found then
+                body = found[j]
+            else
+                body = present[id]
+            end
+            if is_expired[id] or not body then
                 gone[#gone + 1] = id
             else
                 live[#live + 1] = id
+                held[#live] = body
             end
         end
         from = from + #ids
     end
-    return live, gone
+    return live, gone, held
 end
 
--- Removes messages from the queue, with their bodies.
+-- Removes messages, bodies first: in a script that has not read the bodies
+-- hash this is its first write, and a hash of the wrong type fails it
+-- (read() names it) before anything changed. Returns how many ids left the
+-- queue.
 local function remove(ids)
+    local removed = 0
+    in_slices(ids, function(...) read('queue', 'HDEL', bodies, ...) end)
     in_slices(ids, function(...)
-        redis.call('ZREM', queue, ...)
+        removed = removed + redis.call('ZREM', queue, ...)
         redis.call('ZREM', expiry, ...)
     end)
-    in_slices(body_keys(ids), function(...) redis.call('DEL', ...) end)
+    return removed
 end
 
--- The first write of every script: drops the expired messages and the
--- gone ones a scan found.
-local function settle(gone)
-    remove(gone)
-    if #expired > 0 then
-        in_slices(expired, function(...) redis.call('ZREM', queue, ...) end)
-        redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
+-- Removes the expired messages and the gone ones a scan found.
+local function settle(expired, gone)
+    for _, id in ipairs(gone) do
+        expired[#expired + 1] = id
+    end
+    return remove(expired)
+end
+
+-- The queue keys live as long as the last message, so a queue whose
+-- messages have all expired disappears without anyone reading it. `at` is
+-- an expiry score as Redis returns it. This runs after writes, so it must
+-- not fail: a score we did not write (a fraction, inf) is rounded into what
+-- PEXPIREAT takes.
+local function expire_at(at)
+    if #at > 16 or not string.find(at, '^%d+$') then
+        at = int(math.max(0, math.min(math.floor(tonumber(at)), 9007199254740991)))
+    end
+    for _, key in ipairs({queue, expiry, meta, bodies}) do
+        redis.call('PEXPIREAT', key, at)
     end
 end
 
--- The queue keys live as long as the last message that expires, so a queue
--- whose messages have all expired disappears without anyone reading it.
--- It runs after writes, so it must not fail: a score we did not write (a
--- fraction, inf) is rounded into what PEXPIREAT takes.
 local function expire_with_last_message()
-    local last = redis.call('ZRANGE', expiry, -1, -1, 'WITHSCORES')
+    local last = redis.call('ZRANGE', expiry, '-1', '-1', 'WITHSCORES')
     if last[2] then
-        local at = math.max(0, math.min(math.floor(tonumber(last[2])), 9007199254740991))
-        redis.call('PEXPIREAT', queue, at)
-        redis.call('PEXPIREAT', expiry, at)
-        redis.call('PEXPIREAT', meta, at)
+        expire_at(last[2])
     end
 end
 
