@@ -28,7 +28,7 @@ fn message_store<'a>(
         })
         .collect();
     spawn_admitted(env, client.admit("message_store"), reply_ref, async move {
-        message::store(&client, &id, &messages, max_len).await?;
+        message::store(&client, &id, messages, max_len).await?;
         Ok(Out::Atom("ok"))
     })
 }

@@ -96,38 +96,23 @@ impl QueueKeys {
 pub async fn store(
     client: &Client,
     client_id: &[u8],
-    messages: &[NewMessage],
+    messages: Vec<NewMessage>,
     max_len: u64,
 ) -> Result<u64> {
     let q = QueueKeys::of(client, client_id);
-    let numbers = store_numbers(max_len, messages);
-    let args = store_argv(&numbers, messages);
     client
-        .grouped_write_eval(
-            &STORE,
-            q.0.to_vec(),
-            args.into_iter().map(<[u8]>::to_vec).collect(),
-        )
+        .grouped_write_eval(&STORE, q.0.to_vec(), store_argv(max_len, messages))
         .await
         .map_err(|e| e.of("queue"))
 }
 
-/// The integers of the store script's ARGV as text: the max length, then
-/// each message's ttl.
-fn store_numbers(max_len: u64, messages: &[NewMessage]) -> Vec<String> {
-    std::iter::once(max_len)
-        .chain(messages.iter().map(|m| m.ttl_ms))
-        .map(|n| n.to_string())
-        .collect()
-}
-
 /// The store script's ARGV: max length, then id, ttl and body of each
-/// message. `numbers` comes from [`store_numbers`].
-fn store_argv<'a>(numbers: &'a [String], messages: &'a [NewMessage]) -> Vec<&'a [u8]> {
+/// message (moved, not copied).
+fn store_argv(max_len: u64, messages: Vec<NewMessage>) -> Vec<Vec<u8>> {
     let mut argv = Vec::with_capacity(1 + 3 * messages.len());
-    argv.push(numbers[0].as_bytes());
-    for (m, ttl) in messages.iter().zip(&numbers[1..]) {
-        argv.extend([m.id.as_slice(), ttl.as_bytes(), m.body.as_slice()]);
+    argv.push(max_len.to_string().into_bytes());
+    for m in messages {
+        argv.extend([m.id, m.ttl_ms.to_string().into_bytes(), m.body]);
     }
     argv
 }
@@ -277,7 +262,7 @@ mod tests {
 
     #[test]
     fn store_argv_is_max_len_then_id_ttl_body_triples() {
-        let messages = [
+        let messages = vec![
             NewMessage {
                 id: b"m1".to_vec(),
                 ttl_ms: 1000,
@@ -289,8 +274,7 @@ mod tests {
                 body: Vec::new(),
             },
         ];
-        let numbers = store_numbers(5, &messages);
-        let argv = store_argv(&numbers, &messages);
+        let argv = store_argv(5, messages);
         let expected: [&[u8]; 7] = [b"5", b"m1", b"1000", b"one", b"m2", b"86400000", b""];
         assert_eq!(argv, expected);
     }
