@@ -96,6 +96,10 @@ where
     T: Encoder + Send + 'static,
     F: Future<Output = Result<T>> + Send + 'static,
 {
+    // Boxed here, the task holds a pointer: a call's future is large, and
+    // Tokio would otherwise copy all of it into the task and again when
+    // the task's stage changes.
+    let work = Box::pin(work);
     let pid = env.pid();
     let mut msg_env = OwnedEnv::new();
     let saved_ref = msg_env.save(reply_ref);

@@ -270,7 +270,12 @@ impl Backend {
                 pool.links[i].clone()
             }
         };
-        Ok(Conn::Node(link.get().await?))
+        if let Some(conn) = link.open() {
+            return Ok(Conn::Node(conn));
+        }
+        // Dialling is rare and its future large: boxed, it does not
+        // enlarge the future of every call.
+        Ok(Conn::Node(Box::pin(link.get()).await?))
     }
 
     /// A pub/sub connection: to the current server, or to the `attempt`-th
@@ -357,7 +362,7 @@ impl Backend {
                 // out is never sent twice; one that was not is sent again
                 // (once) to the new master, or where the cluster client
                 // could not reach a node.
-                let moved = self.follow_failover(failed.redis_error()).await;
+                let moved = Box::pin(self.follow_failover(failed.redis_error())).await;
                 let readonly = code == Some("READONLY");
                 let resend = !resent
                     && matches!(failed, Failure::NotSent(_))

@@ -77,7 +77,7 @@ impl Link {
 
     /// The connection, unless there is none or its stream has closed: a
     /// request is never handed to a connection known to be broken.
-    fn open(self: &Arc<Self>) -> Option<NodeConn> {
+    pub(super) fn open(self: &Arc<Self>) -> Option<NodeConn> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         match current.as_ref() {
             Some((generation, conn, alive)) if alive.is_open() => Some(NodeConn {
