@@ -194,9 +194,7 @@ grouped(Cl, Before) ->
 while_busy(Config, Calls) ->
     Blocker = ?config(blocker, Config),
     Busy = spawn_monitor(fun() ->
-        Script = <<"local t = redis.call('TIME') local until_us = t[1] * 1000000 + t[2] + tonumber(ARGV[1]) "
-                   "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us return 1">>,
-        exit({ok, emqx_redis_storage:q(Blocker, [<<"EVAL">>, Script, <<"0">>, <<"300000">>])})
+        exit({ok, emqx_redis_storage:q(Blocker, [<<"EVAL">>, test_util:busy_script(), <<"0">>, <<"300000">>])})
     end),
     timer:sleep(50),
     Parent = self(),

@@ -89,9 +89,7 @@ grouped() ->
     #{key_prefix := Prefix} = emqx_redis_storage_client:info(Client),
     Queue = <<Prefix/binary, "q:{", Id/binary, "}">>,
     #{group_commits := Before} = emqx_redis_storage:metrics(),
-    Busy = <<"local t = redis.call('TIME') local until_us = t[1] * 1000000 + t[2] + tonumber(ARGV[1]) "
-             "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us return 1">>,
-    {_, Ref} = spawn_monitor(fun() -> exit(emqx_redis_storage:q([<<"EVAL">>, Busy, <<"1">>, Queue, <<"300000">>])) end),
+    {_, Ref} = spawn_monitor(fun() -> exit(emqx_redis_storage:q([<<"EVAL">>, test_util:busy_script(), <<"1">>, Queue, <<"300000">>])) end),
     timer:sleep(50),
     Msgs = [#{id => integer_to_binary(I), topic => <<"t">>, payload => <<I:32>>, qos => 1} || I <- lists:seq(1, 50)],
     Parent = self(),

@@ -1,7 +1,7 @@
 %% Small helpers shared by the suites.
 -module(test_util).
 
--export([wait_until/2, wait_ok/2, chunks/2, pmap/2, project_root/0, run/3]).
+-export([wait_until/2, wait_ok/2, chunks/2, pmap/2, project_root/0, run/3, busy_script/0]).
 
 %% @doc Polls until Fun() returns true (an exception counts as false) or
 %% Ms of wall-clock time have passed.
@@ -98,3 +98,10 @@ collect(Port, Timeout, Acc) ->
     after Timeout ->
         error({command_timeout, iolist_to_binary(lists:reverse(Acc))})
     end.
+
+%% A script that keeps Redis busy for ARGV[1] microseconds (EVAL it with
+%% whatever key routes it to the server wanted): calls sent meanwhile wait,
+%% and those of one script queue up for a group commit.
+busy_script() ->
+    <<"local t = redis.call('TIME') local until_us = t[1] * 1000000 + t[2] + tonumber(ARGV[1]) "
+      "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us return 1">>.

@@ -48,7 +48,7 @@ end
 
 -- The expired go first: an expired id stored again is new.
 len = len - remove(expired)
-local max_at
+local max_at, max_ttl
 if #new > 0 then
     -- Each body starts with the time it was stored: 8 bytes, big-endian ms.
     local header = struct.pack('>I8', now)
@@ -63,7 +63,7 @@ if #new > 0 then
             expires = int(ms)
             expiries[ttl] = expires
             if not max_at or ms > max_at then
-                max_at = ms
+                max_at, max_ttl = ms, tonumber(ttl)
             end
         end
         fields[2 * k - 1], fields[2 * k] = id, header .. ARGV[i + 2]
@@ -89,6 +89,9 @@ end
 if over > 0 or rescored or expires_at == -1 then
     expire_with_last_message()
 elseif max_at and max_at > expires_at then
-    expire_at(int(max_at))
+    -- The keys outlive the new last message by an eighth of its ttl (60 s
+    -- at most): a queue stored to steadily moves their expiry once in that
+    -- while, not on every store (four commands fewer per call).
+    expire_at(int(max_at + math.min(60000, math.floor(max_ttl / 8))))
 end
 return len
