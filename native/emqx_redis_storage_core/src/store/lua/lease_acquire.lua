@@ -8,8 +8,7 @@ read('lease_owner', 'HGET', KEYS[3], ARGV[4])
 if holder and holder ~= ARGV[1] then
     return {0, holder}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 -- Strictly increasing, also after the fence key expired: never below the
 -- server's clock in ms, always above the last fence issued.
 local fence = math.max(last + 1, now)

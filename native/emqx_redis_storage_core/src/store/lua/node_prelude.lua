@@ -3,8 +3,7 @@
 -- KEYS[2]: incarnations (hash: node -> incarnation). Every member has an
 -- incarnation and every incarnation a member: a node's entry is both or neither.
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now = now_ms()
 
 -- Every member as {node, deadline, incarnation}, and the same by node.
 local function read_members()

@@ -3,9 +3,6 @@
 -- and finished, and a new incarnation of the node may have written entries
 -- under the same name: the step refuses before it reads or writes anything.
 local reap_until = tonumber(table.remove(ARGV))
-do
-    local t = redis.call('TIME')
-    if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) >= reap_until then
-        return redis.error_reply('STALE_REAPER the reap lease has ended')
-    end
+if now_ms() >= reap_until then
+    return redis.error_reply('STALE_REAPER the reap lease has ended')
 end
