@@ -1,5 +1,5 @@
-//! Lua scripts that keep their source: redis-rs `Script` exposes only its
-//! SHA, and a cluster needs the source to load a script on every master.
+//! Lua scripts with their source and SHA: calls name a script by its SHA,
+//! and a cluster needs the source to load a script on every master.
 
 use std::sync::OnceLock;
 
@@ -7,9 +7,8 @@ use redis::Script;
 
 pub struct Lua {
     source: String,
-    script: Script,
-    /// Where the script's own parts start in `source`, after `guard.lua`.
-    body: usize,
+    /// The SHA1 of `source`, as EVALSHA names it (redis-rs computes it).
+    hash: String,
     /// The group form, made on first use (`group.rs`).
     group: OnceLock<Box<Lua>>,
 }
@@ -20,15 +19,14 @@ impl Lua {
     /// A script made of `parts`, after `guard.lua`, which every script uses
     /// to check what it reads before its first write.
     pub fn new(parts: &[&str]) -> Self {
-        Self::of(GUARD.len(), [GUARD].iter().chain(parts).copied().collect())
+        Self::of([GUARD].iter().chain(parts).copied().collect())
     }
 
-    fn of(body: usize, source: String) -> Self {
-        let script = Script::new(&source);
+    fn of(source: String) -> Self {
+        let hash = Script::new(&source).get_hash().to_string();
         Lua {
             source,
-            script,
-            body,
+            hash,
             group: OnceLock::new(),
         }
     }
@@ -38,11 +36,7 @@ impl Lua {
     }
 
     pub fn hash(&self) -> &str {
-        self.script.get_hash()
-    }
-
-    pub fn script(&self) -> &Script {
-        &self.script
+        &self.hash
     }
 
     /// The group form of this script: the script as a function of KEYS and
@@ -54,12 +48,13 @@ impl Lua {
             let source = [
                 GUARD,
                 "local function call(KEYS, ARGV)\n",
-                &self.source[self.body..],
+                // the script's own parts, after guard.lua
+                &self.source[GUARD.len()..],
                 "\nend\n",
                 include_str!("lua/group.lua"),
             ]
             .concat();
-            Box::new(Self::of(GUARD.len(), source))
+            Box::new(Self::of(source))
         })
     }
 }
