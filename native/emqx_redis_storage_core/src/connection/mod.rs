@@ -270,12 +270,7 @@ impl Backend {
                 pool.links[i].clone()
             }
         };
-        if let Some(conn) = link.open() {
-            return Ok(Conn::Node(conn));
-        }
-        // Dialling is rare and its future large: boxed, it does not
-        // enlarge the future of every call.
-        Ok(Conn::Node(Box::pin(link.get()).await?))
+        Ok(Conn::Node(link.get().await?))
     }
 
     /// A pub/sub connection: to the current server, or to the `attempt`-th

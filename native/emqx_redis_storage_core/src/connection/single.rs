@@ -77,7 +77,7 @@ impl Link {
 
     /// The connection, unless there is none or its stream has closed: a
     /// request is never handed to a connection known to be broken.
-    pub(super) fn open(self: &Arc<Self>) -> Option<NodeConn> {
+    fn open(self: &Arc<Self>) -> Option<NodeConn> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         match current.as_ref() {
             Some((generation, conn, alive)) if alive.is_open() => Some(NodeConn {
@@ -97,7 +97,9 @@ impl Link {
         if let Some(conn) = self.open() {
             return Ok(conn); // dialled by the call we waited for
         }
-        let (conn, alive) = self.server.dial().await.inspect_err(|e| {
+        // Dialling is rare and its future large: boxed, it does not
+        // enlarge the future of every call.
+        let (conn, alive) = Box::pin(self.server.dial()).await.inspect_err(|e| {
             self.server.health.failed(e);
         })?;
         tracing::debug!(server = %alive.server(), connection = *made + 1, "connection_opened");
