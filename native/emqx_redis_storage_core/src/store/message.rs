@@ -4,8 +4,9 @@
 //! one Lua script per operation: `q:{C}` orders ids by an arrival sequence
 //! that the script takes from `qm:{C}` (Redis's order, whatever the writers'
 //! clocks), `qx:{C}` holds each id's expiry time, and `qb:{C}` holds the
-//! bodies, a field per id. The keys expire with the last message, so Redis
-//! reclaims a queue whose messages have all expired without anyone reading
+//! bodies, a field per id. The keys expire with the last message (a store
+//! may set them up to an eighth of its ttl later), so Redis reclaims a
+//! queue whose messages have all expired without anyone reading
 //! it; the bodies of messages that expire before the last one go when a
 //! script next meets them (every script but ack and delete drops the
 //! expired messages first). The scripts that walk the queue (get, count,
@@ -101,7 +102,7 @@ pub async fn store(
 ) -> Result<u64> {
     let q = QueueKeys::of(client, client_id);
     client
-        .grouped_write_eval(&STORE, q.0.to_vec(), store_argv(max_len, messages))
+        .grouped_write_eval(&STORE, Vec::from(q.0), store_argv(max_len, messages))
         .await
         .map_err(|e| e.of("queue"))
 }
@@ -169,7 +170,7 @@ fn last_rank(offset: u64, limit: u64) -> Option<u64> {
 pub async fn ack(client: &Client, client_id: &[u8], id: &[u8]) -> Result<bool> {
     let q = QueueKeys::of(client, client_id);
     let removed: i64 = client
-        .grouped_write_eval(&ACK, q.0.to_vec(), vec![id.to_vec()])
+        .grouped_write_eval(&ACK, Vec::from(q.0), vec![id.to_vec()])
         .await
         .map_err(|e| e.of("queue"))?;
     Ok(removed == 1)
