@@ -188,18 +188,8 @@ grouped(Cl, Before) ->
     ?assert(grew(group_commits, Before, After) >= 1, {Before, After}),
     ?assert(grew(grouped_calls, Before, After) >= 2 * grew(group_commits, Before, After), {Before, After}).
 
-%% Runs the calls concurrently while Redis is busy with a slow script of
-%% another client, so that they queue up and go in groups; their results,
-%% in the calls' order.
+%% The calls, run concurrently while another client keeps Redis busy, so
+%% that they queue up and go in groups; their results in order.
 while_busy(Config, Calls) ->
     Blocker = ?config(blocker, Config),
-    Busy = spawn_monitor(fun() ->
-        exit({ok, emqx_redis_storage:q(Blocker, [<<"EVAL">>, test_util:busy_script(), <<"0">>, <<"300000">>])})
-    end),
-    timer:sleep(50),
-    Parent = self(),
-    Pids = [spawn_link(fun() -> Parent ! {self(), Call()} end) || Call <- Calls],
-    Results = [receive {Pid, R} -> R after 10000 -> error(timeout) end || Pid <- Pids],
-    {_, Ref} = Busy,
-    receive {'DOWN', Ref, process, _, {ok, {ok, 1}}} -> ok after 10000 -> error(busy_script) end,
-    Results.
+    test_util:while_busy(fun(Command) -> emqx_redis_storage:q(Blocker, Command) end, [], Calls).

@@ -1,7 +1,7 @@
 %% Small helpers shared by the suites.
 -module(test_util).
 
--export([wait_until/2, wait_ok/2, chunks/2, pmap/2, project_root/0, run/3, busy_script/0]).
+-export([wait_until/2, wait_ok/2, chunks/2, pmap/2, project_root/0, run/3, while_busy/3]).
 
 %% @doc Polls until Fun() returns true (an exception counts as false) or
 %% Ms of wall-clock time have passed.
@@ -99,9 +99,22 @@ collect(Port, Timeout, Acc) ->
         error({command_timeout, iolist_to_binary(lists:reverse(Acc))})
     end.
 
-%% A script that keeps Redis busy for ARGV[1] microseconds (EVAL it with
-%% whatever key routes it to the server wanted): calls sent meanwhile wait,
-%% and those of one script queue up for a group commit.
-busy_script() ->
-    <<"local t = redis.call('TIME') local until_us = t[1] * 1000000 + t[2] + tonumber(ARGV[1]) "
-      "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us return 1">>.
+%% Runs `Calls' concurrently while Redis is busy with a slow script sent by
+%% `Q' (a raw command function, such as `emqx_redis_storage:q/1' or a
+%% client's), EVALed with `Keys' so that a cluster runs it where they live:
+%% calls sent meanwhile wait, and those of one script queue up for a group
+%% commit. Their results, in the calls' order.
+while_busy(Q, Keys, Calls) ->
+    Script = <<"local t = redis.call('TIME') local until_us = t[1] * 1000000 + t[2] + tonumber(ARGV[1]) "
+               "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us return 1">>,
+    Eval = [<<"EVAL">>, Script, integer_to_binary(length(Keys)) | Keys] ++ [<<"300000">>],
+    {_, Ref} = spawn_monitor(fun() -> exit({busy, Q(Eval)}) end),
+    timer:sleep(50),
+    Parent = self(),
+    Pids = [spawn_link(fun() -> Parent ! {self(), Call()} end) || Call <- Calls],
+    Results = [receive {Pid, R} -> R after 10000 -> error({timeout, Pid}) end || Pid <- Pids],
+    receive
+        {'DOWN', Ref, process, _, {busy, {ok, 1}}} -> Results;
+        {'DOWN', Ref, process, _, Other} -> error({busy_script, Other})
+    after 10000 -> error(busy_script)
+    end.
