@@ -80,7 +80,7 @@ load(_) ->
 
 -spec unload() -> ok.
 unload() ->
-    [emqx_hooks:del(Point, {?MODULE, Fun}) || {Point, Fun} <- hooks()],
+    _ = [emqx_hooks:del(Point, {?MODULE, Fun}) || {Point, Fun} <- hooks()],
     _ = supervisor:terminate_child(emqx_redis_storage_sup, ?MODULE),
     _ = supervisor:delete_child(emqx_redis_storage_sup, ?MODULE),
     ok.
