@@ -18,7 +18,7 @@
 
 -behaviour(gen_server).
 
--export([load/1, unload/0, settings/0, durable_filter/1]).
+-export([load/1, unload/0, settings/0, durable_filter/1, log/3]).
 -export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 -export([
     on_client_connect/2,
@@ -61,8 +61,12 @@
 %% adapter's settings) unless it runs, and registers the hooks.
 -spec load(map()) -> ok | {error, term()}.
 load(Config) when is_map(Config) ->
-    case settings(maps:get(emqx, Config, #{})) of
-        {ok, Settings} ->
+    case {settings(maps:get(emqx, Config, #{})), whereis(emqx_hooks)} of
+        {{error, _} = Error, _} ->
+            Error;
+        {{ok, _}, undefined} ->
+            {error, {emqx_not_running, <<"load the adapter on a node where EMQX runs">>}};
+        {{ok, Settings}, _} ->
             case persistence_enabled() of
                 true ->
                     {error, {emqx_session_persistence_enabled, <<"turn EMQX's durable sessions off to use this adapter">>}};
@@ -71,9 +75,7 @@ load(Config) when is_map(Config) ->
                         ok -> start_server(Settings);
                         {error, _} = Error -> Error
                     end
-            end;
-        {error, _} = Error ->
-            Error
+            end
     end;
 load(_) ->
     {error, {invalid_config, <<>>, <<"a map">>}}.
@@ -229,7 +231,7 @@ maybe_stand_in(#{clean_start := false, clientid := ClientId} = ConnInfo) when is
         [] ->
             case ?KEEPER:start_ghost(ConnInfo, settings()) of
                 {ok, Pid} -> put(?PD_KEEPER, Pid);
-                {error, Reason} -> log(resume_stand_in_failed, #{reason => Reason})
+                {error, Reason} -> log(warning, resume_stand_in_failed, #{reason => Reason})
             end;
         _ ->
             ok
@@ -258,7 +260,7 @@ start_tracking(How) ->
         ConnInfo ->
             case ?KEEPER:start_tracking(How, ConnInfo, settings()) of
                 {ok, Pid} -> put(?PD_KEEPER, Pid);
-                {error, Reason} -> log(keeper_start_failed, #{reason => Reason})
+                {error, Reason} -> log(warning, keeper_start_failed, #{reason => Reason})
             end
     end.
 
@@ -303,7 +305,7 @@ on_message_publish(Msg) ->
             true ->
                 case emqx_redis_ds:persist([to_map(Msg)]) of
                     {ok, _} -> ok;
-                    {error, Reason} -> log(message_persist_failed, #{topic => emqx_message:topic(Msg), reason => Reason})
+                    {error, Reason} -> log(warning, message_persist_failed, #{topic => emqx_message:topic(Msg), reason => Reason})
                 end;
             false ->
                 ok
@@ -354,8 +356,18 @@ guard(What, Fun) ->
         ok
     catch
         Class:Reason:Stack ->
-            log(hook_failed, #{hook => What, class => Class, reason => Reason, stacktrace => Stack})
+            log(error, hook_failed, #{hook => What, class => Class, reason => Reason, stacktrace => Stack})
     end.
 
-log(What, Meta) ->
-    logger:warning(Meta#{msg => What}, #{domain => [emqx_redis_storage, emqx]}).
+%% @doc Logs at most one event of a kind a second: with Redis out of reach
+%% every publish and session would log the same.
+-spec log(logger:level(), atom(), map()) -> ok.
+log(Level, What, Meta) ->
+    Now = erlang:monotonic_time(second),
+    case catch ets:lookup(?KEEPERS, {log, What}) of
+        [{_, Now}] ->
+            ok;
+        _ ->
+            catch ets:insert(?KEEPERS, {{log, What}, Now}),
+            logger:log(Level, Meta#{msg => What}, #{domain => [emqx_redis_storage, emqx]})
+    end.

@@ -33,7 +33,6 @@
 -define(SYNC_TIMEOUT, 15000).
 %% MQTT's Receive Maximum when a client gives none.
 -define(DEFAULT_INFLIGHT, 32).
--define(MAX_TTL_S, 4294967295).
 
 -record(st, {
     clientid :: binary(),
@@ -412,15 +411,8 @@ save(#st{clientid = ClientId, track = Track, fence = Fence, opts = Opts} = St) -
             St#st{track = Track1, dirty = true}
     end.
 
-%% While the channel holds the session, it must outlive a node death by its
-%% expiry interval: the ttl is renewed every touch.
-ttl_s(#st{connected = false, disconnected_at = At, expiry_ms = Expiry}) when is_integer(At) ->
-    clamp_ttl(Expiry - (now_ms() - At));
-ttl_s(#st{expiry_ms = Expiry, opts = #{touch_interval := Touch}}) ->
-    clamp_ttl(Expiry + 2 * Touch).
-
-clamp_ttl(Ms) ->
-    min(?MAX_TTL_S, max(1, (Ms + 999) div 1000)).
+ttl_s(#st{connected = Connected, disconnected_at = At, expiry_ms = Expiry, opts = #{touch_interval := Touch}}) ->
+    ?TRACK:ttl_s(Expiry, not Connected andalso At, Touch, now_ms()).
 
 touch(#st{opts = #{touch_interval := Touch}}) ->
     erlang:send_after(Touch, self(), touch).
@@ -461,11 +453,13 @@ wait_predecessor(ClientId, Deadline) ->
             ok
     end.
 
+%% Only a holder is waited for: with Redis out of reach the keeper goes on
+%% at once without the lease (and saves nothing until a touch gets it).
 acquire(ClientId, LeaseMs, Deadline, St) ->
     case emqx_redis_session:acquire_lease(ClientId, node(), LeaseMs) of
         {ok, Fence} ->
             Fence;
-        {error, Reason} ->
+        {error, {held_by, _} = Reason} ->
             case erlang:monotonic_time(millisecond) < Deadline of
                 true ->
                     timer:sleep(100),
@@ -473,7 +467,10 @@ acquire(ClientId, LeaseMs, Deadline, St) ->
                 false ->
                     log(warning, lease_not_taken, St, #{reason => Reason}),
                     undefined
-            end
+            end;
+        {error, Reason} ->
+            log(warning, lease_not_taken, St, #{reason => Reason}),
+            undefined
     end.
 
 %% The channel ended: the session lives on for its expiry interval from
@@ -542,4 +539,4 @@ now_ms() ->
     erlang:system_time(millisecond).
 
 log(Level, What, #st{clientid = ClientId}, Meta) ->
-    logger:log(Level, Meta#{msg => What, clientid => ClientId}, #{domain => [emqx_redis_storage, emqx]}).
+    emqx_redis_storage_emqx:log(Level, What, Meta#{clientid => ClientId}).

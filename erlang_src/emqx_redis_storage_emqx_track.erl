@@ -27,9 +27,11 @@
 -export([new/2, from_stored/2, to_stored/1]).
 -export([delivered/5, acked/2, completed/2, connected/2, disconnected/1, advance/3]).
 -export([subscribe/3, unsubscribe/2, subs/1, since/1, next_pkt/1, inflight/1, inflight_count/1]).
--export([classify/2]).
+-export([classify/2, ttl_s/4]).
 
 -define(MAX_PACKET_ID, 65535).
+%% MQTT 5's largest Session Expiry Interval, in seconds.
+-define(MAX_TTL_S, 4294967295).
 
 -type msg_id() :: binary().
 -type ms() :: integer().
@@ -242,3 +244,17 @@ classify(Read, #track{since = Since, done = Done, inflight = Copies}) ->
         Read
     ),
     {[C || {_, C} <- lists:keysort(1, Inflight)], lists:reverse(Queue)}.
+
+%% @doc The stored session's time to live, in seconds. Disconnected (at
+%% `DisconnectedAt'): what is left of its expiry interval, at least 1 s.
+%% Connected (`false'): the expiry interval plus two touches, as a touch
+%% renews it while the channel lives: the session outlives a node that
+%% dies by its expiry interval (and at most two touches more).
+-spec ttl_s(non_neg_integer(), ms() | false, pos_integer(), ms()) -> 1..?MAX_TTL_S.
+ttl_s(ExpiryMs, false, TouchMs, _Now) ->
+    clamp_ttl(ExpiryMs + 2 * TouchMs);
+ttl_s(ExpiryMs, DisconnectedAt, _TouchMs, Now) ->
+    clamp_ttl(ExpiryMs - (Now - DisconnectedAt)).
+
+clamp_ttl(Ms) ->
+    min(?MAX_TTL_S, max(1, (Ms + 999) div 1000)).
