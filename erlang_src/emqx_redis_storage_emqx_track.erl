@@ -10,7 +10,8 @@
 %%   (PUBACK; PUBCOMP for QoS 2). It moves only while the client is connected
 %%   and its inflight window has room, which is when EMQX's queue for it is
 %%   empty: then nothing older than the oldest unacknowledged message, or
-%%   than `route_grace' before now (routing in flight), can still be waiting.
+%%   than `route_grace' (routing in flight) and `clock_skew' (the
+%%   publisher's clock) before now, can still be waiting.
 %% - `done': the messages at or after `since' that are done, by id.
 %% - `inflight': the messages sent to the client and not yet done, in the
 %%   order sent, each with the packet id EMQX gave it (EMQX numbers its
@@ -197,11 +198,12 @@ disconnected(T) ->
 %% @doc Moves `since' as far as it may (see the module doc) and forgets what
 %% is done before it; keeps at most `MaxDone' done ids (the newest: a
 %% forgotten one is replayed once more, never lost).
--spec advance(ms(), #{route_grace := ms(), max_done := pos_integer()}, t()) -> t().
-advance(Now, #{route_grace := Grace, max_done := MaxDone}, #track{connected = true, max_inflight = Max, since = Since} = T) ->
+-spec advance(ms(), #{route_grace := ms(), clock_skew := ms(), max_done := pos_integer()}, t()) -> t().
+advance(Now, #{route_grace := Grace, clock_skew := Skew, max_done := MaxDone}, #track{connected = true, max_inflight = Max, since = Since} = T) ->
     case inflight_count(T) < Max of
         true ->
-            Oldest = lists:min([Now - Grace | [Ts || {_, _, _, Ts, _} <- inflight(T)]]),
+            %% Timestamps are the publishers' clocks.
+            Oldest = lists:min([Now - Grace - Skew | [Ts || {_, _, _, Ts, _} <- inflight(T)]]),
             prune(MaxDone, T#track{since = max(Since, Oldest)});
         false ->
             prune(MaxDone, T)

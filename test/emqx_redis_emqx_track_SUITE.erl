@@ -9,7 +9,7 @@
 -compile([export_all, nowarn_export_all]).
 
 -define(T, emqx_redis_storage_emqx_track).
--define(OPTS, #{route_grace => 2000, max_done => 1000}).
+-define(OPTS, #{route_grace => 1500, clock_skew => 500, max_done => 1000}).
 
 all() ->
     [
