@@ -240,24 +240,27 @@ maybe_stand_in(_ConnInfo) ->
     ok.
 
 -spec on_session_created(map(), map()) -> ok.
-on_session_created(_ClientInfo, _SessInfo) ->
-    guard(session_created, fun() -> start_tracking(new) end).
+on_session_created(ClientInfo, _SessInfo) ->
+    guard(session_created, fun() -> start_tracking(new, ClientInfo) end).
 
 -spec on_session_resumed(map(), map()) -> ok.
-on_session_resumed(_ClientInfo, _SessInfo) ->
+on_session_resumed(ClientInfo, _SessInfo) ->
     %% Resumed from our stand-in: it tracks the session already.
     guard(session_resumed, fun() ->
         case keeper() of
-            undefined -> start_tracking(resumed);
+            undefined -> start_tracking(resumed, ClientInfo);
             _ -> ok
         end
     end).
 
-start_tracking(How) ->
+%% The client id is final here (EMQX assigns one after `client.connect'
+%% to a client that gave none).
+start_tracking(How, #{clientid := ClientId} = ClientInfo) ->
     case get(?PD_CONN) of
         undefined ->
             ok;
-        ConnInfo ->
+        ConnInfo0 ->
+            ConnInfo = ConnInfo0#{clientid => ClientId, zone => maps:get(zone, ClientInfo, default)},
             case ?KEEPER:start_tracking(How, ConnInfo, settings()) of
                 {ok, Pid} -> put(?PD_KEEPER, Pid);
                 {error, Reason} -> log(warning, keeper_start_failed, #{reason => Reason})
