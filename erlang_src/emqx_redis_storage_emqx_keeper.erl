@@ -411,8 +411,12 @@ save(#st{clientid = ClientId, track = Track, fence = Fence, opts = Opts} = St) -
             St#st{track = Track1, dirty = true}
     end.
 
-ttl_s(#st{connected = Connected, disconnected_at = At, expiry_ms = Expiry, opts = #{touch_interval := Touch}}) ->
-    ?TRACK:ttl_s(Expiry, not Connected andalso At, Touch, now_ms()).
+ttl_s(#st{connected = false, disconnected_at = At, expiry_ms = Expiry, opts = #{touch_interval := Touch}}) when
+    is_integer(At)
+->
+    ?TRACK:ttl_s(Expiry, At, Touch, now_ms());
+ttl_s(#st{expiry_ms = Expiry, opts = #{touch_interval := Touch}}) ->
+    ?TRACK:ttl_s(Expiry, false, Touch, now_ms()).
 
 touch(#st{opts = #{touch_interval := Touch}}) ->
     erlang:send_after(Touch, self(), touch).
