@@ -151,9 +151,15 @@ handle_call({emqx, {takeover, 'end'}, _Caller}, _From, #st{mode = begun, session
     Routed = lists:reverse(St#st.routed, emqx_utils:drain_deliver()),
     Pending = [D || {deliver, _, Msg} = D <- Routed, not maps:is_key(emqx_message:id(Msg), St#st.replayed)],
     unregister_channel(St),
-    touch(St),
-    St1 = commit(St#st{mode = tracking, session = undefined, replayed = #{}, routed = [], dirty = true}),
-    {reply, Pending, St1};
+    case St#st.expiry_ms of
+        0 ->
+            %% Resumed by a connection whose session ends with it.
+            {stop, normal, Pending, release(end_session(St))};
+        _ ->
+            touch(St),
+            St1 = commit(St#st{mode = tracking, session = undefined, replayed = #{}, routed = [], dirty = true}),
+            {reply, Pending, St1}
+    end;
 handle_call({emqx, Req, _Caller}, _From, #st{mode = Mode} = St) when Mode =/= tracking ->
     %% kick, discard, or a takeover by another connection: the stand-in goes.
     Reply =
