@@ -12,6 +12,9 @@
 //! | `emqx:qm:{C}` | hash | queue counters: `seq`, `dropped` |
 //! | `emqx:qb:{C}` | hash | queued message id -> 8-byte stored-at time + body |
 //! | `emqx:sidx:{S}` | zset | sessions of slot S: client id scored by expiry time (ms) |
+//! | `emqx:scnt:{S}` | string | the number of entries in `sidx:{S}` (kept by the session scripts) |
+//! | `emqx:scount` | string | single Redis and Sentinel only: the sum of all `scnt:{S}` |
+//! | `emqx:ssweep` | string | when `count_sessions` last reclaimed expired index entries (Redis ms) |
 //! | `emqx:chan:{S}` | hash | client registry of slot S: client id -> node |
 //! | `emqx:rt:{rN}` | hash | routes of shard N: filter -> NUL-joined dests; `"\0v"` -> version |
 //! | `emqx:rtrie:{rN}` | hash | prefixes of shard N's wildcard filters -> count |
@@ -124,6 +127,22 @@ impl Keys {
 
     pub fn session_index(&self, slot: u16) -> Vec<u8> {
         self.slot_key("sidx", slot)
+    }
+
+    /// The number of entries in `session_index(slot)`.
+    pub fn session_count(&self, slot: u16) -> Vec<u8> {
+        self.slot_key("scnt", slot)
+    }
+
+    /// The sum of every slot's `session_count`: one key, so kept on a single
+    /// Redis only (on a cluster a script may touch one slot's keys only).
+    pub fn session_total(&self) -> Vec<u8> {
+        [self.prefix.as_slice(), b"scount"].concat()
+    }
+
+    /// When the session indexes were last swept of expired entries.
+    pub fn session_sweep(&self) -> Vec<u8> {
+        [self.prefix.as_slice(), b"ssweep"].concat()
     }
 
     pub fn channels(&self, slot: u16) -> Vec<u8> {
@@ -326,6 +345,7 @@ mod tests {
         let k = Keys::new(b"p:");
         for s in 0..SLOTS {
             assert_eq!(slot(&k.session_index(s)), s);
+            assert_eq!(slot(&k.session_count(s)), s);
             assert_eq!(slot(&k.channels(s)), s);
             assert_eq!(slot(&k.lease_owners(s)), s);
         }
