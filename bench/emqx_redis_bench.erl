@@ -56,6 +56,7 @@ main() ->
 options() ->
     #{
         port => int_env("BENCH_REDIS_PORT", undefined),
+        socket => env("BENCH_REDIS_SOCKET", undefined),
         redis_pid => env("BENCH_REDIS_PID", undefined),
         duration_ms => ms_env("BENCH_DURATION", "3"),
         warmup_ms => ms_env("BENCH_WARMUP", "0.5"),
@@ -110,7 +111,7 @@ ms_env(Name, Default) ->
 run(#{port := Port, pool_size := Pool} = Opts) ->
     Addr = iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]),
     Redis = #{servers => Addr, pool_size => Pool},
-    ok = emqx_redis_storage:start(#{redis => Redis, persistence => #{max_queue_len => ?MAX_QUEUE_LEN}}),
+    ok = start_default(Redis),
     {ok, Local} = emqx_redis_storage_client:default(),
     {ok, Lua} = emqx_redis_storage:connect(#{redis => Redis, route_index => redis}),
     Ctx = Opts#{
@@ -132,7 +133,8 @@ run(#{port := Port, pool_size := Pool} = Opts) ->
         raw_cases(Ctx),
         match_cases(Ctx),
         add_route_cases(Ctx),
-        DsRows
+        DsRows,
+        unix_cases(Ctx, Redis)
     ]),
     Control = control_case(Ctx),
     report(Ctx, #{
@@ -193,6 +195,13 @@ queue_id(W) -> id(<<"bench-q-">>, W).
 ok_or_error(ok) -> ok;
 ok_or_error({error, _} = Error) -> Error.
 
+start_default(Redis) ->
+    emqx_redis_storage:start(#{redis => Redis, persistence => #{max_queue_len => ?MAX_QUEUE_LEN}}).
+
+save_session_step() ->
+    Session = session_term(),
+    fun(W, K) -> {fun() -> ok_or_error(emqx_redis_session:save_session(session_id(W, K), Session)) end, K + 1} end.
+
 session_cases(Ctx) ->
     Session = session_term(),
     Save = fun(Id) -> ok_or_error(emqx_redis_session:save_session(Id, Session)) end,
@@ -202,14 +211,13 @@ session_cases(Ctx) ->
             Other -> {error, Other}
         end
     end,
-    SaveStep = fun(W, K) -> {fun() -> Save(session_id(W, K)) end, K + 1} end,
     LoadInit = fun(W) ->
         %% Every session that the worker reads exists.
         [ok = Save(session_id(W, K)) || K <- lists:seq(1, ?SESSIONS_PER_WORKER)],
         0
     end,
     LoadStep = fun(W, K) -> {fun() -> Load(session_id(W, K)) end, K + 1} end,
-    run_cases(Ctx, save_session, 1, fun(_W) -> 0 end, SaveStep) ++
+    run_cases(Ctx, save_session, 1, fun(_W) -> 0 end, save_session_step()) ++
         run_cases(Ctx, load_session, 1, LoadInit, LoadStep).
 
 %% One concurrency at a time: store_message and store_messages fill the
@@ -515,8 +523,11 @@ scan_all(Client, Stream, Filter, Pos, Read, Returned) ->
     end.
 
 raw_cases(Ctx) ->
+    run_cases(Ctx, q_set, 1, fun(_) -> 0 end, q_set_step()).
+
+q_set_step() ->
     Value = ?PAYLOAD,
-    Set = fun(W, K) ->
+    fun(W, K) ->
         Key = <<"bench-k-", (integer_to_binary(W))/binary, "-", (integer_to_binary(K rem 1000))/binary>>,
         Call = fun() ->
             case emqx_redis_storage:q([<<"SET">>, Key, Value]) of
@@ -525,8 +536,26 @@ raw_cases(Ctx) ->
             end
         end,
         {Call, K + 1}
-    end,
-    run_cases(Ctx, q_set, 1, fun(_) -> 0 end, Set).
+    end.
+
+%% q SET and save_session again with the default client on the same
+%% server's unix socket (its TCP rows are q_set and save_session).
+unix_cases(#{socket := undefined}, _Tcp) ->
+    [];
+unix_cases(#{socket := Socket} = Ctx, Tcp) ->
+    case selected(Ctx, q_set_unix) orelse selected(Ctx, save_session_unix) of
+        false ->
+            [];
+        true ->
+            ok = emqx_redis_storage:stop(),
+            ok = start_default(Tcp#{servers => list_to_binary(Socket)}),
+            Rows =
+                run_cases(Ctx, q_set_unix, 1, fun(_) -> 0 end, q_set_step()) ++
+                    run_cases(Ctx, save_session_unix, 1, fun(_) -> 0 end, save_session_step()),
+            ok = emqx_redis_storage:stop(),
+            ok = start_default(Tcp),
+            Rows
+    end.
 
 %% Wildcard filters, half `bench/J/+/#', half `bench/+/J/#'; the topic
 %% `bench/J/J/data' matches exactly the one filter of J.

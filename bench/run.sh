@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make bench: throughput and latency of the Erlang API against a private
-# redis-server, next to what redis-benchmark gets from the same server.
+# redis-server, next to what redis-benchmark gets from the same server
+# (q SET and save_session also over its unix socket: q_set_unix,
+# save_session_unix).
 #
 # Starts its own redis-server on a free loopback port in a temp dir (stopped
 # by pid at the end, also on failure or Ctrl-C), runs bench/emqx_redis_bench.erl
@@ -80,6 +82,7 @@ erlc -o "$bench_ebin" bench/emqx_redis_bench.erl test/loopback_port.erl
 for attempt in $(seq 1 20); do
     port=$(erl -noshell -pa "$bench_ebin" -eval 'io:format("~b", [loopback_port:free()]), halt().')
     redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
+        --unixsocket "$tmp/redis.sock" --unixsocketperm 700 \
         --dir "$tmp" --logfile "$tmp/redis.log" --daemonize no &
     redis_pid=$!
     for _ in $(seq 1 50); do
@@ -103,7 +106,7 @@ echo "bench: redis-server pid $redis_pid on 127.0.0.1:$port ($tmp)" >&2
 
 # In the background: bash runs a trap (Ctrl-C, SIGTERM) during `wait`, but
 # only after a foreground command has finished.
-BENCH_REDIS_PORT=$port BENCH_REDIS_PID=$redis_pid \
+BENCH_REDIS_PORT=$port BENCH_REDIS_SOCKET=$tmp/redis.sock BENCH_REDIS_PID=$redis_pid \
     erl -noshell ${BENCH_ERL_FLAGS:-} -pa "$app_ebin" -pa "$bench_ebin" -eval 'emqx_redis_bench:main()' &
 erl_pid=$!
 status=0

@@ -197,6 +197,15 @@ errors_and_exit_statuses(Config) ->
     Broken = filename:join(?config(priv_dir, Config), "broken.config"),
     ok = file:write_file(Broken, "#{redis => #{password => <<\"" ?PASSWORD "\">>, servers => }}.\n"),
     ?assertEqual({1, "", Broken ++ ": syntax error on line 1\n"}, tool(Config, ["--config", Broken, "status"])),
+    %% A URL with the password, from the environment: used, never shown,
+    %% also when it is wrong or malformed.
+    Address = binary_to_list(redis_test_server:address(?config(redis, Config))),
+    Url = "redis://:" ?PASSWORD "@" ++ Address,
+    ?assertEqual({0, "2\n", ""}, run(?config(tool, Config), ["--key-prefix", "clitest:", "sessions", "count"], [{"EMQX_REDIS_URL", Url}])),
+    {1, "", BadUrl} = run(?config(tool, Config), ["status"], [{"EMQX_REDIS_URL", Url ++ "/x"}]),
+    ?assertMatch("invalid config: redis.url: " ++ _, BadUrl),
+    {1, "", WrongUrl} = run(?config(tool, Config), ["status"], [{"EMQX_REDIS_URL", "redis://:" ?PASSWORD "x@" ++ Address}]),
+    ?assertMatch({match, _}, re:run(WrongUrl, "authentication failed", [caseless])),
     Unreachable = "127.0.0.1:" ++ integer_to_list(loopback_port:free([])),
     {1, "", Down} = tool(Config, ["--servers", Unreachable, "--connect-timeout", "500", "status"]),
     ?assertMatch("connecting to Redis failed: " ++ _, Down).

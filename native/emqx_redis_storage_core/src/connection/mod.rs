@@ -38,7 +38,7 @@ use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::config::{ClientConfig, Mode};
+use crate::config::{address, ClientConfig, Mode};
 use crate::error::{Error, Result};
 use crate::metrics::{Call, Metrics, Snapshot};
 use cluster::{connect_cluster, Cluster};
@@ -88,7 +88,7 @@ impl ConnectionLike for Conn {
 
 /// `host:port,host:port`, as the config names them.
 fn addresses(servers: &[(String, u16)]) -> String {
-    let all: Vec<String> = servers.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+    let all: Vec<String> = servers.iter().map(|(h, p)| address(h, *p)).collect();
     all.join(",")
 }
 
