@@ -83,6 +83,9 @@ options(["--json" | Rest], Opts) ->
     options(Rest, Opts#{json => true});
 options(["--tls" | Rest], #{flags := Flags} = Opts) ->
     options(Rest, Opts#{flags => [{[redis, ssl, enable], true} | Flags]});
+options(["--replace" | Rest], #{words := Words} = Opts) ->
+    %% an option of the restore command
+    options(Rest, Opts#{words => ["--replace" | Words]});
 options(["--config", File | Rest], Opts) ->
     options(Rest, Opts#{file => File});
 options(["--config"], _Opts) ->
