@@ -136,8 +136,10 @@ run(#{port := Port, pool_size := Pool} = Opts) ->
         DsRows,
         unix_cases(Ctx, Redis)
     ]),
+    Backup = backup_bench(Ctx),
     Control = control_case(Ctx),
     report(Ctx, #{
+        backup => Backup,
         started => Started,
         wall_s => (erlang:monotonic_time(millisecond) - T0) / 1000,
         load_before => LoadBefore,
@@ -556,6 +558,72 @@ unix_cases(#{socket := Socket} = Ctx, Tcp) ->
             ok = start_default(Tcp),
             Rows
     end.
+
+%% 100,000 sessions and 1,000,000 queued messages backed up to a file and
+%% restored under another prefix: the rates, and the VM's RSS meanwhile.
+-define(BACKUP_SESSIONS, 100000).
+-define(BACKUP_QUEUES, 1000).
+-define(BACKUP_QUEUE_LEN, 1000).
+
+backup_bench(Ctx) ->
+    case selected(Ctx, backup) of
+        false -> undefined;
+        true -> phase(Ctx, backup, fun() -> backup_run(Ctx) end)
+    end.
+
+backup_run(#{vm_pid := VmPid} = Ctx) ->
+    flushall(),
+    Session = session_term(),
+    parallel(?BACKUP_SESSIONS, fun(I) -> ok = emqx_redis_session:save_session(id(<<"bk-s-">>, I), Session) end),
+    Batches = ?BACKUP_QUEUE_LEN div ?BATCH,
+    parallel(?BACKUP_QUEUES * Batches, fun(J) ->
+        Q = id(<<"bk-q-">>, J rem ?BACKUP_QUEUES),
+        ok = emqx_redis_message:store_messages(Q, [message(id(<<"m-">>, J * ?BATCH + I)) || I <- lists:seq(1, ?BATCH)])
+    end),
+    File = filename:join(maps:get(out, Ctx), "bench.bak"),
+    {ok, Client} = emqx_redis_storage_client:default(),
+    {ok, Other} = emqx_redis_storage:connect(#{
+        redis => #{servers => maps:get(servers, emqx_redis_storage_client:info(Client))}, key_prefix => <<"bench-restored:">>
+    }),
+    Backup = measured(VmPid, fun() -> emqx_redis_storage:backup(Client, File, #{}) end),
+    #{bytes := Bytes} = Backup,
+    Restore = measured(VmPid, fun() -> emqx_redis_storage:restore(Other, File, #{}) end),
+    progress("backup: ~s keys in ~.1f s, restore: ~s keys in ~.1f s", [
+        fmt_int(maps:get(keys, Backup)), maps:get(ms, Backup) / 1000, fmt_int(maps:get(keys, Restore)), maps:get(ms, Restore) / 1000
+    ]),
+    ok = file:delete(File),
+    flushall(),
+    #{
+        sessions => ?BACKUP_SESSIONS,
+        messages => ?BACKUP_QUEUES * ?BACKUP_QUEUE_LEN,
+        backup => Backup,
+        restore => Restore#{bytes => Bytes}
+    }.
+
+%% `Run()'s result map with its time and the VM's RSS before and at its
+%% highest (sampled every 20 ms).
+measured(VmPid, Run) ->
+    Rss0 = rss(VmPid),
+    Self = self(),
+    Sampler = spawn_link(fun() -> sample_rss(Self, VmPid, Rss0) end),
+    T0 = erlang:monotonic_time(millisecond),
+    {ok, Result} = Run(),
+    Ms = erlang:monotonic_time(millisecond) - T0,
+    Sampler ! stop,
+    Peak = receive {Sampler, P} -> P end,
+    Result#{ms => Ms, rss_before => Rss0, rss_peak => max(Peak, rss(VmPid))}.
+
+sample_rss(Parent, VmPid, Peak) ->
+    receive
+        stop -> Parent ! {self(), Peak}
+    after 20 ->
+        sample_rss(Parent, VmPid, max(Peak, rss(VmPid)))
+    end.
+
+rss(VmPid) ->
+    {ok, Status} = file:read_file("/proc/" ++ VmPid ++ "/status"),
+    {match, [Kb]} = re:run(Status, <<"VmRSS:\\s+([0-9]+) kB">>, [{capture, all_but_first, list}]),
+    list_to_integer(Kb) * 1024.
 
 %% Wildcard filters, half `bench/J/+/#', half `bench/+/J/#'; the topic
 %% `bench/J/J/data' matches exactly the one filter of J.
@@ -1075,6 +1143,7 @@ markdown(Ctx, Run) ->
         ),
         notes_md(Rows),
         memory_md(Run),
+        backup_md(Run),
         ds_md(Run),
         long_schedule_md(Run),
         targets_md(Run)
@@ -1134,6 +1203,27 @@ memory_md(#{memory := M}) ->
             ["queued message, 100-byte payload (store_messages, 100 per queue)", fmt_int(N),
              io_lib:format("~b B", [MT]), fmt_int(MB)]
         ]),
+        "\n"
+    ].
+
+backup_md(#{backup := undefined}) ->
+    "";
+backup_md(#{backup := #{sessions := S, messages := N, backup := B, restore := R}}) ->
+    Row = fun(Name, #{keys := K, bytes := Bytes, ms := Ms, rss_before := Rss0, rss_peak := RssPeak}) ->
+        [Name, fmt_int(K), io_lib:format("~.1f", [Bytes / 1048576]), io_lib:format("~.1f", [Ms / 1000]),
+         fmt_int(K * 1000 / max(1, Ms)), io_lib:format("~.1f", [Bytes / 1048576 * 1000 / max(1, Ms)]),
+         io_lib:format("~b -> ~b", [Rss0 div 1048576, RssPeak div 1048576])]
+    end,
+    [
+        io_lib:format("## Backup and restore
+
+~s sessions (1 KiB terms) and ~s queued messages (100-byte "
+                      "payloads, 1,000 queues), backed up to a file, then restored into the same Redis under "
+                      "another prefix. VM RSS: before, and the highest sampled every 20 ms during the run.
+
+",
+                      [fmt_int(S), fmt_int(N)]),
+        table(["", "keys", "MiB", "s", "keys/s", "MiB/s", "VM RSS MiB"], [Row("backup", B), Row("restore", R)]),
         "\n"
     ].
 
