@@ -220,6 +220,15 @@ bad_files_are_refused_before_any_write(Config) ->
         end,
         lists:enumerate(Truncated ++ Flipped ++ Foreign)
     ),
+    %% a backup from a newer Redis (its header says so, checksum and all)
+    <<"EMQXRSB\n", 1:32, HeaderLen:32, Header:HeaderLen/binary, _:32, Blocks/binary>> = Good,
+    <<PrefixLen:16, Prefix:PrefixLen/binary, VersionLen:16, _:VersionLen/binary, Created:64>> = Header,
+    Newer = <<PrefixLen:16, Prefix/binary, 6:16, "99.0.0", Created:64>>,
+    NewerFile = file(Config, "newer.bak"),
+    ok = file:write_file(NewerFile, [<<"EMQXRSB\n", 1:32, (byte_size(Newer)):32>>, Newer, <<(erlang:crc32(Newer)):32>>, Blocks]),
+    {error, {redis_version, #{backup := <<"99.0.0">>, target := Target}}} = emqx_redis_storage:restore(Dst, NewerFile, #{}),
+    ?assertMatch(<<"7.", _/binary>>, Target),
+    ?assertEqual([], keys_under(Dst)),
     ?assertMatch({error, {file, _}}, emqx_redis_storage:restore(Dst, file(Config, "missing.bak"), #{})),
     ?assertMatch({error, {file, _}}, emqx_redis_storage:backup(Dst, "/nonexistent-dir/x.bak", #{})),
     ?assertEqual({error, {invalid_option, {mode, merge}}}, emqx_redis_storage:restore(Dst, file(Config, "good.bak"), #{mode => merge})),
@@ -326,6 +335,10 @@ command_line_and_cmd(Config) ->
     {0, Json} = Run(Dst, ["--json", "restore", File, "--replace"]),
     ?assertMatch(#{<<"keys">> := N} when N > 0, json_test_decoder:decode(Json)),
     {2, _} = Run(Dst, ["restore", File, "--merge"]),
+    %% the progress line, as on a terminal
+    {0, WithProgress} = test_util:run(Tool, ["--servers", binary_to_list(Single), "--key-prefix", binary_to_list(Dst),
+        "restore", File, "--replace"], #{timeout => 60000, env => [{"EMQX_REDIS_STORAGE_PROGRESS", "1"}]}),
+    ?assertMatch({match, _}, re:run(WithProgress, "\rverify: [0-9]+ keys, [0-9.]+ MiB.*\rrestore: [0-9]+ keys", [dotall])),
     {1, Bad} = Run(Dst, ["restore", Tool]),
     ?assertMatch({match, _}, re:run(Bad, "not a usable backup: not a backup of emqx_redis_storage")),
     {ok, D} = emqx_redis_storage:connect(#{redis => #{servers => Single}, key_prefix => Dst}),
