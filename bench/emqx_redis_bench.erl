@@ -57,6 +57,7 @@ options() ->
     #{
         port => int_env("BENCH_REDIS_PORT", undefined),
         socket => env("BENCH_REDIS_SOCKET", undefined),
+        backup_sessions => int_env("BENCH_BACKUP_SESSIONS", "100000"),
         redis_pid => env("BENCH_REDIS_PID", undefined),
         duration_ms => ms_env("BENCH_DURATION", "3"),
         warmup_ms => ms_env("BENCH_WARMUP", "0.5"),
@@ -559,9 +560,9 @@ unix_cases(#{socket := Socket} = Ctx, Tcp) ->
             Rows
     end.
 
-%% 100,000 sessions and 1,000,000 queued messages backed up to a file and
-%% restored under another prefix: the rates, and the VM's RSS meanwhile.
--define(BACKUP_SESSIONS, 100000).
+%% 100,000 sessions (BENCH_BACKUP_SESSIONS) and 1,000,000 queued messages
+%% backed up to a file and restored under another prefix: the rates, and
+%% the VM's RSS meanwhile.
 -define(BACKUP_QUEUES, 1000).
 -define(BACKUP_QUEUE_LEN, 1000).
 
@@ -571,10 +572,10 @@ backup_bench(Ctx) ->
         true -> phase(Ctx, backup, fun() -> backup_run(Ctx) end)
     end.
 
-backup_run(#{vm_pid := VmPid} = Ctx) ->
+backup_run(#{vm_pid := VmPid, backup_sessions := Sessions} = Ctx) ->
     flushall(),
     Session = session_term(),
-    parallel(?BACKUP_SESSIONS, fun(I) -> ok = emqx_redis_session:save_session(id(<<"bk-s-">>, I), Session) end),
+    parallel(Sessions, fun(I) -> ok = emqx_redis_session:save_session(id(<<"bk-s-">>, I), Session) end),
     Batches = ?BACKUP_QUEUE_LEN div ?BATCH,
     parallel(?BACKUP_QUEUES * Batches, fun(J) ->
         Q = id(<<"bk-q-">>, J rem ?BACKUP_QUEUES),
@@ -588,13 +589,16 @@ backup_run(#{vm_pid := VmPid} = Ctx) ->
     Backup = measured(VmPid, fun() -> emqx_redis_storage:backup(Client, File, #{}) end),
     #{bytes := Bytes} = Backup,
     Restore = measured(VmPid, fun() -> emqx_redis_storage:restore(Other, File, #{}) end),
-    progress("backup: ~s keys in ~.1f s, restore: ~s keys in ~.1f s", [
-        fmt_int(maps:get(keys, Backup)), maps:get(ms, Backup) / 1000, fmt_int(maps:get(keys, Restore)), maps:get(ms, Restore) / 1000
+    Mib = fun(#{rss_before := R0, rss_peak := R1}) -> io_lib:format("VM RSS ~b -> ~b MiB", [R0 div 1048576, R1 div 1048576]) end,
+    progress("backup: ~s keys in ~.1f s (~s), restore: ~s keys in ~.1f s (~s)", [
+        fmt_int(maps:get(keys, Backup)), maps:get(ms, Backup) / 1000, Mib(Backup),
+        fmt_int(maps:get(keys, Restore)), maps:get(ms, Restore) / 1000, Mib(Restore)
     ]),
     ok = file:delete(File),
-    flushall(),
+    %% Gigabytes with BENCH_BACKUP_SESSIONS=1000000: freed in the background.
+    {ok, <<"OK">>} = emqx_redis_storage:q([<<"FLUSHALL">>, <<"ASYNC">>]),
     #{
-        sessions => ?BACKUP_SESSIONS,
+        sessions => Sessions,
         messages => ?BACKUP_QUEUES * ?BACKUP_QUEUE_LEN,
         backup => Backup,
         restore => Restore#{bytes => Bytes}

@@ -28,6 +28,7 @@ usage: bench/run.sh [--duration S] [--warmup S] [--concurrency N,N,..] [--filter
   --out DIR           where the results go (BENCH_OUT, default bench/results)
 
 Extra flags for the Erlang VM: BENCH_ERL_FLAGS (e.g. "+sbwt none").
+Sessions in the backup case: BENCH_BACKUP_SESSIONS (default 100000).
 Results are reported, never asserted: the exit status says only whether the
 run itself worked.
 EOF
@@ -122,7 +123,9 @@ if ! kill -0 "$redis_pid" 2>/dev/null; then
 fi
 [ "$status" -eq 0 ] || exit "$status"
 
-if command -v gnuplot >/dev/null; then
+if [ ! -s "$BENCH_OUT/throughput.dat" ]; then
+    echo "bench: no charted op ran, no chart (results in $BENCH_OUT/latest.md and latest.csv)" >&2
+elif command -v gnuplot >/dev/null; then
     gnuplot -e "dir='$BENCH_OUT'" bench/throughput.gp
     echo "bench: results in $BENCH_OUT/latest.md, $BENCH_OUT/latest.csv, chart $BENCH_OUT/throughput.png" >&2
 else

@@ -5,7 +5,10 @@
 
 -export([backup/3, restore/3]).
 
--type progress() :: fun((verify | backup | restore, Keys :: non_neg_integer(), Bytes :: non_neg_integer()) -> term()).
+%% Called in phase `backup' (keys and bytes written), or `verify' (the
+%% file read and checked), `check' (SCAN pages of the target found without
+%% data, and 0) and `restore' (keys and bytes restored).
+-type progress() :: fun((verify | check | backup | restore, non_neg_integer(), non_neg_integer()) -> term()).
 -type refusal() ::
     {bad_backup, binary()}
     | {not_empty, binary()}
@@ -28,7 +31,7 @@ backup(Client, Path, Opts) ->
 %% its prefix. `Opts': `mode' (`fail_if_exists', the default: refused with
 %% `{error, {not_empty, Key}}' before anything is written if the prefix
 %% holds data; `replace': keys of the backup overwrite those of the same
-%% name), `progress' (called in phase `verify', then `restore').
+%% name), `progress' (called in phases `verify', `check', then `restore').
 -spec restore(emqx_redis_storage_client:t(), file:filename_all(), map()) ->
     {ok, #{keys := non_neg_integer()}} | {error, refusal() | term()}.
 restore(Client, Path, Opts) ->

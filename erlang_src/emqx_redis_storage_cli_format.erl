@@ -71,6 +71,8 @@ human({restore, #{file := File, keys := Keys}}) ->
 
 %% @doc The progress line of a backup or restore, to be written over itself.
 -spec progress(atom(), non_neg_integer(), non_neg_integer()) -> iodata().
+progress(check, Pages, _) ->
+    io_lib:format("\rcheck: ~b SCAN pages without data   ", [Pages]);
 progress(Phase, Keys, Bytes) ->
     io_lib:format("\r~s: ~b keys, ~.1f MiB   ", [Phase, Keys, Bytes / 1048576]).
 

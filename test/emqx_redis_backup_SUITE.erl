@@ -231,6 +231,16 @@ bad_files_are_refused_before_any_write(Config) ->
     ?assertEqual([], keys_under(Dst)),
     ?assertMatch({error, {file, _}}, emqx_redis_storage:restore(Dst, file(Config, "missing.bak"), #{})),
     ?assertMatch({error, {file, _}}, emqx_redis_storage:backup(Dst, "/nonexistent-dir/x.bak", #{})),
+    %% a backup that fails part-way leaves no file behind
+    {ok, <<"OK">>} = emqx_redis_storage:q(Dst, [<<"ACL">>, <<"SETUSER">>, <<"nodump">>, <<"on">>, <<">pw">>, <<"~*">>, <<"+@all">>, <<"-dump">>]),
+    {ok, NoDump} = emqx_redis_storage:connect(#{
+        redis => #{servers => redis_test_server:address(?config(single, Config)), username => <<"nodump">>, password => <<"pw">>},
+        key_prefix => prefix_of(client(Config, single, <<"emqx:nd:">>))
+    }),
+    ok = emqx_redis_session:save_session(NoDump, <<"c">>, c, #{}),
+    Failed = file(Config, "failed.bak"),
+    ?assertMatch({error, {redis, _}}, emqx_redis_storage:backup(NoDump, Failed, #{})),
+    ?assertEqual({false, false}, {filelib:is_file(Failed), filelib:is_file(Failed ++ ".part")}),
     ?assertEqual({error, {invalid_option, {mode, merge}}}, emqx_redis_storage:restore(Dst, file(Config, "good.bak"), #{mode => merge})),
     ?assertEqual({error, {invalid_path, 42}}, emqx_redis_storage:backup(Dst, 42, #{})).
 

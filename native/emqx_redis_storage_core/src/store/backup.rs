@@ -61,10 +61,28 @@ pub enum Mode {
 pub type Progress<'a> = &'a (dyn Fn(&'static str, u64, u64) + Send + Sync);
 
 /// Writes a backup of the client's prefix to `path` (first to
-/// `path.part`, renamed once complete). Keys and bytes written.
+/// `path.part`, renamed once complete, removed if the backup fails). Keys
+/// and bytes written.
 pub async fn backup(
     client: &Client,
     path: &Path,
+    progress: Progress<'_>,
+) -> Result<Outcome<(u64, u64)>> {
+    let part = part_path(path);
+    let done = write_backup(client, &part, progress).await;
+    if !matches!(done, Ok(Ok(_))) {
+        let _ = tokio::fs::remove_file(&part).await;
+        return done;
+    }
+    Ok(match tokio::fs::rename(&part, path).await {
+        Ok(()) => done?,
+        Err(e) => Err(file_error(path, e)),
+    })
+}
+
+async fn write_backup(
+    client: &Client,
+    part: &Path,
     progress: Progress<'_>,
 ) -> Result<Outcome<(u64, u64)>> {
     let keys = client.keys();
@@ -73,14 +91,13 @@ pub async fn backup(
         redis_version: redis_version(client).await?,
         created_ms: client.now_ms().await?,
     };
-    let part = part_path(path);
-    let file = match File::create(&part).await {
+    let file = match File::create(part).await {
         Ok(file) => file,
-        Err(e) => return Ok(Err(file_error(&part, e))),
+        Err(e) => return Ok(Err(file_error(part, e))),
     };
     let mut writer = match Writer::new(BufWriter::new(file), &header).await {
         Ok(writer) => writer,
-        Err(e) => return Ok(Err(file_error(&part, e))),
+        Err(e) => return Ok(Err(file_error(part, e))),
     };
     client.load_script(&DUMP).await?;
     let prefix = keys.prefix();
@@ -89,20 +106,21 @@ pub async fn backup(
         for batch in names.chunks(BATCH) {
             for record in dump(client, prefix, batch).await? {
                 if let Err(e) = writer.push(&record).await {
-                    return Ok(Err(file_error(&part, e)));
+                    return Ok(Err(file_error(part, e)));
                 }
             }
-            let (n, bytes) = writer.written();
-            progress("backup", n, bytes);
         }
+        // After each page, also one without data: a caller waiting for
+        // reports knows the work goes on.
+        let (n, bytes) = writer.written();
+        progress("backup", n, bytes);
     }
     let written = async {
         let (out, n, bytes) = writer.finish().await?;
         out.into_inner().sync_all().await?;
-        tokio::fs::rename(&part, path).await?;
         Ok::<_, std::io::Error>((n, bytes))
     };
-    Ok(written.await.map_err(|e| file_error(path, e)))
+    Ok(written.await.map_err(|e| file_error(part, e)))
 }
 
 /// The records of the keys `names` that still exist.
@@ -179,7 +197,7 @@ pub async fn restore(
         Some(running) if running == id.as_bytes() => {} // the same restore, again
         Some(_) if mode == Mode::FailIfExists => return Ok(Err(Refusal::NotEmpty(marker))),
         _ if mode == Mode::FailIfExists => {
-            if let Some(key) = first_data_key(client, keys.prefix()).await? {
+            if let Some(key) = first_data_key(client, keys.prefix(), progress).await? {
                 return Ok(Err(Refusal::NotEmpty(key)));
             }
         }
@@ -246,13 +264,21 @@ async fn open(path: &Path) -> Outcome<Reader<BufReader<File>>> {
         .map_err(|e| read_refusal(path, e))
 }
 
-/// A key under `prefix` that is data (not deployment state), if any.
-async fn first_data_key(client: &Client, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
+/// A key under `prefix` that is data (not deployment state), if any;
+/// reports phase `check` after each SCAN page (the pages so far, 0).
+async fn first_data_key(
+    client: &Client,
+    prefix: &[u8],
+    progress: Progress<'_>,
+) -> Result<Option<Vec<u8>>> {
     let mut scan = DataKeys::new(client, prefix).await?;
+    let mut pages = 0;
     while let Some(names) = scan.next_page().await? {
         if let Some(key) = names.into_iter().next() {
             return Ok(Some(key));
         }
+        pages += 1;
+        progress("check", pages, 0);
     }
     Ok(None)
 }
