@@ -12,6 +12,7 @@
 
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
+-include_lib("kernel/include/file.hrl").
 
 -define(ACL_USER, "user app on >apppass resetkeys ~emqx:* resetchannels &emqx:* -@all "
     "+@read +@write +@scripting +@pubsub +@connection +time +wait -keys -flushall -flushdb").
@@ -156,6 +157,8 @@ round_trip(Config, SrcKind, DstKind) ->
     File = file(Config, atom_to_list(SrcKind) ++ "-to-" ++ atom_to_list(DstKind) ++ ".bak"),
     {ok, #{keys := Keys, bytes := Bytes}} = emqx_redis_storage:backup(Src, File, #{}),
     ?assertEqual({ok, Bytes}, {ok, filelib:file_size(File)}),
+    {ok, #file_info{mode = Mode}} = file:read_file_info(File),
+    ?assertEqual(8#600, Mode band 8#777),
     DstPrefix = prefix(<<"d">>),
     Restoring = client(Config, DstKind, DstPrefix),
     ?assertEqual({ok, #{keys => Keys}}, emqx_redis_storage:restore(Restoring, File, #{})),

@@ -91,7 +91,15 @@ async fn write_backup(
         redis_version: redis_version(client).await?,
         created_ms: client.now_ms().await?,
     };
-    let file = match File::create(part).await {
+    // Readable by its owner only: sessions and messages may be private.
+    let created = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(part)
+        .await;
+    let file = match created {
         Ok(file) => file,
         Err(e) => return Ok(Err(file_error(part, e))),
     };
