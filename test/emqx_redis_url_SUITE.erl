@@ -20,6 +20,7 @@ all() ->
         tls_url,
         sentinel_url,
         cluster_url,
+        tls_sentinel_and_cluster_urls,
         password_in_url_never_shown
     ].
 
@@ -227,6 +228,32 @@ cluster_url(_Config) ->
         ?assertMatch(#{mode := cluster}, emqx_redis_storage:status()),
         [ok = emqx_redis_session:save_session(C, C) || C <- [<<"a">>, <<"b">>, <<"c">>, <<"d">>]],
         ?assertEqual({ok, 4}, emqx_redis_session:count_sessions())
+    after
+        redis_test_server:stop_cluster(Nodes)
+    end.
+
+%% rediss+sentinel and rediss+cluster, with the CA from the ssl settings.
+tls_sentinel_and_cluster_urls(_Config) ->
+    Certs = redis_test_server:certs(),
+    Ssl = #{cacertfile => maps:get(ca, Certs)},
+    Hosts = fun(Servers) -> lists:join(",", [redis_test_server:address(S) || S <- Servers]) end,
+    Sentinel = redis_test_server:start_sentinel(#{tls => Certs}),
+    try
+        Url = iolist_to_binary(["rediss+sentinel://", Hosts(maps:get(sentinels, Sentinel)), "/mymaster"]),
+        ok = emqx_redis_storage:start(#{redis => #{url => Url, ssl => Ssl}}),
+        ok = emqx_redis_session:save_session(<<"s">>, s),
+        ?assertEqual({ok, s}, emqx_redis_session:load_session(<<"s">>)),
+        ?assertMatch(#{mode := sentinel, healthy := true}, emqx_redis_storage:status()),
+        ok = emqx_redis_storage:stop()
+    after
+        redis_test_server:stop_sentinel(Sentinel)
+    end,
+    Nodes = redis_test_server:start_cluster(#{tls => Certs, replicas => 0}),
+    try
+        ok = emqx_redis_storage:start(#{redis => #{url => iolist_to_binary(["rediss+cluster://", Hosts(Nodes)]), ssl => Ssl}}),
+        [ok = emqx_redis_session:save_session(C, C) || C <- [<<"a">>, <<"b">>, <<"c">>, <<"d">>]],
+        ?assertEqual({ok, 4}, emqx_redis_session:count_sessions()),
+        ?assertMatch(#{mode := cluster, healthy := true}, emqx_redis_storage:status())
     after
         redis_test_server:stop_cluster(Nodes)
     end.
