@@ -122,7 +122,8 @@ ssl_schema() ->
 -spec parse(map()) -> {ok, map()} | {error, {invalid_config, binary(), binary()}}.
 parse(Config) ->
     try
-        {ok, check_combinations(check_map(<<>>, schema(), alias_server(Config)))}
+        Redis = fun(R) -> expand_url(alias_server_redis(R)) end,
+        {ok, check_combinations(check_map(<<>>, schema(), update_redis(Redis, Config)))}
     catch
         throw:{invalid_config, _, _} = Reason -> {error, Reason}
     end.
@@ -130,6 +131,10 @@ parse(Config) ->
 %% Rules that tie fields together.
 check_combinations(#{redis := #{redis_type := sentinel, sentinel := undefined}}) ->
     invalid(<<"redis.sentinel">>, <<"the master name the sentinels watch (redis_type is sentinel)">>);
+check_combinations(#{redis := #{redis_type := Type, servers := [{_, 0}]}}) when Type =/= single ->
+    invalid(<<"redis.servers">>, <<"host:port entries: a unix socket is for redis_type single">>);
+check_combinations(#{redis := #{servers := [{_, 0}], ssl := #{enable := true}}}) ->
+    invalid(<<"redis.ssl.enable">>, <<"false with a unix socket">>);
 check_combinations(#{redis := #{redis_type := cluster, database := Db}}) when Db =/= 0 ->
     invalid(<<"redis.database">>, <<"0: Redis Cluster has only database 0">>);
 check_combinations(#{redis := #{redis_type := cluster, ssl := #{enable := true, server_name_indication := Name}}}) when
@@ -149,14 +154,56 @@ check_combinations(#{nodes := #{heartbeat_interval := Interval, ttl := Ttl}}) wh
 check_combinations(Config) ->
     Config.
 
-%% EMQX calls the single-server field `server' and the others `servers'.
-alias_server(#{redis := Redis} = Config) when is_map(Redis) ->
-    Config#{redis := alias_server_redis(Redis)};
-alias_server(#{<<"redis">> := Redis} = Config) when is_map(Redis) ->
-    Config#{<<"redis">> := alias_server_redis(Redis)};
-alias_server(Config) ->
+%% The `redis' section changed by `Fun', whether its key is an atom or a binary.
+update_redis(Fun, #{redis := Redis} = Config) when is_map(Redis) ->
+    Config#{redis := Fun(Redis)};
+update_redis(Fun, #{<<"redis">> := Redis} = Config) when is_map(Redis) ->
+    Config#{<<"redis">> := Fun(Redis)};
+update_redis(_Fun, Config) ->
     Config.
 
+%% `url' stands for the fields it sets (emqx_redis_storage_url); giving one
+%% of them as well is a mistake. The ssl settings apply to a rediss URL.
+expand_url(Redis) ->
+    case lookup(url, Redis) of
+        ?NONE ->
+            Redis;
+        Url ->
+            Fields =
+                case text_or_none(Url) of
+                    ?NONE ->
+                        invalid(<<"redis.url">>, <<"a string such as redis://host:6379/0">>);
+                    Text ->
+                        case emqx_redis_storage_url:parse(Text) of
+                            {ok, F} -> F;
+                            {error, Why} -> invalid(<<"redis.url">>, Why)
+                        end
+                end,
+            {Tls, Set} = maps:take(tls, Fields),
+            [
+                invalid(<<"redis.url">>, <<"either the url or ", (name(K))/binary, ", not both">>)
+             || K <- maps:keys(Set), lookup(K, Redis) =/= ?NONE
+            ],
+            ssl_from_url(Tls, maps:merge(maps:without([url, <<"url">>], Redis), Set))
+    end.
+
+ssl_from_url(false, Redis) ->
+    Redis;
+ssl_from_url(true, Redis) ->
+    Ssl =
+        case lookup(ssl, Redis) of
+            ?NONE -> #{};
+            Map when is_map(Map) -> Map;
+            _ -> invalid(<<"redis.ssl">>, <<"a map">>)
+        end,
+    case lookup(enable, Ssl) of
+        Off when Off =:= false; Off =:= <<"false">>; Off =:= "false" ->
+            invalid(<<"redis.url">>, <<"redis:// (a rediss URL turns ssl.enable on)">>);
+        _ ->
+            (maps:without([ssl, <<"ssl">>], Redis))#{ssl => (maps:without([<<"enable">>], Ssl))#{enable => true}}
+    end.
+
+%% EMQX calls the single-server field `server' and the others `servers'.
 alias_server_redis(Redis) ->
     case [K || K <- [server, <<"server">>], maps:is_key(K, Redis)] of
         [] ->
@@ -321,11 +368,17 @@ parse_servers(Path, Value) ->
         end,
     case Entries of
         [] -> invalid(Path, servers_expected());
-        _ -> [parse_server(Path, E) || E <- Entries]
+        _ ->
+            Servers = [parse_server(Path, E) || E <- Entries],
+            length(Servers) > 1 andalso lists:keymember(0, 2, Servers) andalso
+                invalid(Path, <<"one unix socket, alone">>),
+            Servers
     end.
 
 parse_server(Path, ?NONE) ->
     invalid(Path, servers_expected());
+parse_server(_Path, <<"/", _/binary>> = Socket) ->
+    {Socket, 0};
 parse_server(Path, Entry) ->
     {Host, PortText} =
         case binary:split(string:trim(Entry), <<":">>, [global]) of
@@ -340,7 +393,7 @@ parse_server(Path, Entry) ->
     end.
 
 servers_expected() ->
-    <<"\"host[:port]\" or \"host[:port],host[:port],...\" with ports 1..65535">>.
+    <<"\"host[:port]\" or \"host[:port],host[:port],...\" with ports 1..65535, or a unix socket's absolute path">>.
 
 text_or_none(Bin) when is_binary(Bin) ->
     Bin;

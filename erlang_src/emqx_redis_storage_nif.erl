@@ -4,6 +4,7 @@
 -module(emqx_redis_storage_nif).
 
 -export([connect/2, q/3, cancel/1, panic_in_task/1, client_status/2, log_sink/2, client_metrics/1]).
+-export([backup/4, restore/5]).
 -export([
     session_save/7, session_load/3, session_delete/3, session_info/3, session_count/2,
     session_list/4, lease_acquire/6, lease_renew/5, lease_release/4,
@@ -87,6 +88,14 @@ log_sink(_Pid, _Level) -> ?NOT_LOADED.
 %% Synchronous: the client's counters as a map.
 -spec client_metrics(reference()) -> map().
 client_metrics(_Client) -> ?NOT_LOADED.
+
+%% Backup and restore: `Tag' marks the progress messages
+%% `{emqx_redis_storage_progress, Tag, Phase, Keys, Bytes}' sent meanwhile.
+-spec backup(reference(), reference(), binary(), integer()) -> ticket().
+backup(_Client, _Ref, _Path, _Tag) -> ?NOT_LOADED.
+
+-spec restore(reference(), reference(), binary(), boolean(), integer()) -> ticket().
+restore(_Client, _Ref, _Path, _Replace, _Tag) -> ?NOT_LOADED.
 
 -spec panic_in_task(reference()) -> ticket().
 panic_in_task(_Ref) -> ?NOT_LOADED.

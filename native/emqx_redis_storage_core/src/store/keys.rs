@@ -29,6 +29,7 @@
 //! | `emqx:nodes:reap:{n}` | hash | node -> reap lease: `"<fence> <until ms> <owner>"` |
 //! | `emqx:nodes:reaped:{n}` | hash | node -> number of finished reaps of that name |
 //! | `emqx:nodes:seq:{n}` | string | the last incarnation or reap fence issued |
+//! | `emqx:restore:{b}` | string | while a restore runs: the id of the backup it restores |
 //!
 //! `{C}` is the client id as a Redis Cluster hash tag, so all keys of one
 //! client live in one slot and are changed atomically by one script. The
@@ -162,6 +163,20 @@ impl Keys {
 
     pub fn node_sequence(&self) -> Vec<u8> {
         self.membership_key("nodes:seq")
+    }
+
+    /// While a restore runs: the id of the backup it restores (`backup.rs`).
+    pub fn restore_marker(&self) -> Vec<u8> {
+        self.global("restore:{b}")
+    }
+
+    /// Whether the key `name` (the prefix removed) holds the state of the
+    /// running deployment rather than its data: leases and their owners,
+    /// node membership, a restore's marker. A backup leaves these out.
+    pub fn is_deployment_state(name: &[u8]) -> bool {
+        [&b"lease:"[..], b"lown:", b"nodes:", b"restore:"]
+            .iter()
+            .any(|kind| name.starts_with(kind))
     }
 
     /// `kind:{<table><shard>}`: the keys of one shard of a table share a tag.
@@ -305,6 +320,26 @@ mod tests {
         assert_eq!(k.reap_leases(), b"emqx:nodes:reap:{n}");
         assert_eq!(k.reap_counts(), b"emqx:nodes:reaped:{n}");
         assert_eq!(k.node_sequence(), b"emqx:nodes:seq:{n}");
+        assert_eq!(k.restore_marker(), b"emqx:restore:{b}");
+        let state = |key: Vec<u8>| Keys::is_deployment_state(&key[b"emqx:".len()..]);
+        for key in [
+            k.lease(b"c"),
+            k.lease_owners(1),
+            k.members(),
+            k.node_sequence(),
+            k.restore_marker(),
+        ] {
+            assert!(state(key));
+        }
+        for key in [
+            k.session(b"c"),
+            k.fence(b"c"),
+            k.queue_bodies(b"c"),
+            k.ds_stream(b"a", 0),
+            k.routes(1),
+        ] {
+            assert!(!state(key));
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The domains kept in Redis, on top of the connection layer: sessions and
 //! their leases, message queues, the client registry, routes (and the local
 //! route index), durable messages, node membership; and the key layout they
-//! share.
+//! share. Backup and restore copy them all.
 
+pub mod backup;
+pub mod backup_file;
 pub mod ds;
 pub mod keys;
 pub mod message;
