@@ -2,6 +2,7 @@
 //! emqx_redis_storage_core, Erlang terms out. This file only loads it.
 
 mod ds;
+mod limiter;
 mod log;
 mod message;
 mod nif;
