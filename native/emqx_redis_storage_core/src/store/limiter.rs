@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::connection::scripts::Lua;
 use crate::connection::Client;
 use crate::error::{Error, Result};
+use crate::metrics::fnv1a;
 use crate::store::keys::ClientKeys;
 
 static TAKE: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/limiter_take.lua")]));
@@ -271,12 +272,6 @@ impl Limiter {
             .write_query::<()>(redis::cmd("DEL").arg(bucket))
             .await
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// One key's tokens taken ahead.
