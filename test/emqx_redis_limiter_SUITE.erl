@@ -207,7 +207,10 @@ batches_stay_within_one_batch_per_vm(Config) ->
     ?assert(Admitted =< WindowBound, {Admitted, WindowBound}),
     ?assert(First + Admitted =< RunBound, {First + Admitted, RunBound}),
     #{Name := #{local := Local}} = maps:get(limiters, emqx_redis_storage:metrics()),
-    ?assert(Local > 0, Local).
+    ?assert(Local > 0, Local),
+    %% A look (cost 0) asks Redis, whatever this VM's batch holds.
+    {ok, 1} = emqx_redis_storage:q([<<"DEL">>, <<"emqx:lim:", Name/binary, ":{", Key/binary, "}">>]),
+    ?assertEqual({ok, Burst}, ?L:check(Name, Key, 0)).
 
 %% What Redis sees of checks from two VMs: the script's arguments are the
 %% limit, the cost and the tokens wanted, never a time; the script reads
@@ -285,6 +288,8 @@ redis_killed_checks_answer_per_policy(_Config) ->
         timer:sleep(100),
         ok = redis_test_server:kill(Redis),
         ok = test_util:wait_until(fun() -> maps:get(breaker, emqx_redis_storage:status(Allow)) =:= open end, 5000),
+        %% The checker goes on a while with Redis gone.
+        timer:sleep(300),
         Checker ! {self(), report},
         Answers = receive {Checker, A} -> A end,
         ct:log("~b answers: ~p", [length(Answers), lists:usort(Answers)]),

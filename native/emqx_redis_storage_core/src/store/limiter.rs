@@ -179,9 +179,10 @@ impl Limiter {
 
     /// The part of a check that needs no Redis: `cost` tokens from this
     /// node's batch for `key` if it holds them, else what to ask Redis for.
+    /// A cost of 0 (a look at the bucket) always asks Redis.
     pub fn check_local(self: &Arc<Self>, key: &[u8], cost: u64) -> Local {
         let batch = self.limit.batch;
-        if batch == 0 {
+        if batch == 0 || cost == 0 {
             return Local::Ask(Ask {
                 want: cost,
                 refill: None,
