@@ -417,7 +417,7 @@ known_error(_Ctx, Reason) when is_tuple(Reason), tuple_size(Reason) >= 2 ->
         (lists:prefix("invalid_", atom_to_list(Tag)) orelse
             lists:member(Tag, [
                 too_large, batch_too_large, held_by, not_replicated, unsupported_command, bad_command,
-                undecodable, unknown_node, filter_too_wide, held
+                undecodable, unknown_node, filter_too_wide, held, unknown_limiter, limited
             ]));
 known_error(_Ctx, _Reason) ->
     false.
