@@ -60,15 +60,14 @@ fn limiter_check<'a>(
     let Some(limiter) = client.limiters.get(&name) else {
         return unknown(&name).encode(env);
     };
-    let burst = limiter.limit().burst;
-    if cost > burst {
-        let detail = Out::Map(vec![
-            (Out::Atom("cost"), Out::Int(cost as i64)),
-            (Out::Atom("burst"), Out::Int(burst as i64)),
-        ]);
-        return tagged("error", tagged("invalid_cost", detail)).encode(env);
-    }
     let ask = match limiter.check_local(&key, cost) {
+        Local::TooCostly { burst } => {
+            let detail = Out::Map(vec![
+                (Out::Atom("cost"), Out::Int(cost as i64)),
+                (Out::Atom("burst"), Out::Int(burst as i64)),
+            ]);
+            return tagged("error", tagged("invalid_cost", detail)).encode(env);
+        }
         Local::Answered(d) => return tagged("ok", decision(d)).encode(env),
         Local::Ask(ask) => ask,
     };

@@ -130,6 +130,8 @@ pub struct Limiter {
 
 /// What the local part of a check found.
 pub enum Local {
+    /// The cost is more than a bucket holds (`burst`): never admitted.
+    TooCostly { burst: u64 },
     /// Answered from the local batch.
     Answered(Decision),
     /// Redis must be asked for `want` tokens (`cost` of them at least).
@@ -158,10 +160,6 @@ impl Drop for Refill {
 }
 
 impl Limiter {
-    pub fn limit(&self) -> Limit {
-        self.limit
-    }
-
     fn counts(&self) -> Counts {
         let c = &self.counters;
         Counts {
@@ -181,7 +179,10 @@ impl Limiter {
     /// node's batch for `key` if it holds them, else what to ask Redis for.
     /// A cost of 0 (a look at the bucket) always asks Redis.
     pub fn check_local(self: &Arc<Self>, key: &[u8], cost: u64) -> Local {
-        let batch = self.limit.batch;
+        let Limit { burst, batch, .. } = self.limit;
+        if cost > burst {
+            return Local::TooCostly { burst };
+        }
         if batch == 0 || cost == 0 {
             return Local::Ask(Ask {
                 want: cost,
@@ -421,16 +422,49 @@ mod tests {
         assert!(b.map.len() <= 30, "{}", b.map.len());
     }
 
-    #[test]
-    fn a_redefined_limiter_keeps_its_counts() {
+    /// A limiter `l` of rate 10 and burst 5.
+    fn defined(batch: u64, allow_when_down: bool) -> Limiters {
         let limiters = Limiters::default();
         let limit = Limit {
-            rate: 1,
-            burst: 1,
-            batch: 0,
-            allow_when_down: false,
+            rate: 10,
+            burst: 5,
+            batch,
+            allow_when_down,
         };
         limiters.define(b"l", limit);
+        limiters
+    }
+
+    #[test]
+    fn a_check_spends_the_batch_one_caller_refills() {
+        let limiters = defined(2, true);
+        let l = limiters.get(b"l").unwrap();
+        assert!(matches!(
+            l.check_local(b"k", 6),
+            Local::TooCostly { burst: 5 }
+        ));
+        let Local::Ask(refill) = l.check_local(b"k", 1) else {
+            panic!("an empty batch asks Redis")
+        };
+        assert_eq!((refill.want, refill.refill.is_some()), (3, true));
+        let Local::Ask(other) = l.check_local(b"k", 1) else {
+            panic!("so does a caller while the batch is refilled")
+        };
+        assert_eq!((other.want, other.refill.is_some()), (1, false));
+        // Redis gave the 3 wanted, 2 are left there; the refill is done.
+        l.shard(b"k").refilled(b"k", 2, 2, Instant::now());
+        drop(refill);
+        assert!(matches!(
+            l.check_local(b"k", 1),
+            Local::Answered(Decision::Allowed(3))
+        ));
+        assert!(matches!(l.check_local(b"k", 0), Local::Ask(_)), "a look");
+        assert_eq!((l.counts().checks, l.counts().local), (1, 1));
+    }
+
+    #[test]
+    fn a_redefined_limiter_keeps_its_counts() {
+        let limiters = defined(0, false);
         let first = limiters.get(b"l").unwrap();
         let refused = Error::Connection("refused".into());
         assert_eq!(first.unanswered(&refused), Decision::Limited(DOWN_RETRY_MS));
@@ -438,7 +472,7 @@ mod tests {
             b"l",
             Limit {
                 allow_when_down: true,
-                ..limit
+                ..first.limit
             },
         );
         let second = limiters.get(b"l").unwrap();
