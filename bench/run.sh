@@ -119,7 +119,9 @@ if ! kill -0 "$redis_pid" 2>/dev/null; then
 fi
 [ "$status" -eq 0 ] || exit "$status"
 
-if command -v gnuplot >/dev/null; then
+if [ ! -s "$BENCH_OUT/throughput.dat" ]; then
+    echo "bench: none of the charted ops ran, no chart (results in $BENCH_OUT/latest.md and latest.csv)" >&2
+elif command -v gnuplot >/dev/null; then
     gnuplot -e "dir='$BENCH_OUT'" bench/throughput.gp
     echo "bench: results in $BENCH_OUT/latest.md, $BENCH_OUT/latest.csv, chart $BENCH_OUT/throughput.png" >&2
 else
