@@ -33,6 +33,12 @@
 %% Items stored to measure Redis memory per item.
 -define(MEM_SESSIONS, 10000).
 -define(MEM_QUEUES, 1000).
+%% Keys the limiter_*_100k cases cycle through.
+-define(LIMITER_KEYS, 100000).
+%% The accuracy runs: 3 VMs hammer one key for 10 s at 10x the rate.
+-define(ACCURACY_VMS, 3).
+-define(ACCURACY_RATE, 200).
+-define(ACCURACY_MS, 10000).
 %% The ops whose throughput against concurrency is charted.
 -define(CHARTED, [
     save_session, load_session, store_message, store_messages, get_messages, ack_message,
@@ -134,10 +140,12 @@ run(#{port := Port, pool_size := Pool} = Opts) ->
         raw_cases(Ctx),
         match_cases(Ctx),
         add_route_cases(Ctx),
+        limiter_cases(Ctx),
         DsRows,
         unix_cases(Ctx, Redis)
     ]),
     Backup = backup_bench(Ctx),
+    Accuracy = limiter_accuracy(Ctx),
     Control = control_case(Ctx),
     report(Ctx, #{
         backup => Backup,
@@ -148,6 +156,7 @@ run(#{port := Port, pool_size := Pool} = Opts) ->
         ceilings => Ceilings,
         memory => Memory,
         ds => Ds,
+        limiter_accuracy => Accuracy,
         rows => [with_ceiling(R, Ceilings) || R <- Rows],
         control => Control,
         events => sysmon_events(maps:get(sysmon, Ctx))
@@ -628,6 +637,75 @@ rss(VmPid) ->
     {ok, Status} = file:read_file("/proc/" ++ VmPid ++ "/status"),
     {match, [Kb]} = re:run(Status, <<"VmRSS:\\s+([0-9]+) kB">>, [{capture, all_but_first, list}]),
     list_to_integer(Kb) * 1024.
+
+%% Rate limit checks: one key that every worker checks, or 100,000 keys
+%% the workers cycle through; each without and with local batches (of 100).
+%% The limits are too high to refuse: checks are measured, not refusals.
+limiter_cases(Ctx) ->
+    Limit = #{rate => 1000000000, burst => 1000000000},
+    ok = emqx_redis_limiter:define(<<"bench">>, Limit),
+    ok = emqx_redis_limiter:define(<<"bench_batch">>, Limit#{batch => 100}),
+    Step = fun(Name, KeyOf) ->
+        fun(W, N) ->
+            Key = KeyOf(W, N),
+            Call = fun() ->
+                case emqx_redis_limiter:check(Name, Key, 1) of
+                    {ok, _} -> ok;
+                    Other -> {error, Other}
+                end
+            end,
+            {Call, N + 1}
+        end
+    end,
+    OneKey = fun(_W, _N) -> <<"one">> end,
+    ManyKeys = fun(W, N) -> integer_to_binary((W * 7919 + N) rem ?LIMITER_KEYS) end,
+    Init = fun(_W) -> 0 end,
+    lists:append([
+        run_cases(Ctx, limiter_1key, 1, Init, Step(<<"bench">>, OneKey)),
+        run_cases(Ctx, limiter_100k, 1, Init, Step(<<"bench">>, ManyKeys)),
+        run_cases(Ctx, limiter_batch_1key, 1, Init, Step(<<"bench_batch">>, OneKey)),
+        run_cases(Ctx, limiter_batch_100k, 1, Init, Step(<<"bench_batch">>, ManyKeys))
+    ]).
+
+%% 3 VMs (OTP peers) of 4 processes each offer 10 checks per token of one
+%% key's rate for 10 s: what they admitted against what one bucket allows
+%% in that time (burst + rate x time, on Redis's clock), without and with
+%% local batches (of 20).
+limiter_accuracy(#{port := Port} = Ctx) ->
+    case selected(Ctx, limiter_accuracy) of
+        false ->
+            undefined;
+        true ->
+            Addr = iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]),
+            Peers = phase(Ctx, limiter_peers, fun() ->
+                limiter_test_peer:start(?ACCURACY_VMS, #{redis => #{servers => Addr}})
+            end),
+            try
+                [phase(Ctx, {limiter_accuracy, Batch}, fun() -> accuracy(Peers, Batch) end) || Batch <- [0, 20]]
+            after
+                limiter_test_peer:stop(Peers)
+            end
+    end.
+
+accuracy(Peers, Batch) ->
+    Name = iolist_to_binary(["accuracy_", integer_to_list(Batch)]),
+    Limit = #{rate => ?ACCURACY_RATE, burst => ?ACCURACY_RATE, batch => Batch},
+    [ok = peer:call(Peer, emqx_redis_limiter, define, [Name, Limit]) || Peer <- Peers],
+    Offered = 10 * ?ACCURACY_RATE div ?ACCURACY_VMS,
+    T0 = redis_ms(),
+    %% The VMs start together 200 ms from now: the bucket is full then.
+    {Admitted, Limited} = limiter_test_peer:hammer(Peers, {Name, <<"hot">>, 4, Offered, ?ACCURACY_MS}),
+    Ms = redis_ms() - T0 - 200,
+    Allowed = ?ACCURACY_RATE + ?ACCURACY_RATE * Ms div 1000,
+    Row = #{batch => Batch, admitted => Admitted, limited => Limited, allowed => Allowed, ms => Ms},
+    progress("limiter accuracy, batch ~b: admitted ~b of ~b allowed (~.1f%), ~b limited, in ~b ms", [
+        Batch, Admitted, Allowed, 100 * Admitted / Allowed, Limited, Ms
+    ]),
+    Row.
+
+redis_ms() ->
+    {ok, [Secs, Micros]} = emqx_redis_storage:q([<<"TIME">>]),
+    binary_to_integer(Secs) * 1000 + binary_to_integer(Micros) div 1000.
 
 %% Wildcard filters, half `bench/J/+/#', half `bench/+/J/#'; the topic
 %% `bench/J/J/data' matches exactly the one filter of J.
@@ -1149,6 +1227,7 @@ markdown(Ctx, Run) ->
         memory_md(Run),
         backup_md(Run),
         ds_md(Run),
+        limiter_md(Run),
         long_schedule_md(Run),
         targets_md(Run)
     ].
@@ -1229,6 +1308,27 @@ backup_md(#{backup := #{sessions := S, messages := N, backup := B, restore := R}
                       [fmt_int(S), fmt_int(N)]),
         table(["", "keys", "MiB", "s", "keys/s", "MiB/s", "VM RSS MiB"], [Row("backup", B), Row("restore", R)]),
         "\n"
+    ].
+
+limiter_md(#{limiter_accuracy := undefined}) ->
+    "";
+limiter_md(#{limiter_accuracy := Rows}) ->
+    [
+        "## Rate limit accuracy\n\n",
+        io_lib:format(
+            "~b VMs (OTP peers) of 4 processes each check one key of a limiter of rate ~b/s and burst ~b "
+            "for ~s s, offering 10 checks per token. allowed: burst + rate x time (Redis's clock). "
+            "Bound: admitted <= allowed over the run; within any window, at most one batch per VM more.\n\n",
+            [?ACCURACY_VMS, ?ACCURACY_RATE, ?ACCURACY_RATE, fmt_s(?ACCURACY_MS)]
+        ),
+        table(
+            ["batch", "admitted", "allowed", "admitted/allowed", "limited", "ms"],
+            [
+                [integer_to_list(B), fmt_int(A), fmt_int(Al), io_lib:format("~.1f%", [100 * A / Al]), fmt_int(L),
+                 integer_to_list(Ms)]
+             || #{batch := B, admitted := A, allowed := Al, limited := L, ms := Ms} <- Rows
+            ]
+        )
     ].
 
 ds_md(#{ds := undefined}) ->

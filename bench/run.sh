@@ -76,8 +76,9 @@ trap 'exit 130' INT TERM
 
 bench_ebin=_build/bench/ebin
 mkdir -p "$bench_ebin" "$BENCH_OUT"
-# test/loopback_port.erl: the free-port rule the tests' servers follow.
-erlc -o "$bench_ebin" bench/emqx_redis_bench.erl test/loopback_port.erl
+# test/loopback_port.erl: the free-port rule the tests' servers follow;
+# test/limiter_test_peer.erl (with test_util): the VMs of the limiter accuracy runs.
+erlc -o "$bench_ebin" bench/emqx_redis_bench.erl test/loopback_port.erl test/limiter_test_peer.erl test/test_util.erl
 
 # A free port below the ephemeral range (never 6379): a port in that range
 # may be taken by an outgoing connection. Another one if it is taken anyway.

@@ -53,14 +53,27 @@ human({routes, #{total := Total, routes := Routes}}) ->
     ];
 human({matches, #{dests := Dests}}) ->
     [[dests([D]), $\n] || D <- Dests];
-human({metrics, #{operations := Ops} = Metrics}) ->
+human({metrics, #{operations := Ops, limiters := Limiters} = Metrics}) ->
     [
-        fields(lists:sort(maps:to_list(maps:remove(operations, Metrics)))),
+        fields(lists:sort(maps:to_list(maps:without([operations, limiters], Metrics)))),
         "\n",
         table(
             ["OPERATION", "CALLS", "ERRORS", "IN FLIGHT", "MEAN US"],
             [operation_row(Name, Op) || {Name, Op} <- lists:sort(maps:to_list(Ops))]
-        )
+        ),
+        case lists:sort(maps:to_list(Limiters)) of
+            [] ->
+                [];
+            Sorted ->
+                [
+                    "\n",
+                    table(
+                        ["LIMITER", "CHECKS", "LIMITED", "ERRORS", "LOCAL"],
+                        [[value(Name), value(C), value(L), value(E), value(Lo)]
+                         || {Name, #{checks := C, limited := L, errors := E, local := Lo}} <- Sorted]
+                    )
+                ]
+        end
     ];
 human({prometheus, Text}) ->
     Text;

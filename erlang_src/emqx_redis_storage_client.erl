@@ -17,8 +17,8 @@
     %% the connect timeout, whatever the command timeout.
     status_timeout :: pos_integer(),
     info :: map(),
-    %% The `persistence' section of the config (TTLs and size limits), and
-    %% the `ds' section under `ds'.
+    %% The `persistence' section of the config (TTLs and size limits), the
+    %% `ds' section under `ds' and the `limiter' section under `limiter'.
     settings :: map()
 }).
 -opaque t() :: #client{}.
@@ -56,6 +56,7 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
             %% The NIF allows two connect attempts; the margin covers scheduling.
             case wait(Start, 2 * ConnectTimeout + 1000) of
                 {ok, Res} ->
+                    define_limiters(Res, maps:get(limiter, Config)),
                     Info = (public_info(Redis))#{
                         key_prefix => KeyPrefix, route_index => maps:get(route_index, Config)
                     },
@@ -64,7 +65,7 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
                         timeout = CommandTimeout,
                         status_timeout = ConnectTimeout + 1000,
                         info = Info,
-                        settings = Settings#{ds => Ds}
+                        settings = Settings#{ds => Ds, limiter => maps:get(limiter, Config)}
                     }};
                 {error, timeout} ->
                     {error, {connection, <<"connect timeout">>}};
@@ -74,6 +75,15 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
         {error, _} = Error ->
             Error
     end.
+
+%% The limiters of the config, on a new client.
+define_limiters(Res, #{limiters := Limiters, on_redis_down := Down}) ->
+    maps:foreach(
+        fun(Name, #{rate := Rate, burst := Burst, batch := Batch}) ->
+            ok = emqx_redis_storage_nif:limiter_define(Res, Name, Rate, Burst, Batch, Down =:= allow)
+        end,
+        Limiters
+    ).
 
 reveal(Fun) when is_function(Fun, 0) -> Fun();
 reveal(Value) -> Value.
@@ -169,8 +179,8 @@ health(#client{status_timeout = Timeout} = Client) ->
 -spec res(t()) -> reference().
 res(#client{res = Res}) -> Res.
 
-%% @doc The `persistence' settings the client was made with, and the `ds'
-%% settings under `ds'.
+%% @doc The `persistence' settings the client was made with, the `ds'
+%% settings under `ds' and the `limiter' settings under `limiter'.
 -spec settings(t()) -> map().
 settings(#client{settings = Settings}) -> Settings.
 
@@ -246,6 +256,9 @@ wait(Start, Timeout) ->
     case Start(Ref) of
         {error, _} = Error ->
             Error;
+        %% Answered at once, without Redis (a limiter's local batch).
+        {ok, _} = Done ->
+            Done;
         Ticket ->
             receive
                 {Ref, Result} -> Result

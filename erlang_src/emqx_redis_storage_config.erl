@@ -8,7 +8,7 @@
 
 -include("emqx_redis_storage.hrl").
 
--export([parse/1, parse_duration/2]).
+-export([parse/1, parse_duration/2, limit/1]).
 
 -type field_type() ::
     {enum, [atom()]}
@@ -21,10 +21,16 @@
     | key_prefix
     | secret
     | server_name
+    | limits
     | {map, schema()}.
 -type schema() :: [{atom(), field_type(), Default :: term()}].
 
 -define(NONE, '$none').
+%% The default of a field that must be given.
+-define(REQUIRED, '$required').
+%% Tokens per second, and in a bucket: a bucket's milli-tokens stay exact
+%% integers in Redis's Lua (below 2^53).
+-define(MAX_TOKENS, 1000000000).
 %% Upper bounds that no real deployment reaches: beyond them a value is a
 %% mistake, and some (a pool of 2^32 connections) would exhaust the VM.
 -define(HOUR_MS, 3600000).
@@ -41,7 +47,27 @@ schema() ->
         {route_index, {enum, [local, redis]}, local},
         {route_shards, {integer, 1, 1024}, 16},
         {route_sync_interval, {duration, ms, ?HOUR_MS}, 5000},
-        {ds, {map, ds_schema()}, #{}}
+        {ds, {map, ds_schema()}, #{}},
+        {limiter, {map, limiter_schema()}, #{}}
+    ].
+
+%% Rate limits (emqx_redis_limiter).
+limiter_schema() ->
+    [
+        %% What a check gets while Redis does not answer it.
+        {on_redis_down, {enum, [allow, deny]}, allow},
+        %% Name => limit (limit_schema/0), defined on every client.
+        {limiters, limits, #{}}
+    ].
+
+limit_schema() ->
+    [
+        %% Tokens per second.
+        {rate, {integer, 1, ?MAX_TOKENS}, ?REQUIRED},
+        %% The most tokens a bucket holds.
+        {burst, {integer, 1, ?MAX_TOKENS}, ?REQUIRED},
+        %% Tokens a node takes ahead for a key and spends locally; 0: none.
+        {batch, {integer, 0, ?MAX_TOKENS}, 0}
     ].
 
 %% Durable messages (emqx_redis_ds).
@@ -217,6 +243,24 @@ alias_server_redis(Redis) ->
             invalid(<<"redis.server">>, <<"given twice">>)
     end.
 
+%% @doc One limiter's definition, `#{rate, burst, batch}', checked as a
+%% `limiter.limiters' entry is.
+-spec limit(term()) -> {ok, map()} | {error, {invalid_config, binary(), binary()}}.
+limit(Limit) ->
+    try
+        {ok, check_limit(<<>>, Limit)}
+    catch
+        throw:{invalid_config, _, _} = Reason -> {error, Reason}
+    end.
+
+check_limit(Path, Limit) ->
+    case check_map(Path, limit_schema(), Limit) of
+        #{batch := Batch, burst := Burst} when Batch > Burst ->
+            invalid(join(Path, batch), <<"at most burst">>);
+        Checked ->
+            Checked
+    end.
+
 -spec check_map(binary(), schema(), term()) -> map().
 check_map(Path, Schema, Map) when is_map(Map) ->
     Known = [Name || {Name, _, _} <- Schema],
@@ -233,6 +277,13 @@ check_map(Path, _Schema, _Other) ->
 
 check_field(Path, {map, Schema}, ?NONE, Default) ->
     check_map(Path, Schema, Default);
+check_field(Path, Type, ?NONE, ?REQUIRED) ->
+    %% What the field takes, from the check of a missing value.
+    try check(Path, Type, ?NONE) of
+        _ -> invalid(Path, <<"required">>)
+    catch
+        throw:{invalid_config, Path, Expected} -> invalid(Path, <<"required: ", Expected/binary>>)
+    end;
 check_field(_Path, _Type, ?NONE, Default) ->
     Default;
 check_field(_Path, _Type, undefined, undefined) ->
@@ -308,8 +359,21 @@ check(Path, server_name, Value) ->
         _ ->
             invalid(Path, <<"a DNS name, or disable">>)
     end;
+check(Path, limits, Limits) when is_map(Limits) ->
+    maps:from_list([
+        {limiter_name(Path, Name), check_limit(join(Path, Name), Limit)}
+     || {Name, Limit} <- maps:to_list(Limits)
+    ]);
+check(Path, limits, _Value) ->
+    invalid(Path, <<"a map of limiter names to #{rate, burst, batch}">>);
 check(Path, {map, Schema}, Value) ->
     check_map(Path, Schema, Value).
+
+limiter_name(Path, Name) ->
+    case text_or_none(Name) of
+        Bin when is_binary(Bin), byte_size(Bin) > 0, byte_size(Bin) =< 255 -> Bin;
+        _ -> invalid(join(Path, Name), <<"a name of 1 to 255 bytes">>)
+    end.
 
 %% Kept behind a fun so the value does not show in crash reports or logs.
 secret(Bin) -> fun() -> Bin end.

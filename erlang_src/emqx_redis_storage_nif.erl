@@ -23,6 +23,7 @@
     node_join/4, node_heartbeat/5, node_view/2, node_leave/4, node_reap_claim/6,
     node_reap_renew/5, node_reap_finish/5, node_reap_step/5
 ]).
+-export([limiter_define/6, limiter_check/5, limiter_reset/4]).
 -export([
     message_store/5, message_get/5, message_ack/4, message_delete/3, message_count/3,
     message_info/3
@@ -194,6 +195,19 @@ message_count(_C, _Ref, _ClientId) -> ?NOT_LOADED.
 
 -spec message_info(reference(), reference(), binary()) -> ticket().
 message_info(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+%% Rate limits. A check answered without Redis returns `{ok, Decision}' at
+%% once (emqx_redis_limiter).
+
+-spec limiter_define(reference(), binary(), pos_integer(), pos_integer(), non_neg_integer(), boolean()) -> ok.
+limiter_define(_C, _Name, _Rate, _Burst, _Batch, _AllowWhenDown) -> ?NOT_LOADED.
+
+-spec limiter_check(reference(), reference(), binary(), binary(), non_neg_integer()) ->
+    ticket() | {ok, non_neg_integer() | {limited, pos_integer()}} | {error, term()}.
+limiter_check(_C, _Ref, _Name, _Key, _Cost) -> ?NOT_LOADED.
+
+-spec limiter_reset(reference(), reference(), binary(), binary()) -> ticket() | {error, term()}.
+limiter_reset(_C, _Ref, _Name, _Key) -> ?NOT_LOADED.
 
 %% Durable messages. Replies: see emqx_redis_ds.
 

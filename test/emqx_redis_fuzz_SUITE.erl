@@ -24,7 +24,7 @@
 -define(PUBLIC, [
     emqx_redis_storage, emqx_redis_session, emqx_redis_message,
     emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli, emqx_redis_ds,
-    emqx_redis_nodes
+    emqx_redis_nodes, emqx_redis_limiter
 ]).
 -define(DEFAULT_CALLS, 20000).
 -define(MAX_FENCE, (1 bsl 53) - 1).
@@ -418,7 +418,8 @@ known_error(_Ctx, Reason) when is_tuple(Reason), tuple_size(Reason) >= 2 ->
         (lists:prefix("invalid_", atom_to_list(Tag)) orelse
             lists:member(Tag, [
                 too_large, batch_too_large, held_by, not_replicated, unsupported_command, bad_command,
-                undecodable, unknown_node, filter_too_wide, held, bad_backup, not_empty, file, redis_version
+                undecodable, unknown_node, filter_too_wide, held, bad_backup, not_empty, file, redis_version,
+                unknown_limiter, limited
             ]));
 known_error(_Ctx, _Reason) ->
     false.
@@ -589,7 +590,13 @@ signatures() ->
         {emqx_redis_nodes, set_rejoin_hook, 1} => [hook],
         {emqx_redis_nodes, membership, 0} => [],
         {emqx_redis_nodes, reap, 2} => [node, incarnation],
-        {emqx_redis_nodes, reap, 3} => [client, node, incarnation]
+        {emqx_redis_nodes, reap, 3} => [client, node, incarnation],
+        {emqx_redis_limiter, define, 2} => [limiter_name, limit_spec],
+        {emqx_redis_limiter, define, 3} => [client, limiter_name, limit_spec],
+        {emqx_redis_limiter, check, 3} => [limiter_name, client_id, cost],
+        {emqx_redis_limiter, check, 4} => [client, limiter_name, client_id, cost],
+        {emqx_redis_limiter, reset, 2} => [limiter_name, client_id],
+        {emqx_redis_limiter, reset, 3} => [client, limiter_name, client_id]
     }.
 
 %% One valid value of a kind, for the deterministic cases.
@@ -620,7 +627,10 @@ valid_example(watch_ref) -> make_ref();
 valid_example(hook) -> undefined;
 valid_example(incarnation) -> 1;
 valid_example(backup_path) -> "never-written.bak";
-valid_example(backup_opts) -> #{}.
+valid_example(backup_opts) -> #{};
+valid_example(limiter_name) -> <<"fz">>;
+valid_example(limit_spec) -> #{rate => 1, burst => 1};
+valid_example(cost) -> 1.
 
 %%--------------------------------------------------------------------
 %% Generators
@@ -702,6 +712,17 @@ gen_valid(_Ctx, hook) ->
     elements([undefined, fun() -> ok end, {erlang, node, []}, {m, f, [a | b]}, fun(_) -> ok end, {m, f}]);
 gen_valid(_Ctx, incarnation) ->
     frequency([{8, integer(0, 50)}, {1, elements([-1, 1 bsl 53, 1 bsl 64, nil])}]);
+gen_valid(_Ctx, limiter_name) ->
+    frequency([{8, elements([<<"fz">>, <<"fz-batch">>, <<"unknown">>])}, {1, elements([<<>>, binary:copy(<<"n">>, 256)])}, {1, binary()}]);
+gen_valid(_Ctx, limit_spec) ->
+    Edge = elements([0, 1, 1000000000, 1000000001, -1, 1 bsl 64]),
+    frequency([
+        {6, ?LET({R, B, N}, {integer(1, 1000), integer(1, 1000), integer(0, 1000)}, #{rate => R, burst => B, batch => N})},
+        {1, ?LET({R, B}, {Edge, Edge}, #{rate => R, burst => B})},
+        {1, elements([#{rate => 1}, #{burst => 1}, #{rate => 1, burst => 1, other => 1}, #{}])}
+    ]);
+gen_valid(_Ctx, cost) ->
+    frequency([{8, integer(0, 20)}, {1, elements([-1, 1000000000, 1000000001, 1 bsl 64, 1.0])}]);
 gen_valid(_Ctx, topic_kind) ->
     elements([name, filter]);
 gen_valid(_Ctx, ds_messages) ->

@@ -2,6 +2,7 @@
 -module(test_util).
 
 -export([wait_until/2, wait_ok/2, chunks/2, pmap/2, project_root/0, run/3, while_busy/3, captured/1]).
+-export([add_log_handler/0, log/2]).
 
 %% @doc Polls until Fun() returns true (an exception counts as false) or
 %% Ms of wall-clock time have passed.
@@ -146,3 +147,21 @@ catch_io(Owner, Acc) ->
         {done, Owner} ->
             Owner ! {caught, lists:append(lists:reverse(Acc))}
     end.
+
+%% @doc A logger handler that sends the library's reports to the calling
+%% process as `{report, Level, Report}'; removed with
+%% `logger:remove_handler(test_util)'.
+-spec add_log_handler() -> ok | {error, term()}.
+add_log_handler() ->
+    logger:add_handler(?MODULE, ?MODULE, #{
+        level => all,
+        filters => [{domain, {fun logger_filters:domain/2, {stop, not_equal, [emqx_redis_storage]}}}],
+        config => #{pid => self()}
+    }).
+
+%% @doc The handler's callback.
+-spec log(logger:log_event(), logger:handler_config()) -> term().
+log(#{level := Level, msg := {report, Report}}, #{config := #{pid := Pid}}) ->
+    Pid ! {report, Level, Report};
+log(_Event, _Config) ->
+    ok.

@@ -3,6 +3,7 @@
 
 mod backup;
 mod ds;
+mod limiter;
 mod log;
 mod message;
 mod nif;
