@@ -165,6 +165,13 @@ counters_follow_the_index_and_are_rebuilt(_Config) ->
     end,
     Rebuilt(fun() -> {ok, 1} = emqx_redis_storage:q([<<"DEL">>, <<"emqx:scount">>]) end),
     Rebuilt(fun() -> {ok, _} = emqx_redis_storage:q([<<"SET">>, <<"emqx:scount">>, <<"garbage">>]) end),
+    Rebuilt(fun() ->
+        {ok, _} = emqx_redis_storage:q([<<"DEL">>, <<"emqx:scount">>, <<"emqx:ssweep">>]),
+        {ok, _} = emqx_redis_storage:q([<<"HSET">>, <<"emqx:scount">>, <<"a">>, <<"b">>]),
+        {ok, _} = emqx_redis_storage:q([<<"SADD">>, <<"emqx:ssweep">>, <<"x">>]),
+        [{ok, _} = emqx_redis_storage:q([<<"EVAL">>, <<"redis.call('DEL', KEYS[1]) return redis.call('RPUSH', KEYS[1], 'x')">>, <<"1">>, K])
+         || K <- lists:sublist(keys(<<"emqx:scnt:*">>), 3)]
+    end),
     %% slot counters gone or wrong (a restore of keys read at different
     %% times): the next sweep sets them from the index
     Rebuilt(fun() ->

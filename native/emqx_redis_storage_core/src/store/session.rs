@@ -202,12 +202,21 @@ async fn live_per_slot(client: &Client, now: i64) -> Result<Vec<u64>> {
 /// entries of every slot and sets each counter from its index), and a
 /// session hash removed outside the library (DEL, eviction) is counted until
 /// `list` meets its entry (checking every hash would cost a read per
-/// session). Counters that are missing or not integers (an upgrade from a
+/// session). Counters that are missing, not integers or of another type (an upgrade from a
 /// build without them, a restore of keys taken at different times, a hand
 /// edit) are rebuilt from the indexes by that sweep.
 pub async fn count(client: &Client) -> Result<u64> {
     let keys = client.keys();
-    let (now, swept, total) = count_state(client, &keys).await?;
+    let (now, swept, total) = match count_state(client, &keys).await {
+        Ok(state) => state,
+        // A counter or the mark of another type: derived data, set again by
+        // the sweep (which overwrites whatever they hold).
+        Err(Error::Corrupt {
+            kind: "session_count",
+            ..
+        }) => (client.now_ms().await?, None, None),
+        Err(e) => return Err(e),
+    };
     match (total, swept) {
         (Some(total), Some(at)) if now - at < SWEEP_INTERVAL_MS => Ok(total),
         _ => sweep(client, &keys, now).await,
