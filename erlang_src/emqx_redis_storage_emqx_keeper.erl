@@ -44,11 +44,9 @@
     mode :: ghost | begun | tracking,
     fence :: non_neg_integer() | undefined,
     track :: emqx_redis_storage_emqx_track:t() | undefined,
-    %% The session handed to EMQX, and the ids of the messages in it.
-    session :: term(),
-    replayed = #{} :: #{binary() => true},
-    %% Messages EMQX routed to the stand-in before the takeover's end.
-    routed = [] :: [tuple()],
+    %% What the takeover's end hands over: the stored messages not in
+    %% flight, the iterators to read on from, the ids read.
+    replay :: {list(), list(), #{binary() => true}} | undefined,
     dirty = false :: boolean(),
     connected = false :: boolean(),
     expiry_ms :: non_neg_integer(),
@@ -139,17 +137,14 @@ handle_continue(resumed, St0) ->
 handle_call({emqx, {takeover, 'begin'}, Caller}, _From, #st{mode = ghost, channel = Caller} = St) ->
     case resume(St) of
         {ok, Session, St1} ->
-            {reply, Session, St1#st{mode = begun, session = Session}};
+            {reply, Session, St1#st{mode = begun}};
         {error, Reason, St1} ->
             Reason =/= not_found andalso log(warning, resume_failed, St, #{reason => Reason}),
             unregister_channel(St),
             {stop, normal, {error, gone}, release(St1)}
     end;
-handle_call({emqx, {takeover, 'end'}, _Caller}, _From, #st{mode = begun, session = Session} = St) ->
-    ok = emqx_session_mem:takeover(Session),
-    %% What EMQX routed to the stand-in meanwhile, less what it replayed.
-    Routed = lists:reverse(St#st.routed, emqx_utils:drain_deliver()),
-    Pending = [D || {deliver, _, Msg} = D <- Routed, not maps:is_key(emqx_message:id(Msg), St#st.replayed)],
+handle_call({emqx, {takeover, 'end'}, _Caller}, _From, #st{mode = begun} = St) ->
+    Pending = hand_over(St),
     unregister_channel(St),
     case St#st.expiry_ms of
         0 ->
@@ -157,8 +152,7 @@ handle_call({emqx, {takeover, 'end'}, _Caller}, _From, #st{mode = begun, session
             {stop, normal, Pending, release(end_session(St))};
         _ ->
             touch(St),
-            St1 = commit(St#st{mode = tracking, session = undefined, replayed = #{}, routed = [], dirty = true}),
-            {reply, Pending, St1}
+            {reply, Pending, commit(St#st{mode = tracking, replay = undefined, dirty = true})}
     end;
 handle_call({emqx, Req, _Caller}, _From, #st{mode = Mode} = St) when Mode =/= tracking ->
     %% kick, discard, or a takeover by another connection: the stand-in goes.
@@ -221,8 +215,6 @@ handle_info({'DOWN', _, process, Channel, Reason}, #st{channel = Channel, mode =
     {stop, normal, release(St)};
 handle_info({'DOWN', _, process, Channel, Reason}, #st{channel = Channel} = St) ->
     {stop, normal, finish(Reason, St)};
-handle_info({deliver, _, _} = Deliver, #st{mode = Mode, routed = Routed} = St) when Mode =/= tracking ->
-    {noreply, St#st{routed = [Deliver | Routed]}};
 handle_info(_Other, St) ->
     {noreply, St}.
 
@@ -256,53 +248,84 @@ load(#st{clientid = ClientId, conninfo = ConnInfo}) ->
         {error, _} = Error -> Error
     end.
 
-%% The session EMQX's own module makes, filled from Redis.
+%% The session EMQX's own module makes, with the stored subscriptions and
+%% the messages that were in flight; the other stored messages go with the
+%% takeover's end (`hand_over/1').
 build(#st{clientid = ClientId, conninfo = ConnInfo, track = Track, opts = Opts} = St) ->
     ClientInfo = #{clientid => ClientId, zone => maps:get(zone, ConnInfo, default)},
     Conf = emqx_session:get_session_conf(ClientInfo),
     Subs = ?TRACK:subs(Track),
     S0 = emqx_session_mem:create(ClientInfo, ConnInfo#{receive_maximum => max_inflight(ConnInfo)}, Conf),
-    S1 = maps:fold(
-        fun(Filter, SubOpts, S) ->
-            {ok, S2} = emqx_session_mem:subscribe(Filter, SubOpts, S),
-            S2
-        end,
-        S0,
-        Subs
-    ),
+    S1 = with_subscriptions(Subs, S0),
     From = max(0, ?TRACK:since(Track) - maps:get(clock_skew, Opts)),
-    case read(maps:keys(Subs), From, maps:get(max_replay, Opts)) of
-        {ok, Read} ->
+    Durable = [F || F <- maps:keys(Subs), emqx_redis_storage_emqx:durable_filter(F)],
+    case read(Durable, From, maps:get(max_replay, Opts)) of
+        {ok, Read, Its} ->
             {Inflight, Queue} = ?TRACK:classify(Read, Track),
-            Upgrade = maps:get(upgrade_qos, Conf),
-            Enrich = fun(Filter, Msg) -> emqx_session:enrich_message(ClientInfo, Msg, maps:get(Filter, Subs), Upgrade) end,
-            {S3, Sent} = lists:foldl(
+            Enrich = fun(Filter, Msg) ->
+                emqx_session:enrich_message(ClientInfo, Msg, maps:get(Filter, Subs), maps:get(upgrade_qos, Conf))
+            end,
+            {S2, Sent} = lists:foldl(
                 fun({Pkt, Phase, Filter, Msg}, {S, Acc}) -> put_inflight(ClientInfo, Pkt, Phase, Enrich(Filter, Msg), S, Acc) end,
                 {S1, []},
                 Inflight
             ),
-            S4 = set_next_pkt(?TRACK:next_pkt(Track), S3),
-            Queued = lists:flatten([Enrich(F, M) || {F, M} <- Queue]),
-            S5 = emqx_session_mem:enqueue(ClientInfo, Queued, S4),
+            S3 = set_field(next_pkt_id, ?TRACK:next_pkt(Track), S2),
             %% The track as EMQX's session has it now.
             Stored = (?TRACK:to_stored(Track))#{
                 inflight => lists:reverse(Sent),
-                next_pkt => emqx_session_mem:info(next_pkt_id, S5)
+                next_pkt => emqx_session_mem:info(next_pkt_id, S3)
             },
             {ok, Track1} = ?TRACK:from_stored(Stored, max_inflight(ConnInfo)),
-            Ids = maps:from_list([{emqx_message:id(M), true} || {_, _, _, M} <- Inflight] ++ [{emqx_message:id(M), true} || {_, M} <- Queue]),
-            {ok, S5, St#st{track = Track1, replayed = Ids}};
+            Seen = maps:from_list([{Id, true} || {_, Id, _, _} <- Read]),
+            {ok, S3, St#st{track = Track1, replay = {Queue, Its, Seen}}};
         {error, Reason} ->
             {error, Reason, St}
     end.
 
+%% The stored subscriptions, in the session only: the new channel
+%% subscribes to them when EMQX resumes the session there (a stand-in of
+%% its own would be one more subscriber for EMQX to route to and drop).
+with_subscriptions(Subs, S) ->
+    case set_field(subscriptions, Subs, S) of
+        S ->
+            %% A session record of another shape: through EMQX's API.
+            maps:fold(
+                fun(Filter, SubOpts, S0) ->
+                    {ok, S1} = emqx_session_mem:subscribe(Filter, SubOpts, S0),
+                    ok = emqx_broker:unsubscribe(Filter),
+                    S1
+                end,
+                S,
+                Subs
+            );
+        S1 ->
+            S1
+    end.
+
+%% What goes with the takeover's end, for EMQX to deliver as what a
+%% session had pending: the stored messages not in flight, and those
+%% stored since the session was built, read now that the new channel
+%% subscribed (what is stored later reaches it live). EMQX leaves out of
+%% its own mailbox what it gets here (by message id).
+hand_over(#st{replay = {Queue, Its, Seen}, opts = #{max_replay := Max}} = St) ->
+    Later =
+        case catch_up(Its, Max) of
+            {ok, Read} ->
+                [{F, M} || {F, Id, _, M} <- Read, not maps:is_key(Id, Seen)];
+            {error, Reason} ->
+                log(warning, resume_catch_up_failed, St, #{reason => Reason}),
+                []
+        end,
+    [{deliver, F, M} || {F, M} <- Queue ++ Later].
+
 %% A message in flight under its packet id: EMQX's session numbers what it
-%% sends with its next packet id, so that is set first (checked: a session
-%% record of another shape is left as it is, and the message gets a new id).
+%% sends with its next packet id, so that is set first (a session record
+%% of another shape is left as it is, and the message gets a new id).
 put_inflight(_ClientInfo, _Pkt, _Phase, [], S, Acc) ->
     {S, Acc};
 put_inflight(ClientInfo, Pkt, Phase, Msg, S0, Acc) ->
-    S = set_next_pkt(Pkt, S0),
+    S = set_field(next_pkt_id, Pkt, S0),
     Used = emqx_session_mem:info(next_pkt_id, S),
     case emqx_session_mem:deliver(ClientInfo, [Msg], S) of
         {ok, [{Used, _}], S1} ->
@@ -319,59 +342,82 @@ put_inflight(ClientInfo, Pkt, Phase, Msg, S0, Acc) ->
             {S1, Acc}
     end.
 
-set_next_pkt(undefined, S) ->
+%% Sets a field of EMQX's session record that `emqx_session_mem:info/2'
+%% reads back; where it is, is found once by trying every position with
+%% a probe value. A record of another shape: `S' unchanged.
+set_field(_Key, undefined, S) ->
     S;
-set_next_pkt(Pkt, S) ->
-    case next_pkt_field(S) of
+set_field(Key, Value, S) ->
+    case field(Key, S) of
         undefined -> S;
-        N -> setelement(N, S, Pkt)
+        N -> setelement(N, S, Value)
     end.
 
-%% Where EMQX's session record keeps its next packet id, found by trying.
-next_pkt_field(S) ->
-    case persistent_term:get({?MODULE, next_pkt_field}, unknown) of
+field(Key, S) ->
+    case persistent_term:get({?MODULE, field, Key}, unknown) of
         unknown ->
-            Probe = 65534,
-            Found = [N || N <- lists:seq(2, tuple_size(S)), is_integer(element(N, S)),
-                          emqx_session_mem:info(next_pkt_id, setelement(N, S, Probe)) =:= Probe],
+            Probe = probe(Key),
+            Found = [N || N <- lists:seq(2, tuple_size(S)), probe_reads(Key, setelement(N, S, Probe), Probe)],
             Field = case Found of [N] -> N; _ -> undefined end,
-            persistent_term:put({?MODULE, next_pkt_field}, Field),
+            persistent_term:put({?MODULE, field, Key}, Field),
             Field;
         Field ->
             Field
     end.
 
+probe(next_pkt_id) -> 65534;
+probe(subscriptions) -> #{<<"$probe">> => #{qos => 0}}.
+
+probe_reads(Key, S, Probe) ->
+    try emqx_session_mem:info(Key, S) =:= Probe
+    catch _:_ -> false
+    end.
+
 %% Every stored message the filters match from `From' on, in the order to
-%% replay: by timestamp, and stream order among equals.
+%% replay (by timestamp, and stream order among equals), and the iterators
+%% where the reading stopped.
 read(Filters, From, Max) ->
-    Durable = [F || F <- Filters, emqx_redis_storage_emqx:durable_filter(F)],
     try
-        Read = lists:reverse(lists:foldl(fun(Filter, Acc) -> read_filter(Filter, From, Max, Acc) end, [], Durable)),
-        Indexed = lists:zip(lists:seq(1, length(Read)), Read),
-        {ok, [R || {_, _, R} <- lists:sort([{Ts, I, R} || {I, {_, _, Ts, _} = R} <- Indexed])]}
+        Its = lists:append([
+            [{Filter, ok(emqx_redis_ds:make_iterator(Stream, Filter, From))}
+             || Stream <- ok(emqx_redis_ds:get_streams(Filter, From))]
+         || Filter <- Filters
+        ]),
+        read_all(Its, Max)
     catch
         throw:{error, _} = Error -> Error
     end.
 
-read_filter(Filter, From, Max, Acc) ->
-    Streams = ok(emqx_redis_ds:get_streams(Filter, From)),
-    lists:foldl(
-        fun(Stream, Acc1) -> read_stream(ok(emqx_redis_ds:make_iterator(Stream, Filter, From)), Filter, Max, Acc1) end,
-        Acc,
-        Streams
-    ).
+catch_up(Its, Max) ->
+    try read_all(Its, Max) of
+        {ok, Read, _} -> {ok, Read}
+    catch
+        throw:{error, _} = Error -> Error
+    end.
 
-read_stream(_It, _Filter, Max, Acc) when length(Acc) >= Max ->
-    Acc;
+read_all(Its, Max) ->
+    {Read, Ends} = lists:foldl(
+        fun({Filter, It}, {Acc, Ends}) ->
+            {Acc1, It1} = read_stream(It, Filter, Max, Acc),
+            {Acc1, [{Filter, It1} | Ends]}
+        end,
+        {[], []},
+        Its
+    ),
+    Indexed = lists:zip(lists:seq(1, length(Read)), lists:reverse(Read)),
+    {ok, [R || {_, _, R} <- lists:sort([{Ts, I, R} || {I, {_, _, Ts, _} = R} <- Indexed])], lists:reverse(Ends)}.
+
+read_stream(It, _Filter, Max, Acc) when length(Acc) >= Max ->
+    {Acc, It};
 read_stream(It, Filter, Max, Acc) ->
     case emqx_redis_ds:next(It, 1000) of
-        {ok, _, []} ->
-            Acc;
+        {ok, It1, []} ->
+            {Acc, It1};
         {ok, It1, Maps} ->
             Msgs = [{Filter, Id, Ts, emqx_message:from_map(M)} || #{id := Id, timestamp := Ts} = M <- Maps],
             read_stream(It1, Filter, Max, lists:reverse(Msgs, Acc));
         {ok, end_of_stream} ->
-            Acc;
+            {Acc, It};
         {error, _} = Error ->
             throw(Error)
     end.
