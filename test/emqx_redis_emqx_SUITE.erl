@@ -18,6 +18,9 @@
 %% Needs an EMQX 5.x build: EMQX_ROOT names a directory with lib/<app>/ebin
 %% (emqx compiled with TEST, emqtt, and their dependencies). Without it the
 %% suite is skipped with a line that says so.
+%%
+%% EMQX_REDIS_ADAPTER=off runs the same cases on stock EMQX (the adapter not
+%% loaded): the baseline, where the cases that need the adapter fail.
 -module(emqx_redis_emqx_SUITE).
 
 -compile([export_all, nowarn_export_all]).
@@ -77,7 +80,7 @@ init_per_testcase(Case, Config) ->
     Suffix = integer_to_list(erlang:unique_integer([positive])),
     Nodes = emqx_cluster_node:start_cluster(
         ["emqx_a" ++ Suffix, "emqx_b" ++ Suffix],
-        #{epmd_port => ?config(epmd, Config), dir => Dir, adapter => adapter_config(Redis)}
+        maps:merge(#{epmd_port => ?config(epmd, Config), dir => Dir}, adapter(Redis))
     ),
     [{nodes, Nodes} | Config].
 
@@ -91,6 +94,12 @@ end_per_testcase(_Case, Config) ->
     end,
     flush_mailbox(),
     ok.
+
+adapter(Redis) ->
+    case os:getenv("EMQX_REDIS_ADAPTER") of
+        "off" -> #{};
+        _ -> #{adapter => adapter_config(Redis)}
+    end.
 
 adapter_config(Redis) ->
     #{

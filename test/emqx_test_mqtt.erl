@@ -81,7 +81,8 @@ retry(Port, ClientId, Opts, Deadline, Last) ->
 %% @doc The CONNACK's session-present flag.
 -spec session_present(client()) -> boolean().
 session_present(C) ->
-    proplists:get_value(session_present, emqtt:info(C)) =:= true.
+    %% emqtt keeps the CONNACK's flag as it came: 0 or 1.
+    lists:member(proplists:get_value(session_present, emqtt:info(C)), [1, true]).
 
 %% @doc SUBSCRIBE; the granted QoS (or the failure reason code).
 -spec subscribe(client(), binary(), 0..2) -> non_neg_integer().
