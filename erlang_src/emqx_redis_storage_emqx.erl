@@ -1,0 +1,376 @@
+%% @doc The EMQX adapter: a persistent MQTT session survives the death of
+%% its EMQX node. `load/1' on each EMQX 5.x node registers its hooks.
+%%
+%% - Publish (`message.publish', in the publisher's process, before its
+%%   PUBACK/PUBREC): a message that some persistent session's filter
+%%   matches is stored once in a durable stream (`emqx_redis_ds:persist/1').
+%%   QoS 1 and 2 always; QoS 0 as EMQX queues QoS 0 for offline sessions
+%%   (`mqtt.mqueue_store_qos0', default true), unless `persist_qos0' says.
+%% - Each persistent session (Session-Expiry-Interval > 0) has a keeper
+%%   (`emqx_redis_storage_emqx_keeper') that saves what it needs to resume
+%%   in Redis; the hooks below tell it what happens in the channel.
+%% - A client that connects with clean_start=false while no channel of it
+%%   lives in the cluster is resumed from Redis (see the keeper).
+%%
+%% It names EMQX modules only at run time: it compiles and loads without
+%% EMQX, and its functions are never called where EMQX is not running.
+-module(emqx_redis_storage_emqx).
+
+-behaviour(gen_server).
+
+-export([load/1, unload/0, settings/0, durable_filter/1, log/3]).
+-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([
+    on_client_connect/2,
+    on_client_connected/2,
+    on_client_disconnected/3,
+    on_session_created/2,
+    on_session_resumed/2,
+    on_session_subscribed/3,
+    on_session_unsubscribed/3,
+    on_message_publish/1,
+    on_message_delivered/2,
+    on_message_acked/2,
+    on_delivery_completed/2
+]).
+
+-define(KEEPER, emqx_redis_storage_emqx_keeper).
+-define(KEEPERS, emqx_redis_storage_emqx_keepers).
+%% Where the channel process keeps its keeper.
+-define(PD_KEEPER, {?MODULE, keeper}).
+-define(PD_CONN, {?MODULE, conninfo}).
+%% After EMQX's own hooks that stop or rewrite a message (retainer, rules,
+%% delayed publish), before the exhook.
+-define(PRIORITY, 10).
+
+-define(DEFAULTS, #{
+    commit_interval => 200,
+    touch_interval => 10000,
+    lease_ms => 30000,
+    resume_wait => 12000,
+    route_grace => 2000,
+    clock_skew => 1000,
+    max_replay => 100000,
+    max_done => 1000,
+    persist_qos0 => auto
+}).
+
+-type settings() :: #{atom() => term()}.
+
+%% @doc Starts the application with `Config' (less its `emqx' key, the
+%% adapter's settings) unless it runs, and registers the hooks.
+-spec load(map()) -> ok | {error, term()}.
+load(Config) when is_map(Config) ->
+    case {settings(maps:get(emqx, Config, #{})), whereis(emqx_hooks)} of
+        {{error, _} = Error, _} ->
+            Error;
+        {{ok, _}, undefined} ->
+            {error, {emqx_not_running, <<"load the adapter on a node where EMQX runs">>}};
+        {{ok, Settings}, _} ->
+            case persistence_enabled() of
+                true ->
+                    {error, {emqx_session_persistence_enabled, <<"turn EMQX's durable sessions off to use this adapter">>}};
+                false ->
+                    case ensure_started(maps:remove(emqx, Config)) of
+                        ok -> start_server(Settings);
+                        {error, _} = Error -> Error
+                    end
+            end
+    end;
+load(_) ->
+    {error, {invalid_config, <<>>, <<"a map">>}}.
+
+-spec unload() -> ok.
+unload() ->
+    _ = [emqx_hooks:del(Point, {?MODULE, Fun}) || {Point, Fun} <- hooks()],
+    _ = supervisor:terminate_child(emqx_redis_storage_sup, ?MODULE),
+    _ = supervisor:delete_child(emqx_redis_storage_sup, ?MODULE),
+    ok.
+
+-spec settings() -> settings().
+settings() ->
+    persistent_term:get(?MODULE).
+
+%% @doc Whether a subscription's messages are kept for its session: not a
+%% shared subscription's (one member of the group gets each message; EMQX
+%% gives a member's unacknowledged QoS 1 messages to another member when
+%% its session ends).
+-spec durable_filter(term()) -> boolean().
+durable_filter(<<"$share/", _/binary>>) -> false;
+durable_filter(<<"$queue/", _/binary>>) -> false;
+durable_filter(Filter) -> is_binary(Filter).
+
+%%--------------------------------------------------------------------
+%% Settings
+
+settings(Map) when is_map(Map) ->
+    case maps:keys(maps:without(maps:keys(?DEFAULTS), Map)) of
+        [] ->
+            Merged = maps:merge(?DEFAULTS, Map),
+            case [K || K <- maps:keys(Merged), not valid(K, maps:get(K, Merged))] of
+                [] -> {ok, Merged};
+                [Bad | _] -> invalid(Bad, expected(Bad))
+            end;
+        [Unknown | _] ->
+            invalid(Unknown, <<"a known field">>)
+    end;
+settings(_) ->
+    {error, {invalid_config, <<"emqx">>, <<"a map">>}}.
+
+valid(persist_qos0, V) -> V =:= auto orelse is_boolean(V);
+valid(K, V) when K =:= max_replay; K =:= max_done -> is_integer(V) andalso V > 0 andalso V =< 10000000;
+valid(K, V) when K =:= route_grace; K =:= clock_skew -> is_integer(V) andalso V >= 0 andalso V =< 3600000;
+valid(_, V) -> is_integer(V) andalso V > 0 andalso V =< 3600000.
+
+expected(persist_qos0) -> <<"auto, true or false">>;
+expected(K) when K =:= max_replay; K =:= max_done -> <<"an integer from 1 to 10000000">>;
+expected(_) -> <<"milliseconds, an integer up to 3600000">>.
+
+invalid(Key, Expected) ->
+    {error, {invalid_config, <<"emqx.", (atom_to_binary_safe(Key))/binary>>, Expected}}.
+
+atom_to_binary_safe(K) when is_atom(K) -> atom_to_binary(K);
+atom_to_binary_safe(K) -> iolist_to_binary(io_lib:format("~0p", [K])).
+
+persistence_enabled() ->
+    try
+        emqx_persistent_message:is_persistence_enabled()
+    catch
+        error:undef -> false
+    end.
+
+ensure_started(Config) ->
+    case emqx_redis_storage:start(Config) of
+        ok -> ok;
+        {error, already_started} -> ok;
+        {error, _} = Error -> Error
+    end.
+
+start_server(Settings0) ->
+    Settings = Settings0#{persist_qos0 := persist_qos0(maps:get(persist_qos0, Settings0))},
+    persistent_term:put(?MODULE, Settings),
+    Spec = #{id => ?MODULE, start => {?MODULE, start_link, []}},
+    case supervisor:start_child(emqx_redis_storage_sup, Spec) of
+        {ok, _} -> add_hooks();
+        {error, {already_started, _}} -> add_hooks();
+        {error, already_present} -> _ = supervisor:restart_child(emqx_redis_storage_sup, ?MODULE), add_hooks();
+        {error, Reason} -> {error, Reason}
+    end.
+
+persist_qos0(auto) ->
+    try
+        emqx_config:get_zone_conf(default, [mqtt, mqueue_store_qos0])
+    catch
+        _:_ -> true
+    end;
+persist_qos0(Bool) ->
+    Bool.
+
+hooks() ->
+    [
+        {'client.connect', on_client_connect},
+        {'client.connected', on_client_connected},
+        {'client.disconnected', on_client_disconnected},
+        {'session.created', on_session_created},
+        {'session.resumed', on_session_resumed},
+        {'session.subscribed', on_session_subscribed},
+        {'session.unsubscribed', on_session_unsubscribed},
+        {'message.publish', on_message_publish},
+        {'message.delivered', on_message_delivered},
+        {'message.acked', on_message_acked},
+        {'delivery.completed', on_delivery_completed}
+    ].
+
+add_hooks() ->
+    [ok = emqx_hooks:put(Point, {?MODULE, Fun, []}, ?PRIORITY) || {Point, Fun} <- hooks()],
+    ok.
+
+%%--------------------------------------------------------------------
+%% The adapter's process: owns the table of keepers by client id.
+
+-spec start_link() -> {ok, pid()}.
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+-spec init([]) -> {ok, map()}.
+init([]) ->
+    ?KEEPERS = ets:new(?KEEPERS, [named_table, public, set, {write_concurrency, true}, {read_concurrency, true}]),
+    {ok, #{}}.
+
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, ok, map()}.
+handle_call(_Req, _From, State) -> {reply, ok, State}.
+-spec handle_cast(term(), map()) -> {noreply, map()}.
+handle_cast(_Msg, State) -> {noreply, State}.
+-spec handle_info(term(), map()) -> {noreply, map()}.
+handle_info(_Info, State) -> {noreply, State}.
+-spec terminate(term(), map()) -> ok.
+terminate(_Reason, _State) -> ok.
+
+%%--------------------------------------------------------------------
+%% Hooks. They run in the client's channel process; each is guarded: an
+%% error is logged and the channel goes on as on stock EMQX.
+
+-spec on_client_connect(map(), map()) -> {ok, map()}.
+on_client_connect(ConnInfo, Props) ->
+    guard(client_connect, fun() ->
+        erase(?PD_KEEPER),
+        case persistent(ConnInfo) of
+            true ->
+                put(?PD_CONN, ConnInfo),
+                maybe_stand_in(ConnInfo);
+            false ->
+                erase(?PD_CONN)
+        end
+    end),
+    {ok, Props}.
+
+%% Nothing lives for a clean_start=false client in the cluster: a keeper
+%% stands in for its dead channel, so EMQX resumes from Redis.
+maybe_stand_in(#{clean_start := false, clientid := ClientId} = ConnInfo) when is_binary(ClientId), ClientId =/= <<>> ->
+    case emqx_cm:lookup_channels(ClientId) of
+        [] ->
+            case ?KEEPER:start_ghost(ConnInfo, settings()) of
+                {ok, Pid} -> put(?PD_KEEPER, Pid);
+                {error, Reason} -> log(warning, resume_stand_in_failed, #{reason => Reason})
+            end;
+        _ ->
+            ok
+    end;
+maybe_stand_in(_ConnInfo) ->
+    ok.
+
+-spec on_session_created(map(), map()) -> ok.
+on_session_created(ClientInfo, _SessInfo) ->
+    guard(session_created, fun() -> start_tracking(new, ClientInfo) end).
+
+-spec on_session_resumed(map(), map()) -> ok.
+on_session_resumed(ClientInfo, _SessInfo) ->
+    %% Resumed from our stand-in: it tracks the session already.
+    guard(session_resumed, fun() ->
+        case keeper() of
+            undefined -> start_tracking(resumed, ClientInfo);
+            _ -> ok
+        end
+    end).
+
+%% The client id is final here (EMQX assigns one after `client.connect'
+%% to a client that gave none).
+start_tracking(How, #{clientid := ClientId} = ClientInfo) ->
+    case get(?PD_CONN) of
+        undefined ->
+            ok;
+        ConnInfo0 ->
+            ConnInfo = ConnInfo0#{clientid => ClientId, zone => maps:get(zone, ClientInfo, default)},
+            case ?KEEPER:start_tracking(How, ConnInfo, settings()) of
+                {ok, Pid} -> put(?PD_KEEPER, Pid);
+                {error, Reason} -> log(warning, keeper_start_failed, #{reason => Reason})
+            end
+    end.
+
+-spec on_client_connected(map(), map()) -> ok.
+on_client_connected(_ClientInfo, ConnInfo) ->
+    event(fun() -> {connected, ConnInfo} end).
+
+-spec on_client_disconnected(map(), term(), map()) -> ok.
+on_client_disconnected(_ClientInfo, _Reason, ConnInfo) ->
+    event(fun() -> {disconnected, maps:get(expiry_interval, ConnInfo, 0)} end).
+
+-spec on_session_subscribed(map(), term(), map()) -> ok.
+on_session_subscribed(_ClientInfo, Filter, SubOpts) ->
+    sync(fun() -> {subscribed, Filter, SubOpts} end).
+
+-spec on_session_unsubscribed(map(), term(), map()) -> ok.
+on_session_unsubscribed(_ClientInfo, Filter, _SubOpts) ->
+    sync(fun() -> {unsubscribed, Filter} end).
+
+-spec on_message_delivered(map(), Msg) -> {ok, Msg}.
+on_message_delivered(_ClientInfo, Msg) ->
+    event(fun() ->
+        {delivered, emqx_message:id(Msg), emqx_message:qos(Msg), emqx_message:get_flag(dup, Msg),
+            emqx_message:timestamp(Msg)}
+    end),
+    {ok, Msg}.
+
+-spec on_message_acked(map(), term()) -> ok.
+on_message_acked(_ClientInfo, Msg) ->
+    event(fun() -> {acked, emqx_message:id(Msg)} end).
+
+-spec on_delivery_completed(term(), map()) -> ok.
+on_delivery_completed(Msg, _Info) ->
+    event(fun() -> {completed, emqx_message:id(Msg)} end).
+
+%% Stored before the publisher's PUBACK/PUBREC: acknowledged means stored.
+%% Redis trouble is logged and the message goes on as on stock EMQX.
+-spec on_message_publish(Msg) -> {ok, Msg}.
+on_message_publish(Msg) ->
+    guard(message_publish, fun() ->
+        case persistable(Msg) of
+            true ->
+                case emqx_redis_ds:persist([to_map(Msg)]) of
+                    {ok, _} -> ok;
+                    {error, Reason} -> log(warning, message_persist_failed, #{topic => emqx_message:topic(Msg), reason => Reason})
+                end;
+            false ->
+                ok
+        end
+    end),
+    {ok, Msg}.
+
+persistable(Msg) ->
+    (emqx_message:qos(Msg) > 0 orelse maps:get(persist_qos0, settings())) andalso
+        emqx_message:get_header(allow_publish, Msg, true) =/= false andalso
+        not emqx_message:is_sys(Msg).
+
+%% What a stored message keeps: all but the headers other than the MQTT
+%% properties (they hold the publisher's connection details).
+to_map(Msg) ->
+    Map = emqx_message:to_map(Msg),
+    Map#{headers := maps:with([properties], maps:get(headers, Map))}.
+
+persistent(#{expiry_interval := Expiry}) -> is_integer(Expiry) andalso Expiry > 0;
+persistent(_) -> false.
+
+keeper() ->
+    case get(?PD_KEEPER) of
+        Pid when is_pid(Pid) ->
+            case is_process_alive(Pid) of
+                true -> Pid;
+                false -> undefined
+            end;
+        _ ->
+            undefined
+    end.
+
+event(Fun) ->
+    case get(?PD_KEEPER) of
+        Pid when is_pid(Pid) -> guard(event, fun() -> ?KEEPER:event(Pid, Fun()) end);
+        _ -> ok
+    end.
+
+sync(Fun) ->
+    case get(?PD_KEEPER) of
+        Pid when is_pid(Pid) -> guard(sync, fun() -> ?KEEPER:sync(Pid, Fun()) end);
+        _ -> ok
+    end.
+
+guard(What, Fun) ->
+    try
+        _ = Fun(),
+        ok
+    catch
+        Class:Reason:Stack ->
+            log(error, hook_failed, #{hook => What, class => Class, reason => Reason, stacktrace => Stack})
+    end.
+
+%% @doc Logs at most one event of a kind a second: with Redis out of reach
+%% every publish and session would log the same.
+-spec log(logger:level(), atom(), map()) -> ok.
+log(Level, What, Meta) ->
+    Now = erlang:monotonic_time(second),
+    case catch ets:lookup(?KEEPERS, {log, What}) of
+        [{_, Now}] ->
+            ok;
+        _ ->
+            catch ets:insert(?KEEPERS, {{log, What}, Now}),
+            logger:log(Level, Meta#{msg => What}, #{domain => [emqx_redis_storage, emqx]})
+    end.

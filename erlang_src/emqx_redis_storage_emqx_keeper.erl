@@ -1,0 +1,546 @@
+%% @doc One persistent MQTT session's keeper: a process beside the client's
+%% EMQX channel that keeps the session's state in Redis (see
+%% `emqx_redis_storage_emqx_track') and resumes it on a node that never saw it.
+%%
+%% Tracking. The channel's hooks tell the keeper what happens (messages
+%% sent, acknowledged, subscriptions, connects); the keeper saves the
+%% session under the client's takeover lease, with its fence, every
+%% `commit_interval' while something changed and every `touch_interval'
+%% while connected (the session then outlives its channel by its expiry
+%% interval), and once more when the channel ends. Subscriptions are saved
+%% before the hook returns (before the SUBACK).
+%%
+%% Resuming. When a client connects with clean_start=false and no channel
+%% of it lives in the cluster (its node died), the keeper starts first, as a
+%% stand-in for the dead channel: it registers as the client's channel with
+%% EMQX, so EMQX's own takeover asks it for the session. It then takes the
+%% lease, reads the stored session and every stored message after its
+%% position, and hands EMQX a session built with EMQX's own session module:
+%% the subscriptions, the messages in flight with their packet ids (EMQX
+%% resends them with the dup flag, and PUBREL for those past PUBREC), the
+%% others queued. The client gets session-present = 1. After the takeover the
+%% keeper tracks the new channel. Nothing to resume: the call fails the way a
+%% channel that died meanwhile fails, and EMQX makes a new session.
+-module(emqx_redis_storage_emqx_keeper).
+
+-behaviour(gen_server).
+
+-export([start_ghost/2, start_tracking/3, call/3, event/2, sync/2]).
+-export([init/1, handle_continue/2, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-define(TRACK, emqx_redis_storage_emqx_track).
+-define(KEEPERS, emqx_redis_storage_emqx_keepers).
+-define(SYNC_TIMEOUT, 15000).
+%% MQTT's Receive Maximum when a client gives none.
+-define(DEFAULT_INFLIGHT, 32).
+
+-record(st, {
+    clientid :: binary(),
+    channel :: pid(),
+    opts :: map(),
+    conninfo :: map(),
+    %% ghost: registered with EMQX, waiting for the takeover; begun: handed
+    %% the session, waiting for its end; tracking.
+    mode :: ghost | begun | tracking,
+    fence :: non_neg_integer() | undefined,
+    track :: emqx_redis_storage_emqx_track:t() | undefined,
+    %% The session handed to EMQX, and the ids of the messages in it.
+    session :: term(),
+    replayed = #{} :: #{binary() => true},
+    %% Messages EMQX routed to the stand-in before the takeover's end.
+    routed = [] :: [tuple()],
+    dirty = false :: boolean(),
+    connected = false :: boolean(),
+    expiry_ms :: non_neg_integer(),
+    disconnected_at :: integer() | undefined,
+    ended = false :: boolean(),
+    commit_timer :: reference() | undefined
+}).
+
+%%--------------------------------------------------------------------
+%% Called in the client's channel process (hooks)
+
+%% @doc Starts a stand-in for the client's dead channel, registered with
+%% EMQX as its channel; EMQX takes the session over from it.
+-spec start_ghost(map(), map()) -> {ok, pid()} | {error, term()}.
+start_ghost(ConnInfo, Opts) ->
+    gen_server:start(?MODULE, {ghost, self(), ConnInfo, Opts}, []).
+
+%% @doc Starts tracking a session EMQX made (`new') or took over live from
+%% another channel (`resumed').
+-spec start_tracking(new | resumed, map(), map()) -> {ok, pid()} | {error, term()}.
+start_tracking(How, ConnInfo, Opts) ->
+    gen_server:start(?MODULE, {How, self(), ConnInfo, Opts}, []).
+
+%% @doc EMQX's channel interface (`conn_mod:call/3'), which EMQX's takeover
+%% uses on the stand-in. Runs in the caller.
+-spec call(pid(), term(), timeout()) -> term().
+call(Pid, Req, Timeout) ->
+    case gen_server:call(Pid, {emqx, Req, self()}, Timeout) of
+        %% Not for this caller, or nothing to resume: as if the channel had
+        %% gone (EMQX then makes a new session).
+        {error, gone} -> exit(noproc);
+        Reply -> Reply
+    end.
+
+-spec event(pid(), term()) -> ok.
+event(Pid, Event) ->
+    gen_server:cast(Pid, Event).
+
+%% @doc A change the keeper saves before answering (subscriptions).
+-spec sync(pid(), term()) -> ok | {error, term()}.
+sync(Pid, Request) ->
+    try
+        gen_server:call(Pid, Request, ?SYNC_TIMEOUT)
+    catch
+        exit:{Reason, _} -> {error, Reason}
+    end.
+
+%%--------------------------------------------------------------------
+
+-spec init({ghost | new | resumed, pid(), map(), map()}) -> {ok, #st{}} | {ok, #st{}, {continue, new | resumed}}.
+init({Mode, Channel, ConnInfo, Opts}) ->
+    #{clientid := ClientId, expiry_interval := Expiry} = ConnInfo,
+    erlang:monitor(process, Channel),
+    St = #st{
+        clientid = ClientId,
+        channel = Channel,
+        opts = Opts,
+        conninfo = ConnInfo,
+        mode = tracking,
+        expiry_ms = Expiry
+    },
+    case Mode of
+        ghost ->
+            ok = emqx_cm:register_channel(ClientId, self(), #{conn_mod => ?MODULE}),
+            {ok, St#st{mode = ghost}};
+        _ ->
+            {ok, St, {continue, Mode}}
+    end.
+
+-spec handle_continue(new | resumed, #st{}) -> {noreply, #st{}}.
+handle_continue(new, St0) ->
+    St = lease(St0),
+    touch(St),
+    wipe(St),
+    {noreply, St#st{track = ?TRACK:new(now_ms(), max_inflight(St#st.conninfo))}};
+handle_continue(resumed, St0) ->
+    St = lease(St0),
+    touch(St),
+    Track =
+        case load(St) of
+            {ok, T} -> T;
+            _ -> ?TRACK:new(now_ms(), max_inflight(St#st.conninfo))
+        end,
+    {noreply, St#st{track = Track}}.
+
+%% The stand-in, asked by EMQX's takeover in the client's new channel.
+-spec handle_call(term(), gen_server:from(), #st{}) -> {reply, term(), #st{}} | {stop, normal, term(), #st{}}.
+handle_call({emqx, {takeover, 'begin'}, Caller}, _From, #st{mode = ghost, channel = Caller} = St) ->
+    case resume(St) of
+        {ok, Session, St1} ->
+            {reply, Session, St1#st{mode = begun, session = Session}};
+        {error, Reason} ->
+            Reason =/= not_found andalso log(warning, resume_failed, St, #{reason => Reason}),
+            unregister_channel(St),
+            {stop, normal, {error, gone}, St}
+    end;
+handle_call({emqx, {takeover, 'end'}, _Caller}, _From, #st{mode = begun, session = Session} = St) ->
+    ok = emqx_session_mem:takeover(Session),
+    %% What EMQX routed to the stand-in meanwhile, less what it replayed.
+    Routed = lists:reverse(St#st.routed, emqx_utils:drain_deliver()),
+    Pending = [D || {deliver, _, Msg} = D <- Routed, not maps:is_key(emqx_message:id(Msg), St#st.replayed)],
+    unregister_channel(St),
+    touch(St),
+    St1 = commit(St#st{mode = tracking, session = undefined, replayed = #{}, routed = [], dirty = true}),
+    {reply, Pending, St1};
+handle_call({emqx, Req, _Caller}, _From, #st{mode = Mode} = St) when Mode =/= tracking ->
+    %% kick, discard, or a takeover by another connection: the stand-in goes.
+    Reply =
+        case Req of
+            {takeover, _} -> {error, gone};
+            _ -> ok
+        end,
+    unregister_channel(St),
+    {stop, normal, Reply, St};
+handle_call({subscribed, Filter, SubOpts}, _From, #st{track = Track} = St) ->
+    Reply = durable(subscribe, Filter, St),
+    St1 = save(St#st{track = ?TRACK:subscribe(Filter, maps:remove(is_new, SubOpts), Track)}),
+    {reply, Reply, St1};
+handle_call({unsubscribed, Filter}, _From, #st{track = Track} = St) ->
+    Reply = durable(unsubscribe, Filter, St),
+    St1 = save(St#st{track = ?TRACK:unsubscribe(Filter, Track)}),
+    {reply, Reply, St1};
+handle_call(_Other, _From, St) ->
+    {reply, {error, unknown_call}, St}.
+
+-spec handle_cast(term(), #st{}) -> {noreply, #st{}}.
+handle_cast(_Event, #st{track = undefined} = St) ->
+    {noreply, St};
+handle_cast({delivered, Id, QoS, Dup, Ts}, #st{track = T} = St) ->
+    {noreply, changed(St#st{track = ?TRACK:delivered(Id, QoS, Dup, Ts, T)})};
+handle_cast({acked, Id}, #st{track = T} = St) ->
+    {noreply, changed(St#st{track = ?TRACK:acked(Id, T)})};
+handle_cast({completed, Id}, #st{track = T} = St) ->
+    {noreply, changed(St#st{track = ?TRACK:completed(Id, T)})};
+handle_cast({connected, ConnInfo}, #st{track = T} = St) ->
+    St1 = St#st{
+        conninfo = ConnInfo,
+        expiry_ms = maps:get(expiry_interval, ConnInfo),
+        connected = true,
+        disconnected_at = undefined,
+        track = ?TRACK:connected(max_inflight(ConnInfo), T)
+    },
+    {noreply, save(St1)};
+handle_cast({disconnected, 0}, St) ->
+    %% MQTT 5: the client ended its session with its DISCONNECT.
+    {noreply, end_session(St#st{expiry_ms = 0})};
+handle_cast({disconnected, Expiry}, #st{track = T} = St) ->
+    St1 = St#st{expiry_ms = Expiry, connected = false, disconnected_at = now_ms(), track = ?TRACK:disconnected(T)},
+    {noreply, save(St1)};
+handle_cast(_Other, St) ->
+    {noreply, St}.
+
+-spec handle_info(term(), #st{}) -> {noreply, #st{}} | {stop, normal, #st{}}.
+handle_info(commit, St) ->
+    {noreply, commit(St#st{commit_timer = undefined})};
+handle_info(touch, St) ->
+    touch(St),
+    {noreply, save_if(St#st.connected orelse St#st.dirty, touch_lease(St))};
+handle_info({'DOWN', _, process, Channel, Reason}, #st{channel = Channel, mode = Mode} = St) when Mode =/= tracking ->
+    %% The connection went before taking the session over (e.g. it failed
+    %% authentication): nothing to keep.
+    _ = Reason,
+    unregister_channel(St),
+    {stop, normal, St};
+handle_info({'DOWN', _, process, Channel, Reason}, #st{channel = Channel} = St) ->
+    {stop, normal, finish(Reason, St)};
+handle_info({deliver, _, _} = Deliver, #st{mode = Mode, routed = Routed} = St) when Mode =/= tracking ->
+    {noreply, St#st{routed = [Deliver | Routed]}};
+handle_info(_Other, St) ->
+    {noreply, St}.
+
+-spec terminate(term(), #st{}) -> ok.
+terminate(_Reason, #st{clientid = ClientId}) ->
+    catch ets:delete_object(?KEEPERS, {ClientId, self()}),
+    ok.
+
+%%--------------------------------------------------------------------
+%% Resuming
+
+resume(#st{clientid = ClientId} = St0) ->
+    case emqx_redis_session:load_session(ClientId) of
+        {ok, _} ->
+            St = lease(St0),
+            case St#st.fence of
+                undefined ->
+                    {error, lease_not_taken};
+                _ ->
+                    case load(St) of
+                        {ok, Track} -> build(St#st{track = Track});
+                        {error, _} = Error -> Error
+                    end
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+load(#st{clientid = ClientId, conninfo = ConnInfo}) ->
+    case emqx_redis_session:load_session(ClientId) of
+        {ok, Stored} -> ?TRACK:from_stored(Stored, max_inflight(ConnInfo));
+        {error, _} = Error -> Error
+    end.
+
+%% The session EMQX's own module makes, filled from Redis.
+build(#st{clientid = ClientId, conninfo = ConnInfo, track = Track, opts = Opts} = St) ->
+    ClientInfo = #{clientid => ClientId, zone => maps:get(zone, ConnInfo, default)},
+    Conf = emqx_session:get_session_conf(ClientInfo),
+    Subs = ?TRACK:subs(Track),
+    S0 = emqx_session_mem:create(ClientInfo, ConnInfo#{receive_maximum => max_inflight(ConnInfo)}, Conf),
+    S1 = maps:fold(
+        fun(Filter, SubOpts, S) ->
+            {ok, S2} = emqx_session_mem:subscribe(Filter, SubOpts, S),
+            S2
+        end,
+        S0,
+        Subs
+    ),
+    From = max(0, ?TRACK:since(Track) - maps:get(clock_skew, Opts)),
+    case read(maps:keys(Subs), From, maps:get(max_replay, Opts)) of
+        {ok, Read} ->
+            {Inflight, Queue} = ?TRACK:classify(Read, Track),
+            Upgrade = maps:get(upgrade_qos, Conf),
+            Enrich = fun(Filter, Msg) -> emqx_session:enrich_message(ClientInfo, Msg, maps:get(Filter, Subs), Upgrade) end,
+            {S3, Sent} = lists:foldl(
+                fun({Pkt, Phase, Filter, Msg}, {S, Acc}) -> put_inflight(ClientInfo, Pkt, Phase, Enrich(Filter, Msg), S, Acc) end,
+                {S1, []},
+                Inflight
+            ),
+            S4 = set_next_pkt(?TRACK:next_pkt(Track), S3),
+            Queued = lists:flatten([Enrich(F, M) || {F, M} <- Queue]),
+            S5 = emqx_session_mem:enqueue(ClientInfo, Queued, S4),
+            %% The track as EMQX's session has it now.
+            Stored = (?TRACK:to_stored(Track))#{
+                inflight => lists:reverse(Sent),
+                next_pkt => emqx_session_mem:info(next_pkt_id, S5)
+            },
+            {ok, Track1} = ?TRACK:from_stored(Stored, max_inflight(ConnInfo)),
+            Ids = maps:from_list([{emqx_message:id(M), true} || {_, _, _, M} <- Inflight] ++ [{emqx_message:id(M), true} || {_, M} <- Queue]),
+            {ok, S5, St#st{track = Track1, replayed = Ids}};
+        {error, _} = Error ->
+            Error
+    end.
+
+%% A message in flight under its packet id: EMQX's session numbers what it
+%% sends with its next packet id, so that is set first (checked: a session
+%% record of another shape is left as it is, and the message gets a new id).
+put_inflight(_ClientInfo, _Pkt, _Phase, [], S, Acc) ->
+    {S, Acc};
+put_inflight(ClientInfo, Pkt, Phase, Msg, S0, Acc) ->
+    S = set_next_pkt(Pkt, S0),
+    Used = emqx_session_mem:info(next_pkt_id, S),
+    case emqx_session_mem:deliver(ClientInfo, [Msg], S) of
+        {ok, [{Used, _}], S1} ->
+            Entry = {emqx_message:id(Msg), Used, Phase, emqx_message:timestamp(Msg), emqx_message:qos(Msg)},
+            case Phase of
+                wait_comp ->
+                    {ok, _, S2} = emqx_session_mem:pubrec(Used, S1),
+                    {S2, [Entry | Acc]};
+                wait_ack ->
+                    {S1, [Entry | Acc]}
+            end;
+        {ok, _, S1} ->
+            %% Sent at QoS 0 (its subscription's), or queued (window full).
+            {S1, Acc}
+    end.
+
+set_next_pkt(undefined, S) ->
+    S;
+set_next_pkt(Pkt, S) ->
+    case next_pkt_field(S) of
+        undefined -> S;
+        N -> setelement(N, S, Pkt)
+    end.
+
+%% Where EMQX's session record keeps its next packet id, found by trying.
+next_pkt_field(S) ->
+    case persistent_term:get({?MODULE, next_pkt_field}, unknown) of
+        unknown ->
+            Probe = 65534,
+            Found = [N || N <- lists:seq(2, tuple_size(S)), is_integer(element(N, S)),
+                          emqx_session_mem:info(next_pkt_id, setelement(N, S, Probe)) =:= Probe],
+            Field = case Found of [N] -> N; _ -> undefined end,
+            persistent_term:put({?MODULE, next_pkt_field}, Field),
+            Field;
+        Field ->
+            Field
+    end.
+
+%% Every stored message the filters match from `From' on, in the order to
+%% replay: by timestamp, and stream order among equals.
+read(Filters, From, Max) ->
+    Durable = [F || F <- Filters, emqx_redis_storage_emqx:durable_filter(F)],
+    try
+        Read = lists:reverse(lists:foldl(fun(Filter, Acc) -> read_filter(Filter, From, Max, Acc) end, [], Durable)),
+        Indexed = lists:zip(lists:seq(1, length(Read)), Read),
+        {ok, [R || {_, _, R} <- lists:sort([{Ts, I, R} || {I, {_, _, Ts, _} = R} <- Indexed])]}
+    catch
+        throw:{error, _} = Error -> Error
+    end.
+
+read_filter(Filter, From, Max, Acc) ->
+    Streams = ok(emqx_redis_ds:get_streams(Filter, From)),
+    lists:foldl(
+        fun(Stream, Acc1) -> read_stream(ok(emqx_redis_ds:make_iterator(Stream, Filter, From)), Filter, Max, Acc1) end,
+        Acc,
+        Streams
+    ).
+
+read_stream(_It, _Filter, Max, Acc) when length(Acc) >= Max ->
+    Acc;
+read_stream(It, Filter, Max, Acc) ->
+    case emqx_redis_ds:next(It, 1000) of
+        {ok, _, []} ->
+            Acc;
+        {ok, It1, Maps} ->
+            Msgs = [{Filter, Id, Ts, emqx_message:from_map(M)} || #{id := Id, timestamp := Ts} = M <- Maps],
+            read_stream(It1, Filter, Max, lists:reverse(Msgs, Acc));
+        {ok, end_of_stream} ->
+            Acc;
+        {error, _} = Error ->
+            throw(Error)
+    end.
+
+ok({ok, Value}) -> Value;
+ok({error, _} = Error) -> throw(Error).
+
+%%--------------------------------------------------------------------
+%% Tracking
+
+changed(#st{dirty = true} = St) ->
+    St;
+changed(#st{opts = #{commit_interval := Interval}} = St) ->
+    St#st{dirty = true, commit_timer = erlang:send_after(Interval, self(), commit)}.
+
+commit(#st{dirty = false} = St) ->
+    St;
+commit(St) ->
+    save(St).
+
+save_if(true, St) -> save(St);
+save_if(false, St) -> St.
+
+%% Saves the session under the lease's fence; without the lease nothing is
+%% saved (it is tried again at the next touch).
+save(#st{ended = true} = St) ->
+    St;
+save(#st{fence = undefined} = St) ->
+    St#st{dirty = true};
+save(#st{clientid = ClientId, track = Track, fence = Fence, opts = Opts} = St) ->
+    Track1 = ?TRACK:advance(now_ms(), Opts, Track),
+    Ttl = ttl_s(St),
+    case emqx_redis_session:save_session(ClientId, ?TRACK:to_stored(Track1), #{ttl => Ttl, fence => Fence}) of
+        ok ->
+            St#st{track = Track1, dirty = false};
+        {error, stale_fence} ->
+            %% Another keeper took the session over: this one is done.
+            log(info, session_taken_over, St, #{}),
+            St#st{ended = true, fence = undefined};
+        {error, Reason} ->
+            log(warning, session_save_failed, St, #{reason => Reason}),
+            St#st{track = Track1, dirty = true}
+    end.
+
+ttl_s(#st{connected = false, disconnected_at = At, expiry_ms = Expiry, opts = #{touch_interval := Touch}}) when
+    is_integer(At)
+->
+    ?TRACK:ttl_s(Expiry, At, Touch, now_ms());
+ttl_s(#st{expiry_ms = Expiry, opts = #{touch_interval := Touch}}) ->
+    ?TRACK:ttl_s(Expiry, false, Touch, now_ms()).
+
+touch(#st{opts = #{touch_interval := Touch}}) ->
+    erlang:send_after(Touch, self(), touch).
+
+touch_lease(#st{fence = undefined, ended = false, opts = Opts} = St) ->
+    (lease(St#st{opts = Opts#{resume_wait => 0}}))#st{opts = Opts};
+touch_lease(#st{fence = Fence, clientid = ClientId, opts = #{lease_ms := LeaseMs}, ended = false} = St) ->
+    case emqx_redis_session:renew_lease(ClientId, Fence, LeaseMs) of
+        ok ->
+            St;
+        {error, Reason} ->
+            log(warning, lease_renew_failed, St, #{reason => Reason}),
+            St
+    end;
+touch_lease(St) ->
+    St.
+
+%% Takes the client's takeover lease, after any keeper of the client on
+%% this node has ended (it saves its last state first), waiting up to
+%% `resume_wait' for a holder on another node to let it go (or, if that
+%% node died, for its reap).
+lease(#st{clientid = ClientId, opts = #{resume_wait := Wait, lease_ms := LeaseMs}} = St) ->
+    Deadline = erlang:monotonic_time(millisecond) + Wait,
+    wait_predecessor(ClientId, Deadline),
+    true = ets:insert(?KEEPERS, {ClientId, self()}),
+    St#st{fence = acquire(ClientId, LeaseMs, Deadline, St)}.
+
+wait_predecessor(ClientId, Deadline) ->
+    case ets:lookup(?KEEPERS, ClientId) of
+        [{_, Pid}] when Pid =/= self() ->
+            Ref = erlang:monitor(process, Pid),
+            receive
+                {'DOWN', Ref, process, Pid, _} -> ok
+            after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
+                erlang:demonitor(Ref, [flush])
+            end;
+        _ ->
+            ok
+    end.
+
+%% Only a holder is waited for: with Redis out of reach the keeper goes on
+%% at once without the lease (and saves nothing until a touch gets it).
+acquire(ClientId, LeaseMs, Deadline, St) ->
+    case emqx_redis_session:acquire_lease(ClientId, node(), LeaseMs) of
+        {ok, Fence} ->
+            Fence;
+        {error, {held_by, _} = Reason} ->
+            case erlang:monotonic_time(millisecond) < Deadline of
+                true ->
+                    timer:sleep(100),
+                    acquire(ClientId, LeaseMs, Deadline, St);
+                false ->
+                    log(warning, lease_not_taken, St, #{reason => Reason}),
+                    undefined
+            end;
+        {error, Reason} ->
+            log(warning, lease_not_taken, St, #{reason => Reason}),
+            undefined
+    end.
+
+%% The channel ended: the session lives on for its expiry interval from
+%% the client's disconnect (or from now), unless it was ended for good.
+finish(Reason, St) ->
+    Ends = lists:member(Reason, [{shutdown, expired}, {shutdown, discarded}, {shutdown, kicked}, discarded, kicked]),
+    St1 =
+        case Ends orelse St#st.expiry_ms =:= 0 of
+            true -> end_session(St);
+            false when St#st.connected -> save(St#st{connected = false, disconnected_at = now_ms()});
+            false -> save(St)
+        end,
+    release(St1).
+
+%% The session is over: its stored state and durable filters go.
+end_session(#st{ended = true} = St) ->
+    St;
+end_session(#st{fence = undefined} = St) ->
+    St#st{ended = true};
+end_session(St) ->
+    wipe(St),
+    St#st{ended = true}.
+
+wipe(#st{fence = undefined}) ->
+    ok;
+wipe(#st{clientid = ClientId} = St) ->
+    _ = [durable(unsubscribe, F, St) || F <- case emqx_redis_ds:subscriptions(ClientId) of {ok, Fs} -> Fs; _ -> [] end],
+    case emqx_redis_session:delete_session(ClientId) of
+        ok -> ok;
+        {error, Reason} -> log(warning, session_delete_failed, St, #{reason => Reason})
+    end.
+
+release(#st{fence = undefined} = St) ->
+    St;
+release(#st{clientid = ClientId, fence = Fence} = St) ->
+    _ = emqx_redis_session:release_lease(ClientId, Fence),
+    St#st{fence = undefined}.
+
+%% Makes a filter durable (or not): a shared subscription's messages go to
+%% one member of its group, and are not kept for this session.
+durable(Op, Filter, #st{clientid = ClientId} = St) ->
+    case emqx_redis_storage_emqx:durable_filter(Filter) of
+        false ->
+            ok;
+        true ->
+            case emqx_redis_ds:Op(ClientId, Filter) of
+                ok ->
+                    ok;
+                {error, Reason} = Error ->
+                    log(warning, durable_filter_failed, St, #{filter => Filter, op => Op, reason => Reason}),
+                    Error
+            end
+    end.
+
+unregister_channel(#st{clientid = ClientId}) ->
+    _ = emqx_cm:unregister_channel(ClientId),
+    ok.
+
+max_inflight(ConnInfo) ->
+    case maps:get(receive_maximum, ConnInfo, ?DEFAULT_INFLIGHT) of
+        N when is_integer(N), N > 0 -> N;
+        _ -> ?DEFAULT_INFLIGHT
+    end.
+
+now_ms() ->
+    erlang:system_time(millisecond).
+
+log(Level, What, #st{clientid = ClientId}, Meta) ->
+    emqx_redis_storage_emqx:log(Level, What, Meta#{clientid => ClientId}).
