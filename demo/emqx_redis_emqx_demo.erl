@@ -284,6 +284,7 @@ report(Opts, Subs, Acked, Expected, Results, Killed) ->
         duplicates => Sum(duplicates),
         dup_unacked => Sum(dup_unacked),
         dup_acked => Sum(dup_acked),
+        dup_acked_max_age => lists:max([0 | [maps:get(dup_acked_max_age, X) || X <- PerSub]]),
         unexpected => Sum(unexpected),
         resume_failed => length(Failed),
         last_resumed_s => LastResumed,
@@ -300,7 +301,8 @@ sub_report(Expected, #{got := Got0, acked := AckedAt}, Killed) ->
     %% before the kill should not have come again (modulo a PUBACK still on
     %% its way when A died); one never acknowledged before it is expected.
     DupKeys = Keys -- Distinct,
-    DupAcked = length([K || K <- DupKeys, maps:get(K, AckedAt, infinity) < Killed]),
+    AckedAges = [Killed - maps:get(K, AckedAt) || K <- DupKeys, maps:get(K, AckedAt, infinity) < Killed],
+    DupAcked = length(AckedAges),
     #{
         expected => length(ExpectedSet),
         received => length(ordsets:intersection(Distinct, ExpectedSet)),
@@ -309,7 +311,8 @@ sub_report(Expected, #{got := Got0, acked := AckedAt}, Killed) ->
         order_violations => order_violations(Distinct, Keys),
         duplicates => Dups,
         dup_acked => DupAcked,
-        dup_unacked => Dups - DupAcked
+        dup_unacked => Dups - DupAcked,
+        dup_acked_max_age => lists:max([0 | AckedAges])
     }.
 
 %% First copies only: per publisher (one topic each), a sequence number
@@ -340,8 +343,8 @@ print(R) ->
         {"received (goal: all)", integer_to_list(maps:get(received, R))},
         {"missing", integer_to_list(maps:get(missing, R))},
         {"order violations (per publisher+topic)", integer_to_list(maps:get(order_violations, R))},
-        {"duplicates", io_lib:format("~b (unacked at the kill: ~b, acked before it: ~b)",
-            [maps:get(duplicates, R), maps:get(dup_unacked, R), maps:get(dup_acked, R)])},
+        {"duplicates", io_lib:format("~b (unacked at the kill: ~b, acked before it: ~b, those at most ~b ms before)",
+            [maps:get(duplicates, R), maps:get(dup_unacked, R), maps:get(dup_acked, R), maps:get(dup_acked_max_age, R)])},
         {"received but never published", integer_to_list(maps:get(unexpected, R))},
         {"subscribers that could not reconnect", integer_to_list(maps:get(resume_failed, R))},
         {"seconds from kill to last subscriber resumed", case maps:get(last_resumed_s, R) of
