@@ -33,7 +33,7 @@
 ]).
 
 %% Peer side
--export([peer_prepare/3, peer_start_emqx/2, peer_join_and_start_emqx/3, peer_cluster_view/0]).
+-export([peer_prepare/3, peer_start_emqx/2, peer_join_and_start_emqx/3, peer_cluster_view/0, peer_log_to/1]).
 
 -type handle() :: #{
     name := string(),
@@ -130,7 +130,9 @@ epmd_alive(Port) ->
 %% directory for the nodes' work dirs), `adapter' (the config for
 %% `emqx_redis_storage_emqx:load/1', loaded on each node once all are up;
 %% absent: not loaded), `emqx_conf' (extra EMQX config, a map merged into
-%% the listeners config). Stops what it started if any step fails.
+%% the listeners config), `log_dir' (each node's warnings and errors, and
+%% everything emqx_redis_storage logs, go to `<log_dir>/<name>.log', kept
+%% after the node stopped). Stops what it started if any step fails.
 -spec start_cluster([string()], map()) -> [handle()].
 start_cluster(Names, #{epmd_port := _, dir := _} = Opts) ->
     Ports = [{Name, ports()} || Name <- Names],
@@ -156,6 +158,12 @@ start_cluster(Names, #{epmd_port := _, dir := _} = Opts) ->
             ok = call(H, ?MODULE, peer_join_and_start_emqx, [maps:get(mqtt_port, H), emqx_conf(Opts), nodename(Seed)])
          || H <- Others
         ],
+        case maps:find(log_dir, Opts) of
+            {ok, LogDir} ->
+                [ok = call(H, ?MODULE, peer_log_to, [filename:join(LogDir, maps:get(name, H) ++ ".log")]) || H <- Started];
+            error ->
+                ok
+        end,
         All = lists:sort([nodename(H) || H <- Started]),
         ok = test_util:wait_until(
             fun() -> lists:all(fun(H) -> lists:sort(call(H, mria, running_nodes, [])) =:= All end, Started) end,
@@ -357,6 +365,45 @@ peer_join_and_start_emqx(Port, Extra, Seed) ->
     ok = emqx_common_test_helpers:start_ekka(),
     ok = ekka:join(Seed),
     peer_start_emqx(Port, Extra).
+
+%% @doc A log file for what an operator would look at: warnings and worse
+%% from anyone, and all of emqx_redis_storage's own log (domain
+%% [emqx_redis_storage | _]). The primary level is lowered to let the
+%% latter through; EMQX's console handler keeps its own level.
+-spec peer_log_to(file:filename()) -> ok.
+peer_log_to(File) ->
+    ok = filelib:ensure_dir(File),
+    Ours = fun(#{meta := #{domain := [emqx_redis_storage | _]}} = E, _) -> E; (_, _) -> ignore end,
+    Severe = fun(#{level := L} = E, _) ->
+        case logger:compare_levels(L, warning) of
+            lt -> ignore;
+            _ -> E
+        end
+    end,
+    Either = fun(E, X) ->
+        case Ours(E, X) of
+            ignore -> Severe(E, X);
+            Ev -> Ev
+        end
+    end,
+    ok = logger:add_handler(?MODULE, logger_std_h, #{
+        level => all,
+        %% Not buffered: a node killed with SIGKILL keeps its last lines.
+        config => #{file => File, modes => [append, raw], filesync_repeat_interval => 100},
+        filter_default => stop,
+        filters => [{ours_or_severe, {Either, []}}],
+        formatter => {logger_formatter, #{single_line => true, template => [time, " ", level, " ", msg, " ", mfa, "\n"]}}
+    }),
+    %% Handlers other than ours keep their own levels.
+    [ok = logger:set_handler_config(Id, level, notice) || Id <- logger:get_handler_ids(), Id =/= ?MODULE, level_all(Id)],
+    ok = logger:set_primary_config(level, info),
+    ok.
+
+level_all(Id) ->
+    case logger:get_handler_config(Id) of
+        {ok, #{level := all}} -> true;
+        _ -> false
+    end.
 
 -spec peer_cluster_view() -> [node()].
 peer_cluster_view() ->

@@ -52,7 +52,12 @@ all() ->
         live_takeover_delivers_each_message_once,
         redis_down_clients_are_served_as_without_adapter,
         qos2_offline_messages_after_node_killed,
-        qos2_unacked_messages_come_again_with_dup
+        qos2_unacked_messages_come_again_with_dup,
+        mqtt311_persistent_session_survives_node_kill,
+        unsubscribed_filter_is_not_resumed_and_subscription_qos_is_kept,
+        session_survives_two_node_kills,
+        shared_subscription_delivers_once_per_group,
+        redis_back_sessions_persist_again
     ].
 
 suite() ->
@@ -78,9 +83,10 @@ init_per_testcase(Case, Config) ->
     "OK" = redis_test_server:cmd(Redis, ["FLUSHALL"]),
     Dir = filename:join([redis_test_server:tmp_root(), "emqx_nodes", atom_to_list(Case)]),
     Suffix = integer_to_list(erlang:unique_integer([positive])),
+    Names = [Name ++ Suffix || Name <- lists:sublist(["emqx_a", "emqx_b", "emqx_c"], node_count(Case))],
     Nodes = emqx_cluster_node:start_cluster(
-        ["emqx_a" ++ Suffix, "emqx_b" ++ Suffix],
-        maps:merge(#{epmd_port => ?config(epmd, Config), dir => Dir}, adapter(Redis))
+        Names,
+        maps:merge(#{epmd_port => ?config(epmd, Config), dir => Dir, log_dir => ?config(priv_dir, Config)}, adapter(Redis))
     ),
     [{nodes, Nodes} | Config].
 
@@ -94,6 +100,9 @@ end_per_testcase(_Case, Config) ->
     end,
     flush_mailbox(),
     ok.
+
+node_count(session_survives_two_node_kills) -> 3;
+node_count(_) -> 2.
 
 adapter(Redis) ->
     case os:getenv("EMQX_REDIS_ADAPTER") of
@@ -360,6 +369,141 @@ qos2_unacked_messages_come_again_with_dup(Config) ->
     Got = emqx_test_mqtt:receive_messages(S2, length(Unacked), ?RECEIVE_TIMEOUT) ++
         emqx_test_mqtt:receive_none(S2, ?QUIET),
     ?assertEqual([{P, 2, true} || P <- Unacked], [{P, Q, D} || #{payload := P, qos := Q, dup := D} <- Got]),
+    ok = emqx_test_mqtt:disconnect(S2).
+
+%% MQTT 3.1.1, clean_session=0 (the session expiry is EMQX's
+%% mqtt.session_expiry_interval, 2 h by default): resumed on B as in (a).
+mqtt311_persistent_session_survives_node_kill(Config) ->
+    [A, B] = ?config(nodes, Config),
+    Id = <<"sub-v4">>,
+    Topic = <<"t/v4">>,
+    V4 = #{proto_ver => v4, expiry => 0},
+    {ok, S1} = emqx_test_mqtt:connect(emqx_cluster_node:mqtt_port(A), Id, V4#{clean_start => true}),
+    1 = emqx_test_mqtt:subscribe(S1, Topic, 1),
+    ok = emqx_test_mqtt:disconnect(S1),
+    %% clean_session=1 ends the session: reconnect with 0 to make it persistent.
+    {ok, S2} = emqx_test_mqtt:connect(emqx_cluster_node:mqtt_port(A), Id, V4#{clean_start => false}),
+    1 = emqx_test_mqtt:subscribe(S2, Topic, 1),
+    ok = emqx_test_mqtt:disconnect(S2),
+    wait_route(B, Topic, A),
+    Before = payloads(1, 10),
+    ok = publish_acked(B, Topic, Before, 1),
+    kill_and_wait(A, B),
+    {ok, S3} = emqx_test_mqtt:connect_retry(
+        emqx_cluster_node:mqtt_port(B), Id, V4#{clean_start => false}, ?RECONNECT_TIMEOUT
+    ),
+    Got = emqx_test_mqtt:receive_messages(S3, 10, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S3, ?QUIET),
+    ?assertEqual([{P, 1} || P <- Before], [{P, Q} || #{payload := P, qos := Q} <- Got]),
+    ok = emqx_test_mqtt:disconnect(S3).
+
+%% What the session had when its node died is what comes back: an
+%% unsubscribed filter stays gone, a subscription's QoS caps delivery
+%% (QoS 2 published, QoS 1 subscribed: QoS 1 delivered).
+unsubscribed_filter_is_not_resumed_and_subscription_qos_is_kept(Config) ->
+    [A, B] = ?config(nodes, Config),
+    Id = <<"sub-unsub">>,
+    S1 = subscribe_persistent(A, Id, [{<<"t/keep">>, 1}, {<<"t/drop">>, 1}]),
+    {ok, _, _} = emqtt:unsubscribe(S1, <<"t/drop">>),
+    ok = emqx_test_mqtt:disconnect(S1),
+    wait_route(B, <<"t/keep">>, A),
+    ?assertEqual(ok, test_util:wait_until(
+        fun() -> not emqx_cluster_node:call(B, emqx_router, has_route, [<<"t/drop">>, emqx_cluster_node:nodename(A)]) end,
+        30000
+    )),
+    ok = publish_acked(B, <<"t/keep">>, payloads(1, 3), 2),
+    ok = publish_acked(B, <<"t/drop">>, payloads(1, 3), 1),
+    kill_and_wait(A, B),
+    ok = publish_acked(B, <<"t/keep">>, payloads(4, 5), 2),
+    ok = publish_acked(B, <<"t/drop">>, payloads(4, 5), 1),
+    {ok, S2} = reconnect(B, Id),
+    Got = emqx_test_mqtt:receive_messages(S2, 5, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET),
+    ?assertEqual([{<<"t/keep">>, P, 1} || P <- payloads(1, 5)], [{T, P, Q} || #{topic := T, payload := P, qos := Q} <- Got]),
+    ok = emqx_test_mqtt:disconnect(S2).
+
+%% Three nodes: the session is resumed on B after A died, then on C after
+%% B died; nothing acknowledged to the publisher is lost on the way.
+session_survives_two_node_kills(Config) ->
+    [A, B, C] = ?config(nodes, Config),
+    Id = <<"sub-twice">>,
+    Topic = <<"t/twice">>,
+    S1 = subscribe_persistent(A, Id, [{Topic, 1}]),
+    ok = emqx_test_mqtt:disconnect(S1),
+    wait_route(C, Topic, A),
+    ok = publish_acked(C, Topic, payloads(1, 5), 1),
+    kill_and_wait(A, C),
+    {ok, S2} = reconnect(B, Id),
+    Got1 = emqx_test_mqtt:receive_messages(S2, 5, ?RECEIVE_TIMEOUT),
+    ?assertEqual(payloads(1, 5), [P || #{payload := P} <- Got1]),
+    ok = emqx_test_mqtt:disconnect(S2),
+    wait_route(C, Topic, B),
+    ok = publish_acked(C, Topic, payloads(6, 10), 1),
+    kill_and_wait(B, C),
+    ok = publish_acked(C, Topic, payloads(11, 12), 1),
+    {ok, S3} = reconnect(C, Id),
+    Got2 = emqx_test_mqtt:receive_messages(S3, 7, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S3, ?QUIET),
+    ?assertEqual(payloads(6, 12), [P || #{payload := P} <- Got2]),
+    ok = emqx_test_mqtt:disconnect(S3).
+
+%% A shared subscription with the adapter loaded: each message goes to one
+%% member of the group, once, as on stock EMQX.
+shared_subscription_delivers_once_per_group(Config) ->
+    [A, B] = ?config(nodes, Config),
+    Filter = <<"$share/g/t/shared">>,
+    M1 = subscribe_persistent(A, <<"member-1">>, [{Filter, 1}]),
+    M2 = subscribe_persistent(B, <<"member-2">>, [{Filter, 1}]),
+    ?assertEqual(ok, test_util:wait_until(
+        fun() ->
+            length(emqx_cluster_node:call(B, emqx_shared_sub, subscribers, [<<"g">>, <<"t/shared">>])) =:= 2
+        end,
+        30000
+    )),
+    Sent = payloads(1, 20),
+    ok = publish_acked(B, <<"t/shared">>, Sent, 1),
+    Got = emqx_test_mqtt:receive_messages(M1, 20, ?QUIET) ++ emqx_test_mqtt:receive_messages(M2, 20, ?QUIET),
+    ?assertEqual(lists:sort(Sent), lists:sort([P || #{payload := P} <- Got])),
+    ok = emqx_test_mqtt:disconnect(M1),
+    ok = emqx_test_mqtt:disconnect(M2).
+
+%% Redis goes down and comes back (empty): persistent sessions made after
+%% that are kept in Redis again and survive a node kill.
+redis_back_sessions_persist_again(Config) ->
+    [A, B] = ?config(nodes, Config),
+    Redis = ?config(redis, Config),
+    ok = redis_test_server:kill(Redis),
+    {ok, S0} = emqx_test_mqtt:connect(emqx_cluster_node:mqtt_port(A), <<"sub-while-down">>, #{}),
+    0 = emqx_test_mqtt:subscribe(S0, <<"t/down">>, 0),
+    ok = emqx_test_mqtt:disconnect(S0),
+    ok = redis_test_server:restart(Redis),
+    Id = <<"sub-after-redis">>,
+    Topic = <<"t/after-redis">>,
+    %% Once both nodes are connected again (breaker closed) and members
+    %% again (a restarted Redis lost the membership: each node finds it at
+    %% its next heartbeat and joins again), sessions are kept.
+    Both = lists:sort([emqx_cluster_node:nodename(N) || N <- [A, B]]),
+    ?assertEqual(ok, test_util:wait_until(
+        fun() ->
+            lists:all(
+                fun(N) ->
+                    maps:get(healthy, emqx_cluster_node:call(N, emqx_redis_storage, status, [])) andalso
+                        case emqx_cluster_node:call(N, emqx_redis_nodes, live_nodes, []) of
+                            {ok, Live} -> lists:sort(Live) =:= Both;
+                            {error, _} -> false
+                        end
+                end,
+                [A, B]
+            )
+        end,
+        60000
+    )),
+    Sent = payloads(1, 5),
+    S1 = subscribe_persistent(A, Id, [{Topic, 1}]),
+    ok = emqx_test_mqtt:disconnect(S1),
+    wait_route(B, Topic, A),
+    ok = publish_acked(B, Topic, Sent, 1),
+    kill_and_wait(A, B),
+    {ok, S2} = reconnect(B, Id),
+    Got = emqx_test_mqtt:receive_messages(S2, 5, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET),
+    ?assertEqual(Sent, [P || #{payload := P} <- Got]),
     ok = emqx_test_mqtt:disconnect(S2).
 
 %%--------------------------------------------------------------------
