@@ -215,17 +215,16 @@ on_client_connect(ConnInfo, Props) ->
     guard(client_connect, fun() ->
         erase(?PD_KEEPER),
         case persistent(ConnInfo) of
-            true ->
-                put(?PD_CONN, ConnInfo),
-                maybe_stand_in(ConnInfo);
-            false ->
-                erase(?PD_CONN)
-        end
+            true -> put(?PD_CONN, ConnInfo);
+            false -> erase(?PD_CONN)
+        end,
+        maybe_stand_in(ConnInfo)
     end),
     {ok, Props}.
 
 %% Nothing lives for a clean_start=false client in the cluster: a keeper
-%% stands in for its dead channel, so EMQX resumes from Redis.
+%% stands in for its dead channel, so EMQX resumes from Redis (also for a
+%% connection with expiry 0: the session is resumed, and ends with it).
 maybe_stand_in(#{clean_start := false, clientid := ClientId} = ConnInfo) when is_binary(ClientId), ClientId =/= <<>> ->
     case emqx_cm:lookup_channels(ClientId) of
         [] ->

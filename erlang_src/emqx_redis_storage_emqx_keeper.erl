@@ -140,10 +140,10 @@ handle_call({emqx, {takeover, 'begin'}, Caller}, _From, #st{mode = ghost, channe
     case resume(St) of
         {ok, Session, St1} ->
             {reply, Session, St1#st{mode = begun, session = Session}};
-        {error, Reason} ->
+        {error, Reason, St1} ->
             Reason =/= not_found andalso log(warning, resume_failed, St, #{reason => Reason}),
             unregister_channel(St),
-            {stop, normal, {error, gone}, St}
+            {stop, normal, {error, gone}, release(St1)}
     end;
 handle_call({emqx, {takeover, 'end'}, _Caller}, _From, #st{mode = begun, session = Session} = St) ->
     ok = emqx_session_mem:takeover(Session),
@@ -151,9 +151,15 @@ handle_call({emqx, {takeover, 'end'}, _Caller}, _From, #st{mode = begun, session
     Routed = lists:reverse(St#st.routed, emqx_utils:drain_deliver()),
     Pending = [D || {deliver, _, Msg} = D <- Routed, not maps:is_key(emqx_message:id(Msg), St#st.replayed)],
     unregister_channel(St),
-    touch(St),
-    St1 = commit(St#st{mode = tracking, session = undefined, replayed = #{}, routed = [], dirty = true}),
-    {reply, Pending, St1};
+    case St#st.expiry_ms of
+        0 ->
+            %% Resumed by a connection whose session ends with it.
+            {stop, normal, Pending, release(end_session(St))};
+        _ ->
+            touch(St),
+            St1 = commit(St#st{mode = tracking, session = undefined, replayed = #{}, routed = [], dirty = true}),
+            {reply, Pending, St1}
+    end;
 handle_call({emqx, Req, _Caller}, _From, #st{mode = Mode} = St) when Mode =/= tracking ->
     %% kick, discard, or a takeover by another connection: the stand-in goes.
     Reply =
@@ -212,7 +218,7 @@ handle_info({'DOWN', _, process, Channel, Reason}, #st{channel = Channel, mode =
     %% authentication): nothing to keep.
     _ = Reason,
     unregister_channel(St),
-    {stop, normal, St};
+    {stop, normal, release(St)};
 handle_info({'DOWN', _, process, Channel, Reason}, #st{channel = Channel} = St) ->
     {stop, normal, finish(Reason, St)};
 handle_info({deliver, _, _} = Deliver, #st{mode = Mode, routed = Routed} = St) when Mode =/= tracking ->
@@ -231,18 +237,17 @@ terminate(_Reason, #st{clientid = ClientId}) ->
 resume(#st{clientid = ClientId} = St0) ->
     case emqx_redis_session:load_session(ClientId) of
         {ok, _} ->
-            St = lease(St0),
-            case St#st.fence of
-                undefined ->
-                    {error, lease_not_taken};
-                _ ->
+            case lease(St0) of
+                #st{fence = undefined} = St ->
+                    {error, lease_not_taken, St};
+                St ->
                     case load(St) of
                         {ok, Track} -> build(St#st{track = Track});
-                        {error, _} = Error -> Error
+                        {error, Reason} -> {error, Reason, St}
                     end
             end;
-        {error, _} = Error ->
-            Error
+        {error, Reason} ->
+            {error, Reason, St0}
     end.
 
 load(#st{clientid = ClientId, conninfo = ConnInfo}) ->
@@ -287,8 +292,8 @@ build(#st{clientid = ClientId, conninfo = ConnInfo, track = Track, opts = Opts} 
             {ok, Track1} = ?TRACK:from_stored(Stored, max_inflight(ConnInfo)),
             Ids = maps:from_list([{emqx_message:id(M), true} || {_, _, _, M} <- Inflight] ++ [{emqx_message:id(M), true} || {_, M} <- Queue]),
             {ok, S5, St#st{track = Track1, replayed = Ids}};
-        {error, _} = Error ->
-            Error
+        {error, Reason} ->
+            {error, Reason, St}
     end.
 
 %% A message in flight under its packet id: EMQX's session numbers what it

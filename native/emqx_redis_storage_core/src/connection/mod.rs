@@ -51,6 +51,9 @@ use single::{pool_at, server, NodeConn, Pool};
 use slots::SLOTS;
 use transport::Transport;
 
+/// How many times a call loads its script again after NOSCRIPT.
+const MAX_RELOADS: u32 = 3;
+
 /// A connection to send one command or pipeline on.
 #[derive(Clone)]
 pub enum Conn {
@@ -594,13 +597,18 @@ impl Client {
         args: &[&[u8]],
     ) -> Result<T> {
         let cmd = evalsha(script, keys, args);
-        match self.query(&cmd).await {
-            // Redis restarted, failed over or flushed its scripts: load, retry.
-            Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
-                self.load_script(script).await?;
-                self.query(&cmd).await
+        let mut reloads = 0;
+        loop {
+            match self.query(&cmd).await {
+                // Redis restarted, failed over or flushed its scripts: load,
+                // retry. Again if a Cluster's topology changed in between (the
+                // load went to the masters it knew then).
+                Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") && reloads < MAX_RELOADS => {
+                    reloads += 1;
+                    self.reload_script(script).await?;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -622,13 +630,16 @@ impl Client {
             .cmd("WAIT")
             .arg(wanted)
             .arg(self.backend.config.wait_timeout.as_millis() as u64);
-        let (value, acked): (T, u32) = match self.backend.pipeline(&pipe).await {
-            // A script in a pipeline is not loaded on demand: load, then retry.
-            Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
-                self.reload_script(script).await?;
-                self.backend.pipeline(&pipe).await?
+        let mut reloads = 0;
+        let (value, acked): (T, u32) = loop {
+            match self.backend.pipeline(&pipe).await {
+                // A script in a pipeline is not loaded on demand: load, retry.
+                Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") && reloads < MAX_RELOADS => {
+                    reloads += 1;
+                    self.reload_script(script).await?;
+                }
+                other => break other?,
             }
-            other => other?,
         };
         if acked < wanted {
             return Err(Error::NotReplicated { acked, wanted });
