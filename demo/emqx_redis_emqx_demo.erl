@@ -68,10 +68,25 @@ with_cluster(Redis, Epmd, #{ttl := Ttl} = Opts) ->
     Dir = filename:join(redis_test_server:tmp_root(), "emqx_nodes"),
     say("starting EMQX nodes A and B (clustered, adapter loaded, redis ~s)", [redis_test_server:address(Redis)]),
     Suffix = os:getpid(),
-    Nodes = emqx_cluster_node:start_cluster(
-        ["emqx_demo_a" ++ Suffix, "emqx_demo_b" ++ Suffix],
-        #{epmd_port => Epmd, dir => Dir, adapter => Adapter}
-    ),
+    %% What the nodes print (EMQX's start-up, their console logs) goes to a
+    %% file: the peers' output is written to the group leader of the process
+    %% that started them. Warnings and the adapter's own log: LOG_DIR.
+    LogDir = filename:absname("_build/emqx_demo/logs"),
+    _ = file:del_dir_r(LogDir),
+    ok = filelib:ensure_path(LogDir),
+    {ok, Console} = file:open(filename:join(LogDir, "console.log"), [write]),
+    Leader = group_leader(),
+    group_leader(Console, self()),
+    Nodes =
+        try
+            emqx_cluster_node:start_cluster(
+                ["emqx_demo_a" ++ Suffix, "emqx_demo_b" ++ Suffix],
+                #{epmd_port => Epmd, dir => Dir, adapter => Adapter, log_dir => LogDir}
+            )
+        after
+            group_leader(Leader, self())
+        end,
+    say("nodes' logs in ~s", [LogDir]),
     try
         demo(Nodes, Opts)
     after
