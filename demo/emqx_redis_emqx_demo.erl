@@ -179,7 +179,8 @@ subscriber(Control, PortA, PortB, #{id := Id, filter := Filter, qos := QoS, offl
         client => Client,
         got => [],
         acked => #{},
-        resumed => undefined
+        resumed => undefined,
+        first_after => undefined
     }).
 
 sub_loop(#{client := C, got := Got, acked := Acked} = S) ->
@@ -187,7 +188,12 @@ sub_loop(#{client := C, got := Got, acked := Acked} = S) ->
         {publish, #{client_pid := C, payload := Payload, dup := Dup, packet_id := PId, qos := Q}} ->
             Key = binary_to_term(Payload),
             erlang:send_after(rand:uniform(?ACK_DELAY_MAX), self(), {ack, C, Q, PId, Key}),
-            sub_loop(S#{got := [{Key, Dup, now_ms()} | Got]});
+            First =
+                case maps:get(first_after, S) of
+                    undefined when is_integer(map_get(resumed, S)) -> now_ms();
+                    F -> F
+                end,
+            sub_loop(S#{got := [{Key, Dup, now_ms()} | Got], first_after := First});
         {ack, C, 1, PId, Key} ->
             ok = emqtt:puback(C, PId),
             sub_loop(S#{acked := maps:put(Key, maps:get(Key, Acked, now_ms()), Acked)});
@@ -207,14 +213,14 @@ sub_loop(#{client := C, got := Got, acked := Acked} = S) ->
             case emqx_test_mqtt:connect_retry(maps:get(port_b, S), maps:get(id, S), #{
                 clean_start => false, expiry => ?EXPIRY, auto_ack => never
             }, ?RECONNECT_TIMEOUT) of
-                {ok, C2} -> sub_loop(S#{client := C2, resumed := now_ms()});
+                {ok, C2} -> sub_loop(S#{client := C2, resumed := now_ms(), first_after := undefined});
                 {error, Reason} -> sub_loop(S#{client := undefined, resumed := {failed, Reason}})
             end;
         {count, From} ->
             From ! {count, self(), length(lists:usort([K || {K, _, _} <- Got]))},
             sub_loop(S);
         {results, From} ->
-            From ! {results, self(), maps:with([id, got, acked, resumed], S)},
+            From ! {results, self(), maps:with([id, got, acked, resumed, first_after], S)},
             sub_loop(S);
         stop ->
             catch emqx_test_mqtt:disconnect(C),
@@ -285,7 +291,13 @@ report(Opts, Subs, Acked, Expected, Results, Killed) ->
             [] -> undefined;
             Ts -> (lists:max(Ts) - Killed) / 1000
         end,
+    FirstAfter =
+        case [T || #{first_after := T} <- Results, is_integer(T)] of
+            [] -> undefined;
+            Fs -> (lists:max(Fs) - Killed) / 1000
+        end,
     #{
+        last_first_message_s => FirstAfter,
         subscribers => length(Subs),
         qos2 => length([S || #{qos := 2} = S <- Subs]),
         wildcard => length([S || #{filter := <<"d/+/x">>} = S <- Subs]),
@@ -364,7 +376,11 @@ print(R) ->
         {"subscribers that could not reconnect", integer_to_list(maps:get(resume_failed, R))},
         {"seconds from kill to last subscriber resumed", case maps:get(last_resumed_s, R) of
             undefined -> "-";
-            S -> io_lib:format("~.1f (nodes.ttl ~.1f s)", [S, maps:get(ttl_ms, R) / 1000])
+            S -> io_lib:format("~.1f (CONNACK from B; nodes.ttl ~.1f s)", [S, maps:get(ttl_ms, R) / 1000])
+        end},
+        {"seconds from kill to last subscriber's first message", case maps:get(last_first_message_s, R) of
+            undefined -> "-";
+            S2 -> io_lib:format("~.1f", [S2])
         end}
     ],
     Width = lists:max([length(K) || {K, _} <- Rows]),
