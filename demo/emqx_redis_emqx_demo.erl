@@ -121,12 +121,22 @@ demo([A, B], #{subscribers := NSubs, publishers := NPubs, rate := Rate, duration
     say("B sees A down after ~.1f s", [(now_ms() - Killed) / 1000]),
     Acked = lists:append([receive {published, P, L} -> L after 600000 -> error(publisher_timeout) end || P <- PubPids]),
     say("publishers done: ~b messages acknowledged", [length(Acked)]),
-    Expected = expected(Subs, Acked),
-    drain(SubPids, Expected, now_ms() + ?DRAIN_TIMEOUT),
+    AckedAt = maps:from_list([{{P, Seq}, T} || {P, Seq, T} <- Acked]),
+    Expected = expected(Subs, [{P, Seq} || {P, Seq, _} <- Acked]),
+    DrainStart = now_ms(),
+    Drained = drain(SubPids, Expected, DrainStart + ?DRAIN_TIMEOUT),
+    say("~s after ~.1f s", [
+        case Drained of
+            complete -> "every subscriber has every message";
+            timeout -> "gave up waiting for the rest"
+        end,
+        (now_ms() - DrainStart) / 1000
+    ]),
     Results = [ask(P, results) || P <- SubPids],
     Report = report(Opts, Subs, Acked, Expected, Results, Killed),
     [P ! stop || P <- SubPids],
     print(Report),
+    print_missing(Subs, Expected, Results, AckedAt, Killed),
     case Report of
         #{missing := 0, order_violations := 0} -> ok;
         _ -> lost
@@ -229,17 +239,24 @@ sub_loop(#{client := C, got := Got, acked := Acked} = S) ->
             sub_loop(S)
     end.
 
-%% Until every subscriber has every message it should have, or the deadline.
+%% Until every subscriber has every message it should have (`complete'), or
+%% the deadline (`timeout').
 drain(SubPids, Expected, Deadline) ->
     Want = lists:sum([length(L) || L <- maps:values(Expected)]),
     Have = lists:sum([ask(P, count) || P <- SubPids]),
-    case Have >= Want orelse now_ms() > Deadline of
-        true ->
+    if
+        Have >= Want ->
             %% What comes late (a duplicate) still counts.
-            timer:sleep(2000);
-        false ->
-            timer:sleep(500),
-            drain(SubPids, Expected, Deadline)
+            timer:sleep(2000),
+            complete;
+        true ->
+            case now_ms() > Deadline of
+                true ->
+                    timeout;
+                false ->
+                    timer:sleep(500),
+                    drain(SubPids, Expected, Deadline)
+            end
     end.
 
 ask(Pid, What) ->
@@ -272,7 +289,7 @@ pub_loop(C, P, QoS, Topic, Interval, Next, End, Seq, Acked) ->
             timer:sleep(max(0, Next - now_ms())),
             Acked1 =
                 case emqx_test_mqtt:publish(C, Topic, term_to_binary({P, Seq}), QoS) of
-                    {ok, RC} when RC < 16#80 -> [{P, Seq} | Acked];
+                    {ok, RC} when RC < 16#80 -> [{P, Seq, now_ms()} | Acked];
                     _ -> Acked
                 end,
             pub_loop(C, P, QoS, Topic, Interval, Next + Interval, End, Seq + 1, Acked1)
@@ -390,6 +407,38 @@ print(R) ->
         #{missing := 0, order_violations := 0} -> "RESULT: nothing acknowledged to a publisher was lost";
         _ -> "RESULT: messages lost or out of order"
     end]).
+
+%% What is missing, by kind of subscriber and by when the publisher got
+%% its acknowledgement (relative to the kill), and a few examples.
+print_missing(Subs, Expected, Results, AckedAt, Killed) ->
+    Spec = maps:from_list([{Id, S} || #{id := Id} = S <- Subs]),
+    Missing = lists:append([
+        [{Id, K} || K <- ordsets:subtract(lists:usort(maps:get(Id, Expected)), lists:usort([Key || {Key, _, _} <- Got]))]
+     || #{id := Id, got := Got} <- Results
+    ]),
+    case Missing of
+        [] ->
+            ok;
+        _ ->
+            Kind = fun(Id) ->
+                #{qos := Q, filter := F, offline := Off} = maps:get(Id, Spec),
+                {case Off of true -> offline; false -> online end, {qos, Q}, case F of <<"d/+/x">> -> wildcard; _ -> exact end}
+            end,
+            When = fun(K) ->
+                Rel = maps:get(K, AckedAt) - Killed,
+                if
+                    Rel < 0 -> before_kill;
+                    true -> {after_kill_s, Rel div 1000}
+                end
+            end,
+            Count = fun(F) -> lists:sort(maps:to_list(lists:foldl(fun(X, M) -> maps:update_with(F(X), fun(N) -> N + 1 end, 1, M) end, #{}, Missing))) end,
+            io:format("~nmissing by subscriber kind: ~p~n", [Count(fun({Id, _}) -> Kind(Id) end)]),
+            io:format("missing by publisher's ack time: ~p~n", [Count(fun({_, K}) -> When(K) end)]),
+            io:format("subscribers missing something: ~b~n", [length(lists:usort([Id || {Id, _} <- Missing]))]),
+            io:format("examples (subscriber, {publisher, seq}, ms after the kill it was acknowledged): ~p~n", [
+                [{Id, K, maps:get(K, AckedAt) - Killed} || {Id, K} <- lists:sublist(Missing, 8)]
+            ])
+    end.
 
 %%--------------------------------------------------------------------
 

@@ -5,6 +5,8 @@
 %% and gets everything it was owed, as a user of a broker that keeps its
 %% sessions in Redis relies on:
 %%
+%% - its session back: CONNACK session-present 1, its subscriptions (an
+%%   unsubscribed filter stays gone, a subscription's QoS still caps);
 %% - messages published while it was offline, each once, in order per topic
 %%   (QoS 1, a wildcard filter, QoS 2);
 %% - messages it had received but not acknowledged come again with dup=1,
@@ -137,6 +139,7 @@ offline_subscriber_gets_every_message_after_node_killed(Config) ->
     During = payloads(21, 30),
     ok = publish_acked(B, Topic, During, 1),
     {ok, S2} = reconnect(B, Id),
+    ?assert(emqx_test_mqtt:session_present(S2)),
     Got = emqx_test_mqtt:receive_messages(S2, 30, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET),
     ?assertEqual([{Topic, P, 1} || P <- Before ++ During], [{T, P, Q} || #{topic := T, payload := P, qos := Q} <- Got]),
     %% The session goes on: live messages arrive as before.
@@ -161,6 +164,7 @@ wildcard_subscriber_gets_every_message_in_order_per_topic(Config) ->
     kill_and_wait(A, B),
     [ok = publish_acked(B, T, [P], 1) || {T, P} <- lists:nthtail(15, Sent)],
     {ok, S2} = reconnect(B, Id),
+    ?assert(emqx_test_mqtt:session_present(S2)),
     Got = emqx_test_mqtt:receive_messages(S2, length(Sent), ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET),
     GotPairs = [{T, P} || #{topic := T, payload := P} <- Got],
     ?assertEqual(lists:sort(Sent), lists:sort(GotPairs)),
@@ -190,6 +194,7 @@ unacked_messages_come_again_with_dup_acked_ones_do_not(Config) ->
     During = payloads(11, 15),
     ok = publish_acked(B, Topic, During, 1),
     {ok, S2} = reconnect(B, Id),
+    ?assert(emqx_test_mqtt:session_present(S2)),
     Unacked = Sent -- Acked,
     Got = emqx_test_mqtt:receive_messages(S2, length(Unacked) + length(During), ?RECEIVE_TIMEOUT) ++
         emqx_test_mqtt:receive_none(S2, ?QUIET),
@@ -335,6 +340,7 @@ qos2_offline_messages_after_node_killed(Config) ->
     During = payloads(11, 15),
     ok = publish_acked(B, Topic, During, 2),
     {ok, S2} = reconnect(B, Id),
+    ?assert(emqx_test_mqtt:session_present(S2)),
     Got = emqx_test_mqtt:receive_messages(S2, 15, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET),
     ?assertEqual([{P, 2} || P <- Before ++ During], [{P, Q} || #{payload := P, qos := Q} <- Got]),
     ok = emqx_test_mqtt:disconnect(S2).
@@ -365,6 +371,7 @@ qos2_unacked_messages_come_again_with_dup(Config) ->
     kill_and_wait(A, B),
     emqx_test_mqtt:stop(S1),
     {ok, S2} = reconnect(B, Id),
+    ?assert(emqx_test_mqtt:session_present(S2)),
     Unacked = Sent -- Done,
     Got = emqx_test_mqtt:receive_messages(S2, length(Unacked), ?RECEIVE_TIMEOUT) ++
         emqx_test_mqtt:receive_none(S2, ?QUIET),
@@ -392,6 +399,7 @@ mqtt311_persistent_session_survives_node_kill(Config) ->
     {ok, S3} = emqx_test_mqtt:connect_retry(
         emqx_cluster_node:mqtt_port(B), Id, V4#{clean_start => false}, ?RECONNECT_TIMEOUT
     ),
+    ?assert(emqx_test_mqtt:session_present(S3)),
     Got = emqx_test_mqtt:receive_messages(S3, 10, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S3, ?QUIET),
     ?assertEqual([{P, 1} || P <- Before], [{P, Q} || #{payload := P, qos := Q} <- Got]),
     ok = emqx_test_mqtt:disconnect(S3).
@@ -416,6 +424,7 @@ unsubscribed_filter_is_not_resumed_and_subscription_qos_is_kept(Config) ->
     ok = publish_acked(B, <<"t/keep">>, payloads(4, 5), 2),
     ok = publish_acked(B, <<"t/drop">>, payloads(4, 5), 1),
     {ok, S2} = reconnect(B, Id),
+    ?assert(emqx_test_mqtt:session_present(S2)),
     Got = emqx_test_mqtt:receive_messages(S2, 5, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET),
     ?assertEqual([{<<"t/keep">>, P, 1} || P <- payloads(1, 5)], [{T, P, Q} || #{topic := T, payload := P, qos := Q} <- Got]),
     ok = emqx_test_mqtt:disconnect(S2).
@@ -432,6 +441,7 @@ session_survives_two_node_kills(Config) ->
     ok = publish_acked(C, Topic, payloads(1, 5), 1),
     kill_and_wait(A, C),
     {ok, S2} = reconnect(B, Id),
+    ?assert(emqx_test_mqtt:session_present(S2)),
     Got1 = emqx_test_mqtt:receive_messages(S2, 5, ?RECEIVE_TIMEOUT),
     ?assertEqual(payloads(1, 5), [P || #{payload := P} <- Got1]),
     ok = emqx_test_mqtt:disconnect(S2),
@@ -440,6 +450,7 @@ session_survives_two_node_kills(Config) ->
     kill_and_wait(B, C),
     ok = publish_acked(C, Topic, payloads(11, 12), 1),
     {ok, S3} = reconnect(C, Id),
+    ?assert(emqx_test_mqtt:session_present(S3)),
     Got2 = emqx_test_mqtt:receive_messages(S3, 7, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S3, ?QUIET),
     ?assertEqual(payloads(6, 12), [P || #{payload := P} <- Got2]),
     ok = emqx_test_mqtt:disconnect(S3).
