@@ -435,9 +435,35 @@ print_missing(Subs, Expected, Results, AckedAt, Killed) ->
             io:format("~nmissing by subscriber kind: ~p~n", [Count(fun({Id, _}) -> Kind(Id) end)]),
             io:format("missing by publisher's ack time: ~p~n", [Count(fun({_, K}) -> When(K) end)]),
             io:format("subscribers missing something: ~b~n", [length(lists:usort([Id || {Id, _} <- Missing]))]),
-            io:format("examples (subscriber, {publisher, seq}, ms after the kill it was acknowledged): ~p~n", [
-                [{Id, K, maps:get(K, AckedAt) - Killed} || {Id, K} <- lists:sublist(Missing, 8)]
-            ])
+            Res = maps:from_list([{Id, R} || #{id := Id} = R <- Results]),
+            Rel = fun(undefined) -> undefined; ({failed, _} = F) -> F; (T) -> T - Killed end,
+            %% Relative to this subscriber's CONNACK from B: acknowledged to
+            %% the publisher before it (the replay's part) or after (live).
+            io:format("missing relative to the subscriber's CONNACK from B: ~p~n", [
+                Count(fun({Id, K}) ->
+                    case maps:get(resumed, maps:get(Id, Res)) of
+                        T when is_integer(T), T > 0 ->
+                            D = maps:get(K, AckedAt) - T,
+                            if
+                                D < -1000 -> more_than_1s_before;
+                                D < 0 -> within_1s_before;
+                                D < 1000 -> within_1s_after;
+                                true -> more_than_1s_after
+                            end;
+                        _ ->
+                            not_resumed
+                    end
+                end)
+            ]),
+            io:format("examples: (subscriber, {publisher, seq}, ms after the kill: acknowledged to the publisher, "
+                      "subscriber's CONNACK from B, its first message after it)~n", []),
+            [
+                io:format("  ~s ~p ~p ~p ~p~n", [
+                    Id, K, maps:get(K, AckedAt) - Killed,
+                    Rel(maps:get(resumed, maps:get(Id, Res))), Rel(maps:get(first_after, maps:get(Id, Res)))
+                ])
+             || {Id, K} <- lists:sublist(Missing, 10)
+            ]
     end.
 
 %%--------------------------------------------------------------------

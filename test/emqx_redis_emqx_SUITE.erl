@@ -42,6 +42,8 @@
 %% How long "nothing more arrives" is watched for.
 -define(QUIET, 3000).
 -define(EXPIRY, 3600).
+%% Clients resumed at once while a publisher goes on.
+-define(STEADY_CLIENTS, 100).
 
 all() ->
     [
@@ -59,7 +61,8 @@ all() ->
         unsubscribed_filter_is_not_resumed_and_subscription_qos_is_kept,
         session_survives_two_node_kills,
         shared_subscription_delivers_once_per_group,
-        redis_back_sessions_persist_again
+        redis_back_sessions_persist_again,
+        messages_published_while_clients_resume_are_not_lost
     ].
 
 suite() ->
@@ -516,6 +519,106 @@ redis_back_sessions_persist_again(Config) ->
     Got = emqx_test_mqtt:receive_messages(S2, 5, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET),
     ?assertEqual(Sent, [P || #{payload := P} <- Got]),
     ok = emqx_test_mqtt:disconnect(S2).
+
+%% A publisher on B never stops: before the kill, while B finds A dead,
+%% while ?STEADY_CLIENTS clients resume on B at once, and after. Every client gets every
+%% message acknowledged to the publisher, once, in order: nothing falls
+%% between what a resume replays from Redis and what reaches it live.
+messages_published_while_clients_resume_are_not_lost(Config) ->
+    [A, B] = ?config(nodes, Config),
+    Topic = <<"t/steady">>,
+    Ids = [iolist_to_binary(["sub-steady-", integer_to_list(N)]) || N <- lists:seq(1, ?STEADY_CLIENTS)],
+    %% Half offline, half online (their connections die with A).
+    Online = lists:sublist(Ids, ?STEADY_CLIENTS div 2),
+    Subs = [{Id, subscribe_persistent(A, Id, [{Topic, 1}])} || Id <- Ids],
+    [ok = emqx_test_mqtt:disconnect(C) || {Id, C} <- Subs, not lists:member(Id, Online)],
+    wait_route(B, Topic, A),
+    Publisher = start_steady_publisher(B, Topic, 20),
+    timer:sleep(1000),
+    kill_and_wait(A, B),
+    %% What the online ones got from A before it died.
+    Before = maps:from_list([
+        {Id, [P || #{payload := P} <- emqx_test_mqtt:receive_none(C, 0)]}
+     || {Id, C} <- Subs, lists:member(Id, Online)
+    ]),
+    [emqx_test_mqtt:stop(C) || {Id, C} <- Subs, lists:member(Id, Online)],
+    Self = self(),
+    %% Each resumed client in a process of its own (its owner), all at once.
+    Owners = [
+        spawn_link(fun() ->
+            {ok, C} = reconnect(B, Id),
+            Self ! {resumed, self()},
+            receive
+                {collect, N} -> Self ! {got, self(), emqx_test_mqtt:receive_messages(C, N, ?RECEIVE_TIMEOUT) ++
+                    emqx_test_mqtt:receive_none(C, ?QUIET)}
+            end,
+            emqx_test_mqtt:disconnect(C)
+        end)
+     || Id <- Ids
+    ],
+    [receive {resumed, O} -> ok after ?RECONNECT_TIMEOUT -> ct:fail(no_resume) end || O <- Owners],
+    timer:sleep(2000),
+    Acked = stop_steady_publisher(Publisher),
+    ct:log("~b messages acknowledged to the publisher", [length(Acked)]),
+    [O ! {collect, length(Acked)} || O <- Owners],
+    Got = [
+        receive
+            {got, O, Msgs} -> {Id, maps:get(Id, Before, []) ++ [P || #{payload := P} <- Msgs]}
+        after 2 * ?RECEIVE_TIMEOUT -> ct:fail(no_messages)
+        end
+     || {Id, O} <- lists:zip(Ids, Owners)
+    ],
+    %% Online ones may get again what they had received in the last
+    %% commit interval before the kill (with dup=1): first copies count.
+    Bad = [
+        {Id, #{missing => Acked -- Ps, extra => Ps -- Acked, first_copies_in_order => first_copies(Ps) =:= Acked}}
+     || {Id, Ps} <- Got, first_copies(Ps) =/= Acked orelse (not lists:member(Id, Online) andalso Ps =/= Acked)
+    ],
+    ?assertEqual([], Bad).
+
+first_copies(L) ->
+    {Firsts, _} = lists:foldl(
+        fun(X, {Acc, Seen}) ->
+            case sets:is_element(X, Seen) of
+                true -> {Acc, Seen};
+                false -> {[X | Acc], sets:add_element(X, Seen)}
+            end
+        end,
+        {[], sets:new()},
+        L
+    ),
+    lists:reverse(Firsts).
+
+%% A process publishing QoS 1 to `Topic' on `Node' every `IntervalMs'
+%% until stopped; what was acknowledged, in order.
+start_steady_publisher(Node, Topic, IntervalMs) ->
+    Port = emqx_cluster_node:mqtt_port(Node),
+    spawn_link(fun() ->
+        {ok, C} = emqx_test_mqtt:connect(Port, <<"steady-publisher">>, #{}),
+        steady(C, Topic, IntervalMs, 1, [])
+    end).
+
+steady(C, Topic, IntervalMs, N, Acked) ->
+    receive
+        {stop, From} ->
+            ok = emqx_test_mqtt:disconnect(C),
+            From ! {acked, self(), lists:reverse(Acked)}
+    after IntervalMs ->
+        [P] = payloads(N, N),
+        Acked1 =
+            case emqx_test_mqtt:publish(C, Topic, P, 1) of
+                {ok, RC} when RC < 16#80 -> [P | Acked];
+                _ -> Acked
+            end,
+        steady(C, Topic, IntervalMs, N + 1, Acked1)
+    end.
+
+stop_steady_publisher(Pid) ->
+    Pid ! {stop, self()},
+    receive
+        {acked, Pid, Acked} -> Acked
+    after ?RECEIVE_TIMEOUT -> ct:fail(publisher_stuck)
+    end.
 
 %%--------------------------------------------------------------------
 %% Helpers
