@@ -62,7 +62,8 @@ all() ->
         session_survives_two_node_kills,
         shared_subscription_delivers_once_per_group,
         redis_back_sessions_persist_again,
-        messages_published_while_clients_resume_are_not_lost
+        messages_published_while_clients_resume_are_not_lost,
+        reconnect_at_once_after_kill
     ].
 
 suite() ->
@@ -588,6 +589,28 @@ first_copies(L) ->
         L
     ),
     lists:reverse(Firsts).
+
+%% The client reconnects the moment its connection dies, before B knows
+%% that A is dead (as real clients do): it is refused or kept waiting
+%% until then, and then gets its session and every message.
+reconnect_at_once_after_kill(Config) ->
+    [A, B] = ?config(nodes, Config),
+    Id = <<"sub-hasty">>,
+    Topic = <<"t/hasty">>,
+    S1 = subscribe_persistent(A, Id, [{Topic, 1}]),
+    wait_route(B, Topic, A),
+    ok = publish_acked(B, Topic, payloads(1, 5), 1),
+    First = emqx_test_mqtt:receive_messages(S1, 5, ?RECEIVE_TIMEOUT),
+    ?assertEqual(payloads(1, 5), [P || #{payload := P} <- First]),
+    ok = emqx_test_mqtt:disconnect(S1),
+    ok = publish_acked(B, Topic, payloads(6, 10), 1),
+    _ = emqx_cluster_node:kill(A),
+    {ok, S2} = reconnect(B, Id),
+    ?assert(emqx_test_mqtt:session_present(S2)),
+    ok = publish_acked(B, Topic, payloads(11, 12), 1),
+    Got = emqx_test_mqtt:receive_messages(S2, 7, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET),
+    ?assertEqual(payloads(6, 12), [P || #{payload := P} <- Got]),
+    ok = emqx_test_mqtt:disconnect(S2).
 
 %% A process publishing QoS 1 to `Topic' on `Node' every `IntervalMs'
 %% until stopped; what was acknowledged, in order.
