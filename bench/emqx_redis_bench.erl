@@ -33,6 +33,12 @@
 %% Items stored to measure Redis memory per item.
 -define(MEM_SESSIONS, 10000).
 -define(MEM_QUEUES, 1000).
+%% Keys the limiter_*_100k cases cycle through.
+-define(LIMITER_KEYS, 100000).
+%% The accuracy runs: 3 VMs hammer one key for 10 s at 10x the rate.
+-define(ACCURACY_VMS, 3).
+-define(ACCURACY_RATE, 200).
+-define(ACCURACY_MS, 10000).
 %% The ops whose throughput against concurrency is charted.
 -define(CHARTED, [
     save_session, load_session, store_message, store_messages, get_messages, ack_message,
@@ -56,6 +62,8 @@ main() ->
 options() ->
     #{
         port => int_env("BENCH_REDIS_PORT", undefined),
+        socket => env("BENCH_REDIS_SOCKET", undefined),
+        backup_sessions => int_env("BENCH_BACKUP_SESSIONS", "100000"),
         redis_pid => env("BENCH_REDIS_PID", undefined),
         duration_ms => ms_env("BENCH_DURATION", "3"),
         warmup_ms => ms_env("BENCH_WARMUP", "0.5"),
@@ -110,7 +118,7 @@ ms_env(Name, Default) ->
 run(#{port := Port, pool_size := Pool} = Opts) ->
     Addr = iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]),
     Redis = #{servers => Addr, pool_size => Pool},
-    ok = emqx_redis_storage:start(#{redis => Redis, persistence => #{max_queue_len => ?MAX_QUEUE_LEN}}),
+    ok = start_default(Redis),
     {ok, Local} = emqx_redis_storage_client:default(),
     {ok, Lua} = emqx_redis_storage:connect(#{redis => Redis, route_index => redis}),
     Ctx = Opts#{
@@ -132,10 +140,15 @@ run(#{port := Port, pool_size := Pool} = Opts) ->
         raw_cases(Ctx),
         match_cases(Ctx),
         add_route_cases(Ctx),
-        DsRows
+        limiter_cases(Ctx),
+        DsRows,
+        unix_cases(Ctx, Redis)
     ]),
+    Backup = backup_bench(Ctx),
+    Accuracy = limiter_accuracy(Ctx),
     Control = control_case(Ctx),
     report(Ctx, #{
+        backup => Backup,
         started => Started,
         wall_s => (erlang:monotonic_time(millisecond) - T0) / 1000,
         load_before => LoadBefore,
@@ -143,6 +156,7 @@ run(#{port := Port, pool_size := Pool} = Opts) ->
         ceilings => Ceilings,
         memory => Memory,
         ds => Ds,
+        limiter_accuracy => Accuracy,
         rows => [with_ceiling(R, Ceilings) || R <- Rows],
         control => Control,
         events => sysmon_events(maps:get(sysmon, Ctx))
@@ -193,6 +207,13 @@ queue_id(W) -> id(<<"bench-q-">>, W).
 ok_or_error(ok) -> ok;
 ok_or_error({error, _} = Error) -> Error.
 
+start_default(Redis) ->
+    emqx_redis_storage:start(#{redis => Redis, persistence => #{max_queue_len => ?MAX_QUEUE_LEN}}).
+
+save_session_step() ->
+    Session = session_term(),
+    fun(W, K) -> {fun() -> ok_or_error(emqx_redis_session:save_session(session_id(W, K), Session)) end, K + 1} end.
+
 session_cases(Ctx) ->
     Session = session_term(),
     Save = fun(Id) -> ok_or_error(emqx_redis_session:save_session(Id, Session)) end,
@@ -202,14 +223,13 @@ session_cases(Ctx) ->
             Other -> {error, Other}
         end
     end,
-    SaveStep = fun(W, K) -> {fun() -> Save(session_id(W, K)) end, K + 1} end,
     LoadInit = fun(W) ->
         %% Every session that the worker reads exists.
         [ok = Save(session_id(W, K)) || K <- lists:seq(1, ?SESSIONS_PER_WORKER)],
         0
     end,
     LoadStep = fun(W, K) -> {fun() -> Load(session_id(W, K)) end, K + 1} end,
-    run_cases(Ctx, save_session, 1, fun(_W) -> 0 end, SaveStep) ++
+    run_cases(Ctx, save_session, 1, fun(_W) -> 0 end, save_session_step()) ++
         run_cases(Ctx, load_session, 1, LoadInit, LoadStep).
 
 %% One concurrency at a time: store_message and store_messages fill the
@@ -515,8 +535,11 @@ scan_all(Client, Stream, Filter, Pos, Read, Returned) ->
     end.
 
 raw_cases(Ctx) ->
+    run_cases(Ctx, q_set, 1, fun(_) -> 0 end, q_set_step()).
+
+q_set_step() ->
     Value = ?PAYLOAD,
-    Set = fun(W, K) ->
+    fun(W, K) ->
         Key = <<"bench-k-", (integer_to_binary(W))/binary, "-", (integer_to_binary(K rem 1000))/binary>>,
         Call = fun() ->
             case emqx_redis_storage:q([<<"SET">>, Key, Value]) of
@@ -525,8 +548,164 @@ raw_cases(Ctx) ->
             end
         end,
         {Call, K + 1}
+    end.
+
+%% q SET and save_session again with the default client on the same
+%% server's unix socket (its TCP rows are q_set and save_session).
+unix_cases(#{socket := undefined}, _Tcp) ->
+    [];
+unix_cases(#{socket := Socket} = Ctx, Tcp) ->
+    case selected(Ctx, q_set_unix) orelse selected(Ctx, save_session_unix) of
+        false ->
+            [];
+        true ->
+            ok = emqx_redis_storage:stop(),
+            ok = start_default(Tcp#{servers => list_to_binary(Socket)}),
+            Rows =
+                run_cases(Ctx, q_set_unix, 1, fun(_) -> 0 end, q_set_step()) ++
+                    run_cases(Ctx, save_session_unix, 1, fun(_) -> 0 end, save_session_step()),
+            ok = emqx_redis_storage:stop(),
+            ok = start_default(Tcp),
+            Rows
+    end.
+
+%% 100,000 sessions (BENCH_BACKUP_SESSIONS) and 1,000,000 queued messages
+%% backed up to a file and restored under another prefix: the rates, and
+%% the VM's RSS meanwhile.
+-define(BACKUP_QUEUES, 1000).
+-define(BACKUP_QUEUE_LEN, 1000).
+
+backup_bench(Ctx) ->
+    case selected(Ctx, backup) of
+        false -> undefined;
+        true -> phase(Ctx, backup, fun() -> backup_run(Ctx) end)
+    end.
+
+backup_run(#{vm_pid := VmPid, backup_sessions := Sessions} = Ctx) ->
+    flushall(),
+    Session = session_term(),
+    parallel(Sessions, fun(I) -> ok = emqx_redis_session:save_session(id(<<"bk-s-">>, I), Session) end),
+    Batches = ?BACKUP_QUEUE_LEN div ?BATCH,
+    parallel(?BACKUP_QUEUES * Batches, fun(J) ->
+        Q = id(<<"bk-q-">>, J rem ?BACKUP_QUEUES),
+        ok = emqx_redis_message:store_messages(Q, [message(id(<<"m-">>, J * ?BATCH + I)) || I <- lists:seq(1, ?BATCH)])
+    end),
+    File = filename:join(maps:get(out, Ctx), "bench.bak"),
+    {ok, Client} = emqx_redis_storage_client:default(),
+    {ok, Other} = emqx_redis_storage:connect(#{
+        redis => #{servers => maps:get(servers, emqx_redis_storage_client:info(Client))}, key_prefix => <<"bench-restored:">>
+    }),
+    Backup = measured(VmPid, fun() -> emqx_redis_storage:backup(Client, File, #{}) end),
+    #{bytes := Bytes} = Backup,
+    Restore = measured(VmPid, fun() -> emqx_redis_storage:restore(Other, File, #{}) end),
+    Mib = fun(#{rss_before := R0, rss_peak := R1}) -> io_lib:format("VM RSS ~b -> ~b MiB", [R0 div 1048576, R1 div 1048576]) end,
+    progress("backup: ~s keys in ~.1f s (~s), restore: ~s keys in ~.1f s (~s)", [
+        fmt_int(maps:get(keys, Backup)), maps:get(ms, Backup) / 1000, Mib(Backup),
+        fmt_int(maps:get(keys, Restore)), maps:get(ms, Restore) / 1000, Mib(Restore)
+    ]),
+    ok = file:delete(File),
+    %% Gigabytes with BENCH_BACKUP_SESSIONS=1000000: freed in the background.
+    {ok, <<"OK">>} = emqx_redis_storage:q([<<"FLUSHALL">>, <<"ASYNC">>]),
+    #{
+        sessions => Sessions,
+        messages => ?BACKUP_QUEUES * ?BACKUP_QUEUE_LEN,
+        backup => Backup,
+        restore => Restore#{bytes => Bytes}
+    }.
+
+%% `Run()'s result map with its time and the VM's RSS before and at its
+%% highest (sampled every 20 ms).
+measured(VmPid, Run) ->
+    Rss0 = rss(VmPid),
+    Self = self(),
+    Sampler = spawn_link(fun() -> sample_rss(Self, VmPid, Rss0) end),
+    T0 = erlang:monotonic_time(millisecond),
+    {ok, Result} = Run(),
+    Ms = erlang:monotonic_time(millisecond) - T0,
+    Sampler ! stop,
+    Peak = receive {Sampler, P} -> P end,
+    Result#{ms => Ms, rss_before => Rss0, rss_peak => max(Peak, rss(VmPid))}.
+
+sample_rss(Parent, VmPid, Peak) ->
+    receive
+        stop -> Parent ! {self(), Peak}
+    after 20 ->
+        sample_rss(Parent, VmPid, max(Peak, rss(VmPid)))
+    end.
+
+rss(VmPid) ->
+    {ok, Status} = file:read_file("/proc/" ++ VmPid ++ "/status"),
+    {match, [Kb]} = re:run(Status, <<"VmRSS:\\s+([0-9]+) kB">>, [{capture, all_but_first, list}]),
+    list_to_integer(Kb) * 1024.
+
+%% Rate limit checks: one key that every worker checks, or 100,000 keys
+%% the workers cycle through; each without and with local batches (of 100).
+%% The limits are too high to refuse: checks are measured, not refusals.
+limiter_cases(Ctx) ->
+    Limit = #{rate => 1000000000, burst => 1000000000},
+    ok = emqx_redis_limiter:define(<<"bench">>, Limit),
+    ok = emqx_redis_limiter:define(<<"bench_batch">>, Limit#{batch => 100}),
+    Step = fun(Name, KeyOf) ->
+        fun(W, N) ->
+            Key = KeyOf(W, N),
+            Call = fun() ->
+                case emqx_redis_limiter:check(Name, Key, 1) of
+                    {ok, _} -> ok;
+                    Other -> {error, Other}
+                end
+            end,
+            {Call, N + 1}
+        end
     end,
-    run_cases(Ctx, q_set, 1, fun(_) -> 0 end, Set).
+    OneKey = fun(_W, _N) -> <<"one">> end,
+    ManyKeys = fun(W, N) -> integer_to_binary((W * 7919 + N) rem ?LIMITER_KEYS) end,
+    Init = fun(_W) -> 0 end,
+    lists:append([
+        run_cases(Ctx, limiter_1key, 1, Init, Step(<<"bench">>, OneKey)),
+        run_cases(Ctx, limiter_100k, 1, Init, Step(<<"bench">>, ManyKeys)),
+        run_cases(Ctx, limiter_batch_1key, 1, Init, Step(<<"bench_batch">>, OneKey)),
+        run_cases(Ctx, limiter_batch_100k, 1, Init, Step(<<"bench_batch">>, ManyKeys))
+    ]).
+
+%% 3 VMs (OTP peers) of 4 processes each offer 10 checks per token of one
+%% key's rate for 10 s: what they admitted against what one bucket allows
+%% in that time (burst + rate x time, on Redis's clock), without and with
+%% local batches (of 20).
+limiter_accuracy(#{port := Port} = Ctx) ->
+    case selected(Ctx, limiter_accuracy) of
+        false ->
+            undefined;
+        true ->
+            Addr = iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]),
+            Peers = phase(Ctx, limiter_peers, fun() ->
+                limiter_test_peer:start(?ACCURACY_VMS, #{redis => #{servers => Addr}})
+            end),
+            try
+                [phase(Ctx, {limiter_accuracy, Batch}, fun() -> accuracy(Peers, Batch) end) || Batch <- [0, 20]]
+            after
+                limiter_test_peer:stop(Peers)
+            end
+    end.
+
+accuracy(Peers, Batch) ->
+    Name = iolist_to_binary(["accuracy_", integer_to_list(Batch)]),
+    Limit = #{rate => ?ACCURACY_RATE, burst => ?ACCURACY_RATE, batch => Batch},
+    [ok = peer:call(Peer, emqx_redis_limiter, define, [Name, Limit]) || Peer <- Peers],
+    Offered = 10 * ?ACCURACY_RATE div ?ACCURACY_VMS,
+    T0 = redis_ms(),
+    %% The VMs start together 200 ms from now: the bucket is full then.
+    {Admitted, Limited} = limiter_test_peer:hammer(Peers, {Name, <<"hot">>, 4, Offered, ?ACCURACY_MS}),
+    Ms = redis_ms() - T0 - 200,
+    Allowed = ?ACCURACY_RATE + ?ACCURACY_RATE * Ms div 1000,
+    Row = #{batch => Batch, admitted => Admitted, limited => Limited, allowed => Allowed, ms => Ms},
+    progress("limiter accuracy, batch ~b: admitted ~b of ~b allowed (~.1f%), ~b limited, in ~b ms", [
+        Batch, Admitted, Allowed, 100 * Admitted / Allowed, Limited, Ms
+    ]),
+    Row.
+
+redis_ms() ->
+    {ok, [Secs, Micros]} = emqx_redis_storage:q([<<"TIME">>]),
+    binary_to_integer(Secs) * 1000 + binary_to_integer(Micros) div 1000.
 
 %% Wildcard filters, half `bench/J/+/#', half `bench/+/J/#'; the topic
 %% `bench/J/J/data' matches exactly the one filter of J.
@@ -1046,7 +1225,9 @@ markdown(Ctx, Run) ->
         ),
         notes_md(Rows),
         memory_md(Run),
+        backup_md(Run),
         ds_md(Run),
+        limiter_md(Run),
         long_schedule_md(Run),
         targets_md(Run)
     ].
@@ -1106,6 +1287,48 @@ memory_md(#{memory := M}) ->
              io_lib:format("~b B", [MT]), fmt_int(MB)]
         ]),
         "\n"
+    ].
+
+backup_md(#{backup := undefined}) ->
+    "";
+backup_md(#{backup := #{sessions := S, messages := N, backup := B, restore := R}}) ->
+    Row = fun(Name, #{keys := K, bytes := Bytes, ms := Ms, rss_before := Rss0, rss_peak := RssPeak}) ->
+        [Name, fmt_int(K), io_lib:format("~.1f", [Bytes / 1048576]), io_lib:format("~.1f", [Ms / 1000]),
+         fmt_int(K * 1000 / max(1, Ms)), io_lib:format("~.1f", [Bytes / 1048576 * 1000 / max(1, Ms)]),
+         io_lib:format("~b -> ~b", [Rss0 div 1048576, RssPeak div 1048576])]
+    end,
+    [
+        io_lib:format("## Backup and restore
+
+~s sessions (1 KiB terms) and ~s queued messages (100-byte "
+                      "payloads, 1,000 queues), backed up to a file, then restored into the same Redis under "
+                      "another prefix. VM RSS: before, and the highest sampled every 20 ms during the run.
+
+",
+                      [fmt_int(S), fmt_int(N)]),
+        table(["", "keys", "MiB", "s", "keys/s", "MiB/s", "VM RSS MiB"], [Row("backup", B), Row("restore", R)]),
+        "\n"
+    ].
+
+limiter_md(#{limiter_accuracy := undefined}) ->
+    "";
+limiter_md(#{limiter_accuracy := Rows}) ->
+    [
+        "## Rate limit accuracy\n\n",
+        io_lib:format(
+            "~b VMs (OTP peers) of 4 processes each check one key of a limiter of rate ~b/s and burst ~b "
+            "for ~s s, offering 10 checks per token. allowed: burst + rate x time (Redis's clock). "
+            "Bound: admitted <= allowed over the run; within any window, at most one batch per VM more.\n\n",
+            [?ACCURACY_VMS, ?ACCURACY_RATE, ?ACCURACY_RATE, fmt_s(?ACCURACY_MS)]
+        ),
+        table(
+            ["batch", "admitted", "allowed", "admitted/allowed", "limited", "ms"],
+            [
+                [integer_to_list(B), fmt_int(A), fmt_int(Al), io_lib:format("~.1f%", [100 * A / Al]), fmt_int(L),
+                 integer_to_list(Ms)]
+             || #{batch := B, admitted := A, allowed := Al, limited := L, ms := Ms} <- Rows
+            ]
+        )
     ].
 
 ds_md(#{ds := undefined}) ->

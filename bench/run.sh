@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # make bench: throughput and latency of the Erlang API against a private
-# redis-server, next to what redis-benchmark gets from the same server.
+# redis-server, next to what redis-benchmark gets from the same server
+# (q SET and save_session also over its unix socket: q_set_unix,
+# save_session_unix), and backup and restore of 100,000 sessions and
+# 1,000,000 queued messages (`--only backup` runs that alone, about 30 s).
 #
 # Starts its own redis-server on a free loopback port in a temp dir (stopped
 # by pid at the end, also on failure or Ctrl-C), runs bench/emqx_redis_bench.erl
@@ -25,6 +28,7 @@ usage: bench/run.sh [--duration S] [--warmup S] [--concurrency N,N,..] [--filter
   --out DIR           where the results go (BENCH_OUT, default bench/results)
 
 Extra flags for the Erlang VM: BENCH_ERL_FLAGS (e.g. "+sbwt none").
+Sessions in the backup case: BENCH_BACKUP_SESSIONS (default 100000).
 Results are reported, never asserted: the exit status says only whether the
 run itself worked.
 EOF
@@ -72,14 +76,16 @@ trap 'exit 130' INT TERM
 
 bench_ebin=_build/bench/ebin
 mkdir -p "$bench_ebin" "$BENCH_OUT"
-# test/loopback_port.erl: the free-port rule the tests' servers follow.
-erlc -o "$bench_ebin" bench/emqx_redis_bench.erl test/loopback_port.erl
+# test/loopback_port.erl: the free-port rule the tests' servers follow;
+# test/limiter_test_peer.erl (with test_util): the VMs of the limiter accuracy runs.
+erlc -o "$bench_ebin" bench/emqx_redis_bench.erl test/loopback_port.erl test/limiter_test_peer.erl test/test_util.erl
 
 # A free port below the ephemeral range (never 6379): a port in that range
 # may be taken by an outgoing connection. Another one if it is taken anyway.
 for attempt in $(seq 1 20); do
     port=$(erl -noshell -pa "$bench_ebin" -eval 'io:format("~b", [loopback_port:free()]), halt().')
     redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
+        --unixsocket "$tmp/redis.sock" --unixsocketperm 700 \
         --dir "$tmp" --logfile "$tmp/redis.log" --daemonize no &
     redis_pid=$!
     for _ in $(seq 1 50); do
@@ -103,7 +109,7 @@ echo "bench: redis-server pid $redis_pid on 127.0.0.1:$port ($tmp)" >&2
 
 # In the background: bash runs a trap (Ctrl-C, SIGTERM) during `wait`, but
 # only after a foreground command has finished.
-BENCH_REDIS_PORT=$port BENCH_REDIS_PID=$redis_pid \
+BENCH_REDIS_PORT=$port BENCH_REDIS_SOCKET=$tmp/redis.sock BENCH_REDIS_PID=$redis_pid \
     erl -noshell ${BENCH_ERL_FLAGS:-} -pa "$app_ebin" -pa "$bench_ebin" -eval 'emqx_redis_bench:main()' &
 erl_pid=$!
 status=0
@@ -118,7 +124,9 @@ if ! kill -0 "$redis_pid" 2>/dev/null; then
 fi
 [ "$status" -eq 0 ] || exit "$status"
 
-if command -v gnuplot >/dev/null; then
+if [ ! -s "$BENCH_OUT/throughput.dat" ]; then
+    echo "bench: no charted op ran, no chart (results in $BENCH_OUT/latest.md and latest.csv)" >&2
+elif command -v gnuplot >/dev/null; then
     gnuplot -e "dir='$BENCH_OUT'" bench/throughput.gp
     echo "bench: results in $BENCH_OUT/latest.md, $BENCH_OUT/latest.csv, chart $BENCH_OUT/throughput.png" >&2
 else

@@ -9,6 +9,7 @@
 -export([start/0, start/1, stop/0, status/0, status/1]).
 -export([connect/1, q/1, q/2]).
 -export([metrics/0, metrics/1, prometheus/0, prometheus/1]).
+-export([backup/1, backup/3, restore/1, restore/2, restore/3]).
 
 -type command() :: [binary() | iodata() | atom() | integer() | float()].
 -export_type([command/0]).
@@ -131,6 +132,32 @@ connect(Config) ->
 
 %% @doc One raw command on the default client: `q([<<"PING">>])' gives
 %% `{ok, <<"PONG">>}'. Replies: binaries, integers, lists, `undefined' for nil.
+%% @doc Writes everything kept under the key prefix to the file `Path'
+%% (see emqx_redis_storage_backup and the README, "Backup and restore").
+-spec backup(file:filename_all()) -> {ok, #{keys := non_neg_integer(), bytes := non_neg_integer()}} | {error, term()}.
+backup(Path) ->
+    emqx_redis_storage_client:with_default(fun(Client) -> backup(Client, Path, #{}) end).
+
+-spec backup(emqx_redis_storage_client:t(), file:filename_all(), map()) ->
+    {ok, #{keys := non_neg_integer(), bytes := non_neg_integer()}} | {error, term()}.
+backup(Client, Path, Opts) ->
+    emqx_redis_storage_backup:backup(Client, Path, Opts).
+
+%% @doc Restores a backup into the deployment, under its key prefix.
+-spec restore(file:filename_all()) -> {ok, #{keys := non_neg_integer()}} | {error, term()}.
+restore(Path) ->
+    restore(Path, #{}).
+
+%% @doc `Opts': `mode' (`fail_if_exists' | `replace'), `progress'.
+-spec restore(file:filename_all(), map()) -> {ok, #{keys := non_neg_integer()}} | {error, term()}.
+restore(Path, Opts) ->
+    emqx_redis_storage_client:with_default(fun(Client) -> restore(Client, Path, Opts) end).
+
+-spec restore(emqx_redis_storage_client:t(), file:filename_all(), map()) ->
+    {ok, #{keys := non_neg_integer()}} | {error, term()}.
+restore(Client, Path, Opts) ->
+    emqx_redis_storage_backup:restore(Client, Path, Opts).
+
 -spec q(command()) -> {ok, term()} | {error, term()}.
 q(Command) ->
     emqx_redis_storage_client:with_default(fun(Client) -> q(Client, Command) end).

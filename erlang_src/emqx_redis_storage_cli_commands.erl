@@ -1,5 +1,5 @@
 %% @doc The operators' commands: `status', `sessions', `queue', `routes',
-%% `metrics' and `prometheus', one implementation for `emqx_ctl' (through
+%% `metrics', `prometheus', `backup' and `restore', one implementation for `emqx_ctl' (through
 %% `emqx_redis_storage_cli:cmd/1') and for `bin/emqx-redis-storage': each
 %% command gathers a report, rendered as a table for people or as JSON.
 -module(emqx_redis_storage_cli_commands).
@@ -80,8 +80,35 @@ report(Client, ["prometheus"]) ->
         {error, _} = Error -> Error;
         Text -> {ok, {prometheus, Text}}
     end;
+report(Client, ["backup", File]) ->
+    ok_report(backup, fun(Done) -> Done#{file => binary(File)} end,
+        with_progress(fun(Progress) -> emqx_redis_storage:backup(Client, File, #{progress => Progress}) end));
+report(Client, ["restore", File | Flags]) ->
+    Mode =
+        case Flags of
+            [] -> fail_if_exists;
+            ["--replace"] -> replace;
+            _ -> throw(usage)
+        end,
+    ok_report(restore, fun(Done) -> Done#{file => binary(File)} end,
+        with_progress(fun(Progress) -> emqx_redis_storage:restore(Client, File, #{mode => Mode, progress => Progress}) end));
 report(_Client, _Words) ->
     throw(usage).
+
+%% A progress line on the terminal, when bin/emqx-redis-storage runs on one
+%% (it sets EMQX_REDIS_STORAGE_PROGRESS); ended once the work is done.
+with_progress(Run) ->
+    case os:getenv("EMQX_REDIS_STORAGE_PROGRESS") of
+        "1" ->
+            Line = fun(Phase, Keys, Bytes) ->
+                io:put_chars(standard_error, emqx_redis_storage_cli_format:progress(Phase, Keys, Bytes))
+            end,
+            Result = Run(Line),
+            io:put_chars(standard_error, "\n"),
+            Result;
+        _ ->
+            Run(fun(_, _, _) -> ok end)
+    end.
 
 ok_report(Kind, Data, {ok, Value}) -> {ok, {Kind, Data(Value)}};
 ok_report(_Kind, _Data, {error, _} = Error) -> Error.

@@ -3,7 +3,7 @@
 %% as one line.
 -module(emqx_redis_storage_cli_format).
 
--export([human/1, error/1, usage/0]).
+-export([human/1, error/1, usage/0, progress/3]).
 
 -spec human({atom(), term()}) -> iodata().
 human({status, Status}) ->
@@ -53,17 +53,41 @@ human({routes, #{total := Total, routes := Routes}}) ->
     ];
 human({matches, #{dests := Dests}}) ->
     [[dests([D]), $\n] || D <- Dests];
-human({metrics, #{operations := Ops} = Metrics}) ->
+human({metrics, #{operations := Ops, limiters := Limiters} = Metrics}) ->
     [
-        fields(lists:sort(maps:to_list(maps:remove(operations, Metrics)))),
+        fields(lists:sort(maps:to_list(maps:without([operations, limiters], Metrics)))),
         "\n",
         table(
             ["OPERATION", "CALLS", "ERRORS", "IN FLIGHT", "MEAN US"],
             [operation_row(Name, Op) || {Name, Op} <- lists:sort(maps:to_list(Ops))]
-        )
+        ),
+        case lists:sort(maps:to_list(Limiters)) of
+            [] ->
+                [];
+            Sorted ->
+                [
+                    "\n",
+                    table(
+                        ["LIMITER", "CHECKS", "LIMITED", "ERRORS", "LOCAL"],
+                        [[value(Name), value(C), value(L), value(E), value(Lo)]
+                         || {Name, #{checks := C, limited := L, errors := E, local := Lo}} <- Sorted]
+                    )
+                ]
+        end
     ];
 human({prometheus, Text}) ->
-    Text.
+    Text;
+human({backup, #{file := File, keys := Keys, bytes := Bytes}}) ->
+    io_lib:format("backed up ~b keys (~b bytes) to ~ts~n", [Keys, Bytes, value(File)]);
+human({restore, #{file := File, keys := Keys}}) ->
+    io_lib:format("restored ~b keys from ~ts~n", [Keys, value(File)]).
+
+%% @doc The progress line of a backup or restore, to be written over itself.
+-spec progress(atom(), non_neg_integer(), non_neg_integer()) -> iodata().
+progress(check, Pages, _) ->
+    io_lib:format("\rcheck: ~b SCAN pages without data   ", [Pages]);
+progress(Phase, Keys, Bytes) ->
+    io_lib:format("\r~s: ~b keys, ~.1f MiB   ", [Phase, Keys, Bytes / 1048576]).
 
 operation_row(Name, #{calls := Calls, errors := Errors, in_flight := InFlight, latency := #{sum_us := Sum}}) ->
     ErrorText = [io_lib:format("~s ~b", [Kind, N]) || {Kind, N} <- lists:sort(maps:to_list(Errors))],
@@ -84,6 +108,9 @@ usage() ->
         "  routes match Topic           the dests of the routes matching a topic\n",
         "  metrics                      the client's counters\n",
         "  prometheus                   the same in the Prometheus text format\n",
+        "  backup File                  everything under the key prefix, to a file\n",
+        "  restore File [--replace]     a backup, into this deployment and prefix (refused\n",
+        "                               if it holds data, unless --replace)\n",
         "Add --json for JSON output.\n"
     ].
 
@@ -95,6 +122,14 @@ error({invalid_config, Field, Expected}) ->
     ["invalid config: ", value(Field), ": ", value(Expected)];
 error({connection, Message}) ->
     ["connecting to Redis failed: ", value(Message)];
+error({bad_backup, Why}) ->
+    ["not a usable backup: ", value(Why)];
+error({not_empty, Key}) ->
+    ["the deployment holds data (", value(Key), "): restore into an empty one, or add --replace"];
+error({file, Why}) ->
+    value(Why);
+error({redis_version, #{backup := Backup, target := Target}}) ->
+    ["the backup comes from Redis ", value(Backup), "; this Redis (", value(Target), ") is older and cannot read it"];
 error(Reason) ->
     value(Reason).
 

@@ -1,14 +1,16 @@
 %% @doc The entry of `bin/emqx-redis-storage': reads the options, builds
 %% the same config map the application takes, connects a client of its own
 %% and runs one command of `emqx_redis_storage_cli_commands'. The password comes only
-%% from the environment (`EMQX_REDIS_PASSWORD', `EMQX_REDIS_SENTINEL_PASSWORD')
-%% or the config file, and is never printed. Exit status: 0 done, 1 the
+%% from the environment (`EMQX_REDIS_PASSWORD', `EMQX_REDIS_SENTINEL_PASSWORD',
+%% or a URL with a password in `EMQX_REDIS_URL') or the config file, and is
+%% never printed. Exit status: 0 done, 1 the
 %% command failed, 2 bad usage.
 -module(emqx_redis_storage_cli_main).
 
 -export([main/1]).
 
 -define(FLAGS, [
+    {"--url", [redis, url]},
     {"--servers", [redis, servers]},
     {"--redis-type", [redis, redis_type]},
     {"--sentinel", [redis, sentinel]},
@@ -81,6 +83,9 @@ options(["--json" | Rest], Opts) ->
     options(Rest, Opts#{json => true});
 options(["--tls" | Rest], #{flags := Flags} = Opts) ->
     options(Rest, Opts#{flags => [{[redis, ssl, enable], true} | Flags]});
+options(["--replace" | Rest], #{words := Words} = Opts) ->
+    %% an option of the restore command
+    options(Rest, Opts#{words => ["--replace" | Words]});
 options(["--config", File | Rest], Opts) ->
     options(Rest, Opts#{file => File});
 options(["--config"], _Opts) ->
@@ -113,7 +118,7 @@ config(#{flags := Flags} = Opts) ->
         {ok, FromFile} ->
             Config0 = lists:foldl(fun({Path, Value}, C) -> put_in(Path, Value, C) end, atom_keys(FromFile),
                 lists:reverse(Flags)),
-            Config1 = env_secret("EMQX_REDIS_PASSWORD", [redis, password], Config0),
+            Config1 = env_secret("EMQX_REDIS_PASSWORD", [redis, password], env_secret("EMQX_REDIS_URL", [redis, url], Config0)),
             Config = env_secret("EMQX_REDIS_SENTINEL_PASSWORD", [redis, sentinel_password], Config1),
             {ok, Config#{route_index => redis}};
         {error, _} = Error ->
@@ -179,12 +184,14 @@ usage() ->
     [
         "Usage: emqx-redis-storage [OPTIONS] COMMAND\n\n",
         "Options (the config file holds the config map, or its sys.config form):\n",
-        "  --config FILE  --servers HOST[:PORT],...  --redis-type single|sentinel|cluster\n",
+        "  --config FILE  --url URL (no password: see EMQX_REDIS_URL)\n",
+        "  --servers HOST[:PORT],...  --redis-type single|sentinel|cluster\n",
         "  --sentinel MASTER  --database N  --username USER  --key-prefix PREFIX\n",
         "  --connect-timeout DURATION  --command-timeout DURATION\n",
         "  --tls  --tls-cacertfile FILE  --tls-certfile FILE  --tls-keyfile FILE\n",
         "  --tls-verify verify_peer|verify_none  --tls-server-name NAME|disable\n",
         "  --json  (output JSON)   -h, --help\n",
-        "Passwords only from the environment: EMQX_REDIS_PASSWORD, EMQX_REDIS_SENTINEL_PASSWORD\n\n",
+        "Passwords only from the environment: EMQX_REDIS_PASSWORD, EMQX_REDIS_SENTINEL_PASSWORD,\n",
+        "or EMQX_REDIS_URL (redis://user:password@host:port/db, see the README for every form)\n\n",
         emqx_redis_storage_cli_format:usage()
     ].

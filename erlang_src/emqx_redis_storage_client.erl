@@ -7,7 +7,7 @@
 %% NIF or received here, so it never piles up in the caller's mailbox.
 -module(emqx_redis_storage_client).
 
--export([connect/2, checked/3, info/1, health/1, settings/1, res/1, call/3, wait/2, with_default/1]).
+-export([connect/2, checked/3, info/1, health/1, settings/1, res/1, call/3, call_long/4, wait/2, with_default/1]).
 -export([default/0, set_default/1, clear_default/0]).
 
 -record(client, {
@@ -17,8 +17,8 @@
     %% the connect timeout, whatever the command timeout.
     status_timeout :: pos_integer(),
     info :: map(),
-    %% The `persistence' section of the config (TTLs and size limits), and
-    %% the `ds' section under `ds'.
+    %% The `persistence' section of the config (TTLs and size limits), the
+    %% `ds' section under `ds' and the `limiter' section under `limiter'.
     settings :: map()
 }).
 -opaque t() :: #client{}.
@@ -56,6 +56,7 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
             %% The NIF allows two connect attempts; the margin covers scheduling.
             case wait(Start, 2 * ConnectTimeout + 1000) of
                 {ok, Res} ->
+                    define_limiters(Res, maps:get(limiter, Config)),
                     Info = (public_info(Redis))#{
                         key_prefix => KeyPrefix, route_index => maps:get(route_index, Config)
                     },
@@ -64,7 +65,7 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
                         timeout = CommandTimeout,
                         status_timeout = ConnectTimeout + 1000,
                         info = Info,
-                        settings = Settings#{ds => Ds}
+                        settings = Settings#{ds => Ds, limiter => maps:get(limiter, Config)}
                     }};
                 {error, timeout} ->
                     {error, {connection, <<"connect timeout">>}};
@@ -74,6 +75,15 @@ connect(#{redis := Redis, persistence := Settings} = Config, KeyPrefix) ->
         {error, _} = Error ->
             Error
     end.
+
+%% The limiters of the config, on a new client.
+define_limiters(Res, #{limiters := Limiters, on_redis_down := Down}) ->
+    maps:foreach(
+        fun(Name, #{rate := Rate, burst := Burst, batch := Batch}) ->
+            ok = emqx_redis_storage_nif:limiter_define(Res, Name, Rate, Burst, Batch, Down =:= allow)
+        end,
+        Limiters
+    ).
 
 reveal(Fun) when is_function(Fun, 0) -> Fun();
 reveal(Value) -> Value.
@@ -109,10 +119,14 @@ tls(#{cacertfile := Ca, certfile := Cert, keyfile := Key, verify := Verify, serv
 public_info(#{redis_type := Mode, servers := Servers, database := Db, pool_size := Pool}) ->
     #{
         mode => Mode,
-        servers => [iolist_to_binary([Host, $:, integer_to_binary(Port)]) || {Host, Port} <- Servers],
+        servers => [address(Server) || Server <- Servers],
         database => Db,
         pool_size => Pool
     }.
+
+%% `host:port', or a unix socket's path.
+address({Socket, 0}) -> Socket;
+address({Host, Port}) -> iolist_to_binary([Host, $:, integer_to_binary(Port)]).
 
 %% @doc `ok' for a client made by `connect/2'; the API functions that take a
 %% client check it first, so a wrong one is a plain error.
@@ -165,8 +179,8 @@ health(#client{status_timeout = Timeout} = Client) ->
 -spec res(t()) -> reference().
 res(#client{res = Res}) -> Res.
 
-%% @doc The `persistence' settings the client was made with, and the `ds'
-%% settings under `ds'.
+%% @doc The `persistence' settings the client was made with, the `ds'
+%% settings under `ds' and the `limiter' settings under `limiter'.
 -spec settings(t()) -> map().
 settings(#client{settings = Settings}) -> Settings.
 
@@ -186,6 +200,45 @@ call(#client{res = Res, timeout = Timeout}, Fun, Args) ->
 call(Other, _Fun, _Args) ->
     {error, {invalid_client, Other}}.
 
+%% @doc Runs `emqx_redis_storage_nif:Fun(Res, Ref, Args..., Tag)', an
+%% operation of any length that reports its progress: `OnProgress(Phase,
+%% Keys, Bytes)' is called for each report. It is given up (`{error,
+%% timeout}') only when no report came for four command timeouts and 10 s.
+-spec call_long(t(), atom(), list(), fun((atom(), non_neg_integer(), non_neg_integer()) -> term())) ->
+    {ok, term()} | {error, term()}.
+call_long(#client{res = Res, timeout = Timeout}, Fun, Args, OnProgress) ->
+    Tag = erlang:unique_integer(),
+    Ref = make_ref(),
+    case start(Fun, [Res, Ref | Args] ++ [Tag]) of
+        {error, _} = Error -> Error;
+        Ticket -> long_reply(Ref, Ticket, Tag, OnProgress, 4 * Timeout + 10000)
+    end;
+call_long(Other, _Fun, _Args, _OnProgress) ->
+    {error, {invalid_client, Other}}.
+
+long_reply(Ref, Ticket, Tag, OnProgress, Idle) ->
+    receive
+        {emqx_redis_storage_progress, Tag, Phase, Keys, Bytes} ->
+            _ = OnProgress(Phase, Keys, Bytes),
+            long_reply(Ref, Ticket, Tag, OnProgress, Idle);
+        {Ref, Result} ->
+            flush_progress(Tag),
+            Result
+    after Idle ->
+        flush_progress(Tag),
+        case emqx_redis_storage_nif:cancel(Ticket) of
+            cancelled -> {error, timeout};
+            sent -> receive {Ref, Result} -> Result end
+        end
+    end.
+
+%% Reports sent from other threads may arrive after the reply.
+flush_progress(Tag) ->
+    receive
+        {emqx_redis_storage_progress, Tag, _, _, _} -> flush_progress(Tag)
+    after 0 -> ok
+    end.
+
 %% The API modules check every argument before calling; a badarg from the
 %% NIF's argument decoding means a check is missing. It is still an answer,
 %% not an exception, since callers rely on never being crashed by a call.
@@ -203,6 +256,9 @@ wait(Start, Timeout) ->
     case Start(Ref) of
         {error, _} = Error ->
             Error;
+        %% Answered at once, without Redis (a limiter's local batch).
+        {ok, _} = Done ->
+            Done;
         Ticket ->
             receive
                 {Ref, Result} -> Result

@@ -8,7 +8,7 @@
 
 -include("emqx_redis_storage.hrl").
 
--export([parse/1, parse_duration/2]).
+-export([parse/1, parse_duration/2, limit/1]).
 
 -type field_type() ::
     {enum, [atom()]}
@@ -21,10 +21,16 @@
     | key_prefix
     | secret
     | server_name
+    | limits
     | {map, schema()}.
 -type schema() :: [{atom(), field_type(), Default :: term()}].
 
 -define(NONE, '$none').
+%% The default of a field that must be given.
+-define(REQUIRED, '$required').
+%% Tokens per second, and in a bucket: a bucket's milli-tokens stay exact
+%% integers in Redis's Lua (below 2^53).
+-define(MAX_TOKENS, 1000000000).
 %% Upper bounds that no real deployment reaches: beyond them a value is a
 %% mistake, and some (a pool of 2^32 connections) would exhaust the VM.
 -define(HOUR_MS, 3600000).
@@ -41,7 +47,27 @@ schema() ->
         {route_index, {enum, [local, redis]}, local},
         {route_shards, {integer, 1, 1024}, 16},
         {route_sync_interval, {duration, ms, ?HOUR_MS}, 5000},
-        {ds, {map, ds_schema()}, #{}}
+        {ds, {map, ds_schema()}, #{}},
+        {limiter, {map, limiter_schema()}, #{}}
+    ].
+
+%% Rate limits (emqx_redis_limiter).
+limiter_schema() ->
+    [
+        %% What a check gets while Redis does not answer it.
+        {on_redis_down, {enum, [allow, deny]}, allow},
+        %% Name => limit (limit_schema/0), defined on every client.
+        {limiters, limits, #{}}
+    ].
+
+limit_schema() ->
+    [
+        %% Tokens per second.
+        {rate, {integer, 1, ?MAX_TOKENS}, ?REQUIRED},
+        %% The most tokens a bucket holds.
+        {burst, {integer, 1, ?MAX_TOKENS}, ?REQUIRED},
+        %% Tokens a node takes ahead for a key and spends locally; 0: none.
+        {batch, {integer, 0, ?MAX_TOKENS}, 0}
     ].
 
 %% Durable messages (emqx_redis_ds).
@@ -122,7 +148,8 @@ ssl_schema() ->
 -spec parse(map()) -> {ok, map()} | {error, {invalid_config, binary(), binary()}}.
 parse(Config) ->
     try
-        {ok, check_combinations(check_map(<<>>, schema(), alias_server(Config)))}
+        Redis = fun(R) -> expand_url(alias_server_redis(R)) end,
+        {ok, check_combinations(check_map(<<>>, schema(), update_redis(Redis, Config)))}
     catch
         throw:{invalid_config, _, _} = Reason -> {error, Reason}
     end.
@@ -130,6 +157,10 @@ parse(Config) ->
 %% Rules that tie fields together.
 check_combinations(#{redis := #{redis_type := sentinel, sentinel := undefined}}) ->
     invalid(<<"redis.sentinel">>, <<"the master name the sentinels watch (redis_type is sentinel)">>);
+check_combinations(#{redis := #{redis_type := Type, servers := [{_, 0}]}}) when Type =/= single ->
+    invalid(<<"redis.servers">>, <<"host:port entries: a unix socket is for redis_type single">>);
+check_combinations(#{redis := #{servers := [{_, 0}], ssl := #{enable := true}}}) ->
+    invalid(<<"redis.ssl.enable">>, <<"false with a unix socket">>);
 check_combinations(#{redis := #{redis_type := cluster, database := Db}}) when Db =/= 0 ->
     invalid(<<"redis.database">>, <<"0: Redis Cluster has only database 0">>);
 check_combinations(#{redis := #{redis_type := cluster, ssl := #{enable := true, server_name_indication := Name}}}) when
@@ -149,14 +180,56 @@ check_combinations(#{nodes := #{heartbeat_interval := Interval, ttl := Ttl}}) wh
 check_combinations(Config) ->
     Config.
 
-%% EMQX calls the single-server field `server' and the others `servers'.
-alias_server(#{redis := Redis} = Config) when is_map(Redis) ->
-    Config#{redis := alias_server_redis(Redis)};
-alias_server(#{<<"redis">> := Redis} = Config) when is_map(Redis) ->
-    Config#{<<"redis">> := alias_server_redis(Redis)};
-alias_server(Config) ->
+%% The `redis' section changed by `Fun', whether its key is an atom or a binary.
+update_redis(Fun, #{redis := Redis} = Config) when is_map(Redis) ->
+    Config#{redis := Fun(Redis)};
+update_redis(Fun, #{<<"redis">> := Redis} = Config) when is_map(Redis) ->
+    Config#{<<"redis">> := Fun(Redis)};
+update_redis(_Fun, Config) ->
     Config.
 
+%% `url' stands for the fields it sets (emqx_redis_storage_url); giving one
+%% of them as well is a mistake. The ssl settings apply to a rediss URL.
+expand_url(Redis) ->
+    case lookup(url, Redis) of
+        ?NONE ->
+            Redis;
+        Url ->
+            Fields =
+                case text_or_none(Url) of
+                    ?NONE ->
+                        invalid(<<"redis.url">>, <<"a string such as redis://host:6379/0">>);
+                    Text ->
+                        case emqx_redis_storage_url:parse(Text) of
+                            {ok, F} -> F;
+                            {error, Why} -> invalid(<<"redis.url">>, Why)
+                        end
+                end,
+            {Tls, Set} = maps:take(tls, Fields),
+            [
+                invalid(<<"redis.url">>, <<"either the url or ", (name(K))/binary, ", not both">>)
+             || K <- maps:keys(Set), lookup(K, Redis) =/= ?NONE
+            ],
+            ssl_from_url(Tls, maps:merge(maps:without([url, <<"url">>], Redis), Set))
+    end.
+
+ssl_from_url(false, Redis) ->
+    Redis;
+ssl_from_url(true, Redis) ->
+    Ssl =
+        case lookup(ssl, Redis) of
+            ?NONE -> #{};
+            Map when is_map(Map) -> Map;
+            _ -> invalid(<<"redis.ssl">>, <<"a map">>)
+        end,
+    case lookup(enable, Ssl) of
+        Off when Off =:= false; Off =:= <<"false">>; Off =:= "false" ->
+            invalid(<<"redis.url">>, <<"redis:// (a rediss URL turns ssl.enable on)">>);
+        _ ->
+            (maps:without([ssl, <<"ssl">>], Redis))#{ssl => (maps:without([<<"enable">>], Ssl))#{enable => true}}
+    end.
+
+%% EMQX calls the single-server field `server' and the others `servers'.
 alias_server_redis(Redis) ->
     case [K || K <- [server, <<"server">>], maps:is_key(K, Redis)] of
         [] ->
@@ -168,6 +241,24 @@ alias_server_redis(Redis) ->
             end;
         _ ->
             invalid(<<"redis.server">>, <<"given twice">>)
+    end.
+
+%% @doc One limiter's definition, `#{rate, burst, batch}', checked as a
+%% `limiter.limiters' entry is.
+-spec limit(term()) -> {ok, map()} | {error, {invalid_config, binary(), binary()}}.
+limit(Limit) ->
+    try
+        {ok, check_limit(<<>>, Limit)}
+    catch
+        throw:{invalid_config, _, _} = Reason -> {error, Reason}
+    end.
+
+check_limit(Path, Limit) ->
+    case check_map(Path, limit_schema(), Limit) of
+        #{batch := Batch, burst := Burst} when Batch > Burst ->
+            invalid(join(Path, batch), <<"at most burst">>);
+        Checked ->
+            Checked
     end.
 
 -spec check_map(binary(), schema(), term()) -> map().
@@ -186,6 +277,13 @@ check_map(Path, _Schema, _Other) ->
 
 check_field(Path, {map, Schema}, ?NONE, Default) ->
     check_map(Path, Schema, Default);
+check_field(Path, Type, ?NONE, ?REQUIRED) ->
+    %% What the field takes, from the check of a missing value.
+    try check(Path, Type, ?NONE) of
+        _ -> invalid(Path, <<"required">>)
+    catch
+        throw:{invalid_config, Path, Expected} -> invalid(Path, <<"required: ", Expected/binary>>)
+    end;
 check_field(_Path, _Type, ?NONE, Default) ->
     Default;
 check_field(_Path, _Type, undefined, undefined) ->
@@ -261,8 +359,21 @@ check(Path, server_name, Value) ->
         _ ->
             invalid(Path, <<"a DNS name, or disable">>)
     end;
+check(Path, limits, Limits) when is_map(Limits) ->
+    maps:from_list([
+        {limiter_name(Path, Name), check_limit(join(Path, Name), Limit)}
+     || {Name, Limit} <- maps:to_list(Limits)
+    ]);
+check(Path, limits, _Value) ->
+    invalid(Path, <<"a map of limiter names to #{rate, burst, batch}">>);
 check(Path, {map, Schema}, Value) ->
     check_map(Path, Schema, Value).
+
+limiter_name(Path, Name) ->
+    case text_or_none(Name) of
+        Bin when is_binary(Bin), byte_size(Bin) > 0, byte_size(Bin) =< 255 -> Bin;
+        _ -> invalid(join(Path, Name), <<"a name of 1 to 255 bytes">>)
+    end.
 
 %% Kept behind a fun so the value does not show in crash reports or logs.
 secret(Bin) -> fun() -> Bin end.
@@ -321,11 +432,17 @@ parse_servers(Path, Value) ->
         end,
     case Entries of
         [] -> invalid(Path, servers_expected());
-        _ -> [parse_server(Path, E) || E <- Entries]
+        _ ->
+            Servers = [parse_server(Path, E) || E <- Entries],
+            length(Servers) > 1 andalso lists:keymember(0, 2, Servers) andalso
+                invalid(Path, <<"one unix socket, alone">>),
+            Servers
     end.
 
 parse_server(Path, ?NONE) ->
     invalid(Path, servers_expected());
+parse_server(_Path, <<"/", _/binary>> = Socket) ->
+    {Socket, 0};
 parse_server(Path, Entry) ->
     {Host, PortText} =
         case binary:split(string:trim(Entry), <<":">>, [global]) of
@@ -340,7 +457,7 @@ parse_server(Path, Entry) ->
     end.
 
 servers_expected() ->
-    <<"\"host[:port]\" or \"host[:port],host[:port],...\" with ports 1..65535">>.
+    <<"\"host[:port]\" or \"host[:port],host[:port],...\" with ports 1..65535, or a unix socket's absolute path">>.
 
 text_or_none(Bin) when is_binary(Bin) ->
     Bin;

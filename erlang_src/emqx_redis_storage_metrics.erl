@@ -14,8 +14,10 @@
 %% in_flight, latency => #{buckets => [{UpperBoundUs | infinity, Count}],
 %% sum_us, count}}}, connections, reconnects, sentinel_failovers,
 %% cluster_topology_refreshes, route_index_resyncs, route_index_routes,
-%% requests, bytes_sent, bytes_received}'. Buckets count their own calls
-%% (not cumulative). An operation appears after its first call.
+%% requests, bytes_sent, bytes_received, group_commits, grouped_calls,
+%% limiters => #{Name => #{checks, limited, errors, local}}}'. Buckets count
+%% their own calls (not cumulative). An operation appears after its first
+%% call, a limiter once it is defined.
 -spec read(emqx_redis_storage_client:t()) -> map().
 read(Client) ->
     #{servers := Servers} = emqx_redis_storage_client:info(Client),
@@ -24,14 +26,16 @@ read(Client) ->
 
 %% @doc The metrics of `read/1' in the Prometheus text format (version
 %% 0.0.4): every series carries the label `server' (the client's servers as
-%% configured), operation metrics also `operation', errors also `reason'.
+%% configured), operation metrics also `operation', errors also `reason',
+%% limiter metrics `limiter' (its name).
 -spec prometheus(emqx_redis_storage_client:t()) -> iodata().
 prometheus(Client) ->
     Metrics = read(Client),
     [family(Definition, Metrics) || Definition <- definitions()].
 
 %% {Name after the prefix, type, help, where the value is}: `{operation,
-%% Field}' for one series per operation, `{client, Field}' for one per client.
+%% Field}' for one series per operation, `{limiter, Field}' per limiter,
+%% `{client, Field}' for one per client.
 definitions() ->
     [
         {"calls_total", counter, "Calls answered, with a value or an error.", {operation, calls}},
@@ -67,7 +71,16 @@ definitions() ->
             "Script calls that carried the calls of several callers (group commit).",
             {client, group_commits}},
         {"grouped_calls_total", counter, "Calls carried by those script calls.",
-            {client, grouped_calls}}
+            {client, grouped_calls}},
+        {"limiter_checks_total", counter, "Rate limit checks answered, bad arguments aside.",
+            {limiter, checks}},
+        {"limiter_limited_total", counter, "Rate limit checks the bucket refused.", {limiter, limited}},
+        {"limiter_errors_total", counter,
+            "Rate limit checks Redis did not answer, decided by limiter.on_redis_down.",
+            {limiter, errors}},
+        {"limiter_local_checks_total", counter,
+            "Rate limit checks answered from the node's local batch, without Redis.",
+            {limiter, local}}
     ].
 
 %% A metric's HELP and TYPE lines and its samples; nothing if it has none.
@@ -89,6 +102,11 @@ samples(FullName, {client, Field}, Labels, Metrics) ->
         N when is_integer(N) -> [sample(FullName, Labels, N)];
         undefined -> []
     end;
+samples(FullName, {limiter, Field}, Labels, #{limiters := Limiters}) ->
+    [
+        sample(FullName, [{limiter, Name} | Labels], maps:get(Field, Counts))
+     || {Name, Counts} <- lists:sort(maps:to_list(Limiters))
+    ];
 samples(FullName, {operation, Field}, Labels, #{operations := Operations}) ->
     [
         operation_samples(FullName, Field, [{operation, Op} | Labels], maps:get(Field, OpMetrics))

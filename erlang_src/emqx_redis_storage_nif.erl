@@ -4,6 +4,7 @@
 -module(emqx_redis_storage_nif).
 
 -export([connect/2, q/3, cancel/1, panic_in_task/1, client_status/2, log_sink/2, client_metrics/1]).
+-export([backup/4, restore/5]).
 -export([
     session_save/7, session_load/3, session_delete/3, session_info/3, session_count/2,
     session_list/4, lease_acquire/6, lease_renew/5, lease_release/4,
@@ -22,6 +23,7 @@
     node_join/4, node_heartbeat/5, node_view/2, node_leave/4, node_reap_claim/6,
     node_reap_renew/5, node_reap_finish/5, node_reap_step/5
 ]).
+-export([limiter_define/6, limiter_check/5, limiter_reset/4]).
 -export([
     message_store/5, message_get/5, message_ack/4, message_delete/3, message_count/3,
     message_info/3
@@ -87,6 +89,14 @@ log_sink(_Pid, _Level) -> ?NOT_LOADED.
 %% Synchronous: the client's counters as a map.
 -spec client_metrics(reference()) -> map().
 client_metrics(_Client) -> ?NOT_LOADED.
+
+%% Backup and restore: `Tag' marks the progress messages
+%% `{emqx_redis_storage_progress, Tag, Phase, Keys, Bytes}' sent meanwhile.
+-spec backup(reference(), reference(), binary(), integer()) -> ticket().
+backup(_Client, _Ref, _Path, _Tag) -> ?NOT_LOADED.
+
+-spec restore(reference(), reference(), binary(), boolean(), integer()) -> ticket().
+restore(_Client, _Ref, _Path, _Replace, _Tag) -> ?NOT_LOADED.
 
 -spec panic_in_task(reference()) -> ticket().
 panic_in_task(_Ref) -> ?NOT_LOADED.
@@ -185,6 +195,19 @@ message_count(_C, _Ref, _ClientId) -> ?NOT_LOADED.
 
 -spec message_info(reference(), reference(), binary()) -> ticket().
 message_info(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+
+%% Rate limits. A check answered without Redis returns `{ok, Decision}' at
+%% once (emqx_redis_limiter).
+
+-spec limiter_define(reference(), binary(), pos_integer(), pos_integer(), non_neg_integer(), boolean()) -> ok.
+limiter_define(_C, _Name, _Rate, _Burst, _Batch, _AllowWhenDown) -> ?NOT_LOADED.
+
+-spec limiter_check(reference(), reference(), binary(), binary(), non_neg_integer()) ->
+    ticket() | {ok, non_neg_integer() | {limited, pos_integer()}} | {error, term()}.
+limiter_check(_C, _Ref, _Name, _Key, _Cost) -> ?NOT_LOADED.
+
+-spec limiter_reset(reference(), reference(), binary(), binary()) -> ticket() | {error, term()}.
+limiter_reset(_C, _Ref, _Name, _Key) -> ?NOT_LOADED.
 
 %% Durable messages. Replies: see emqx_redis_ds.
 

@@ -197,26 +197,35 @@ errors_and_exit_statuses(Config) ->
     Broken = filename:join(?config(priv_dir, Config), "broken.config"),
     ok = file:write_file(Broken, "#{redis => #{password => <<\"" ?PASSWORD "\">>, servers => }}.\n"),
     ?assertEqual({1, "", Broken ++ ": syntax error on line 1\n"}, tool(Config, ["--config", Broken, "status"])),
+    %% A URL with the password, from the environment: used, never shown,
+    %% also when it is wrong or malformed.
+    Address = binary_to_list(redis_test_server:address(?config(redis, Config))),
+    Url = "redis://:" ?PASSWORD "@" ++ Address,
+    ?assertEqual({0, "2\n", ""}, run(?config(tool, Config), ["--key-prefix", "clitest:", "sessions", "count"], [{"EMQX_REDIS_URL", Url}])),
+    {1, "", BadUrl} = run(?config(tool, Config), ["status"], [{"EMQX_REDIS_URL", Url ++ "/x"}]),
+    ?assertMatch("invalid config: redis.url: " ++ _, BadUrl),
+    {1, "", WrongUrl} = run(?config(tool, Config), ["status"], [{"EMQX_REDIS_URL", "redis://:" ?PASSWORD "x@" ++ Address}]),
+    ?assertMatch({match, _}, re:run(WrongUrl, "authentication failed", [caseless])),
     Unreachable = "127.0.0.1:" ++ integer_to_list(loopback_port:free([])),
     {1, "", Down} = tool(Config, ["--servers", Unreachable, "--connect-timeout", "500", "status"]),
     ?assertMatch("connecting to Redis failed: " ++ _, Down).
 
 cmd_in_the_vm(Config) ->
-    ?assertEqual("emqx_redis_storage is not started\n", captured(["status"])),
+    ?assertEqual("emqx_redis_storage is not started\n", test_util:captured(["status"])),
     ok = emqx_redis_storage:start(app_config(?config(redis, Config))),
-    ?assertEqual("2\n", captured(["sessions", "count"])),
+    ?assertEqual("2\n", test_util:captured(["sessions", "count"])),
     ?assertMatch(
         #{<<"healthy">> := true, <<"key_prefix">> := ?PREFIX},
-        json_test_decoder:decode(captured(["--json", "status"]))
+        json_test_decoder:decode(test_util:captured(["--json", "status"]))
     ),
     Node = atom_to_list(node()),
-    Matched = string:lexemes(captured(["routes", "match", "sensors/1/temp"]), "\n"),
+    Matched = string:lexemes(test_util:captured(["routes", "match", "sensors/1/temp"]), "\n"),
     ?assertEqual([Node, Node ++ " (group g1)"], lists:sort(Matched)),
-    ?assertMatch({match, _}, re:run(captured(["sessions", "show", "c1"]), "subscriptions")),
-    ?assertEqual("not found\n", captured(["sessions", "show", "nobody"])),
-    ?assertEqual(iolist_to_binary(emqx_redis_storage_cli_format:usage()), list_to_binary(captured(["nothing"]))),
-    ?assertEqual(iolist_to_binary(emqx_redis_storage_cli_format:usage()), list_to_binary(captured(not_a_list))),
-    Counted = json_test_decoder:decode(captured(["--json", "metrics"])),
+    ?assertMatch({match, _}, re:run(test_util:captured(["sessions", "show", "c1"]), "subscriptions")),
+    ?assertEqual("not found\n", test_util:captured(["sessions", "show", "nobody"])),
+    ?assertEqual(iolist_to_binary(emqx_redis_storage_cli_format:usage()), list_to_binary(test_util:captured(["nothing"]))),
+    ?assertEqual(iolist_to_binary(emqx_redis_storage_cli_format:usage()), list_to_binary(test_util:captured(not_a_list))),
+    Counted = json_test_decoder:decode(test_util:captured(["--json", "metrics"])),
     ?assertMatch(#{<<"operations">> := #{<<"session_count">> := #{<<"calls">> := C}}} when C > 0, Counted).
 
 %% `healthy' true with Redis up, false while it is down (breaker open, the
@@ -287,31 +296,3 @@ run(Program, Args, Env) ->
     Stderr = unicode:characters_to_list(ErrBin),
     [?assertEqual(nomatch, string:find(Text, ?PASSWORD), Args) || Text <- [Out, Stderr]],
     {Status, Out, Stderr}.
-
-%% What `cmd/1' prints, caught as the group leader sees it.
-captured(Args) ->
-    Self = self(),
-    Leader = group_leader(),
-    Catcher = spawn_link(fun() -> catch_io(Self, []) end),
-    group_leader(Catcher, self()),
-    try
-        ok = emqx_redis_storage_cli:cmd(Args)
-    after
-        group_leader(Leader, self())
-    end,
-    Catcher ! {done, Self},
-    receive
-        {caught, Text} -> Text
-    end.
-
-catch_io(Owner, Acc) ->
-    receive
-        {io_request, From, Ref, {put_chars, Encoding, Chars}} ->
-            From ! {io_reply, Ref, ok},
-            catch_io(Owner, [unicode:characters_to_list(Chars, Encoding) | Acc]);
-        {io_request, From, Ref, {put_chars, Encoding, M, F, A}} ->
-            From ! {io_reply, Ref, ok},
-            catch_io(Owner, [unicode:characters_to_list(apply(M, F, A), Encoding) | Acc]);
-        {done, Owner} ->
-            Owner ! {caught, lists:append(lists:reverse(Acc))}
-    end.

@@ -217,7 +217,7 @@ master_frozen_replica_promoted(Config) ->
     ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{command_timeout => 500}})),
     [Victim | _] = [N || N <- masters(Nodes), has_replica(N)],
     %% The operators' log tells of the new topology.
-    ok = add_log_handler(),
+    ok = test_util:add_log_handler(),
     T0 = erlang:monotonic_time(millisecond),
     ok = redis_test_server:pause(Victim),
     try
@@ -237,23 +237,9 @@ master_frozen_replica_promoted(Config) ->
             ct:fail(no_cluster_topology_refreshed_report)
         end
     after
-        ok = logger:remove_handler(?MODULE),
+        ok = logger:remove_handler(test_util),
         redis_test_server:resume(Victim)
     end.
-
-%% A logger handler that sends the library's reports to the calling test
-%% process as `{report, Level, Report}'; removed with logger:remove_handler(?MODULE).
-add_log_handler() ->
-    logger:add_handler(?MODULE, ?MODULE, #{
-        level => all,
-        filters => [{domain, {fun logger_filters:domain/2, {stop, not_equal, [emqx_redis_storage]}}}],
-        config => #{pid => self()}
-    }).
-
-log(#{level := Level, msg := {report, Report}}, #{config := #{pid := Pid}}) ->
-    Pid ! {report, Level, Report};
-log(_Event, _Config) ->
-    ok.
 
 has_replica(Node) ->
     string:find(redis_test_server:cmd(Node, ["INFO", "replication"]), "connected_slaves:1") =/= nomatch.
@@ -531,7 +517,7 @@ user_without_rights_gets_clear_error(_Config) ->
 
 appendonly_off_is_warned(_Config) ->
     Server = redis_test_server:start(),
-    ok = add_log_handler(),
+    ok = test_util:add_log_handler(),
     try
         ok = emqx_redis_storage:start(#{redis => #{servers => redis_test_server:address(Server)}}),
         receive
@@ -540,7 +526,7 @@ appendonly_off_is_warned(_Config) ->
         after 5000 -> ct:fail(no_warning)
         end
     after
-        logger:remove_handler(?MODULE),
+        logger:remove_handler(test_util),
         ok = emqx_redis_storage:stop(),
         redis_test_server:stop(Server)
     end.

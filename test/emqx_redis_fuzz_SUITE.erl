@@ -24,7 +24,7 @@
 -define(PUBLIC, [
     emqx_redis_storage, emqx_redis_session, emqx_redis_message,
     emqx_redis_router, emqx_redis_registry, emqx_redis_topic, emqx_redis_storage_cli, emqx_redis_ds,
-    emqx_redis_nodes
+    emqx_redis_nodes, emqx_redis_limiter
 ]).
 -define(DEFAULT_CALLS, 20000).
 -define(MAX_FENCE, (1 bsl 53) - 1).
@@ -54,6 +54,7 @@ all() ->
 init_per_suite(Config) ->
     Redis = redis_test_server:start(#{conf => [["rename-command ", C, " \"\""] || C <- ?DISABLED_COMMANDS]}),
     Addr = redis_test_server:address(Redis),
+    ok = filelib:ensure_path(filename:join(redis_test_server:tmp_root(), "fuzz-backups")),
     ok = ?ST:start(app_config(Addr)),
     %% One seed for both fuzz cases, so the printed rerun repeats them both.
     [{redis, Redis}, {addr, Addr}, {seed, seed()} | Config].
@@ -417,7 +418,8 @@ known_error(_Ctx, Reason) when is_tuple(Reason), tuple_size(Reason) >= 2 ->
         (lists:prefix("invalid_", atom_to_list(Tag)) orelse
             lists:member(Tag, [
                 too_large, batch_too_large, held_by, not_replicated, unsupported_command, bad_command,
-                undecodable, unknown_node, filter_too_wide, held
+                undecodable, unknown_node, filter_too_wide, held, bad_backup, not_empty, file, redis_version,
+                unknown_limiter, limited
             ]));
 known_error(_Ctx, _Reason) ->
     false.
@@ -496,6 +498,11 @@ signatures() ->
         {?ST, metrics, 1} => [client],
         {?ST, prometheus, 0} => [],
         {?ST, prometheus, 1} => [client],
+        {?ST, backup, 1} => [backup_path],
+        {?ST, backup, 3} => [client, backup_path, backup_opts],
+        {?ST, restore, 1} => [backup_path],
+        {?ST, restore, 2} => [backup_path, backup_opts],
+        {?ST, restore, 3} => [client, backup_path, backup_opts],
         {?S, save_session, 2} => [client_id, any],
         {?S, save_session, 3} => [client_id, any, save_opts],
         {?S, save_session, 4} => [client, client_id, any, save_opts],
@@ -583,7 +590,13 @@ signatures() ->
         {emqx_redis_nodes, set_rejoin_hook, 1} => [hook],
         {emqx_redis_nodes, membership, 0} => [],
         {emqx_redis_nodes, reap, 2} => [node, incarnation],
-        {emqx_redis_nodes, reap, 3} => [client, node, incarnation]
+        {emqx_redis_nodes, reap, 3} => [client, node, incarnation],
+        {emqx_redis_limiter, define, 2} => [limiter_name, limit_spec],
+        {emqx_redis_limiter, define, 3} => [client, limiter_name, limit_spec],
+        {emqx_redis_limiter, check, 3} => [limiter_name, client_id, cost],
+        {emqx_redis_limiter, check, 4} => [client, limiter_name, client_id, cost],
+        {emqx_redis_limiter, reset, 2} => [limiter_name, client_id],
+        {emqx_redis_limiter, reset, 3} => [client, limiter_name, client_id]
     }.
 
 %% One valid value of a kind, for the deterministic cases.
@@ -612,7 +625,12 @@ valid_example(iterator) -> {emqx_redis_ds_iterator, 1, <<"a">>, 0, <<"a/+">>, 0,
 valid_example(batch_size) -> 10;
 valid_example(watch_ref) -> make_ref();
 valid_example(hook) -> undefined;
-valid_example(incarnation) -> 1.
+valid_example(incarnation) -> 1;
+valid_example(backup_path) -> "never-written.bak";
+valid_example(backup_opts) -> #{};
+valid_example(limiter_name) -> <<"fz">>;
+valid_example(limit_spec) -> #{rate => 1, burst => 1};
+valid_example(cost) -> 1.
 
 %%--------------------------------------------------------------------
 %% Generators
@@ -638,6 +656,7 @@ fuzzed(_Ctx, _M, _F) -> true.
 %% Functions that visit the whole store (every hash slot or every entry)
 %% take tens of milliseconds: drawn less often, so the run stays short.
 weight(F) when F =:= count_sessions; F =:= list_sessions; F =:= cleanup_node; F =:= cmd -> 1;
+weight(F) when F =:= backup; F =:= restore -> 1;
 weight(_F) -> 5.
 
 %% Mostly values of the right kind, so calls get past validation and reach
@@ -645,6 +664,9 @@ weight(_F) -> 5.
 %% the test's Redis).
 gen_arg(Ctx, config) ->
     gen_valid(Ctx, config);
+gen_arg(Ctx, backup_path) ->
+    %% Never any string: a backup writes wherever its path says.
+    frequency([{4, gen_valid(Ctx, backup_path)}, {1, oneof([integer(), elements([undefined, [], <<>>, #{}, [a | b]])])}]);
 gen_arg(Ctx, Kind) ->
     frequency([{4, gen_valid(Ctx, Kind)}, {1, gen_any()}]).
 
@@ -690,6 +712,17 @@ gen_valid(_Ctx, hook) ->
     elements([undefined, fun() -> ok end, {erlang, node, []}, {m, f, [a | b]}, fun(_) -> ok end, {m, f}]);
 gen_valid(_Ctx, incarnation) ->
     frequency([{8, integer(0, 50)}, {1, elements([-1, 1 bsl 53, 1 bsl 64, nil])}]);
+gen_valid(_Ctx, limiter_name) ->
+    frequency([{8, elements([<<"fz">>, <<"fz-batch">>, <<"unknown">>])}, {1, elements([<<>>, binary:copy(<<"n">>, 256)])}, {1, binary()}]);
+gen_valid(_Ctx, limit_spec) ->
+    Edge = elements([0, 1, 1000000000, 1000000001, -1, 1 bsl 64]),
+    frequency([
+        {6, ?LET({R, B, N}, {integer(1, 1000), integer(1, 1000), integer(0, 1000)}, #{rate => R, burst => B, batch => N})},
+        {1, ?LET({R, B}, {Edge, Edge}, #{rate => R, burst => B})},
+        {1, elements([#{rate => 1}, #{burst => 1}, #{rate => 1, burst => 1, other => 1}, #{}])}
+    ]);
+gen_valid(_Ctx, cost) ->
+    frequency([{8, integer(0, 20)}, {1, elements([-1, 1000000000, 1000000001, 1 bsl 64, 1.0])}]);
 gen_valid(_Ctx, topic_kind) ->
     elements([name, filter]);
 gen_valid(_Ctx, ds_messages) ->
@@ -716,6 +749,18 @@ gen_valid(_Ctx, iterator) ->
         )},
         {1, ?LET(L, list(gen_any()), list_to_tuple([emqx_redis_ds_iterator | L]))}
     ]);
+gen_valid(_Ctx, backup_path) ->
+    %% A few files in the test's directory: written by backups, read back by
+    %% restores (then refused as not_empty, or replacing with older data);
+    %% a directory; a file that is no backup.
+    Dir = filename:join(redis_test_server:tmp_root(), "fuzz-backups"),
+    ?LET(
+        Name,
+        elements(["a.bak", "b.bak", "", "no-such-dir/c.bak", "../redis.conf"]),
+        frequency([{3, filename:join(Dir, Name)}, {1, list_to_binary(filename:join(Dir, Name))}])
+    );
+gen_valid(_Ctx, backup_opts) ->
+    elements([#{}, #{mode => replace}, #{mode => fail_if_exists}, #{mode => merge}, #{progress => fun(_, _, _) -> ok end}]);
 gen_valid(_Ctx, batch_size) ->
     frequency([{6, integer(1, 100)}, {1, elements([0, -1, 10000, 10001, 1 bsl 64])}]);
 gen_valid(_Ctx, watch_ref) ->

@@ -1,5 +1,6 @@
 %% The Rust side's events reach OTP logger as reports in the domain
-%% [emqx_redis_storage]: a Redis killed and restarted, a Sentinel master frozen and the failover followed,
+%% [emqx_redis_storage]: a Redis killed and restarted (over TCP, and over a
+%% unix socket named by a URL with the password), a Sentinel master frozen and the failover followed,
 %% a dropped route-events subscription, a TLS name mismatch, a flood of
 %% failing calls (rate-limited, with counts), the level filter, and no
 %% password in any report.
@@ -11,6 +12,7 @@
 -export([all/0, groups/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([
     redis_killed_and_restarted/1,
+    unix_socket_killed_and_restarted/1,
     sentinel_failover_followed/1,
     route_index_resyncs/1,
     script_reloaded_after_flush/1,
@@ -35,6 +37,7 @@ groups() ->
     [
         {all, [sequence], [
             redis_killed_and_restarted,
+            unix_socket_killed_and_restarted,
             sentinel_failover_followed,
             route_index_resyncs,
             script_reloaded_after_flush,
@@ -127,9 +130,18 @@ ping(Client) ->
 
 redis_killed_and_restarted(_Config) ->
     Redis = redis_test_server:start(#{conf => ["requirepass " ++ binary_to_list(?PASSWORD)]}),
-    Address = redis_test_server:address(Redis),
+    killed_and_restarted(Redis, redis_test_server:address(Redis), config(Redis, #{})).
+
+%% The same over a unix socket, with the password in a redis.url.
+unix_socket_killed_and_restarted(_Config) ->
+    Redis = redis_test_server:start(#{unixsocket => true, conf => ["requirepass " ++ binary_to_list(?PASSWORD)]}),
+    Socket = list_to_binary(redis_test_server:socket(Redis)),
+    Url = <<"unix://:", ?PASSWORD/binary, "@", Socket/binary>>,
+    killed_and_restarted(Redis, Socket, #{redis => #{url => Url, connect_timeout => 1000}}).
+
+killed_and_restarted(Redis, Address, ClientConfig) ->
     try
-        {ok, Client} = emqx_redis_storage:connect(config(Redis, #{})),
+        {ok, Client} = emqx_redis_storage:connect(ClientConfig),
         {ok, <<"PONG">>} = ping(Client),
         ok = redis_test_server:kill(Redis),
         expect(warning, <<"connection_lost">>, #{server => Address}, 5000),

@@ -175,7 +175,14 @@ prometheus_text_passes_promtool(Config) ->
                 )
              || Op <- Ops
             ],
-            ?assertEqual(lists:sort(expected_operations(Index)), lists:sort(Ops))
+            ?assertEqual(lists:sort(expected_operations(Index)), lists:sort(Ops)),
+            %% Each limiter's series, its name escaped in the label.
+            ?assertMatch(
+                #{<<"conn \"quoted\"">> := #{checks := 2, limited := 1, errors := 0, local := 0}},
+                maps:get(limiters, ?ST:metrics(Client))
+            ),
+            Limited = <<"emqx_redis_storage_limiter_limited_total{limiter=\"conn \\\"quoted\\\"\",server=">>,
+            ?assertNotEqual(nomatch, binary:match(Text, Limited))
         end,
         [local, redis]
     ).
@@ -195,7 +202,7 @@ expected_operations(Index) ->
             lease_acquire, lease_renew, lease_release, channel_register, channel_lookup,
             channel_unregister, channel_cleanup, message_store, message_get, message_ack,
             message_count, message_info, message_delete, route_add, route_lookup, route_filters,
-            route_delete, route_cleanup
+            route_delete, route_cleanup, limiter_check, limiter_reset
         ].
 
 every_operation(Client, Prefix) ->
@@ -227,6 +234,10 @@ every_operation(Client, Prefix) ->
     {ok, _} = ?R:match_routes(Client, <<"a/b">>),
     ok = ?R:delete_route(Client, <<"a/+">>, node()),
     {ok, _} = ?R:cleanup_node(Client, 'gone@nowhere'),
+    ok = emqx_redis_limiter:define(Client, <<"conn \"quoted\"">>, #{rate => 1, burst => 1}),
+    {ok, 0} = emqx_redis_limiter:check(Client, <<"conn \"quoted\"">>, Id, 1),
+    {error, {limited, _}} = emqx_redis_limiter:check(Client, <<"conn \"quoted\"">>, Id, 1),
+    ok = emqx_redis_limiter:reset(Client, <<"conn \"quoted\"">>, Id),
     ok = ?S:delete_session(Client, Id).
 
 %% After Redis is killed and started again, the pool dials again (counted

@@ -4,7 +4,7 @@
 -module(redis_test_server).
 
 -export([start/0, start/1, stop/1, kill/1, pause/1, resume/1, restart/1]).
--export([port/1, address/1, dir/1, cmd/2, tmp_root/0]).
+-export([port/1, address/1, socket/1, dir/1, cmd/2, tmp_root/0]).
 -export([certs/0, start_cluster/1, stop_cluster/1, start_sentinel/1, stop_sentinel/1]).
 
 -type server() :: #{
@@ -44,10 +44,15 @@ try_start(Port, Opts) ->
     %% the server would load.
     _ = file:del_dir_r(Dir),
     ok = filelib:ensure_path(Dir),
+    Socket =
+        case maps:get(unixsocket, Opts, false) of
+            true -> ["unixsocket " ++ socket(#{dir => Dir}), "unixsocketperm 700"];
+            false -> []
+        end,
     Server = #{
         port => Port,
         dir => Dir,
-        conf => maps:get(conf, Opts, []),
+        conf => Socket ++ maps:get(conf, Opts, []),
         tls => maps:get(tls, Opts, undefined),
         exe => maps:get(exe, Opts, "redis-server")
     },
@@ -199,6 +204,10 @@ port(#{port := Port}) -> Port.
 %% @doc `<<"127.0.0.1:Port">>', as the `servers' config field takes it.
 -spec address(server()) -> binary().
 address(#{port := Port}) -> iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]).
+
+%% @doc The unix socket a server started with `unixsocket' listens on.
+-spec socket(#{dir := file:filename(), _ => _}) -> file:filename().
+socket(#{dir := Dir}) -> filename:join(Dir, "redis.sock").
 
 -spec dir(server()) -> file:filename().
 dir(#{dir := Dir}) -> Dir.

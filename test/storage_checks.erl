@@ -3,7 +3,7 @@
 %% unique per call, so runs never depend on an empty Redis.
 -module(storage_checks).
 
--export([all/0, sessions/0, registry/0, messages/0, grouped/0, routes/0, durable/0, membership/0]).
+-export([all/0, sessions/0, registry/0, messages/0, grouped/0, routes/0, durable/0, membership/0, limiter/0]).
 
 -include_lib("stdlib/include/assert.hrl").
 
@@ -14,7 +14,8 @@ all() ->
     ok = grouped(),
     ok = routes(),
     ok = durable(),
-    ok = membership().
+    ok = membership(),
+    ok = limiter().
 
 unique(Prefix) ->
     iolist_to_binary([Prefix, integer_to_list(erlang:unique_integer([positive]))]).
@@ -187,4 +188,33 @@ membership() ->
     ?assertEqual({ok, []}, emqx_redis_router:lookup_routes(lists:last(Filters))),
     ?assertEqual({error, gone}, N:reap(Node, Inc)),
     ok = emqx_redis_router:delete_route(hd(Filters), 'keep@h'),
+    ok.
+
+%% Rate limits: a bucket admits its burst exactly, then limits with the
+%% time until the next token; 20 keys at once (spread over a cluster's
+%% slots); a reset gives a full bucket; a local batch spends tokens without
+%% Redis and never admits more than the bucket holds.
+limiter() ->
+    L = emqx_redis_limiter,
+    Name = unique(<<"lim-">>),
+    ok = L:define(Name, #{rate => 1, burst => 5}),
+    Keys = [unique(<<"key-">>) || _ <- lists:seq(1, 20)],
+    Checks = [[L:check(Name, Key, 1) || _ <- lists:seq(1, 6)] || Key <- Keys],
+    [
+        begin
+            ?assertEqual([{ok, 4}, {ok, 3}, {ok, 2}, {ok, 1}, {ok, 0}], lists:sublist(Answers, 5)),
+            {error, {limited, RetryAfter}} = lists:last(Answers),
+            ?assert(RetryAfter > 0 andalso RetryAfter =< 1000, RetryAfter)
+        end
+     || Answers <- Checks
+    ],
+    ok = L:reset(Name, hd(Keys)),
+    ?assertEqual({ok, 2}, L:check(Name, hd(Keys), 3)),
+    Batched = unique(<<"lim-batch-">>),
+    ok = L:define(Batched, #{rate => 1, burst => 50, batch => 10}),
+    #{limiters := #{Batched := #{local := Local0}}} = emqx_redis_storage:metrics(),
+    Admitted = [ok || {ok, _} <- [L:check(Batched, hd(Keys), 1) || _ <- lists:seq(1, 60)]],
+    ?assert(length(Admitted) >= 50 - 10 andalso length(Admitted) =< 50 + 1, length(Admitted)),
+    #{limiters := #{Batched := #{local := Local1}}} = emqx_redis_storage:metrics(),
+    ?assert(Local1 - Local0 >= 40, {Local0, Local1}),
     ok.

@@ -1,7 +1,8 @@
 %% Small helpers shared by the suites.
 -module(test_util).
 
--export([wait_until/2, wait_ok/2, chunks/2, pmap/2, project_root/0, run/3, while_busy/3]).
+-export([wait_until/2, wait_ok/2, chunks/2, pmap/2, project_root/0, run/3, while_busy/3, captured/1]).
+-export([add_log_handler/0, log/2]).
 
 %% @doc Polls until Fun() returns true (an exception counts as false) or
 %% Ms of wall-clock time have passed.
@@ -118,3 +119,49 @@ while_busy(Q, Keys, Calls) ->
         {'DOWN', Ref, process, _, Other} -> error({busy_script, Other})
     after 10000 -> error(busy_script)
     end.
+
+%% What `cmd/1' prints, caught as the group leader sees it.
+captured(Args) ->
+    Self = self(),
+    Leader = group_leader(),
+    Catcher = spawn_link(fun() -> catch_io(Self, []) end),
+    group_leader(Catcher, self()),
+    try
+        ok = emqx_redis_storage_cli:cmd(Args)
+    after
+        group_leader(Leader, self())
+    end,
+    Catcher ! {done, Self},
+    receive
+        {caught, Text} -> Text
+    end.
+
+catch_io(Owner, Acc) ->
+    receive
+        {io_request, From, Ref, {put_chars, Encoding, Chars}} ->
+            From ! {io_reply, Ref, ok},
+            catch_io(Owner, [unicode:characters_to_list(Chars, Encoding) | Acc]);
+        {io_request, From, Ref, {put_chars, Encoding, M, F, A}} ->
+            From ! {io_reply, Ref, ok},
+            catch_io(Owner, [unicode:characters_to_list(apply(M, F, A), Encoding) | Acc]);
+        {done, Owner} ->
+            Owner ! {caught, lists:append(lists:reverse(Acc))}
+    end.
+
+%% @doc A logger handler that sends the library's reports to the calling
+%% process as `{report, Level, Report}'; removed with
+%% `logger:remove_handler(test_util)'.
+-spec add_log_handler() -> ok | {error, term()}.
+add_log_handler() ->
+    logger:add_handler(?MODULE, ?MODULE, #{
+        level => all,
+        filters => [{domain, {fun logger_filters:domain/2, {stop, not_equal, [emqx_redis_storage]}}}],
+        config => #{pid => self()}
+    }).
+
+%% @doc The handler's callback.
+-spec log(logger:log_event(), logger:handler_config()) -> term().
+log(#{level := Level, msg := {report, Report}}, #{config := #{pid := Pid}}) ->
+    Pid ! {report, Level, Report};
+log(_Event, _Config) ->
+    ok.

@@ -45,7 +45,8 @@ pub enum ServerNameCheck {
 #[derive(Clone)]
 pub struct ClientConfig {
     pub mode: Mode,
-    /// `(host, port)`.
+    /// `(host, port)`; a host that is an absolute path is a unix socket
+    /// (single mode only; its port is ignored).
     pub servers: Vec<(String, u16)>,
     pub database: i64,
     pub username: Option<String>,
@@ -64,6 +65,20 @@ pub struct ClientConfig {
     pub slow_call_threshold: Duration,
     /// Every key starts with it.
     pub key_prefix: Vec<u8>,
+}
+
+/// Whether `host` names a unix socket: an absolute path.
+pub fn is_unix(host: &str) -> bool {
+    host.starts_with('/')
+}
+
+/// `host:port`, or the socket's path, as the log and `status` show a server.
+pub fn address(host: &str, port: u16) -> String {
+    if is_unix(host) {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 fn hidden<T>(secret: &Option<T>) -> Option<&'static str> {
@@ -98,6 +113,13 @@ impl fmt::Debug for ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_a_unix_socket() {
+        assert_eq!(address("/run/redis.sock", 0), "/run/redis.sock");
+        assert_eq!(address("127.0.0.1", 6379), "127.0.0.1:6379");
+        assert!(!is_unix("redis.local"));
+    }
 
     #[test]
     fn debug_output_hides_secrets() {

@@ -80,6 +80,7 @@ pub const CORRUPT_KINDS: &[&str] = &[
     "durable_levels",
     "node",
     "node_reap",
+    "limiter",
     "reply",
 ];
 

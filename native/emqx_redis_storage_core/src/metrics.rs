@@ -122,7 +122,8 @@ impl OpTable {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// A fast, fixed hash: it picks a table slot or a shard.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -1,7 +1,9 @@
 //! The NIF library of emqx_redis_storage: Erlang terms in, Redis logic from
 //! emqx_redis_storage_core, Erlang terms out. This file only loads it.
 
+mod backup;
 mod ds;
+mod limiter;
 mod log;
 mod message;
 mod nif;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use emqx_redis_storage_core::connection::Client;
 use emqx_redis_storage_core::store::ds::Durable;
+use emqx_redis_storage_core::store::limiter::Limiters;
 use emqx_redis_storage_core::store::router::Router;
 use emqx_redis_storage_core::Error;
 use rustler::{Binary, Encoder, Env, ResourceArc, Term};
@@ -18,12 +19,13 @@ mod atoms {
     rustler::atoms! { error }
 }
 
-/// A client as an Erlang resource, with its durable-messages state;
-/// dropped when the last term referring to it is gone.
+/// A client as an Erlang resource, with its durable-messages state and
+/// its rate limiters; dropped when the last term referring to it is gone.
 pub struct ClientRes {
     client: Client,
     pub router: Router,
     pub ds: Arc<Durable>,
+    pub limiters: Limiters,
 }
 
 #[rustler::resource_impl]
@@ -46,7 +48,12 @@ fn connect<'a>(env: Env<'a>, reply_ref: Term<'a>, config: Term<'a>) -> Term<'a> 
             let router = Router::new(router_config);
             router.start(&client).await?;
             let ds = Arc::new(Durable::new(ds_config));
-            Ok(ResourceArc::new(ClientRes { client, router, ds }))
+            Ok(ResourceArc::new(ClientRes {
+                client,
+                router,
+                ds,
+                limiters: Limiters::default(),
+            }))
         }),
         Err(reason) => (atoms::error(), Reason(&reason)).encode(env),
     }
@@ -127,7 +134,7 @@ fn client_metrics(client: ResourceArc<ClientRes>) -> Out {
         .index
         .as_ref()
         .map(|index| index.entry_count());
-    term::metrics(client.metrics(), routes)
+    term::metrics(client.metrics(), routes, client.limiters.counts())
 }
 
 /// Panics inside a runtime task, to prove that such a panic is answered as

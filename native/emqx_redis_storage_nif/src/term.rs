@@ -8,6 +8,7 @@ use std::time::Duration;
 use emqx_redis_storage_core::config::{ClientConfig, Mode, ServerNameCheck, Tls};
 use emqx_redis_storage_core::metrics::{OpSnapshot, Snapshot, LATENCY_BUCKETS_US};
 use emqx_redis_storage_core::store::ds::DsConfig;
+use emqx_redis_storage_core::store::limiter::Counts;
 use emqx_redis_storage_core::store::router::{IndexMode, RouterConfig};
 use emqx_redis_storage_core::Error;
 use redis::Value;
@@ -137,7 +138,19 @@ fn count(n: u64) -> Out {
 }
 
 /// A client's metrics as the map `emqx_redis_storage:metrics/1` shows.
-pub fn metrics(snapshot: Snapshot, routes: Option<usize>) -> Out {
+pub fn metrics(snapshot: Snapshot, routes: Option<usize>, limiters: Vec<(Vec<u8>, Counts)>) -> Out {
+    let limiters = limiters
+        .into_iter()
+        .map(|(name, c)| {
+            let counts = fields(vec![
+                ("checks", count(c.checks)),
+                ("limited", count(c.limited)),
+                ("errors", count(c.errors)),
+                ("local", count(c.local)),
+            ]);
+            (Out::Bin(name), counts)
+        })
+        .collect();
     let operations = snapshot
         .operations
         .into_iter()
@@ -162,6 +175,7 @@ pub fn metrics(snapshot: Snapshot, routes: Option<usize>) -> Out {
         ("bytes_received", count(snapshot.bytes_received)),
         ("group_commits", count(snapshot.group_commits)),
         ("grouped_calls", count(snapshot.grouped_calls)),
+        ("limiters", Out::Map(limiters)),
     ])
 }
 

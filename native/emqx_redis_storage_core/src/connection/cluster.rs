@@ -207,6 +207,44 @@ impl Backend {
         }
     }
 
+    /// The masters of the cluster now, each once.
+    pub(super) async fn cluster_masters(
+        &self,
+        conn: &ClusterConnection,
+    ) -> Result<Vec<(String, u16)>> {
+        let ask = tokio::time::timeout(self.config.command_timeout, slot_masters(conn));
+        let masters = ask.await.map_err(|_| Error::Timeout)??;
+        let mut addresses: Vec<(String, u16)> = masters
+            .into_iter()
+            .map(|(_, _, host, port)| (host, port))
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+
+    /// `cmd` on the cluster node at `host:port`, within the command timeout.
+    pub(super) async fn query_node<T: FromRedisValue>(
+        &self,
+        conn: &ClusterConnection,
+        (host, port): &(String, u16),
+        cmd: &Cmd,
+    ) -> Result<T> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port: *port,
+        });
+        let mut conn = conn.clone();
+        let reply = tokio::time::timeout(
+            self.config.command_timeout,
+            conn.route_command(cmd.clone(), route),
+        )
+        .await
+        .map_err(|_| Error::Timeout)??;
+        Ok(T::from_redis_value(reply).map_err(redis::RedisError::from)?)
+    }
+
     pub(super) async fn each_by_master<T: FromRedisValue>(
         &self,
         conn: ClusterConnection,

@@ -38,7 +38,7 @@ use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::config::{ClientConfig, Mode};
+use crate::config::{address, ClientConfig, Mode};
 use crate::error::{Error, Result};
 use crate::metrics::{Call, Metrics, Snapshot};
 use cluster::{connect_cluster, Cluster};
@@ -91,7 +91,7 @@ impl ConnectionLike for Conn {
 
 /// `host:port,host:port`, as the config names them.
 fn addresses(servers: &[(String, u16)]) -> String {
-    let all: Vec<String> = servers.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+    let all: Vec<String> = servers.iter().map(|(h, p)| address(h, *p)).collect();
     all.join(",")
 }
 
@@ -720,6 +720,48 @@ impl Client {
     pub async fn now_ms(&self) -> Result<i64> {
         let (secs, micros): (i64, i64) = self.query(&redis::cmd("TIME")).await?;
         Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// The servers a SCAN visits to see every key: the one server (`None`),
+    /// or each master of a cluster.
+    pub async fn scan_targets(&self) -> Result<Vec<Option<(String, u16)>>> {
+        match self.backend.cluster_conn() {
+            None => Ok(vec![None]),
+            Some(conn) => Ok(self
+                .backend
+                .cluster_masters(&conn)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()),
+        }
+    }
+
+    /// One page of `SCAN cursor MATCH pattern COUNT count` on `target`
+    /// (from `scan_targets`): the next cursor (0 at the end) and the keys.
+    pub async fn scan_page(
+        &self,
+        target: &Option<(String, u16)>,
+        cursor: u64,
+        pattern: &[u8],
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        match (target, self.backend.cluster_conn()) {
+            (Some(node), Some(conn)) => self.backend.query_node(&conn, node, &cmd).await,
+            _ => self.query(&cmd).await,
+        }
+    }
+
+    /// Independent commands on keys of any slots, replies in order (one
+    /// pipeline per master on a cluster).
+    pub async fn each<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>> {
+        self.backend.each(cmds).await
     }
 
     /// The same kind of command for each slot; replies in order.

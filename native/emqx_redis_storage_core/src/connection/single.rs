@@ -15,7 +15,7 @@ use super::guard::BreakerState;
 use super::health::ServerHealth;
 use super::transport::{Alive, Transport};
 use super::{connect_error, count, ServerState, ServerStatus};
-use crate::config::ClientConfig;
+use crate::config::{address, ClientConfig};
 use crate::error::Result;
 
 /// How to reach one server: its address, our transport, and the settings
@@ -241,7 +241,7 @@ pub(super) fn status(pool: &RwLock<Arc<Pool>>, breaker: BreakerState) -> ServerS
         BreakerState::Open => ServerState::Down,
     };
     ServerStatus {
-        address: format!("{}:{}", server.host, server.port),
+        address: address(&server.host, server.port),
         state,
         health: server.health.report(),
     }

@@ -17,10 +17,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{ServerNameCheck, Tls};
+use crate::config::{address, is_unix, ServerNameCheck, Tls};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -60,18 +60,32 @@ impl Transport {
         &self.metrics
     }
 
-    /// A stream to `host:port`, and whether it is still open. The caller
-    /// bounds the time it may take.
+    /// A stream to `host:port` (or the unix socket at the path `host`),
+    /// and whether it is still open. The caller bounds the time it may take.
     pub async fn open(
         &self,
         host: &str,
         port: u16,
     ) -> redis::RedisResult<(Box<dyn Stream>, Alive)> {
+        let alive = Alive::new(address(host, port));
+        if is_unix(host) {
+            let unix = UnixStream::connect(host).await?;
+            return self.secured(unix, host, alive).await;
+        }
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        let alive = Alive::new(format!("{host}:{port}"));
+        self.secured(tcp, host, alive).await
+    }
+
+    /// `stream` as is, or after a TLS handshake when TLS is on.
+    async fn secured<S: Stream + 'static>(
+        &self,
+        stream: S,
+        host: &str,
+        alive: Alive,
+    ) -> redis::RedisResult<(Box<dyn Stream>, Alive)> {
         let Some((connector, name)) = &self.tls else {
-            let stream = Coalesce::new(tcp, alive.clone(), self.metrics.clone());
+            let stream = Coalesce::new(stream, alive.clone(), self.metrics.clone());
             return Ok((Box::new(stream), alive));
         };
         let name = match name {
@@ -84,7 +98,7 @@ impl Transport {
                 ))
             })?,
         };
-        let tls = connector.connect(name, tcp).await.inspect_err(|e| {
+        let tls = connector.connect(name, stream).await.inspect_err(|e| {
             tracing::warn!(server = %alive.server(), reason = %e, "tls_handshake_failed");
         })?;
         let stream = Coalesce::new(tls, alive.clone(), self.metrics.clone());

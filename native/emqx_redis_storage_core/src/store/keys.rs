@@ -29,6 +29,8 @@
 //! | `emqx:nodes:reap:{n}` | hash | node -> reap lease: `"<fence> <until ms> <owner>"` |
 //! | `emqx:nodes:reaped:{n}` | hash | node -> number of finished reaps of that name |
 //! | `emqx:nodes:seq:{n}` | string | the last incarnation or reap fence issued |
+//! | `emqx:restore:{b}` | string | while a restore runs: the id of the backup it restores |
+//! | `emqx:lim:<name>:{K}` | hash | a rate limit's token bucket for key K: `m` milli-tokens at `at` (Redis ms); expires when full again |
 //!
 //! `{C}` is the client id as a Redis Cluster hash tag, so all keys of one
 //! client live in one slot and are changed atomically by one script. The
@@ -38,7 +40,11 @@
 //! index, which keeps index and data atomic on a cluster as well, and spreads
 //! them over all shards instead of one hot key. The membership keys share
 //! the tag `{n}`: one small slot, changed atomically by the node scripts; its
-//! size is the number of nodes, never of clients or routes.
+//! size is the number of nodes, never of clients or routes. A limiter's
+//! bucket has the limited key (a client id, a username, an address) as its
+//! tag: the buckets of one client are in its slot, and keys spread over the
+//! cluster. The limiter's name is escaped like a tag and comes before it, so
+//! the first `{` tells name and key apart.
 
 use std::sync::OnceLock;
 
@@ -78,10 +84,7 @@ impl Keys {
         let mut key = Vec::with_capacity(self.prefix.len() + kind.len() + client_id.len() + 4);
         key.extend_from_slice(&self.prefix);
         key.extend_from_slice(kind.as_bytes());
-        key.extend_from_slice(b":{");
-        escape_into(&mut key, client_id);
-        key.push(b'}');
-        key
+        tagged(key, client_id)
     }
 
     fn slot_key(&self, kind: &str, slot: u16) -> Vec<u8> {
@@ -164,6 +167,20 @@ impl Keys {
         self.membership_key("nodes:seq")
     }
 
+    /// While a restore runs: the id of the backup it restores (`backup.rs`).
+    pub fn restore_marker(&self) -> Vec<u8> {
+        self.global("restore:{b}")
+    }
+
+    /// Whether the key `name` (the prefix removed) holds the state of the
+    /// running deployment rather than its data: leases and their owners,
+    /// node membership, a restore's marker. A backup leaves these out.
+    pub fn is_deployment_state(name: &[u8]) -> bool {
+        [&b"lease:"[..], b"lown:", b"nodes:", b"restore:"]
+            .iter()
+            .any(|kind| name.starts_with(kind))
+    }
+
     /// `kind:{<table><shard>}`: the keys of one shard of a table share a tag.
     fn shard_key(&self, kind: &str, table: char, shard: u16) -> Vec<u8> {
         let mut key = self.prefix.clone();
@@ -226,6 +243,21 @@ impl Keys {
     pub fn ds_appends(&self) -> Vec<u8> {
         self.global("ds:appends")
     }
+
+    /// The token bucket of limiter `name` for `key`.
+    pub fn limiter(&self, name: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut start = self.global("lim:");
+        escape_into(&mut start, name);
+        tagged(start, key)
+    }
+}
+
+/// `key` followed by `:{id}`, `id` escaped: a hash tag.
+fn tagged(mut key: Vec<u8>, id: &[u8]) -> Vec<u8> {
+    key.extend_from_slice(b":{");
+    escape_into(&mut key, id);
+    key.push(b'}');
+    key
 }
 
 fn escape_into(out: &mut Vec<u8>, id: &[u8]) {
@@ -305,6 +337,28 @@ mod tests {
         assert_eq!(k.reap_leases(), b"emqx:nodes:reap:{n}");
         assert_eq!(k.reap_counts(), b"emqx:nodes:reaped:{n}");
         assert_eq!(k.node_sequence(), b"emqx:nodes:seq:{n}");
+        assert_eq!(k.restore_marker(), b"emqx:restore:{b}");
+        let state = |key: Vec<u8>| Keys::is_deployment_state(&key[b"emqx:".len()..]);
+        for key in [
+            k.lease(b"c"),
+            k.lease_owners(1),
+            k.members(),
+            k.node_sequence(),
+            k.restore_marker(),
+        ] {
+            assert!(state(key));
+        }
+        for key in [
+            k.session(b"c"),
+            k.fence(b"c"),
+            k.queue_bodies(b"c"),
+            k.ds_stream(b"a", 0),
+            k.routes(1),
+        ] {
+            assert!(!state(key));
+        }
+        assert_eq!(k.limiter(b"conn", b"alice"), b"emqx:lim:conn:{alice}");
+        assert_eq!(k.limiter(b"a{:}", b"b{c}"), b"emqx:lim:a%7B:%7D:{b%7Bc%7D}");
     }
 
     #[test]
@@ -345,6 +399,19 @@ mod tests {
             prop_assert_eq!(slot(&k.queue_bodies(&id)), s);
             prop_assert_eq!(slot(&k.session_index(s)), s);
             prop_assert_eq!(slot(&k.channels(s)), s);
+            prop_assert_eq!(slot(&k.limiter(b"any{name}", &id)), s);
+        }
+
+        #[test]
+        fn limiter_keys_tell_name_and_key_apart(
+            a in proptest::collection::vec(any::<u8>(), 0..8),
+            b in proptest::collection::vec(any::<u8>(), 1..8),
+            c in proptest::collection::vec(any::<u8>(), 0..8),
+            d in proptest::collection::vec(any::<u8>(), 1..8),
+        ) {
+            prop_assume!((&a, &b) != (&c, &d));
+            let k = Keys::new(b"emqx:");
+            prop_assert_ne!(k.limiter(&a, &b), k.limiter(&c, &d));
         }
 
         #[test]
