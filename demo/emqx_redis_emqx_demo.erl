@@ -220,17 +220,24 @@ sub_loop(#{client := C, got := Got, acked := Acked} = S) ->
             %% The old client's connection died with A (or it was offline):
             %% to B, clean_start=false, until a CONNACK.
             catch emqx_test_mqtt:stop(C),
-            case emqx_test_mqtt:connect_retry(maps:get(port_b, S), maps:get(id, S), #{
+            case emqx_test_mqtt:connect_retry_counted(maps:get(port_b, S), maps:get(id, S), #{
                 clean_start => false, expiry => ?EXPIRY, auto_ack => never
             }, ?RECONNECT_TIMEOUT) of
-                {ok, C2} -> sub_loop(S#{client := C2, resumed := now_ms(), first_after := undefined});
+                {ok, C2, Refused} ->
+                    sub_loop(S#{
+                        client := C2,
+                        resumed := now_ms(),
+                        first_after := undefined,
+                        refused => Refused,
+                        session_present => emqx_test_mqtt:session_present(C2)
+                    });
                 {error, Reason} -> sub_loop(S#{client := undefined, resumed := {failed, Reason}})
             end;
         {count, From} ->
             From ! {count, self(), length(lists:usort([K || {K, _, _} <- Got]))},
             sub_loop(S);
         {results, From} ->
-            From ! {results, self(), maps:with([id, got, acked, resumed, first_after], S)},
+            From ! {results, self(), maps:with([id, got, acked, resumed, first_after, refused, session_present], S)},
             sub_loop(S);
         stop ->
             catch emqx_test_mqtt:disconnect(C),
@@ -331,6 +338,8 @@ report(Opts, Subs, Acked, Expected, Results, Killed) ->
         dup_acked_max_age => lists:max([0 | [maps:get(dup_acked_max_age, X) || X <- PerSub]]),
         unexpected => Sum(unexpected),
         resume_failed => length(Failed),
+        refused_connects => lists:sum([length(maps:get(refused, R, [])) || R <- Results]),
+        not_present => length([R || #{session_present := false} = R <- Results]),
         last_resumed_s => LastResumed,
         ttl_ms => maps:get(ttl, Opts)
     }.
@@ -391,6 +400,8 @@ print(R) ->
             [maps:get(duplicates, R), maps:get(dup_unacked, R), maps:get(dup_acked, R), maps:get(dup_acked_max_age, R)])},
         {"received but never published", integer_to_list(maps:get(unexpected, R))},
         {"subscribers that could not reconnect", integer_to_list(maps:get(resume_failed, R))},
+        {"connects to B refused before the CONNACK", integer_to_list(maps:get(refused_connects, R))},
+        {"resumed with session-present 0", integer_to_list(maps:get(not_present, R))},
         {"seconds from kill to last subscriber resumed", case maps:get(last_resumed_s, R) of
             undefined -> "-";
             S -> io_lib:format("~.1f (CONNACK from B; nodes.ttl ~.1f s)", [S, maps:get(ttl_ms, R) / 1000])
@@ -456,11 +467,12 @@ print_missing(Subs, Expected, Results, AckedAt, Killed) ->
                 end)
             ]),
             io:format("examples: (subscriber, {publisher, seq}, ms after the kill: acknowledged to the publisher, "
-                      "subscriber's CONNACK from B, its first message after it)~n", []),
+                      "subscriber's CONNACK from B, its first message after it; session present; refused connects)~n", []),
             [
-                io:format("  ~s ~p ~p ~p ~p~n", [
+                io:format("  ~s ~p ~p ~p ~p ~p ~0p~n", [
                     Id, K, maps:get(K, AckedAt) - Killed,
-                    Rel(maps:get(resumed, maps:get(Id, Res))), Rel(maps:get(first_after, maps:get(Id, Res)))
+                    Rel(maps:get(resumed, maps:get(Id, Res))), Rel(maps:get(first_after, maps:get(Id, Res))),
+                    maps:get(session_present, maps:get(Id, Res), undefined), maps:get(refused, maps:get(Id, Res), [])
                 ])
              || {Id, K} <- lists:sublist(Missing, 10)
             ]

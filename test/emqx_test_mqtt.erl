@@ -7,6 +7,7 @@
 -export([
     connect/3,
     connect_retry/4,
+    connect_retry_counted/4,
     session_present/1,
     subscribe/3,
     publish/4,
@@ -62,19 +63,29 @@ connect(Port, ClientId, Opts) ->
 %% connection without a CONNACK while its registry still names the dead node.
 -spec connect_retry(inet:port_number(), binary(), map(), timeout()) -> {ok, client()} | {error, term()}.
 connect_retry(Port, ClientId, Opts, Timeout) ->
-    retry(Port, ClientId, Opts, erlang:monotonic_time(millisecond) + Timeout, undefined).
+    case connect_retry_counted(Port, ClientId, Opts, Timeout) of
+        {ok, C, _Refused} -> {ok, C};
+        {error, _} = Error -> Error
+    end.
 
-retry(Port, ClientId, Opts, Deadline, Last) ->
+%% @doc `connect_retry/4', with the reasons of the attempts that got no
+%% CONNACK (oldest first).
+-spec connect_retry_counted(inet:port_number(), binary(), map(), timeout()) ->
+    {ok, client(), [term()]} | {error, term()}.
+connect_retry_counted(Port, ClientId, Opts, Timeout) ->
+    retry(Port, ClientId, Opts, erlang:monotonic_time(millisecond) + Timeout, []).
+
+retry(Port, ClientId, Opts, Deadline, Refused) ->
     case erlang:monotonic_time(millisecond) > Deadline of
         true ->
-            {error, {no_connack, Last}};
+            {error, {no_connack, lists:reverse(Refused)}};
         false ->
             case connect(Port, ClientId, Opts) of
                 {ok, C} ->
-                    {ok, C};
+                    {ok, C, lists:reverse(Refused)};
                 {error, Reason} ->
                     timer:sleep(200),
-                    retry(Port, ClientId, Opts, Deadline, Reason)
+                    retry(Port, ClientId, Opts, Deadline, [Reason | Refused])
             end
     end.
 
