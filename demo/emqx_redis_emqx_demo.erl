@@ -16,6 +16,8 @@
 %% Environment: EMQX_ROOT (required), SUBSCRIBERS (100), PUBLISHERS (10),
 %% RATE (messages per second per publisher, 10), DURATION (seconds of
 %% publishing, 12), KILL_AT (seconds into it, 5), NODE_TTL_MS (2000).
+%% Controls: MODE=takeover (A is not killed: the subscribers move to B,
+%% EMQX's live takeover), ADAPTER=off (stock EMQX).
 -module(emqx_redis_emqx_demo).
 
 -export([main/0]).
@@ -66,7 +68,13 @@ with_cluster(Redis, Epmd, #{ttl := Ttl} = Opts) ->
         nodes => #{heartbeat_interval => max(100, Ttl div 5), ttl => Ttl}
     },
     Dir = filename:join(redis_test_server:tmp_root(), "emqx_nodes"),
-    say("starting EMQX nodes A and B (clustered, adapter loaded, redis ~s)", [redis_test_server:address(Redis)]),
+    say("starting EMQX nodes A and B (clustered, ~s, redis ~s)", [
+        case os:getenv("ADAPTER") of
+            "off" -> "stock EMQX: adapter NOT loaded";
+            _ -> "adapter loaded"
+        end,
+        redis_test_server:address(Redis)
+    ]),
     Suffix = os:getpid(),
     %% What the nodes print (EMQX's start-up, their console logs) goes to a
     %% file: the peers' output is written to the group leader of the process
@@ -81,7 +89,13 @@ with_cluster(Redis, Epmd, #{ttl := Ttl} = Opts) ->
         try
             emqx_cluster_node:start_cluster(
                 ["emqx_demo_a" ++ Suffix, "emqx_demo_b" ++ Suffix],
-                #{epmd_port => Epmd, dir => Dir, adapter => Adapter, log_dir => LogDir}
+                maps:merge(
+                    #{epmd_port => Epmd, dir => Dir, log_dir => LogDir},
+                    case os:getenv("ADAPTER") of
+                        "off" -> #{};
+                        _ -> #{adapter => Adapter}
+                    end
+                )
             )
         after
             group_leader(Leader, self())
@@ -114,12 +128,29 @@ demo([A, B], #{subscribers := NSubs, publishers := NPubs, rate := Rate, duration
      || P <- lists:seq(1, NPubs)
     ],
     timer:sleep(max(0, Start + KillAt * 1000 - now_ms())),
-    Killed = emqx_cluster_node:kill(A),
-    say("killed A (kill -9 ~s)", [maps:get(os_pid, A)]),
+    Killed =
+        case os:getenv("MODE") of
+            "takeover" ->
+                %% Control run: A stays up; every subscriber drops its
+                %% connection and reconnects to B (EMQX's live takeover).
+                say("A stays up: subscribers move to B (live takeover)", []),
+                now_ms();
+            _ ->
+                K = emqx_cluster_node:kill(A),
+                say("killed A (kill -9 ~s)", [maps:get(os_pid, A)]),
+                K
+        end,
+    %% Watches B's routes to itself for the subscribers' filters (once every
+    %% subscriber has resumed, B must route every one of them to itself).
+    Watcher = spawn_link(fun() -> watch_routes(B, lists:usort([F || #{filter := F} <- Subs]), Killed, []) end),
     [P ! {killed, Killed} || P <- SubPids],
-    ok = emqx_cluster_node:wait_down(B, A, 60000),
-    say("B sees A down after ~.1f s", [(now_ms() - Killed) / 1000]),
+    os:getenv("MODE") =:= "takeover" orelse begin
+        ok = emqx_cluster_node:wait_down(B, A, 60000),
+        say("B sees A down after ~.1f s", [(now_ms() - Killed) / 1000])
+    end,
     Acked = lists:append([receive {published, P, L} -> L after 600000 -> error(publisher_timeout) end || P <- PubPids]),
+    Watcher ! {stop, self()},
+    RouteGaps = receive {route_gaps, Watcher, G} -> G after 60000 -> [] end,
     say("publishers done: ~b messages acknowledged", [length(Acked)]),
     AckedAt = maps:from_list([{{P, Seq}, T} || {P, Seq, T} <- Acked]),
     Expected = expected(Subs, [{P, Seq} || {P, Seq, _} <- Acked]),
@@ -137,6 +168,7 @@ demo([A, B], #{subscribers := NSubs, publishers := NPubs, rate := Rate, duration
     [P ! stop || P <- SubPids],
     print(Report),
     print_missing(Subs, Expected, Results, AckedAt, Killed),
+    print_route_gaps(RouteGaps),
     case Report of
         #{missing := 0, order_violations := 0} -> ok;
         _ -> lost
@@ -476,6 +508,34 @@ print_missing(Subs, Expected, Results, AckedAt, Killed) ->
                 ])
              || {Id, K} <- lists:sublist(Missing, 10)
             ]
+    end.
+
+%% Samples B's missing routes to itself until stopped: [{MsAfterKill, [Filter]}]
+%% for each sample with a filter missing, once a first full set was seen.
+watch_routes(B, Filters, Killed, Acc) ->
+    receive
+        {stop, From} -> From ! {route_gaps, self(), lists:reverse(Acc)}
+    after 20 ->
+        Missing = emqx_cluster_node:call(B, emqx_cluster_node, peer_missing_routes, [Filters]),
+        Acc1 =
+            case Missing of
+                [] -> [complete | Acc];
+                _ -> [{now_ms() - Killed, Missing} | Acc]
+            end,
+        watch_routes(B, Filters, Killed, Acc1)
+    end.
+
+%% The samples after B first had a route to itself for every filter that
+%% lacked one again.
+print_route_gaps(Samples) ->
+    case lists:dropwhile(fun(S) -> S =/= complete end, Samples) of
+        [] ->
+            io:format("B never routed every filter to itself~n");
+        After ->
+            case [S || {_, _} = S <- After] of
+                [] -> io:format("B's routes to itself: no gap once complete~n");
+                Gaps -> io:format("B's routes to itself: gaps after complete (ms after kill, filters): ~p~n", [lists:sublist(Gaps, 20)])
+            end
     end.
 
 %%--------------------------------------------------------------------

@@ -34,6 +34,7 @@
 
 %% Peer side
 -export([peer_prepare/3, peer_start_emqx/2, peer_join_and_start_emqx/3, peer_cluster_view/0, peer_log_to/1]).
+-export([peer_missing_routes/1]).
 
 -type handle() :: #{
     name := string(),
@@ -404,6 +405,11 @@ level_all(Id) ->
         {ok, #{level := all}} -> true;
         _ -> false
     end.
+
+%% @doc The filters this node has no route to itself for.
+-spec peer_missing_routes([binary()]) -> [binary()].
+peer_missing_routes(Filters) ->
+    [F || F <- Filters, not emqx_router:has_route(F, node())].
 
 -spec peer_cluster_view() -> [node()].
 peer_cluster_view() ->
