@@ -63,6 +63,7 @@ all() ->
         shared_subscription_delivers_once_per_group,
         redis_back_sessions_persist_again,
         messages_published_while_clients_resume_are_not_lost,
+        messages_published_while_clients_move_live_are_not_lost,
         reconnect_at_once_after_kill
     ].
 
@@ -526,6 +527,15 @@ redis_back_sessions_persist_again(Config) ->
 %% message acknowledged to the publisher, once, in order: nothing falls
 %% between what a resume replays from Redis and what reaches it live.
 messages_published_while_clients_resume_are_not_lost(Config) ->
+    steady_move(kill, Config).
+
+%% The same with A alive: the online clients' connections drop (no
+%% DISCONNECT) and every client reconnects to B, where EMQX takes each
+%% session over from A (live takeover) with the adapter loaded.
+messages_published_while_clients_move_live_are_not_lost(Config) ->
+    steady_move(live, Config).
+
+steady_move(How, Config) ->
     [A, B] = ?config(nodes, Config),
     Topic = <<"t/steady">>,
     Ids = [iolist_to_binary(["sub-steady-", integer_to_list(N)]) || N <- lists:seq(1, ?STEADY_CLIENTS)],
@@ -536,8 +546,9 @@ messages_published_while_clients_resume_are_not_lost(Config) ->
     wait_route(B, Topic, A),
     Publisher = start_steady_publisher(B, Topic, 20),
     timer:sleep(1000),
-    kill_and_wait(A, B),
-    %% What the online ones got from A before it died.
+    How =:= kill andalso kill_and_wait(A, B),
+    %% What the online ones got from A before it died (or before they
+    %% dropped their connection).
     Before = maps:from_list([
         {Id, [P || #{payload := P} <- emqx_test_mqtt:receive_none(C, 0)]}
      || {Id, C} <- Subs, lists:member(Id, Online)
