@@ -31,6 +31,7 @@
     on_message_publish/1,
     on_message_delivered/2,
     on_message_acked/2,
+    on_message_puback/4,
     on_delivery_completed/2
 ]).
 
@@ -52,8 +53,13 @@
     clock_skew => 1000,
     max_replay => 100000,
     max_done => 1000,
-    persist_qos0 => auto
+    persist_qos0 => auto,
+    limits => #{}
 }).
+-define(LIMITS, [connect_per_username, connect_per_address, publish_per_client]).
+%% MQTT 5's Quota exceeded.
+-define(RC_QUOTA_EXCEEDED, 16#97).
+-define(PD_LIMITED, {?MODULE, limited}).
 
 -type settings() :: #{atom() => term()}.
 
@@ -118,11 +124,13 @@ settings(_) ->
     {error, {invalid_config, <<"emqx">>, <<"a map">>}}.
 
 valid(persist_qos0, V) -> V =:= auto orelse is_boolean(V);
+valid(limits, V) -> is_map(V) andalso lists:all(fun({K, N}) -> lists:member(K, ?LIMITS) andalso is_binary(N) end, maps:to_list(V));
 valid(K, V) when K =:= max_replay; K =:= max_done -> is_integer(V) andalso V > 0 andalso V =< 10000000;
 valid(K, V) when K =:= route_grace; K =:= clock_skew -> is_integer(V) andalso V >= 0 andalso V =< 3600000;
 valid(_, V) -> is_integer(V) andalso V > 0 andalso V =< 3600000.
 
 expected(persist_qos0) -> <<"auto, true or false">>;
+expected(limits) -> <<"a map of connect_per_username, connect_per_address, publish_per_client to limiter names (binaries)">>;
 expected(K) when K =:= max_replay; K =:= max_done -> <<"an integer from 1 to 10000000">>;
 expected(_) -> <<"milliseconds, an integer up to 3600000">>.
 
@@ -178,6 +186,7 @@ hooks() ->
         {'message.publish', on_message_publish},
         {'message.delivered', on_message_delivered},
         {'message.acked', on_message_acked},
+        {'message.puback', on_message_puback},
         {'delivery.completed', on_delivery_completed}
     ].
 
@@ -210,9 +219,37 @@ terminate(_Reason, _State) -> ok.
 %% Hooks. They run in the client's channel process; each is guarded: an
 %% error is logged and the channel goes on as on stock EMQX.
 
--spec on_client_connect(map(), map()) -> {ok, map()}.
+%% A connection over its rate (per username, per address: `emqx.limits')
+%% is refused with CONNACK 0x97, Quota exceeded (MQTT 3.1.1: 3, Server
+%% unavailable), before anything else is done for it.
+-spec on_client_connect(map(), map()) -> {ok, map()} | {stop, {error, pos_integer()}}.
 on_client_connect(ConnInfo, Props) ->
-    guard(client_connect, fun() ->
+    case guard(connect_limit, fun() -> connect_limited(ConnInfo) end) of
+        true -> {stop, {error, ?RC_QUOTA_EXCEEDED}};
+        false -> connect(ConnInfo, Props)
+    end.
+
+connect_limited(ConnInfo) ->
+    Limits = maps:get(limits, settings()),
+    limited(maps:get(connect_per_username, Limits, undefined), maps:get(username, ConnInfo, undefined)) orelse
+        limited(maps:get(connect_per_address, Limits, undefined), address(ConnInfo)).
+
+address(#{peername := {IP, _Port}}) -> list_to_binary(inet:ntoa(IP));
+address(_) -> undefined.
+
+%% Whether `Key' is over the limiter's rate. No limiter or no key: no; a
+%% limiter that answers otherwise (an unknown name) is logged and lets it in.
+limited(Name, Key) when is_binary(Name), is_binary(Key), Key =/= <<>> ->
+    case emqx_redis_limiter:check(Name, Key, 1) of
+        {ok, _} -> false;
+        {error, {limited, _}} -> true;
+        {error, Reason} -> log(warning, rate_limit_failed, #{limiter => Name, reason => Reason}), false
+    end;
+limited(_Name, _Key) ->
+    false.
+
+connect(ConnInfo, Props) ->
+    _ = guard(client_connect, fun() ->
         erase(?PD_KEEPER),
         case persistent(ConnInfo) of
             true -> put(?PD_CONN, ConnInfo);
@@ -240,17 +277,19 @@ maybe_stand_in(_ConnInfo) ->
 
 -spec on_session_created(map(), map()) -> ok.
 on_session_created(ClientInfo, _SessInfo) ->
-    guard(session_created, fun() -> start_tracking(new, ClientInfo) end).
+    _ = guard(session_created, fun() -> start_tracking(new, ClientInfo) end),
+    ok.
 
 -spec on_session_resumed(map(), map()) -> ok.
 on_session_resumed(ClientInfo, _SessInfo) ->
     %% Resumed from our stand-in: it tracks the session already.
-    guard(session_resumed, fun() ->
+    _ = guard(session_resumed, fun() ->
         case keeper() of
             undefined -> start_tracking(resumed, ClientInfo);
             _ -> ok
         end
-    end).
+    end),
+    ok.
 
 %% The client id is final here (EMQX assigns one after `client.connect'
 %% to a client that gave none).
@@ -298,11 +337,38 @@ on_message_acked(_ClientInfo, Msg) ->
 on_delivery_completed(Msg, _Info) ->
     event(fun() -> {completed, emqx_message:id(Msg)} end).
 
-%% Stored before the publisher's PUBACK/PUBREC: acknowledged means stored.
-%% Redis trouble is logged and the message goes on as on stock EMQX.
+%% A message over its publisher's rate (`emqx.limits.publish_per_client')
+%% is dropped (EMQX's `allow_publish' header) and its PUBACK says 0x97,
+%% Quota exceeded (see `on_message_puback/4'); it is not stored.
+%% Otherwise it is stored before the publisher's PUBACK/PUBREC:
+%% acknowledged means stored. Redis trouble is logged and the message goes
+%% on as on stock EMQX.
 -spec on_message_publish(Msg) -> {ok, Msg}.
 on_message_publish(Msg) ->
-    guard(message_publish, fun() ->
+    case guard(publish_limit, fun() -> publish_limited(Msg) end) of
+        true ->
+            put(?PD_LIMITED, emqx_message:id(Msg)),
+            {ok, emqx_message:set_header(allow_publish, false, Msg)};
+        false ->
+            persist(Msg)
+    end.
+
+publish_limited(Msg) ->
+    From = emqx_message:from(Msg),
+    is_binary(From) andalso limited(maps:get(publish_per_client, maps:get(limits, settings()), undefined), From).
+
+%% The PUBACK of a message dropped for its rate: Quota exceeded. (A QoS 2
+%% message's PUBREC says No matching subscribers: EMQX has no hook there.)
+-spec on_message_puback(term(), term(), term(), RC) -> {ok, RC | pos_integer()}.
+on_message_puback(_PacketId, Msg, _PubRes, RC) ->
+    Id = emqx_message:id(Msg),
+    case get(?PD_LIMITED) of
+        Id -> erase(?PD_LIMITED), {ok, ?RC_QUOTA_EXCEEDED};
+        _ -> {ok, RC}
+    end.
+
+persist(Msg) ->
+    _ = guard(message_publish, fun() ->
         case persistable(Msg) of
             true ->
                 case emqx_redis_ds:persist([to_map(Msg)]) of
@@ -342,23 +408,24 @@ keeper() ->
 
 event(Fun) ->
     case get(?PD_KEEPER) of
-        Pid when is_pid(Pid) -> guard(event, fun() -> ?KEEPER:event(Pid, Fun()) end);
+        Pid when is_pid(Pid) -> _ = guard(event, fun() -> ?KEEPER:event(Pid, Fun()) end), ok;
         _ -> ok
     end.
 
 sync(Fun) ->
     case get(?PD_KEEPER) of
-        Pid when is_pid(Pid) -> guard(sync, fun() -> ?KEEPER:sync(Pid, Fun()) end);
+        Pid when is_pid(Pid) -> _ = guard(sync, fun() -> ?KEEPER:sync(Pid, Fun()) end), ok;
         _ -> ok
     end.
 
+%% Fun's value, or `false' after an error (logged).
 guard(What, Fun) ->
     try
-        _ = Fun(),
-        ok
+        Fun()
     catch
         Class:Reason:Stack ->
-            log(error, hook_failed, #{hook => What, class => Class, reason => Reason, stacktrace => Stack})
+            log(error, hook_failed, #{hook => What, class => Class, reason => Reason, stacktrace => Stack}),
+            false
     end.
 
 %% @doc Logs at most one event of a kind a second: with Redis out of reach

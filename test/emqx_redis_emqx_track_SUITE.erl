@@ -207,6 +207,14 @@ settings_are_checked_field_by_field(_) ->
         {error, {invalid_config, <<"emqx.nope">>, <<"a known field">>}},
         emqx_redis_storage_emqx:load(#{emqx => #{nope => 1}})
     ),
+    ?assertMatch(
+        {error, {invalid_config, <<"emqx.limits">>, _}},
+        emqx_redis_storage_emqx:load(#{emqx => #{limits => #{connect_per_user => <<"conn">>}}})
+    ),
+    ?assertMatch(
+        {error, {invalid_config, <<"emqx.limits">>, _}},
+        emqx_redis_storage_emqx:load(#{emqx => #{limits => #{publish_per_client => pub}}})
+    ),
     ?assertEqual({error, {invalid_config, <<"emqx">>, <<"a map">>}}, emqx_redis_storage_emqx:load(#{emqx => []})),
     ?assertEqual({error, {invalid_config, <<>>, <<"a map">>}}, emqx_redis_storage_emqx:load(config)).
 
