@@ -28,6 +28,9 @@ usage: bench/run.sh [--duration S] [--warmup S] [--concurrency N,N,..] [--filter
   --out DIR           where the results go (BENCH_OUT, default bench/results)
 
 Extra flags for the Erlang VM: BENCH_ERL_FLAGS (e.g. "+sbwt none").
+BENCH_SIDE_BY_SIDE: a file of `op,ops_per_s' lines, the earlier design's
+rates at 64 processes (measured outside this repository), for the ratios
+of issue 22's table.
 Sessions in the backup case: BENCH_BACKUP_SESSIONS (default 100000).
 Results are reported, never asserted: the exit status says only whether the
 run itself worked.

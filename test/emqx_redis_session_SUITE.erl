@@ -16,6 +16,7 @@ all() ->
         load_and_delete_missing,
         info_tracks_created_updated_expires_and_node,
         ttl_expiry_hides_and_reclaims,
+        counters_follow_the_index_and_are_rebuilt,
         list_pages_over_ten_thousand_sessions,
         concurrent_savers_and_loaders,
         awkward_client_ids,
@@ -116,6 +117,10 @@ ttl_expiry_hides_and_reclaims(_Config) ->
     ?assertEqual({ok, 220}, ?S:count_sessions()),
     timer:sleep(1100),
     ?assertEqual({error, not_found}, ?S:load_session(hd(Short))),
+    %% counted until the next sweep (at most 10 s after the last one) ...
+    ?assertEqual({ok, 220}, ?S:count_sessions()),
+    %% ... which a count makes once the last sweep is older than that
+    {ok, _} = emqx_redis_storage:q([<<"SET">>, <<"emqx:ssweep">>, <<"0">>]),
     ?assertEqual({ok, 20}, ?S:count_sessions()),
     {ok, Listed} = ?S:list_sessions(1000, 0),
     ?assertEqual(lists:sort(Long), lists:sort(Listed)),
@@ -129,6 +134,53 @@ ttl_expiry_hides_and_reclaims(_Config) ->
     ]),
     ?assertEqual(20, IndexEntries),
     ?assertEqual([], [K || K <- keys(<<"emqx:sess:*">>), binary:match(K, <<"short">>) =/= nomatch]).
+
+%% count_sessions reads counters that the session scripts keep beside the
+%% index (a total and one per slot); missing or garbage counters (an upgrade,
+%% a restore, a hand edit) are rebuilt from the index.
+counters_follow_the_index_and_are_rebuilt(_Config) ->
+    Ids = [<<"cnt-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
+    [ok = ?S:save_session(Id, x) || Id <- Ids],
+    ?assertEqual({ok, 300}, ?S:count_sessions()),
+    [ok = ?S:save_session(Id, y) || Id <- lists:sublist(Ids, 50)],
+    [ok = ?S:delete_session(Id) || Id <- lists:sublist(Ids, 251, 50)],
+    ok = ?S:delete_session(<<"cnt-none">>),
+    ?assertEqual({ok, 250}, ?S:count_sessions()),
+    {ok, <<"250">>} = emqx_redis_storage:q([<<"GET">>, <<"emqx:scount">>]),
+    SlotSum = fun() ->
+        lists:sum([
+            begin
+                {ok, N} = emqx_redis_storage:q([<<"GET">>, K]),
+                binary_to_integer(N)
+            end
+         || K <- keys(<<"emqx:scnt:*">>)
+        ])
+    end,
+    ?assertEqual(250, SlotSum()),
+    %% the total gone or garbage: rebuilt at once, slot counters with it
+    Rebuilt = fun(Break) ->
+        Break(),
+        ?assertEqual({ok, 250}, ?S:count_sessions()),
+        ?assertEqual(250, SlotSum())
+    end,
+    Rebuilt(fun() -> {ok, 1} = emqx_redis_storage:q([<<"DEL">>, <<"emqx:scount">>]) end),
+    Rebuilt(fun() -> {ok, _} = emqx_redis_storage:q([<<"SET">>, <<"emqx:scount">>, <<"garbage">>]) end),
+    Rebuilt(fun() ->
+        {ok, _} = emqx_redis_storage:q([<<"DEL">>, <<"emqx:scount">>, <<"emqx:ssweep">>]),
+        {ok, _} = emqx_redis_storage:q([<<"HSET">>, <<"emqx:scount">>, <<"a">>, <<"b">>]),
+        {ok, _} = emqx_redis_storage:q([<<"SADD">>, <<"emqx:ssweep">>, <<"x">>]),
+        [{ok, _} = emqx_redis_storage:q([<<"EVAL">>, <<"redis.call('DEL', KEYS[1]) return redis.call('RPUSH', KEYS[1], 'x')">>, <<"1">>, K])
+         || K <- lists:sublist(keys(<<"emqx:scnt:*">>), 3)]
+    end),
+    %% slot counters gone or wrong (a restore of keys read at different
+    %% times): the next sweep sets them from the index
+    Rebuilt(fun() ->
+        [{ok, _} = emqx_redis_storage:q([<<"DEL">>, K]) || K <- lists:sublist(keys(<<"emqx:scnt:*">>), 20)],
+        {ok, _} = emqx_redis_storage:q([<<"SET">>, <<"emqx:scount">>, <<"7">>]),
+        {ok, _} = emqx_redis_storage:q([<<"DEL">>, <<"emqx:ssweep">>])
+    end),
+    [ok = ?S:delete_session(Id) || Id <- lists:sublist(Ids, 250)],
+    ?assertEqual({ok, 0}, ?S:count_sessions()).
 
 list_pages_over_ten_thousand_sessions(_Config) ->
     Ids = [<<"page-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 10000)],

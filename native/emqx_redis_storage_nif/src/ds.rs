@@ -6,7 +6,7 @@ use emqx_redis_storage_core::store::ds::{
 };
 use emqx_redis_storage_core::store::topic;
 use rustler::env::OwnedEnv;
-use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, NewBinary, ResourceArc, Term};
 
 use crate::nif::ClientRes;
 use crate::runtime::spawn_admitted;
@@ -148,21 +148,32 @@ impl Encoder for Messages {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         let topic_key = atoms::topic().encode(env);
         let id_key = atoms::id().encode(env);
+        // Messages of one persist call often share their topic: one term
+        // for a run of equal topics, made in the env's heap (a small binary
+        // there costs no allocation of its own and no off-heap reference in
+        // the caller's process).
+        let mut last_topic: Option<(&[u8], Term<'a>)> = None;
         let decoded: Vec<Term<'a>> = self
             .0
             .messages()
             .map(|(topic, body)| {
+                let topic_term = match last_topic {
+                    Some((bytes, term)) if bytes == topic => term,
+                    _ => {
+                        let mut bin = NewBinary::new(env, topic.len());
+                        bin.as_mut_slice().copy_from_slice(topic);
+                        let term: Term<'a> = Binary::from(bin).to_term(env);
+                        last_topic = Some((topic, term));
+                        term
+                    }
+                };
                 env.binary_to_term(body)
                     .filter(|(msg, used)| {
                         *used == body.len()
                             && msg.map_get(topic_key).is_err()
                             && msg.map_get(id_key).is_ok_and(|id| id.is_binary())
                     })
-                    .and_then(|(msg, _)| {
-                        let mut bin = rustler::OwnedBinary::new(topic.len());
-                        bin.as_mut_slice().copy_from_slice(topic);
-                        msg.map_put(topic_key, Binary::from_owned(bin, env)).ok()
-                    })
+                    .and_then(|(msg, _)| msg.map_put(topic_key, topic_term).ok())
                     .unwrap_or_else(|| atoms::corrupt().encode(env))
             })
             .collect();

@@ -234,6 +234,12 @@ pub async fn restore(
         let (n, bytes) = reader.read();
         progress("restore", n, bytes);
     }
+    // The session counters came from keys read at different times: the
+    // first count_sessions after a restore rebuilds them from the indexes
+    // (a count sweeps when it finds no sweep mark; session.rs).
+    client
+        .query::<()>(redis::cmd("DEL").arg(keys.session_sweep()))
+        .await?;
     client.query::<()>(redis::cmd("DEL").arg(&marker)).await?;
     Ok(Ok(reader.read().0))
 }

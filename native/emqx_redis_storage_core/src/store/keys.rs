@@ -12,6 +12,9 @@
 //! | `emqx:qm:{C}` | hash | queue counters: `seq`, `dropped` |
 //! | `emqx:qb:{C}` | hash | queued message id -> 8-byte stored-at time + body |
 //! | `emqx:sidx:{S}` | zset | sessions of slot S: client id scored by expiry time (ms) |
+//! | `emqx:scnt:{S}` | string | the number of entries in `sidx:{S}` (kept by the session scripts) |
+//! | `emqx:scount` | string | single Redis and Sentinel only: the sum of all `scnt:{S}` |
+//! | `emqx:ssweep` | string | when `count_sessions` last reclaimed expired index entries (Redis ms) |
 //! | `emqx:chan:{S}` | hash | client registry of slot S: client id -> node |
 //! | `emqx:rt:{rN}` | hash | routes of shard N: filter -> NUL-joined dests; `"\0v"` -> version |
 //! | `emqx:rtrie:{rN}` | hash | prefixes of shard N's wildcard filters -> count |
@@ -129,6 +132,24 @@ impl Keys {
         self.slot_key("sidx", slot)
     }
 
+    /// The number of entries in `session_index(slot)`.
+    pub fn session_count(&self, slot: u16) -> Vec<u8> {
+        self.slot_key("scnt", slot)
+    }
+
+    /// The sum of every slot's `session_count`: one key, so kept on a single
+    /// Redis only (on a cluster a script may touch one slot's keys only).
+    pub fn session_total(&self) -> Vec<u8> {
+        self.global("scount")
+    }
+
+    /// When the session indexes were last swept of expired entries: the
+    /// running deployment's state (a backup leaves it out, a restore
+    /// removes it, so the first count after a restore sets the counters).
+    pub fn session_sweep(&self) -> Vec<u8> {
+        self.global("ssweep")
+    }
+
     pub fn channels(&self, slot: u16) -> Vec<u8> {
         self.slot_key("chan", slot)
     }
@@ -174,9 +195,10 @@ impl Keys {
 
     /// Whether the key `name` (the prefix removed) holds the state of the
     /// running deployment rather than its data: leases and their owners,
-    /// node membership, a restore's marker. A backup leaves these out.
+    /// node membership, a restore's marker, the session sweep mark. A
+    /// backup leaves these out.
     pub fn is_deployment_state(name: &[u8]) -> bool {
-        [&b"lease:"[..], b"lown:", b"nodes:", b"restore:"]
+        [&b"lease:"[..], b"lown:", b"nodes:", b"restore:", b"ssweep"]
             .iter()
             .any(|kind| name.starts_with(kind))
     }
@@ -345,6 +367,7 @@ mod tests {
             k.members(),
             k.node_sequence(),
             k.restore_marker(),
+            k.session_sweep(),
         ] {
             assert!(state(key));
         }
@@ -354,6 +377,8 @@ mod tests {
             k.queue_bodies(b"c"),
             k.ds_stream(b"a", 0),
             k.routes(1),
+            k.session_count(1),
+            k.session_total(),
         ] {
             assert!(!state(key));
         }
@@ -380,6 +405,7 @@ mod tests {
         let k = Keys::new(b"p:");
         for s in 0..SLOTS {
             assert_eq!(slot(&k.session_index(s)), s);
+            assert_eq!(slot(&k.session_count(s)), s);
             assert_eq!(slot(&k.channels(s)), s);
             assert_eq!(slot(&k.lease_owners(s)), s);
         }

@@ -3,6 +3,10 @@
 //! A session is a hash that expires by TTL. Its entry in the index of its
 //! slot is scored by its expiry time, so counting and listing skip expired
 //! sessions without reading them, and saves reclaim expired entries.
+//!
+//! Counting reads counters, not the indexes: the scripts that add and remove
+//! index entries keep a counter per slot (and, on a single Redis, their
+//! total) in step with the index; see `count`.
 
 use std::sync::LazyLock;
 
@@ -13,12 +17,35 @@ use crate::connection::scripts::Lua;
 use crate::connection::slots::SLOTS;
 use crate::connection::Client;
 use crate::error::{stored_int, Error, Result};
-use crate::store::keys::{client_slot, ClientKeys};
+use crate::store::keys::{client_slot, ClientKeys, Keys};
 
-static SAVE: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/session_save.lua")]));
+/// The scripts that change the index share `session_counter.lua`.
+fn indexing_script(own: &str) -> Lua {
+    Lua::new(&[include_str!("lua/session_counter.lua"), own])
+}
+
+static SAVE: LazyLock<Lua> =
+    LazyLock::new(|| indexing_script(include_str!("lua/session_save.lua")));
 static DELETE: LazyLock<Lua> =
-    LazyLock::new(|| Lua::new(&[include_str!("lua/session_delete.lua")]));
-static REAP: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/session_reap.lua")]));
+    LazyLock::new(|| indexing_script(include_str!("lua/session_delete.lua")));
+static REAP: LazyLock<Lua> =
+    LazyLock::new(|| indexing_script(include_str!("lua/session_reap.lua")));
+static SWEEP: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/session_sweep.lua")]));
+static TOTAL: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[include_str!("lua/session_total.lua")]));
+
+/// How long `count` trusts the counters after a sweep: a session that
+/// expired by TTL is counted until the next sweep, at most this long.
+pub const SWEEP_INTERVAL_MS: i64 = 10_000;
+
+/// The session counters of a slot's index, as the scripts take them after
+/// their own keys: the slot's counter, and on a single Redis the total.
+fn counter_keys(client: &Client, keys: &Keys, slot: u16) -> Vec<Vec<u8>> {
+    let mut counters = vec![keys.session_count(slot)];
+    if !client.backend().is_cluster() {
+        counters.push(keys.session_total());
+    }
+    counters
+}
 
 /// The lease scripts share `lease_prelude.lua`.
 fn lease_script(own: &str) -> Lua {
@@ -69,11 +96,9 @@ pub struct SaveArgs {
 pub async fn save(client: &Client, args: SaveArgs) -> Result<Saved> {
     let keys = client.keys();
     let id = &args.client_id;
-    let script_keys = vec![
-        keys.session(id),
-        keys.fence(id),
-        keys.session_index(client_slot(id)),
-    ];
+    let slot = client_slot(id);
+    let mut script_keys = vec![keys.session(id), keys.fence(id), keys.session_index(slot)];
+    script_keys.extend(counter_keys(client, &keys, slot));
     let node = args.node.clone();
     let ttl = args.ttl_ms.to_string().into_bytes();
     let fence = args.fence.map(|f| f.to_string()).unwrap_or_default();
@@ -119,15 +144,11 @@ pub async fn load(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>> 
 
 pub async fn delete(client: &Client, client_id: &[u8]) -> Result<bool> {
     let keys = client.keys();
+    let slot = client_slot(client_id);
+    let mut script_keys = vec![keys.session(client_id), keys.session_index(slot)];
+    script_keys.extend(counter_keys(client, &keys, slot));
     let deleted: i64 = client
-        .write_eval(
-            &DELETE,
-            &[
-                &keys.session(client_id),
-                &keys.session_index(client_slot(client_id)),
-            ],
-            &[client_id],
-        )
+        .write_eval(&DELETE, &as_slices(&script_keys), &[client_id])
         .await
         .map_err(|e| e.of("session_index"))?;
     Ok(deleted == 1)
@@ -172,23 +193,130 @@ async fn live_per_slot(client: &Client, now: i64) -> Result<Vec<u64>> {
         .map_err(|e| e.of("session_index"))
 }
 
-/// The number of live sessions: the index entries that have not expired.
-/// Also reclaims the index entries of expired sessions in every slot. A
-/// session hash removed outside the library (DEL, eviction) is still
-/// counted until `list` meets its entry or its expiry time passes: checking
-/// every hash would cost a read per session.
+/// The number of sessions: the entries of the session indexes, read from
+/// their counters (one `GET` on a single Redis, one per slot on a cluster),
+/// not counted in the indexes. Exact for the index as of the read, with two
+/// documented differences from the live sessions: a session that expired by
+/// TTL is counted until the next sweep (at most `SWEEP_INTERVAL_MS`: a count
+/// that finds the last sweep older sweeps first, which reclaims the expired
+/// entries of every slot and sets each counter from its index), and a
+/// session hash removed outside the library (DEL, eviction) is counted until
+/// `list` meets its entry (checking every hash would cost a read per
+/// session). Counters that are missing, not integers or of another type (an upgrade from a
+/// build without them, a restore of keys taken at different times, a hand
+/// edit) are rebuilt from the indexes by that sweep.
 pub async fn count(client: &Client) -> Result<u64> {
-    let now = client.now_ms().await?;
     let keys = client.keys();
-    let _reclaimed: Vec<u64> = client
+    let (now, swept, total) = match count_state(client, &keys).await {
+        Ok(state) => state,
+        // A counter or the mark of another type: derived data, set again by
+        // the sweep (which overwrites whatever they hold).
+        Err(Error::Corrupt {
+            kind: "session_count",
+            ..
+        }) => (client.now_ms().await?, None, None),
+        Err(e) => return Err(e),
+    };
+    match (total, swept) {
+        (Some(total), Some(at)) if now - at < SWEEP_INTERVAL_MS => Ok(total),
+        _ => sweep(client, &keys, now).await,
+    }
+}
+
+/// A stored string, `None` if the key is missing.
+type Stored = Option<Vec<u8>>;
+
+/// A counter's value; `None` if it is not an integer (a missing counter is
+/// 0). Below 0 only if it was missing while entries were removed; the sweep
+/// sets it again.
+fn counter(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .parse::<i64>()
+        .ok()
+        .map(|n| n.max(0) as u64)
+}
+
+/// Redis's clock, when the indexes were last swept, and the total of the
+/// counters (`None` if it is missing or one is not an integer): one round
+/// trip on a single Redis.
+async fn count_state(client: &Client, keys: &Keys) -> Result<(i64, Option<i64>, Option<u64>)> {
+    let (now, swept, total) = if client.backend().is_cluster() {
+        let now = client.now_ms().await?;
+        let swept: Stored = client
+            .query(redis::cmd("GET").arg(keys.session_sweep()))
+            .await
+            .map_err(|e| e.of("session_count"))?;
+        let counts: Vec<Stored> = client
+            .for_slots(0..SLOTS, |slot| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(keys.session_count(slot));
+                cmd
+            })
+            .await
+            .map_err(|e| e.of("session_count"))?;
+        let total = counts
+            .iter()
+            .map(|c| c.as_deref().map_or(Some(0), counter))
+            .sum();
+        (now, swept, total)
+    } else {
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME")
+            .cmd("GET")
+            .arg(keys.session_sweep())
+            .cmd("GET")
+            .arg(keys.session_total());
+        let ((secs, micros), swept, total): ((i64, i64), Stored, Stored) = client
+            .backend()
+            .pipeline(&pipe)
+            .await
+            .map_err(|e| e.of("session_count"))?;
+        // A missing total is not 0: it is rebuilt.
+        let total = total.as_deref().and_then(counter);
+        (secs * 1000 + micros / 1000, swept, total)
+    };
+    let swept = swept.as_deref().and_then(counter).map(|at| at as i64);
+    Ok((now, swept, total))
+}
+
+/// Reclaims every slot's expired index entries and sets each slot's counter
+/// from its index (`session_sweep.lua`, one script call per slot, pipelined);
+/// on a single Redis then sets the total to the sum of the slot counters
+/// (`session_total.lua`, atomic); then marks the sweep's time (not before:
+/// a sweep that failed on corrupt data changed nothing else). Concurrent
+/// sweeps (counts on several nodes) do the same work twice, no harm done.
+/// Returns the number of index entries.
+async fn sweep(client: &Client, keys: &Keys, now: i64) -> Result<u64> {
+    client.load_script(&SWEEP).await?;
+    let now = now.to_string();
+    let left: Vec<u64> = client
         .for_slots(0..SLOTS, |slot| {
-            let mut cmd = redis::cmd("ZREMRANGEBYSCORE");
-            cmd.arg(keys.session_index(slot)).arg("-inf").arg(now);
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(SWEEP.hash())
+                .arg(2)
+                .arg(keys.session_index(slot))
+                .arg(keys.session_count(slot))
+                .arg(&now);
             cmd
         })
         .await
         .map_err(|e| e.of("session_index"))?;
-    Ok(live_per_slot(client, now).await?.iter().sum())
+    if client.backend().is_cluster() {
+        client
+            .query::<Value>(redis::cmd("SET").arg(keys.session_sweep()).arg(&now))
+            .await
+            .map_err(|e| e.of("session_count"))?;
+        return Ok(left.iter().sum());
+    }
+    let total_keys: Vec<Vec<u8>> = [keys.session_total(), keys.session_sweep()]
+        .into_iter()
+        .chain((0..SLOTS).map(|slot| keys.session_count(slot)))
+        .collect();
+    client
+        .write_eval(&TOTAL, &as_slices(&total_keys), &[now.as_bytes()])
+        .await
+        .map_err(|e| e.of("session_count"))
 }
 
 /// One page of live sessions' client ids. Order: by hash slot of the client
@@ -229,15 +357,11 @@ pub async fn list(client: &Client, limit: u64, offset: u64) -> Result<Vec<Vec<u8
 /// Drops a client's index entry if its session hash is gone.
 async fn reap(client: &Client, client_id: &[u8]) -> Result<i64> {
     let keys = client.keys();
+    let slot = client_slot(client_id);
+    let mut script_keys = vec![keys.session_index(slot), keys.session(client_id)];
+    script_keys.extend(counter_keys(client, &keys, slot));
     client
-        .write_eval(
-            &REAP,
-            &[
-                &keys.session_index(client_slot(client_id)),
-                &keys.session(client_id),
-            ],
-            &[client_id],
-        )
+        .write_eval(&REAP, &as_slices(&script_keys), &[client_id])
         .await
         .map_err(|e| e.of("session_index"))
 }
@@ -424,4 +548,8 @@ fn lease_outcome(script: &str, reply: Vec<Value>) -> Result<std::result::Result<
 
 pub(crate) fn unexpected(script: &str, reply: &impl std::fmt::Debug) -> Error {
     Error::Internal(format!("unexpected reply from {script}: {reply:?}"))
+}
+
+fn as_slices(keys: &[Vec<u8>]) -> Vec<&[u8]> {
+    keys.iter().map(Vec::as_slice).collect()
 }

@@ -1,5 +1,6 @@
 -- Saves a session and its index entry atomically.
--- KEYS: session, fence, session index of the client's slot
+-- KEYS: session, fence, session index of the client's slot, the session
+-- counters (session_counter.lua)
 -- ARGV: client id, data, ttl ms, node, fence ('' = unfenced)
 -- Returns {1, created_at, updated_at, expires_at} or {0, newest fence}.
 -- A session whose created_at is not what we wrote is refused (corrupt), not
@@ -23,7 +24,7 @@ local new = read('session_index', 'ZADD', KEYS[3], expires, ARGV[1]) == 1
 -- A new entry: reclaim the entries of sessions of this slot that expired
 -- meanwhile (the index grows by new entries only).
 if new then
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', int(now))
+    count_sessions(4, 1 - redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', int(now)))
 end
 -- The fence is remembered as long as the session lives.
 if newest > 0 and redis.call('PTTL', KEYS[2]) < tonumber(ttl) then
