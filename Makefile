@@ -1,5 +1,5 @@
 # make test: every check and test (installs missing prerequisites first).
-.PHONY: all deps build demo test fuzz bench shell clean
+.PHONY: all deps build demo emqx-demo test fuzz bench shell clean
 
 all: build
 
@@ -13,6 +13,17 @@ build: deps
 # CLIENTS=N (default 10000), REDIS_URL=redis://[[user]:password@]host[:port][/db].
 demo: build
 	bash demo/run.sh
+
+# The adapter on two real EMQX nodes, node A killed mid-stream (needs an
+# EMQX 5.x build: EMQX_ROOT=/path with lib/<app>/ebin). SUBSCRIBERS=N
+# (default 100), PUBLISHERS, RATE, DURATION, KILL_AT, NODE_TTL_MS.
+emqx-demo:
+	@if [ -z "$(EMQX_ROOT)" ]; then \
+		echo "make emqx-demo: name an EMQX 5.x build: make emqx-demo EMQX_ROOT=/path/to/root (lib/<app>/ebin)" >&2; \
+		exit 2; \
+	fi
+	$(MAKE) build
+	EMQX_ROOT=$(EMQX_ROOT) bash demo/emqx_run.sh
 
 test: deps
 	bash scripts/test.sh
