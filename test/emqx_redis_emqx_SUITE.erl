@@ -64,7 +64,8 @@ all() ->
         redis_back_sessions_persist_again,
         messages_published_while_clients_resume_are_not_lost,
         messages_published_while_clients_move_live_are_not_lost,
-        reconnect_at_once_after_kill
+        reconnect_at_once_after_kill,
+        rate_limits_hold_across_nodes
     ].
 
 suite() ->
@@ -93,7 +94,7 @@ init_per_testcase(Case, Config) ->
     Names = [Name ++ Suffix || Name <- lists:sublist(["emqx_a", "emqx_b", "emqx_c"], node_count(Case))],
     Nodes = emqx_cluster_node:start_cluster(
         Names,
-        maps:merge(#{epmd_port => ?config(epmd, Config), dir => Dir, log_dir => ?config(priv_dir, Config)}, adapter(Redis))
+        maps:merge(#{epmd_port => ?config(epmd, Config), dir => Dir, log_dir => ?config(priv_dir, Config)}, adapter(Case, Redis))
     ),
     [{nodes, Nodes} | Config].
 
@@ -111,11 +112,21 @@ end_per_testcase(_Case, Config) ->
 node_count(session_survives_two_node_kills) -> 3;
 node_count(_) -> 2.
 
-adapter(Redis) ->
+adapter(Case, Redis) ->
     case os:getenv("EMQX_REDIS_ADAPTER") of
         "off" -> #{};
-        _ -> #{adapter => adapter_config(Redis)}
+        _ -> #{adapter => maps:merge_with(fun(_, A, B) -> maps:merge(A, B) end, adapter_config(Redis), extra(Case))}
     end.
+
+%% Budgets of 2 (and 1 more a second): connections per username,
+%% messages per publisher.
+extra(rate_limits_hold_across_nodes) ->
+    #{
+        limiter => #{limiters => #{<<"conn">> => #{rate => 1, burst => 2}, <<"pub">> => #{rate => 1, burst => 2}}},
+        emqx => #{limits => #{connect_per_username => <<"conn">>, publish_per_client => <<"pub">>}}
+    };
+extra(_) ->
+    #{}.
 
 adapter_config(Redis) ->
     #{
@@ -723,3 +734,28 @@ flush_mailbox() ->
         _ -> flush_mailbox()
     after 0 -> ok
     end.
+
+%% Rate limits are the cluster's: connections of one username spend one
+%% budget on every node (the one over it gets CONNACK 0x97, Quota exceeded),
+%% and a publisher over its rate gets PUBACK 0x97 and its message goes
+%% nowhere.
+rate_limits_hold_across_nodes(Config) ->
+    [A, B] = ?config(nodes, Config),
+    PortA = emqx_cluster_node:mqtt_port(A),
+    PortB = emqx_cluster_node:mqtt_port(B),
+    {ok, C1} = emqx_test_mqtt:connect(PortA, <<"alice-1">>, #{username => <<"alice">>}),
+    {ok, C2} = emqx_test_mqtt:connect(PortB, <<"alice-2">>, #{username => <<"alice">>}),
+    ?assertMatch({error, {quota_exceeded, _}}, emqx_test_mqtt:connect(PortA, <<"alice-3">>, #{username => <<"alice">>})),
+    ?assertMatch({error, {quota_exceeded, _}}, emqx_test_mqtt:connect(PortB, <<"alice-4">>, #{username => <<"alice">>})),
+    %% Another username has a budget of its own.
+    {ok, Bob} = emqx_test_mqtt:connect(PortB, <<"bob-1">>, #{username => <<"bob">>}),
+    {ok, Sub} = emqx_test_mqtt:connect(PortA, <<"limit-sub">>, #{}),
+    1 = emqx_test_mqtt:subscribe(Sub, <<"lim/t">>, 1),
+    wait_route(B, <<"lim/t">>, A),
+    %% 0 = delivered to a subscriber; 0x97 = refused for the rate.
+    Codes = [emqx_test_mqtt:publish(Bob, <<"lim/t">>, integer_to_binary(N), 1) || N <- [1, 2, 3]],
+    ?assertEqual([{ok, 0}, {ok, 0}, {ok, 16#97}], Codes),
+    Got = [P || #{payload := P} <- emqx_test_mqtt:receive_messages(Sub, 3, 5000)],
+    ?assertEqual([<<"1">>, <<"2">>], Got),
+    [emqx_test_mqtt:disconnect(C) || C <- [C1, C2, Bob, Sub]],
+    ok.

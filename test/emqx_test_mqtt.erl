@@ -24,7 +24,8 @@
 %% @doc Connects client `ClientId' to 127.0.0.1:Port over MQTT 5. `Opts':
 %% `clean_start' (default true), `expiry' (Session-Expiry-Interval in
 %% seconds, default 0), `auto_ack' (true | never, default true),
-%% `proto_ver' (default v5), `connect_timeout' (seconds, default 30).
+%% `proto_ver' (default v5), `connect_timeout' (seconds, default 30),
+%% `username'.
 %% `{ok, Client}' once the CONNACK came, else `{error, Reason}'.
 -spec connect(inet:port_number(), binary(), map()) -> {ok, client()} | {error, term()}.
 connect(Port, ClientId, Opts) ->
@@ -43,7 +44,7 @@ connect(Port, ClientId, Opts) ->
         {auto_ack, maps:get(auto_ack, Opts, true)},
         {connect_timeout, maps:get(connect_timeout, Opts, 30)},
         {retry_interval, 0}
-    ],
+    ] ++ [{username, U} || U <- [maps:get(username, Opts, undefined)], U =/= undefined],
     {ok, C} = emqtt:start_link(Args),
     unlink(C),
     try emqtt:connect(C) of
