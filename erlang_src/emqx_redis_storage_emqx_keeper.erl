@@ -493,7 +493,7 @@ lease(#st{clientid = ClientId, opts = #{resume_wait := Wait, lease_ms := LeaseMs
     Deadline = erlang:monotonic_time(millisecond) + Wait,
     wait_predecessor(ClientId, Deadline),
     true = ets:insert(?KEEPERS, {ClientId, self()}),
-    St#st{fence = acquire(ClientId, LeaseMs, Deadline, St)}.
+    St#st{fence = acquire(ClientId, LeaseMs, Deadline, 20, St)}.
 
 wait_predecessor(ClientId, Deadline) ->
     case ets:lookup(?KEEPERS, ClientId) of
@@ -510,15 +510,17 @@ wait_predecessor(ClientId, Deadline) ->
 
 %% Only a holder is waited for: with Redis out of reach the keeper goes on
 %% at once without the lease (and saves nothing until a touch gets it).
-acquire(ClientId, LeaseMs, Deadline, St) ->
+%% The wait doubles up to a second, with jitter: when a node's sessions all
+%% move at once, their keepers do not ask Redis in step.
+acquire(ClientId, LeaseMs, Deadline, Wait, St) ->
     case emqx_redis_session:acquire_lease(ClientId, node(), LeaseMs) of
         {ok, Fence} ->
             Fence;
         {error, {held_by, _} = Reason} ->
             case erlang:monotonic_time(millisecond) < Deadline of
                 true ->
-                    timer:sleep(100),
-                    acquire(ClientId, LeaseMs, Deadline, St);
+                    timer:sleep(Wait div 2 + rand:uniform(Wait)),
+                    acquire(ClientId, LeaseMs, Deadline, min(2 * Wait, 1000), St);
                 false ->
                     log(warning, lease_not_taken, St, #{reason => Reason}),
                     undefined
