@@ -51,8 +51,7 @@
     connected = false :: boolean(),
     expiry_ms :: non_neg_integer(),
     disconnected_at :: integer() | undefined,
-    ended = false :: boolean(),
-    commit_timer :: reference() | undefined
+    ended = false :: boolean()
 }).
 
 %%--------------------------------------------------------------------
@@ -203,7 +202,7 @@ handle_cast(_Other, St) ->
 
 -spec handle_info(term(), #st{}) -> {noreply, #st{}} | {stop, normal, #st{}}.
 handle_info(commit, St) ->
-    {noreply, commit(St#st{commit_timer = undefined})};
+    {noreply, commit(St)};
 handle_info(touch, St) ->
     touch(St),
     {noreply, save_if(St#st.connected orelse St#st.dirty, touch_lease(St))};
@@ -431,7 +430,8 @@ ok({error, _} = Error) -> throw(Error).
 changed(#st{dirty = true} = St) ->
     St;
 changed(#st{opts = #{commit_interval := Interval}} = St) ->
-    St#st{dirty = true, commit_timer = erlang:send_after(Interval, self(), commit)}.
+    _ = erlang:send_after(Interval, self(), commit),
+    St#st{dirty = true}.
 
 commit(#st{dirty = false} = St) ->
     St;
