@@ -19,6 +19,7 @@
 -behaviour(gen_server).
 
 -export([load/1, unload/0, settings/0, durable_filter/1, log/3]).
+-export([barrier_relay/4]).
 -export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 -export([
     on_client_connect/2,
@@ -40,6 +41,8 @@
 %% Where the channel process keeps its keeper.
 -define(PD_KEEPER, {?MODULE, keeper}).
 -define(PD_CONN, {?MODULE, conninfo}).
+%% The node of the channel a live takeover takes the session from.
+-define(PD_OLD, {?MODULE, old_node}).
 %% After EMQX's own hooks that stop or rewrite a message (retainer, rules,
 %% delayed publish), before the exhook.
 -define(PRIORITY, 10).
@@ -251,6 +254,7 @@ limited(_Name, _Key) ->
 connect(ConnInfo, Props) ->
     _ = guard(client_connect, fun() ->
         erase(?PD_KEEPER),
+        erase(?PD_OLD),
         case persistent(ConnInfo) of
             true -> put(?PD_CONN, ConnInfo);
             false -> erase(?PD_CONN)
@@ -269,8 +273,8 @@ maybe_stand_in(#{clean_start := false, clientid := ClientId} = ConnInfo) when is
                 {ok, Pid} -> put(?PD_KEEPER, Pid);
                 {error, Reason} -> log(warning, resume_stand_in_failed, #{reason => Reason})
             end;
-        _ ->
-            ok
+        Pids ->
+            put(?PD_OLD, node(lists:last(Pids)))
     end;
 maybe_stand_in(_ConnInfo) ->
     ok.
@@ -280,16 +284,93 @@ on_session_created(ClientInfo, _SessInfo) ->
     _ = guard(session_created, fun() -> start_tracking(new, ClientInfo) end),
     ok.
 
+%% EMQX subscribed the resumed session's new channel on this node just
+%% now. First the routing barrier (`barrier/2'): what was routed without
+%% the new subscription has arrived where it was routed to. Then the
+%% stand-in (a resume from Redis) learns when the subscription began and
+%% the barrier ended, to hand over only what is not also routed here live;
+%% a live takeover's session gets a keeper.
 -spec on_session_resumed(map(), map()) -> ok.
-on_session_resumed(ClientInfo, _SessInfo) ->
-    %% Resumed from our stand-in: it tracks the session already.
+on_session_resumed(ClientInfo, SessInfo) ->
     _ = guard(session_resumed, fun() ->
+        Subscribed = erlang:system_time(microsecond),
+        Filters = [F || F <- maps:keys(maps:get(subscriptions, SessInfo, #{})), durable_filter(F)],
+        barrier(get(?PD_OLD), Filters),
         case keeper() of
             undefined -> start_tracking(resumed, ClientInfo);
-            _ -> ok
+            Pid -> ?KEEPER:event(Pid, {resumed, Subscribed, erlang:system_time(microsecond)})
         end
     end),
     ok.
+
+%% The routing barrier. A publisher looks up routes after storing a
+%% message, and EMQX forwards a message to another node asynchronously, in
+%% order per route topic. So once every running node sees this node's
+%% route for each filter, and a marker sent by each node behind its
+%% forwards to the old channel's node (by the same route topic) has
+%% arrived there, every message routed without the new subscription is
+%% either stored (it reaches the stand-in's hand-over) or in the old
+%% channel's mailbox (EMQX passes it on at the takeover's end). Without
+%% this, a live takeover under load lost messages that were still being
+%% forwarded when the old channel unsubscribed. It waits at most
+%% `route_grace' ms (then logged).
+barrier(_Old, []) ->
+    ok;
+barrier(Old, Filters) ->
+    Reply = erlang:alias([explicit_unalias]),
+    Wait = maps:get(route_grace, settings()),
+    Deadline = erlang:monotonic_time(millisecond) + Wait,
+    %% (A node just gone may still be listed as running.)
+    Nodes = [N || N <- emqx:running_nodes(), N =:= node() orelse lists:member(N, nodes())],
+    _ = [erpc:cast(N, ?MODULE, barrier_relay, [relay_to(N, Old), Filters, node(), {Reply, Wait}]) || N <- Nodes],
+    Expected = lists:sum([markers(relay_to(N, Old), Filters) || N <- Nodes]),
+    Missing = await_markers(Reply, Expected, Deadline),
+    erlang:unalias(Reply),
+    Missing > 0 andalso log(warning, routing_barrier_timeout, #{missing => Missing}),
+    ok.
+
+relay_to(Node, Node) -> undefined;
+relay_to(_Node, Old) -> Old.
+
+markers(undefined, _Filters) -> 1;
+markers(_Old, Filters) -> length(Filters).
+
+await_markers(_Reply, 0, _Deadline) ->
+    0;
+await_markers(Reply, N, Deadline) ->
+    receive
+        {Reply, marker} -> await_markers(Reply, N - 1, Deadline)
+    after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
+        N
+    end.
+
+%% @private On each running node: waits until it routes each filter to
+%% `New' too, then sends the marker, through `Old' (one per filter, behind
+%% this node's forwards there) when a live channel was taken over there.
+-spec barrier_relay(node() | undefined, [binary()], node(), {reference(), non_neg_integer()}) -> ok.
+barrier_relay(Old, Filters, New, {Reply, Wait}) ->
+    wait_routes(Filters, New, erlang:monotonic_time(millisecond) + Wait),
+    case Old of
+        undefined -> Reply ! {Reply, marker};
+        _ -> [emqx_rpc:cast(F, Old, erlang, send, [Reply, {Reply, marker}]) || F <- Filters]
+    end,
+    ok.
+
+wait_routes(Filters, New, Deadline) ->
+    case [F || F <- Filters, not routed(F, New)] of
+        [] ->
+            ok;
+        Left ->
+            case erlang:monotonic_time(millisecond) < Deadline of
+                true -> timer:sleep(2), wait_routes(Left, New, Deadline);
+                false -> ok
+            end
+    end.
+
+routed(Filter, Node) ->
+    try emqx_router:has_route(Filter, Node)
+    catch _:_ -> true
+    end.
 
 %% The client id is final here (EMQX assigns one after `client.connect'
 %% to a client that gave none).

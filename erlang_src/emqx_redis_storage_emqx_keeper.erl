@@ -47,6 +47,9 @@
     %% What the takeover's end hands over: the stored messages not in
     %% flight, the iterators to read on from, the ids read.
     replay :: {list(), list(), #{binary() => true}} | undefined,
+    %% When the new channel's subscriptions began and its routing barrier
+    %% ended (µs): what is stored later reaches it live.
+    cut :: {integer(), integer()} | undefined,
     dirty = false :: boolean(),
     connected = false :: boolean(),
     expiry_ms :: non_neg_integer(),
@@ -176,6 +179,8 @@ handle_call(_Other, _From, St) ->
 -spec handle_cast(term(), #st{}) -> {noreply, #st{}}.
 handle_cast(_Event, #st{track = undefined} = St) ->
     {noreply, St};
+handle_cast({resumed, Subscribed, Routed}, #st{mode = begun} = St) ->
+    {noreply, St#st{cut = {Subscribed, Routed}}};
 handle_cast({delivered, Id, QoS, Dup, Ts}, #st{track = T} = St) ->
     {noreply, changed(St#st{track = ?TRACK:delivered(Id, QoS, Dup, Ts, T)})};
 handle_cast({acked, Id}, #st{track = T} = St) ->
@@ -305,9 +310,10 @@ with_subscriptions(Subs, S) ->
 %% What goes with the takeover's end, for EMQX to deliver as what a
 %% session had pending: the stored messages not in flight, and those
 %% stored since the session was built, read now that the new channel
-%% subscribed (what is stored later reaches it live). EMQX leaves out of
-%% its own mailbox what it gets here (by message id).
-hand_over(#st{replay = {Queue, Its, Seen}, opts = #{max_replay := Max}} = St) ->
+%% subscribed and its routing barrier passed. A message published after
+%% that reaches the new channel live, and is left out here (`live/3'); EMQX
+%% leaves out of its own mailbox what it gets here (by message id).
+hand_over(#st{replay = {Queue, Its, Seen}, opts = #{max_replay := Max} = Opts, cut = Cut} = St) ->
     Later =
         case catch_up(Its, Max) of
             {ok, Read} ->
@@ -316,7 +322,32 @@ hand_over(#st{replay = {Queue, Its, Seen}, opts = #{max_replay := Max}} = St) ->
                 log(warning, resume_catch_up_failed, St, #{reason => Reason}),
                 []
         end,
-    [{deliver, F, M} || {F, M} <- Queue ++ Later].
+    Skew = 1000 * maps:get(clock_skew, Opts),
+    [{deliver, F, M} || {F, M} <- Queue ++ Later, not live(emqx_message:id(M), Cut, Skew)].
+
+%% Whether a message surely reached the new channel live: made on this
+%% node after its subscriptions began (the publisher looks up routes after
+%% making it), or on another node after the routing barrier (less the
+%% clocks' skew). EMQX's message ids begin with the time they were made
+%% (µs) and a hash of the node that made them.
+live(<<_:64, Node:16, _/binary>> = Id, {Subscribed, Routed}, Skew) ->
+    Made = emqx_guid:timestamp(Id),
+    case Node =:= node_hash() of
+        true -> Made > Subscribed;
+        false -> Made > Routed + Skew
+    end;
+live(_Id, _Cut, _Skew) ->
+    false.
+
+node_hash() ->
+    case get({?MODULE, node_hash}) of
+        undefined ->
+            <<_:64, Hash:16, _/binary>> = emqx_guid:gen(),
+            put({?MODULE, node_hash}, Hash),
+            Hash;
+        Hash ->
+            Hash
+    end.
 
 %% A message in flight under its packet id: EMQX's session numbers what it
 %% sends with its next packet id, so that is set first (a session record
