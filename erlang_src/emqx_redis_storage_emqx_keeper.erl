@@ -311,7 +311,7 @@ with_subscriptions(Subs, S) ->
 %% session had pending: the stored messages not in flight, and those
 %% stored since the session was built, read now that the new channel
 %% subscribed and its routing barrier passed. A message published after
-%% that reaches the new channel live, and is left out here (`live/3'); EMQX
+%% that reaches the new channel live, and is left out here; EMQX
 %% leaves out of its own mailbox what it gets here (by message id).
 hand_over(#st{replay = {Queue, Its, Seen}, opts = #{max_replay := Max} = Opts, cut = Cut} = St) ->
     Later =
@@ -322,21 +322,19 @@ hand_over(#st{replay = {Queue, Its, Seen}, opts = #{max_replay := Max} = Opts, c
                 log(warning, resume_catch_up_failed, St, #{reason => Reason}),
                 []
         end,
-    Skew = 1000 * maps:get(clock_skew, Opts),
-    [{deliver, F, M} || {F, M} <- Queue ++ Later, not live(emqx_message:id(M), Cut, Skew)].
+    Skew = maps:get(clock_skew, Opts),
+    [{deliver, F, M} || {F, M} <- Queue ++ Later, not reached_live(emqx_message:id(M), Cut, Skew)].
 
-%% Whether a message surely reached the new channel live: made on this
-%% node after its subscriptions began (the publisher looks up routes after
-%% making it), or on another node after the routing barrier (less the
-%% clocks' skew). EMQX's message ids begin with the time they were made
-%% (µs) and a hash of the node that made them.
-live(<<_:64, Node:16, _/binary>> = Id, {Subscribed, Routed}, Skew) ->
-    Made = emqx_guid:timestamp(Id),
-    case Node =:= node_hash() of
-        true -> Made > Subscribed;
-        false -> Made > Routed + Skew
-    end;
-live(_Id, _Cut, _Skew) ->
+%% EMQX's message ids begin with the time they were made (µs) and a hash
+%% of the node that made them (`emqx_guid').
+reached_live(<<_:64, Node:16, _/binary>> = Id, Cut, Skew) ->
+    Where =
+        case Node =:= node_hash() of
+            true -> this_node;
+            false -> other_node
+        end,
+    ?TRACK:reached_live(emqx_guid:timestamp(Id), Where, Cut, Skew);
+reached_live(_Id, _Cut, _Skew) ->
     false.
 
 node_hash() ->

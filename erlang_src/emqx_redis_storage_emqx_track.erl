@@ -28,7 +28,7 @@
 -export([new/2, from_stored/2, to_stored/1]).
 -export([delivered/5, acked/2, completed/2, connected/2, disconnected/1, advance/3]).
 -export([subscribe/3, unsubscribe/2, subs/1, since/1, next_pkt/1, inflight/1, inflight_count/1]).
--export([classify/2, ttl_s/4]).
+-export([classify/2, ttl_s/4, reached_live/4]).
 
 -define(MAX_PACKET_ID, 65535).
 %% MQTT 5's largest Session Expiry Interval, in seconds.
@@ -260,3 +260,18 @@ ttl_s(ExpiryMs, DisconnectedAt, _TouchMs, Now) ->
 
 clamp_ttl(Ms) ->
     min(?MAX_TTL_S, max(1, (Ms + 999) div 1000)).
+
+%% @doc Whether a stored message surely reached a resumed session's new
+%% channel live, so a resume leaves it out of what it hands over: made
+%% (µs, by the clock of the node that made it) on the new channel's node
+%% after its subscriptions began, or on another node after the routing
+%% barrier ended, less the clocks' skew. (A publisher looks up routes
+%% after making a message; the barrier ends once every node routes the
+%% filters to the new channel's node.) Without a cut: no.
+-spec reached_live(integer(), this_node | other_node, {integer(), integer()} | undefined, ms()) -> boolean().
+reached_live(_Made, _Where, undefined, _SkewMs) ->
+    false;
+reached_live(Made, this_node, {Subscribed, _Routed}, _SkewMs) ->
+    Made > Subscribed;
+reached_live(Made, other_node, {_Subscribed, Routed}, SkewMs) ->
+    Made > Routed + 1000 * SkewMs.

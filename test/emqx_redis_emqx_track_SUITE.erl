@@ -33,7 +33,8 @@ all() ->
         ttl_after_disconnect_is_what_is_left,
         settings_are_checked_field_by_field,
         load_without_emqx_is_refused,
-        shared_subscriptions_are_not_durable
+        shared_subscriptions_are_not_durable,
+        resume_leaves_out_only_what_surely_arrived_live
     ].
 
 %% A connected session with room for 32 in flight, created at t=1000.
@@ -229,3 +230,17 @@ shared_subscriptions_are_not_durable(_) ->
     ?assertNot(emqx_redis_storage_emqx:durable_filter(<<"$queue/a/b">>)),
     %% EMQX's record for a shared subscription.
     ?assertNot(emqx_redis_storage_emqx:durable_filter({share, <<"g">>, <<"a/b">>})).
+
+%% A resume hands over what was stored, less what surely reached the new
+%% channel live: made on its node after its subscriptions began (t=1000
+%% µs), or on another node after the routing barrier (t=3000 µs) and the
+%% clocks' skew (2 ms). Before the cut is known, everything.
+resume_leaves_out_only_what_surely_arrived_live(_) ->
+    Cut = {1000, 3000},
+    ?assertNot(?T:reached_live(1000, this_node, Cut, 2)),
+    ?assert(?T:reached_live(1001, this_node, Cut, 2)),
+    ?assertNot(?T:reached_live(2000, other_node, Cut, 2)),
+    ?assertNot(?T:reached_live(5000, other_node, Cut, 2)),
+    ?assert(?T:reached_live(5001, other_node, Cut, 2)),
+    ?assertNot(?T:reached_live(9999999, this_node, undefined, 2)),
+    ?assertNot(?T:reached_live(9999999, other_node, undefined, 2)).
