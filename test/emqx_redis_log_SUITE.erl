@@ -16,6 +16,7 @@
     sentinel_failover_followed/1,
     route_index_resyncs/1,
     script_reloaded_after_flush/1,
+    script_loaded_once_for_many_calls/1,
     slow_call_is_reported/1,
     tls_wrong_name/1,
     flood_is_rate_limited/1,
@@ -41,6 +42,7 @@ groups() ->
             sentinel_failover_followed,
             route_index_resyncs,
             script_reloaded_after_flush,
+            script_loaded_once_for_many_calls,
             slow_call_is_reported,
             tls_wrong_name,
             flood_is_rate_limited,
@@ -231,6 +233,28 @@ script_reloaded_after_flush(Config) ->
     {ok, []} = emqx_redis_router:match_routes(Client, <<"no/such/route">>),
     #{sha := Sha} = expect(info, <<"script_reloaded">>, #{}, 5000),
     ?assertEqual(40, byte_size(Sha)).
+
+%% Many calls of one script meet NOSCRIPT at once (sessions resuming
+%% together on a Redis that lost its scripts): the script is loaded once
+%% for them all, not once per call, and every call succeeds.
+script_loaded_once_for_many_calls(Config) ->
+    Redis = ?config(redis, Config),
+    {ok, Client} = emqx_redis_storage:connect(config(Redis, #{})),
+    {ok, _} = emqx_redis_session:acquire_lease(Client, <<"warm">>, <<"n1">>, 60000),
+    "OK" = redis_cli(Redis, ["SCRIPT", "FLUSH"]),
+    "OK" = redis_cli(Redis, ["CONFIG", "RESETSTAT"]),
+    Self = self(),
+    Pids = [
+        spawn_link(fun() ->
+            Self ! {self(), emqx_redis_session:acquire_lease(Client, <<"many-", (integer_to_binary(N))/binary>>, <<"n1">>, 60000)}
+        end)
+     || N <- lists:seq(1, 200)
+    ],
+    [{ok, _} = receive {P, R} -> R after 10000 -> ct:fail(no_reply) end || P <- Pids],
+    Stats = redis_cli(Redis, ["INFO", "commandstats"]),
+    {match, [Loads]} = re:run(Stats, "cmdstat_script\\|load:calls=([0-9]+)", [{capture, all_but_first, list}]),
+    ct:log("SCRIPT LOAD calls for 200 calls after a flush: ~s", [Loads]),
+    ?assert(list_to_integer(Loads) =< 3, Loads).
 
 %% A call slower than `redis.slow_call_threshold' (Redis made to sleep in
 %% a script for 50 ms; the threshold is 20 ms) is reported with its

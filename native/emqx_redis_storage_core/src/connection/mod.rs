@@ -130,6 +130,9 @@ pub struct Client {
     groups: Groups,
     /// A bound on the calls in flight.
     in_flight: InFlight,
+    /// When each script (by SHA) was last loaded again after NOSCRIPT; one
+    /// load at a time (`reload_script`).
+    reloads: tokio::sync::Mutex<HashMap<String, Instant>>,
     /// Dropped with the client; background tasks end then (`Backend::closed`).
     _shutdown: tokio::sync::watch::Sender<()>,
 }
@@ -536,6 +539,7 @@ impl Client {
             backend,
             groups: Groups::default(),
             in_flight: InFlight::new(config.max_inflight),
+            reloads: tokio::sync::Mutex::new(HashMap::new()),
             _shutdown: shutdown,
         };
         // A connection is made even when Redis then refuses every command
@@ -709,9 +713,19 @@ impl Client {
     }
 
     /// Loads a script again after Redis answered NOSCRIPT: it restarted
-    /// or failed over, or its script cache was flushed.
+    /// or failed over, or its script cache was flushed. Once for all the
+    /// calls that met NOSCRIPT meanwhile: a call that finds the script
+    /// loaded after its answer came only tries again (when many sessions
+    /// resume at once on a Redis without the script, one load, not
+    /// hundreds).
     pub async fn reload_script(&self, script: &Lua) -> Result<()> {
+        let answered = Instant::now();
+        let mut reloads = self.reloads.lock().await;
+        if reloads.get(script.hash()).is_some_and(|&at| at > answered) {
+            return Ok(());
+        }
         self.load_script(script).await?;
+        reloads.insert(script.hash().to_string(), Instant::now());
         tracing::info!(sha = script.hash(), "script_reloaded");
         Ok(())
     }
