@@ -27,6 +27,7 @@
 -export([get_streams/2, make_iterator/3, next/2, watch/1, unwatch/1]).
 -export([subscribe/3, unsubscribe/3, subscriptions/2, persist/2]).
 -export([get_streams/3, make_iterator/4, next/3, watch/2, unwatch/2]).
+-export([filters/0, filters/1, holders/1, holders/2]).
 -export([filter_matches/2]).
 
 -type client() :: emqx_redis_storage_client:t().
@@ -58,6 +59,12 @@ unsubscribe(ClientId, Filter) -> with_default(fun(C) -> unsubscribe(C, ClientId,
 
 -spec subscriptions(client_id()) -> {ok, [filter()]} | {error, term()}.
 subscriptions(ClientId) -> with_default(fun(C) -> subscriptions(C, ClientId) end).
+
+-spec filters() -> {ok, [filter()]} | {error, term()}.
+filters() -> with_default(fun(C) -> filters(C) end).
+
+-spec holders(filter()) -> {ok, [client_id()]} | {error, term()}.
+holders(Filter) -> with_default(fun(C) -> holders(C, Filter) end).
 
 -spec persist([message()]) -> {ok, #{persisted := non_neg_integer(), skipped := non_neg_integer()}} | {error, term()}.
 persist(Msgs) -> with_default(fun(C) -> persist(C, Msgs) end).
@@ -114,6 +121,16 @@ unsubscribe(Client, ClientId, Filter) ->
 -spec subscriptions(client(), client_id()) -> {ok, [filter()]} | {error, term()}.
 subscriptions(Client, ClientId) ->
     checked(Client, [client_id(ClientId)], fun() -> call(Client, ds_subscriptions, [ClientId]) end).
+
+%% @doc Every durable filter some client holds, sorted.
+-spec filters(client()) -> {ok, [filter()]} | {error, term()}.
+filters(Client) ->
+    checked(Client, [], fun() -> call(Client, ds_filters, []) end).
+
+%% @doc The clients that hold `Filter' durable, sorted.
+-spec holders(client(), filter()) -> {ok, [client_id()]} | {error, term()}.
+holders(Client, Filter) ->
+    checked(Client, [filter(Filter)], fun() -> call(Client, ds_holders, [Filter]) end).
 
 %% @doc Stores each message whose topic some durable filter matches, once,
 %% in one round trip per stream; the others are `skipped'. Errors (nothing

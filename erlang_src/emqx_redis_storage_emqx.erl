@@ -19,7 +19,7 @@
 -behaviour(gen_server).
 
 -export([load/1, unload/0, settings/0, durable_filter/1, log/3]).
--export([barrier_relay/4]).
+-export([barrier_relay/4, sweep/0]).
 -export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 -export([
     on_client_connect/2,
@@ -56,6 +56,7 @@
     clock_skew => 1000,
     max_replay => 100000,
     max_done => 1000,
+    sweep_interval => 600000,
     persist_qos0 => auto,
     limits => #{}
 }).
@@ -63,6 +64,8 @@
 %% MQTT 5's Quota exceeded.
 -define(RC_QUOTA_EXCEEDED, 16#97).
 -define(PD_LIMITED, {?MODULE, limited}).
+%% How long the sweep holds a client's lease while it ends its filters.
+-define(SWEEP_LEASE_MS, 10000).
 
 -type settings() :: #{atom() => term()}.
 
@@ -207,6 +210,7 @@ start_link() ->
 -spec init([]) -> {ok, map()}.
 init([]) ->
     ?KEEPERS = ets:new(?KEEPERS, [named_table, public, set, {write_concurrency, true}, {read_concurrency, true}]),
+    schedule_sweep(),
     {ok, #{}}.
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, ok, map()}.
@@ -214,9 +218,62 @@ handle_call(_Req, _From, State) -> {reply, ok, State}.
 -spec handle_cast(term(), map()) -> {noreply, map()}.
 handle_cast(_Msg, State) -> {noreply, State}.
 -spec handle_info(term(), map()) -> {noreply, map()}.
+handle_info(sweep, State) ->
+    _ = guard(sweep, fun sweep/0),
+    schedule_sweep(),
+    {noreply, State};
 handle_info(_Info, State) -> {noreply, State}.
 -spec terminate(term(), map()) -> ok.
 terminate(_Reason, _State) -> ok.
+
+%%--------------------------------------------------------------------
+%% The sweep: a session that expired in Redis (its node died, its client
+%% never came back) leaves durable filters that no one will read; every
+%% `sweep_interval' (with jitter) the first running node ends them.
+
+schedule_sweep() ->
+    Interval = maps:get(sweep_interval, settings()),
+    erlang:send_after(Interval div 2 + rand:uniform(Interval), self(), sweep).
+
+%% @doc Ends the durable filters of every client that holds some but has
+%% no stored session, no channel in the cluster and no keeper here; the
+%% client's lease is taken first and the session looked for again under
+%% it (a keeper holds its client's lease while it lives, so a session
+%% being made is never swept). The number of clients swept.
+-spec sweep() -> {ok, non_neg_integer()} | {error, term()}.
+sweep() ->
+    case lists:min(emqx:running_nodes()) =:= node() of
+        false ->
+            {ok, 0};
+        true ->
+            case emqx_redis_ds:filters() of
+                {ok, Filters} ->
+                    Holders = lists:usort(lists:append([Hs || F <- Filters, {ok, Hs} <- [emqx_redis_ds:holders(F)]])),
+                    Swept = length([C || C <- Holders, sweep_client(C)]),
+                    Swept > 0 andalso log(info, durable_filters_swept, #{clients => Swept}),
+                    {ok, Swept};
+                {error, _} = Error ->
+                    Error
+            end
+    end.
+
+sweep_client(ClientId) ->
+    not (ets:member(?KEEPERS, ClientId) orelse emqx_cm:lookup_channels(ClientId) =/= [] orelse
+        emqx_redis_session:load_session(ClientId) =/= {error, not_found}) andalso
+        case emqx_redis_session:acquire_lease(ClientId, node(), ?SWEEP_LEASE_MS) of
+            {ok, Fence} ->
+                try
+                    emqx_redis_session:load_session(ClientId) =:= {error, not_found} andalso
+                        case emqx_redis_ds:subscriptions(ClientId) of
+                            {ok, Filters} -> lists:all(fun(F) -> emqx_redis_ds:unsubscribe(ClientId, F) =:= ok end, Filters);
+                            {error, _} -> false
+                        end
+                after
+                    emqx_redis_session:release_lease(ClientId, Fence)
+                end;
+            {error, _} ->
+                false
+        end.
 
 %%--------------------------------------------------------------------
 %% Hooks. They run in the client's channel process; each is guarded: an

@@ -16,7 +16,7 @@
     route_index_ready/1
 ]).
 -export([
-    ds_subscribe/5, ds_unsubscribe/4, ds_subscriptions/3, ds_persist/3, ds_streams/3,
+    ds_subscribe/5, ds_unsubscribe/4, ds_subscriptions/3, ds_filters/2, ds_holders/3, ds_persist/3, ds_streams/3,
     ds_next/6, ds_watch/6, ds_unwatch/2, ds_filter_match/2
 ]).
 -export([
@@ -219,6 +219,10 @@ ds_unsubscribe(_C, _Ref, _ClientId, _Filter) -> ?NOT_LOADED.
 
 -spec ds_subscriptions(reference(), reference(), binary()) -> ticket().
 ds_subscriptions(_C, _Ref, _ClientId) -> ?NOT_LOADED.
+-spec ds_filters(reference(), reference()) -> ticket().
+ds_filters(_C, _Ref) -> ?NOT_LOADED.
+-spec ds_holders(reference(), reference(), binary()) -> ticket().
+ds_holders(_C, _Ref, _Filter) -> ?NOT_LOADED.
 
 -spec ds_persist(reference(), reference(), [{binary(), binary(), non_neg_integer()}]) -> ticket().
 ds_persist(_C, _Ref, _Messages) -> ?NOT_LOADED.

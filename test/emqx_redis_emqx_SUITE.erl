@@ -125,6 +125,8 @@ extra(rate_limits_hold_across_nodes) ->
         limiter => #{limiters => #{<<"conn">> => #{rate => 1, burst => 2}, <<"pub">> => #{rate => 1, burst => 2}}},
         emqx => #{limits => #{connect_per_username => <<"conn">>, publish_per_client => <<"pub">>}}
     };
+extra(expired_session_is_not_resumed) ->
+    #{emqx => #{sweep_interval => 1000}};
 extra(_) ->
     #{}.
 
@@ -282,8 +284,17 @@ expired_session_is_not_resumed(Config) ->
     ok = publish_acked(B, Topic, payloads(1, 5), 1),
     kill_and_wait(A, B),
     ok = publish_acked(B, Topic, payloads(6, 8), 1),
+    %% A session on B that lives on (offline, stored) keeps its filter.
+    Staying = subscribe_persistent(B, <<"sub-staying">>, [{Topic, 1}]),
+    ok = emqx_test_mqtt:disconnect(Staying),
     %% Well after the expiry.
     timer:sleep(max(0, Disconnected + (Expiry + 3) * 1000 - erlang:monotonic_time(millisecond))),
+    %% The expired session's durable filter is swept (every second here):
+    %% what is published now is stored for the staying session only.
+    ok = test_util:wait_until(
+        fun() -> emqx_cluster_node:call(B, emqx_redis_ds, holders, [Topic]) =:= {ok, [<<"sub-staying">>]} end,
+        10000
+    ),
     {ok, S2} = reconnect(B, Id, #{expiry => Expiry}),
     ?assertNot(emqx_test_mqtt:session_present(S2)),
     ?assertEqual([], emqx_test_mqtt:receive_none(S2, ?QUIET)),

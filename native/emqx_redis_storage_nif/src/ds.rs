@@ -85,6 +85,26 @@ fn ds_subscriptions<'a>(
     )
 }
 
+#[rustler::nif]
+fn ds_filters<'a>(env: Env<'a>, client: ResourceArc<ClientRes>, reply_ref: Term<'a>) -> Term<'a> {
+    spawn_admitted(env, client.admit("ds_filters"), reply_ref, async move {
+        Ok(Out::bins(ds::filters(&client).await?))
+    })
+}
+
+#[rustler::nif]
+fn ds_holders<'a>(
+    env: Env<'a>,
+    client: ResourceArc<ClientRes>,
+    reply_ref: Term<'a>,
+    filter: Binary,
+) -> Term<'a> {
+    let filter = filter.to_vec();
+    spawn_admitted(env, client.admit("ds_holders"), reply_ref, async move {
+        Ok(Out::bins(ds::holders(&client, &filter).await?))
+    })
+}
+
 /// `msgs` is a list of `{Topic, Body, FromHash}`; replies with the number
 /// stored. A topic that is not a topic name: `{error, {invalid_message,
 /// {topic, Topic}}}` at once, nothing stored.

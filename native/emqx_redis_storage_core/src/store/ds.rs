@@ -317,6 +317,42 @@ pub async fn subscriptions(client: &Client, client_id: &[u8]) -> Result<Vec<Vec<
     Ok(filters)
 }
 
+/// Every durable filter some client holds, sorted.
+pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
+    let keys = client.keys();
+    let shards: Vec<Vec<Vec<u8>>> = client
+        .for_slots(0..FILTER_SHARDS, |shard| {
+            let mut hkeys = redis::cmd("HKEYS");
+            hkeys.arg(keys.ds_filters(shard));
+            hkeys
+        })
+        .await
+        .map_err(|e| e.of("durable_filter"))?;
+    let mut filters: Vec<Vec<u8>> = shards
+        .into_iter()
+        .flatten()
+        .filter(|field| field.as_slice() != b"\0v")
+        .collect();
+    if filters.iter().any(|f| topic::validate_filter(f).is_err()) {
+        return Err(Error::corrupt("durable_filter", "a field that is not a filter"));
+    }
+    filters.sort();
+    Ok(filters)
+}
+
+/// The clients holding `filter` durable, sorted.
+pub async fn holders(client: &Client, filter: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let (_, _, holders) = filter_keys(&client.keys(), filter);
+    let mut smembers = redis::cmd("SMEMBERS");
+    smembers.arg(holders);
+    let mut ids: Vec<Vec<u8>> = client
+        .query(&smembers)
+        .await
+        .map_err(|e| e.of("durable_filter"))?;
+    ids.sort();
+    Ok(ids)
+}
+
 /// A message to persist: its topic, its encoded body, and a hash of its
 /// publisher (which picks the stream shard).
 pub struct ToPersist {
