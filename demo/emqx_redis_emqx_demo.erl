@@ -373,8 +373,13 @@ report(Opts, Subs, Acked, Expected, Results, Killed) ->
         refused_connects => lists:sum([length(maps:get(refused, R, [])) || R <- Results]),
         not_present => length([R || #{session_present := false} = R <- Results]),
         last_resumed_s => LastResumed,
+        resumed_s => [(T - Killed) / 1000 || T <- lists:sort([T || T <- Resumed, is_integer(T)])],
         ttl_ms => maps:get(ttl, Opts)
     }.
+
+%% The P-th percentile of a sorted list (nearest rank).
+percentile(Sorted, P) ->
+    lists:nth(max(1, (P * length(Sorted) + 99) div 100), Sorted).
 
 sub_report(Expected, #{got := Got0, acked := AckedAt}, Killed) ->
     Got = lists:reverse(Got0),
@@ -437,6 +442,10 @@ print(R) ->
         {"seconds from kill to last subscriber resumed", case maps:get(last_resumed_s, R) of
             undefined -> "-";
             S -> io_lib:format("~.1f (CONNACK from B; nodes.ttl ~.1f s)", [S, maps:get(ttl_ms, R) / 1000])
+        end},
+        {"seconds from kill to resumed: 10th / 50th / 90th percentile", case maps:get(resumed_s, R) of
+            [] -> "-";
+            Rs -> io_lib:format("~.1f / ~.1f / ~.1f", [percentile(Rs, P) || P <- [10, 50, 90]])
         end},
         {"seconds from kill to last subscriber's first message", case maps:get(last_first_message_s, R) of
             undefined -> "-";
