@@ -31,6 +31,9 @@
 -define(TRACK, emqx_redis_storage_emqx_track).
 -define(KEEPERS, emqx_redis_storage_emqx_keepers).
 -define(SYNC_TIMEOUT, 15000).
+%% The longest wait between two asks for a held lease (ms): a resume after
+%% a node died goes on at most about this long after the reap.
+-define(MAX_LEASE_POLL, 250).
 %% MQTT's Receive Maximum when a client gives none.
 -define(DEFAULT_INFLIGHT, 32).
 
@@ -539,8 +542,8 @@ wait_predecessor(ClientId, Deadline) ->
 
 %% Only a holder is waited for: with Redis out of reach the keeper goes on
 %% at once without the lease (and saves nothing until a touch gets it).
-%% The wait doubles up to a second, with jitter: when a node's sessions all
-%% move at once, their keepers do not ask Redis in step.
+%% The wait doubles from 20 ms up to `MAX_LEASE_POLL', with jitter: when a
+%% node's sessions all move at once, their keepers do not ask Redis in step.
 acquire(ClientId, LeaseMs, Deadline, Wait, St) ->
     case emqx_redis_session:acquire_lease(ClientId, node(), LeaseMs) of
         {ok, Fence} ->
@@ -549,7 +552,7 @@ acquire(ClientId, LeaseMs, Deadline, Wait, St) ->
             case erlang:monotonic_time(millisecond) < Deadline of
                 true ->
                     timer:sleep(Wait div 2 + rand:uniform(Wait)),
-                    acquire(ClientId, LeaseMs, Deadline, min(2 * Wait, 1000), St);
+                    acquire(ClientId, LeaseMs, Deadline, min(2 * Wait, ?MAX_LEASE_POLL), St);
                 false ->
                     log(warning, lease_not_taken, St, #{reason => Reason}),
                     undefined

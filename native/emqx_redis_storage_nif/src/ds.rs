@@ -227,7 +227,7 @@ fn ds_next<'a>(
             id: Pos { ms, seq },
             skip,
         };
-        let batch = ds::next(&client, &stream, &filter, from, n).await?;
+        let batch = ds::next(&client, &client.ds, &stream, &filter, from, n).await?;
         let Cursor { id, skip } = batch.next;
         let scanned = batch.scanned;
         Ok(((id.ms, id.seq, skip), Messages(batch), scanned))

@@ -36,6 +36,7 @@ use crate::connection::{Backend, Client};
 use crate::error::{stored_int, Error, Result};
 use crate::store::keys::{ClientKeys, Keys};
 use crate::store::mirror::{self, shard_of, Mirror, Table};
+use crate::store::tails::Tails;
 use crate::store::topic;
 
 static SUBSCRIBE: LazyLock<Lua> =
@@ -108,7 +109,7 @@ pub struct Pos {
 }
 
 impl Pos {
-    fn parse(id: &[u8]) -> Option<Pos> {
+    pub(crate) fn parse(id: &[u8]) -> Option<Pos> {
         let text = std::str::from_utf8(id).ok()?;
         let (ms, seq) = text.split_once('-')?;
         let pos = Pos {
@@ -120,7 +121,7 @@ impl Pos {
             .then_some(pos)
     }
 
-    fn after(self) -> Pos {
+    pub(crate) fn after(self) -> Pos {
         match self.seq.checked_add(1) {
             Some(seq) => Pos { ms: self.ms, seq },
             None => Pos {
@@ -130,7 +131,7 @@ impl Pos {
         }
     }
 
-    fn id(self) -> String {
+    pub(crate) fn id(self) -> String {
         format!("{}-{}", self.ms, self.seq)
     }
 }
@@ -152,6 +153,8 @@ pub struct Durable {
     filters: Arc<Mirror>,
     levels: Arc<Mutex<HashSet<Vec<u8>>>>,
     watchers: Arc<Watchers>,
+    /// The entries read lately, shared by this client's readers.
+    tails: Tails,
     /// Bumped each time the appends listener (re)subscribed.
     listening: tokio::sync::watch::Receiver<u64>,
     /// Taken by the first call, which starts the background tasks.
@@ -166,6 +169,7 @@ impl Durable {
             filters: Arc::new(Mirror::new(&FILTERS, FILTER_SHARDS)),
             levels: Arc::new(Mutex::new(HashSet::new())),
             watchers: Arc::new(Watchers::default()),
+            tails: Tails::default(),
             listening,
             start: Mutex::new(Some(subscribed)),
         }
@@ -550,7 +554,7 @@ pub struct Cursor {
 /// read), where to go on from, and how many messages it looked at.
 pub struct Batch {
     pub next: Cursor,
-    entries: Vec<Vec<u8>>,
+    entries: Vec<Arc<Vec<u8>>>,
     found: Vec<(usize, Range<usize>, Range<usize>)>,
     /// Messages read, matching or not: the read amplification is
     /// `scanned` over the messages returned.
@@ -575,6 +579,7 @@ impl Batch {
 /// position behind what retention trimmed goes on with the oldest entry kept.
 pub async fn next(
     client: &Client,
+    ds: &Durable,
     stream: &Stream,
     filter: &[u8],
     from: Cursor,
@@ -591,34 +596,19 @@ pub async fn next(
     let full = |batch: &Batch, bytes: usize| {
         batch.found.len() == n || bytes >= MAX_BYTES || batch.scanned >= MAX_SCAN
     };
+    let oldest = Pos {
+        ms: now_ms().saturating_sub(ds.config.retention.as_millis() as u64),
+        seq: 0,
+    };
     // Entries hold a persist call's messages each: ask for as many as the
     // entries read so far say are needed.
     let mut count = (n / 100).clamp(1, 10);
     loop {
-        let mut xrange = redis::cmd("XRANGE");
-        xrange
-            .arg(&key)
-            .arg(batch.next.id.id())
-            .arg("+")
-            .arg("COUNT")
-            .arg(count);
-        let replies: Vec<(Vec<u8>, Vec<Vec<u8>>)> = client
-            .query(&xrange)
-            .await
-            .map_err(|e| e.of("durable_stream"))?;
-        let got = replies.len();
-        for (id, fields) in replies {
-            let pos = Pos::parse(&id)
-                .ok_or_else(|| Error::corrupt("durable_stream", "an entry id we did not get"))?;
-            let entry = match <[Vec<u8>; 2]>::try_from(fields) {
-                Ok([m, value]) if m == b"m" => value,
-                _ => {
-                    return Err(Error::corrupt(
-                        "durable_stream",
-                        "an entry we did not write",
-                    ))
-                }
-            };
+        let (read, all) = ds
+            .tails
+            .read(client, &key, batch.next.id, count, oldest)
+            .await?;
+        for (pos, entry) in read {
             let messages = decode_entry(&entry, &stream.level)
                 .ok_or_else(|| Error::corrupt("durable_stream", "an entry we did not write"))?;
             let skip = if pos == batch.next.id {
@@ -653,7 +643,7 @@ pub async fn next(
                 skip: 0,
             };
         }
-        if got < count || full(&batch, bytes) {
+        if all || full(&batch, bytes) {
             return Ok(batch);
         }
         let per_entry = (batch.scanned / entries_read.max(1)).max(1);

@@ -15,4 +15,5 @@ pub mod registry;
 pub mod route_index;
 pub mod router;
 pub mod session;
+pub mod tails;
 pub mod topic;
