@@ -407,10 +407,11 @@ await_markers(Reply, N, Deadline) ->
 -spec barrier_relay(node() | undefined, [binary()], node(), {reference(), non_neg_integer()}) -> ok.
 barrier_relay(Old, Filters, New, {Reply, Wait}) ->
     wait_routes(Filters, New, erlang:monotonic_time(millisecond) + Wait),
-    case Old of
-        undefined -> Reply ! {Reply, marker};
-        _ -> [emqx_rpc:cast(F, Old, erlang, send, [Reply, {Reply, marker}]) || F <- Filters]
-    end,
+    _ =
+        case Old of
+            undefined -> Reply ! {Reply, marker};
+            _ -> lists:foreach(fun(F) -> emqx_rpc:cast(F, Old, erlang, send, [Reply, {Reply, marker}]) end, Filters)
+        end,
     ok.
 
 wait_routes(Filters, New, Deadline) ->

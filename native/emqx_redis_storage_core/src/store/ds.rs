@@ -338,7 +338,10 @@ pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
         .filter(|field| field.as_slice() != b"\0v")
         .collect();
     if filters.iter().any(|f| topic::validate_filter(f).is_err()) {
-        return Err(Error::corrupt("durable_filter", "a field that is not a filter"));
+        return Err(Error::corrupt(
+            "durable_filter",
+            "a field that is not a filter",
+        ));
     }
     filters.sort();
     Ok(filters)

@@ -158,7 +158,11 @@ impl Tails {
         let reached_end = read.len() < asked;
         if let Some(old) = tails.remove(key) {
             if reached_end || *last >= old.start {
-                let newer: Vec<Entry> = old.entries.into_iter().filter(|(id, _)| id > last).collect();
+                let newer: Vec<Entry> = old
+                    .entries
+                    .into_iter()
+                    .filter(|(id, _)| id > last)
+                    .collect();
                 tail.push_back(&newer);
                 tail.end = tail.end.max(old.end);
             }
