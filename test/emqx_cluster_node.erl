@@ -43,7 +43,6 @@
     os_pid := string(),
     mqtt_port := inet:port_number(),
     rpc_port := inet:port_number(),
-    dist_port := inet:port_number(),
     dir := file:filename()
 }.
 -export_type([handle/0]).
@@ -195,6 +194,23 @@ distinct_ports(N, Acc) ->
         false -> distinct_ports(N - 1, [P | Acc])
     end.
 
+%% The distribution port was free when it was picked; another process may
+%% have taken it since (the node then cannot listen): once more, on a
+%% port picked now.
+boot(Opts, Tries) ->
+    try
+        peer:start(Opts)
+    catch
+        exit:{boot_failed, _} when Tries > 1 ->
+            Port = integer_to_list(loopback_port:free()),
+            boot(Opts#{args := dist_port(maps:get(args, Opts), Port)}, Tries - 1)
+    end.
+
+dist_port(["inet_dist_listen_min", _ | Rest], Port) -> ["inet_dist_listen_min", Port | dist_port(Rest, Port)];
+dist_port(["inet_dist_listen_max", _ | Rest], Port) -> ["inet_dist_listen_max", Port | dist_port(Rest, Port)];
+dist_port([A | Rest], Port) -> [A | dist_port(Rest, Port)];
+dist_port([], _Port) -> [].
+
 start_node(Name, #{dist := Dist, rpc := Rpc, mqtt := Mqtt}, RpcMap, #{epmd_port := Epmd, dir := Base}) ->
     Dir = filename:join(Base, Name),
     _ = file:del_dir_r(Dir),
@@ -209,7 +225,7 @@ start_node(Name, #{dist := Dist, rpc := Rpc, mqtt := Mqtt}, RpcMap, #{epmd_port 
                 "-kernel", "inet_dist_listen_max", DistPort,
                 "+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"
             ],
-    {ok, Peer, Node} = peer:start(#{
+    {ok, Peer, Node} = boot(#{
         name => Name,
         host => "127.0.0.1",
         longnames => true,
@@ -218,7 +234,7 @@ start_node(Name, #{dist := Dist, rpc := Rpc, mqtt := Mqtt}, RpcMap, #{epmd_port 
         wait_boot => ?BOOT_TIMEOUT,
         env => [{"ERL_EPMD_ADDRESS", "127.0.0.1"}, {"ERL_EPMD_PORT", integer_to_list(Epmd)}],
         args => Args
-    }),
+    }, 3),
     OsPid = peer:call(Peer, os, getpid, []),
     H = #{
         name => Name,
@@ -227,7 +243,6 @@ start_node(Name, #{dist := Dist, rpc := Rpc, mqtt := Mqtt}, RpcMap, #{epmd_port 
         os_pid => OsPid,
         mqtt_port => Mqtt,
         rpc_port => Rpc,
-        dist_port => Dist,
         dir => Dir
     },
     try
