@@ -326,7 +326,7 @@ connect(ConnInfo, Props) ->
 maybe_stand_in(#{clean_start := false, clientid := ClientId} = ConnInfo) when is_binary(ClientId), ClientId =/= <<>> ->
     case emqx_cm:lookup_channels(ClientId) of
         [] ->
-            case ?KEEPER:start_ghost(ConnInfo, settings()) of
+            case ?KEEPER:start_ghost(ConnInfo#{zone => listener_zone(ConnInfo)}, settings()) of
                 {ok, Pid} -> put(?PD_KEEPER, Pid);
                 {error, Reason} -> log(warning, resume_stand_in_failed, #{reason => Reason})
             end;
@@ -335,6 +335,36 @@ maybe_stand_in(#{clean_start := false, clientid := ClientId} = ConnInfo) when is
     end;
 maybe_stand_in(_ConnInfo) ->
     ok.
+
+%% The zone of the listener the client came in on, for the session the
+%% stand-in builds (its queue settings): `client.connect' names no zone,
+%% but the socket's local port names the listener. `default' if no one
+%% listener of the socket's kind is bound to that port.
+listener_zone(#{sockname := {_, Port}} = ConnInfo) ->
+    Kind = maps:get(socktype, ConnInfo, undefined),
+    Zones = [
+        maps:get(zone, L, default)
+     || {Type, Named} <- maps:to_list(emqx_config:get([listeners], #{})),
+        same_kind(Kind, Type),
+        is_map(Named),
+        L <- maps:values(Named),
+        is_map(L),
+        bind_port(maps:get(bind, L, undefined)) =:= Port
+    ],
+    case lists:usort(Zones) of
+        [Zone] -> Zone;
+        _ -> default
+    end;
+listener_zone(_ConnInfo) ->
+    default.
+
+same_kind(Kind, Kind) -> true;
+same_kind(ws, wss) -> true;
+same_kind(_, _) -> false.
+
+bind_port(Port) when is_integer(Port) -> Port;
+bind_port({_IP, Port}) when is_integer(Port) -> Port;
+bind_port(_) -> undefined.
 
 -spec on_session_created(map(), map()) -> ok.
 on_session_created(ClientInfo, _SessInfo) ->

@@ -129,8 +129,8 @@ epmd_alive(Port) ->
 %% `epmd_port' (required, from `start_epmd/0'), `dir' (required: a
 %% directory for the nodes' work dirs), `adapter' (the config for
 %% `emqx_redis_storage_emqx:load/1', loaded on each node once all are up;
-%% absent: not loaded), `emqx_conf' (extra EMQX config, a map merged into
-%% the listeners config), `log_dir' (each node's warnings and errors, and
+%% absent: not loaded), `emqx_conf' (extra EMQX config, a map merged deep
+%% into the listeners config), `log_dir' (each node's warnings and errors, and
 %% everything emqx_redis_storage logs, go to `<log_dir>/<name>.log', kept
 %% after the node stopped). Stops what it started if any step fails.
 -spec start_cluster([string()], map()) -> [handle()].
@@ -443,4 +443,4 @@ emqx_app_conf(Port, Extra) ->
             wss => #{default => #{enable => false}}
         }
     },
-    #{config => maps:merge(Listeners, Extra)}.
+    #{config => emqx_utils_maps:deep_merge(Listeners, Extra)}.

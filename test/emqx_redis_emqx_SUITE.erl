@@ -65,6 +65,7 @@ all() ->
         messages_published_while_clients_resume_are_not_lost,
         messages_published_while_clients_move_live_are_not_lost,
         reconnect_at_once_after_kill,
+        resumed_session_takes_its_listeners_zone,
         rate_limits_hold_across_nodes
     ].
 
@@ -94,7 +95,10 @@ init_per_testcase(Case, Config) ->
     Names = [Name ++ Suffix || Name <- lists:sublist(["emqx_a", "emqx_b", "emqx_c"], node_count(Case))],
     Nodes = emqx_cluster_node:start_cluster(
         Names,
-        maps:merge(#{epmd_port => ?config(epmd, Config), dir => Dir, log_dir => ?config(priv_dir, Config)}, adapter(Case, Redis))
+        maps:merge(
+            #{epmd_port => ?config(epmd, Config), dir => Dir, log_dir => ?config(priv_dir, Config), emqx_conf => emqx_conf(Case)},
+            adapter(Case, Redis)
+        )
     ),
     [{nodes, Nodes} | Config].
 
@@ -108,6 +112,12 @@ end_per_testcase(_Case, Config) ->
     end,
     flush_mailbox(),
     ok.
+
+%% Every listener in zone `small', whose queue holds 5 messages.
+emqx_conf(resumed_session_takes_its_listeners_zone) ->
+    #{zones => #{small => #{mqtt => #{max_mqueue_len => 5}}}, listeners => #{tcp => #{default => #{zone => small}}}};
+emqx_conf(_) ->
+    #{}.
 
 node_count(session_survives_two_node_kills) -> 3;
 node_count(_) -> 2.
@@ -624,6 +634,28 @@ first_copies(L) ->
         L
     ),
     lists:reverse(Firsts).
+
+%% The session a resume builds takes the zone of the listener the client
+%% came in on, as EMQX's own session would: with a window of 1, of the 10
+%% messages stored while no node held the session, 1 is sent and 5 are
+%% queued (zone `small' queues 5; the default zone 1,000: all 10 would come).
+resumed_session_takes_its_listeners_zone(Config) ->
+    [A, B] = ?config(nodes, Config),
+    Id = <<"sub-zone">>,
+    Topic = <<"t/zone">>,
+    S1 = subscribe_persistent(A, Id, [{Topic, 1}]),
+    ok = emqx_test_mqtt:disconnect(S1),
+    wait_route(B, Topic, A),
+    kill_and_wait(A, B),
+    Stored = payloads(1, 10),
+    ok = publish_acked(B, Topic, Stored, 1),
+    {ok, S2} = reconnect(B, Id, #{receive_maximum => 1}),
+    ?assert(emqx_test_mqtt:session_present(S2)),
+    Got = [P || #{payload := P} <- emqx_test_mqtt:receive_messages(S2, 6, ?RECEIVE_TIMEOUT) ++ emqx_test_mqtt:receive_none(S2, ?QUIET)],
+    ct:log("got ~p", [Got]),
+    ?assertEqual(6, length(Got), Got),
+    ?assertEqual(Got, [P || P <- Stored, lists:member(P, Got)]),
+    ok = emqx_test_mqtt:disconnect(S2).
 
 %% The client reconnects the moment its connection dies, before B knows
 %% that A is dead (as real clients do): it is refused or kept waiting

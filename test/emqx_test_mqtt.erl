@@ -25,15 +25,20 @@
 %% `clean_start' (default true), `expiry' (Session-Expiry-Interval in
 %% seconds, default 0), `auto_ack' (true | never, default true),
 %% `proto_ver' (default v5), `connect_timeout' (seconds, default 30),
-%% `username'.
+%% `username', `receive_maximum'.
 %% `{ok, Client}' once the CONNACK came, else `{error, Reason}'.
 -spec connect(inet:port_number(), binary(), map()) -> {ok, client()} | {error, term()}.
 connect(Port, ClientId, Opts) ->
-    Props =
+    Props = maps:merge(
         case maps:get(expiry, Opts, 0) of
             0 -> #{};
             E -> #{'Session-Expiry-Interval' => E}
         end,
+        case maps:get(receive_maximum, Opts, undefined) of
+            undefined -> #{};
+            R -> #{'Receive-Maximum' => R}
+        end
+    ),
     Args = [
         {host, "127.0.0.1"},
         {port, Port},
