@@ -6,14 +6,14 @@ use emqx_redis_storage_core::store::ds::{
 };
 use emqx_redis_storage_core::store::topic;
 use rustler::env::OwnedEnv;
-use rustler::{Atom, Binary, Encoder, Env, LocalPid, NewBinary, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 
 use crate::nif::ClientRes;
 use crate::runtime::spawn_admitted;
-use crate::term::Out;
+use crate::term::{new_binary, Out};
 
 mod atoms {
-    rustler::atoms! { ok, error, emqx_redis_ds, new_data, topic, id, corrupt, invalid_message }
+    rustler::atoms! { ok, error, emqx_redis_ds, new_data, topic, corrupt, invalid_message }
 }
 
 fn badarg<'a>(env: Env<'a>) -> Term<'a> {
@@ -185,12 +185,6 @@ impl Encoder for Messages {
             .collect();
         pairs.encode(env)
     }
-}
-
-fn new_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Binary<'a> {
-    let mut bin = NewBinary::new(env, bytes.len());
-    bin.as_mut_slice().copy_from_slice(bytes);
-    Binary::from(bin)
 }
 
 /// Replies `{{Ms, Seq, Skip}, [{Topic, Body}], Scanned}`: where to go on
