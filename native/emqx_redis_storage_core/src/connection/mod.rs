@@ -549,14 +549,9 @@ impl Client {
             _shutdown: shutdown,
         };
         // A connection is made even when Redis then refuses every command
-        // (NOAUTH, NOPERM): find out now, not on the first real call.
-        let pings = match &*client.backend.target {
-            Target::Cluster(_) => 1,
-            Target::Node(_) => config.pool_size,
-        };
-        for _ in 0..pings {
-            client.backend.query::<Value>(&redis::cmd("PING")).await?;
-        }
+        // (NOAUTH, NOPERM): find out now, not on the first real call. The
+        // pool's connections were all opened with the same settings.
+        client.backend.query::<Value>(&redis::cmd("PING")).await?;
         Ok(client)
     }
 
