@@ -191,16 +191,41 @@ next(Client, It, BatchSize) ->
     checked(Client, [batch_size(BatchSize)], fun() ->
         with_iterator(Client, It, fun(Level, Shard, Filter, Ms, Seq, Skip) ->
         case call(Client, ds_next, [{Level, Shard}, Filter, {Ms, Seq, Skip}, BatchSize]) of
-            {ok, {{Ms2, Seq2, Skip2}, Msgs, _Scanned}} ->
-                case lists:member(corrupt, Msgs) of
-                    false -> {ok, ?IT(Level, Shard, Filter, Ms2, Seq2, Skip2), Msgs};
-                    true -> emqx_redis_storage_terms:corrupt(durable_message, <<"not a message we persisted">>)
+            {ok, {{Ms2, Seq2, Skip2}, Stored, _Scanned}} ->
+                case messages(Stored, []) of
+                    corrupt -> emqx_redis_storage_terms:corrupt(durable_message, <<"not a message we persisted">>);
+                    Msgs -> {ok, ?IT(Level, Shard, Filter, Ms2, Seq2, Skip2), Msgs}
                 end;
             {error, _} = Error ->
                 Error
         end
         end)
     end).
+
+%% The stored `{Topic, Body}' pairs of a batch as messages, or `corrupt' if
+%% one is not a message we persisted (a map without `topic', with a binary
+%% `id'). Decoded here, in the caller: callers decode in parallel, each on
+%% its own scheduler (the NIF's threads share one slot of the atom table's
+%% lock, and 64 callers' batches waited for it there).
+messages([{Topic, Body} | Rest], Acc) ->
+    case message(Topic, Body) of
+        corrupt -> corrupt;
+        Msg -> messages(Rest, [Msg | Acc])
+    end;
+messages([], Acc) ->
+    lists:reverse(Acc).
+
+message(Topic, Body) when is_binary(Body) ->
+    try binary_to_term(Body, [safe, used]) of
+        {#{id := Id} = Msg, Used} when is_binary(Id), Used =:= byte_size(Body), not is_map_key(topic, Msg) ->
+            Msg#{topic => Topic};
+        _ ->
+            corrupt
+    catch
+        error:badarg -> corrupt
+    end;
+message(_Topic, _Body) ->
+    corrupt.
 
 %% @doc The caller gets `{emqx_redis_ds, WatchRef, new_data}' once, as soon
 %% as the iterator's stream holds anything after its position, appended by

@@ -6,14 +6,14 @@ use emqx_redis_storage_core::store::ds::{
 };
 use emqx_redis_storage_core::store::topic;
 use rustler::env::OwnedEnv;
-use rustler::{Atom, Binary, Encoder, Env, LocalPid, NewBinary, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 
 use crate::nif::ClientRes;
 use crate::runtime::spawn_admitted;
-use crate::term::Out;
+use crate::term::{new_binary, Out};
 
 mod atoms {
-    rustler::atoms! { ok, error, emqx_redis_ds, new_data, topic, id, corrupt, invalid_message }
+    rustler::atoms! { ok, error, emqx_redis_ds, new_data, topic, corrupt, invalid_message }
 }
 
 fn badarg<'a>(env: Env<'a>) -> Term<'a> {
@@ -159,50 +159,57 @@ fn ds_streams<'a>(
     })
 }
 
-/// The messages of a batch, decoded into the reply's own environment: a
-/// stored body is a map without `topic` (it is put back here) and with a
-/// binary `id`; anything else becomes the atom `corrupt` in its place.
+/// The messages of a batch as `{Topic, Body}`, Body the stored term as
+/// Redis sent it: a sub-binary of one binary per stream entry (one copy
+/// and one allocation per entry, not per message). The caller decodes it
+/// (`emqx_redis_ds:next/3`), in parallel with other callers: decoded here,
+/// on the runtime's threads, each atom of each body took the VM's atom
+/// table lock, which threads outside the schedulers share, and replay at
+/// 64 processes spent most of its time waiting for it.
 struct Messages(Batch);
 
 impl Encoder for Messages {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let topic_key = atoms::topic().encode(env);
-        let id_key = atoms::id().encode(env);
         // Messages of one persist call often share their topic: one term
         // for a run of equal topics, made in the env's heap (a small binary
         // there costs no allocation of its own and no off-heap reference in
         // the caller's process).
         let mut last_topic: Option<(&[u8], Term<'a>)> = None;
-        let decoded: Vec<Term<'a>> = self
+        let mut last_entry: Option<(usize, Binary<'a>)> = None;
+        let pairs: Vec<Term<'a>> = self
             .0
             .messages()
-            .map(|(topic, body)| {
+            .map(|(e, topic, body)| {
                 let topic_term = match last_topic {
                     Some((bytes, term)) if bytes == topic => term,
                     _ => {
-                        let mut bin = NewBinary::new(env, topic.len());
-                        bin.as_mut_slice().copy_from_slice(topic);
-                        let term: Term<'a> = Binary::from(bin).to_term(env);
+                        let term = new_binary(env, topic).to_term(env);
                         last_topic = Some((topic, term));
                         term
                     }
                 };
-                env.binary_to_term(body)
-                    .filter(|(msg, used)| {
-                        *used == body.len()
-                            && msg.map_get(topic_key).is_err()
-                            && msg.map_get(id_key).is_ok_and(|id| id.is_binary())
-                    })
-                    .and_then(|(msg, _)| msg.map_put(topic_key, topic_term).ok())
-                    .unwrap_or_else(|| atoms::corrupt().encode(env))
+                let entry = match last_entry {
+                    Some((i, entry)) if i == e => entry,
+                    _ => {
+                        let entry = new_binary(env, self.0.entry(e));
+                        last_entry = Some((e, entry));
+                        entry
+                    }
+                };
+                // The ranges come from parsing this entry: always inside it.
+                let body = entry
+                    .make_subbinary(body.start, body.len())
+                    .map_or_else(|_| atoms::corrupt().encode(env), |b| b.to_term(env));
+                (topic_term, body).encode(env)
             })
             .collect();
-        decoded.encode(env)
+        pairs.encode(env)
     }
 }
 
-/// Replies `{{Ms, Seq, Skip}, [Msg | corrupt], Scanned}`: where to go on
-/// from, the matching messages and how many messages were looked at.
+/// Replies `{{Ms, Seq, Skip}, [{Topic, Body}], Scanned}`: where to go on
+/// from, the matching messages (see `Messages`) and how many messages were
+/// looked at.
 #[rustler::nif]
 #[allow(clippy::too_many_arguments)]
 fn ds_next<'a>(

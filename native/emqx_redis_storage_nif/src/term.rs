@@ -23,11 +23,16 @@ mod atoms {
     }
 }
 
-/// A binary term holding a copy of `bytes`.
-pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+/// A binary holding a copy of `bytes`.
+pub fn new_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Binary<'a> {
     let mut out = NewBinary::new(env, bytes.len());
     out.as_mut_slice().copy_from_slice(bytes);
-    Binary::from(out).to_term(env)
+    Binary::from(out)
+}
+
+/// A binary term holding a copy of `bytes`.
+pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    new_binary(env, bytes).to_term(env)
 }
 
 /// A node name as its existing atom, or as a binary. Never creates an atom.

@@ -51,6 +51,14 @@ use single::{pool_at, server, NodeConn, Pool};
 use slots::SLOTS;
 use transport::Transport;
 
+/// Consecutive calls that take the same connection of a pool: callers
+/// that arrive together share one connection, and so its writes (see
+/// `transport::Coalesce`), instead of each taking the next connection
+/// round robin. Measured at 64 processes, pool of 4: Redis read 19
+/// commands per read instead of 9, and the VM's CPU per `q` SET went from
+/// 8.8 to 7.1 µs (16 and 32 calls per connection measured between).
+const CALLS_PER_LINK: usize = 64;
+
 /// How many times a call loads its script again after NOSCRIPT.
 const MAX_RELOADS: u32 = 3;
 
@@ -263,7 +271,8 @@ impl Backend {
         matches!(*self.target, Target::Cluster(_))
     }
 
-    /// A connection: from the pool round robin, or the cluster connection.
+    /// A connection: from the pool, `CALLS_PER_LINK` calls at a time round
+    /// robin, or the cluster connection.
     async fn conn(&self) -> RedisResult<Conn> {
         let link = match &*self.target {
             Target::Cluster(cluster) => {
@@ -272,7 +281,8 @@ impl Backend {
             }
             Target::Node(pool) => {
                 let pool = pool.read().unwrap_or_else(|e| e.into_inner());
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.links.len();
+                let i =
+                    self.next.fetch_add(1, Ordering::Relaxed) / CALLS_PER_LINK % pool.links.len();
                 pool.links[i].clone()
             }
         };
@@ -543,14 +553,9 @@ impl Client {
             _shutdown: shutdown,
         };
         // A connection is made even when Redis then refuses every command
-        // (NOAUTH, NOPERM): find out now, not on the first real call.
-        let pings = match &*client.backend.target {
-            Target::Cluster(_) => 1,
-            Target::Node(_) => config.pool_size,
-        };
-        for _ in 0..pings {
-            client.backend.query::<Value>(&redis::cmd("PING")).await?;
-        }
+        // (NOAUTH, NOPERM): find out now, not on the first real call. The
+        // pool's connections were all opened with the same settings.
+        client.backend.query::<Value>(&redis::cmd("PING")).await?;
         Ok(client)
     }
 

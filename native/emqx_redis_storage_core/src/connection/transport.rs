@@ -4,11 +4,12 @@
 //! redis-rs cannot do. The redis-rs cluster client still opens its node
 //! connections itself (see `cluster::connect_cluster`).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -163,10 +164,42 @@ impl Alive {
 /// it exists.
 struct Coalesce<S> {
     inner: S,
-    /// This flush already waited its turn.
-    waited: bool,
+    /// Where this flush stands in its wait.
+    turn: Turn,
     alive: Alive,
     metrics: Arc<Metrics>,
+}
+
+/// A flush's wait for its turn.
+enum Turn {
+    /// Not asked for yet.
+    Free,
+    /// Asked for; it has come when the waker was woken.
+    Waiting(Arc<TurnWaker>),
+    /// Come (or not needed): the flush writes.
+    Come,
+}
+
+/// Woken by the worker once it has run out of other work; then wakes the
+/// writer's task. Any other wake-up of that task (a caller queueing a
+/// request wakes it at once) does not end the wait.
+struct TurnWaker {
+    come: AtomicBool,
+    task: std::sync::Mutex<Waker>,
+}
+
+impl Wake for TurnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.come.store(true, Ordering::Release);
+        self.task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wake_by_ref();
+    }
 }
 
 impl<S> Coalesce<S> {
@@ -174,7 +207,7 @@ impl<S> Coalesce<S> {
         metrics.connections.open.fetch_add(1, Ordering::Relaxed);
         Coalesce {
             inner,
-            waited: false,
+            turn: Turn::Free,
             alive,
             metrics,
         }
@@ -187,21 +220,43 @@ impl<S> Coalesce<S> {
         }
     }
 
-    /// Pending once per flush, with the task woken at once, if calls wait
-    /// in the runtime's queue: it runs them first. A lone caller does not
-    /// wait.
+    /// True (wait) once per flush, until the worker has run every other
+    /// task that is ready and polled for I/O: the callers among them queue
+    /// their requests meanwhile, and all leave in one write. Tokio's
+    /// `yield_now` hands the worker a waker that it wakes only then; a
+    /// waker woken at once would put the writer first in line again
+    /// (Tokio's LIFO slot), and so would each caller's request: it would
+    /// write after each one.
     fn wait_turn(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.waited {
+        match &self.turn {
+            Turn::Come => return false,
+            Turn::Waiting(waker) => {
+                if waker.come.load(Ordering::Acquire) {
+                    self.turn = Turn::Come;
+                    return false;
+                }
+                let mut task = waker.task.lock().unwrap_or_else(|e| e.into_inner());
+                if !task.will_wake(cx.waker()) {
+                    task.clone_from(cx.waker());
+                }
+                return true;
+            }
+            Turn::Free => {}
+        }
+        let waker = Arc::new(TurnWaker {
+            come: AtomicBool::new(false),
+            task: std::sync::Mutex::new(cx.waker().clone()),
+        });
+        let turn_waker = Waker::from(waker.clone());
+        let yielded = std::pin::pin!(tokio::task::yield_now())
+            .poll(&mut Context::from_waker(&turn_waker))
+            .is_pending();
+        // Outside a runtime's worker the waker is woken at once.
+        if !yielded || waker.come.load(Ordering::Acquire) {
+            self.turn = Turn::Come;
             return false;
         }
-        self.waited = true;
-        let queued = tokio::runtime::Handle::try_current()
-            .map(|h| h.metrics().global_queue_depth())
-            .unwrap_or(0);
-        if queued == 0 {
-            return false;
-        }
-        cx.waker().wake_by_ref();
+        self.turn = Turn::Waiting(waker);
         true
     }
 }
@@ -258,7 +313,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
         if flushed.is_ready() {
-            self.waited = false;
+            self.turn = Turn::Free;
         }
         self.alive.watch(flushed, |_| false)
     }
@@ -419,7 +474,9 @@ mod tests {
             .worker_threads(2)
             .build()
             .unwrap();
-        runtime.block_on(async {
+        // In a task, as the connections' drivers run: there the turn is
+        // handed to the worker, which ends it when it runs out of work.
+        let task = runtime.spawn(async {
             let (near, mut far) = tokio::io::duplex(1 << 16);
             let alive = Alive::new("test".into());
             let metrics = metrics();
@@ -451,6 +508,7 @@ mod tests {
             drop(near);
             assert_eq!(metrics.snapshot().connections_open, 0);
         });
+        runtime.block_on(task).unwrap();
     }
 
     /// The far end closing is seen by the next read: the stream is known closed.

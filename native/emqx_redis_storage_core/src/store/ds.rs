@@ -565,14 +565,17 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// `(topic, body)` of each matching message, in append order.
-    pub fn messages(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.found.iter().map(|(e, topic, body)| {
-            (
-                &self.entries[*e][topic.clone()],
-                &self.entries[*e][body.clone()],
-            )
-        })
+    /// Each matching message, in append order: the index of its entry
+    /// (`entry`), its topic, and where its body lies in that entry.
+    pub fn messages(&self) -> impl Iterator<Item = (usize, &[u8], Range<usize>)> {
+        self.found
+            .iter()
+            .map(|(e, topic, body)| (*e, &self.entries[*e][topic.clone()], body.clone()))
+    }
+
+    /// The `i`-th stream entry read, as Redis sent it.
+    pub fn entry(&self, i: usize) -> &[u8] {
+        &self.entries[i]
     }
 }
 
