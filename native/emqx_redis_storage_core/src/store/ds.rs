@@ -94,6 +94,15 @@ impl Default for DsConfig {
     }
 }
 
+impl DsConfig {
+    /// The oldest time (Unix ms, this node's clock) whose entries the
+    /// retention keeps: what appends and the sweeper trim before, and
+    /// reads no longer serve from memory.
+    fn kept_since(&self) -> u64 {
+        now_ms().saturating_sub(self.retention.as_millis() as u64)
+    }
+}
+
 /// A stream: a first level and a publisher shard.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Stream {
@@ -307,15 +316,25 @@ pub async fn unsubscribe(
 pub async fn subscriptions(client: &Client, client_id: &[u8]) -> Result<Vec<Vec<u8>>> {
     let mut smembers = redis::cmd("SMEMBERS");
     smembers.arg(client.keys().ds_subscriptions(client_id));
-    let mut filters: Vec<Vec<u8>> = client
+    let filters: Vec<Vec<u8>> = client
         .query(&smembers)
         .await
         .map_err(|e| e.of("durable_subscription"))?;
+    sorted_filters(
+        filters,
+        "durable_subscription",
+        "a member that is not a filter",
+    )
+}
+
+/// `filters` sorted, if each is a filter; else the data is corrupt.
+fn sorted_filters(
+    mut filters: Vec<Vec<u8>>,
+    kind: &'static str,
+    what: &'static str,
+) -> Result<Vec<Vec<u8>>> {
     if filters.iter().any(|f| topic::validate_filter(f).is_err()) {
-        return Err(Error::corrupt(
-            "durable_subscription",
-            "a member that is not a filter",
-        ));
+        return Err(Error::corrupt(kind, what));
     }
     filters.sort();
     Ok(filters)
@@ -332,19 +351,12 @@ pub async fn filters(client: &Client) -> Result<Vec<Vec<u8>>> {
         })
         .await
         .map_err(|e| e.of("durable_filter"))?;
-    let mut filters: Vec<Vec<u8>> = shards
+    let filters = shards
         .into_iter()
         .flatten()
         .filter(|field| field.as_slice() != b"\0v")
         .collect();
-    if filters.iter().any(|f| topic::validate_filter(f).is_err()) {
-        return Err(Error::corrupt(
-            "durable_filter",
-            "a field that is not a filter",
-        ));
-    }
-    filters.sort();
-    Ok(filters)
+    sorted_filters(filters, "durable_filter", "a field that is not a filter")
 }
 
 /// The clients holding `filter` durable, sorted.
@@ -395,9 +407,7 @@ pub async fn persist(client: &Client, ds: &Durable, msgs: Vec<ToPersist>) -> Res
     }
     register_levels(client, ds, by_stream.keys()).await?;
     let keys = client.keys();
-    let min_id = now_ms()
-        .saturating_sub(ds.config.retention.as_millis() as u64)
-        .to_string();
+    let min_id = ds.config.kept_since().to_string();
     let channel = keys.ds_appends();
     let appends = by_stream.into_iter().map(|(stream, msgs)| {
         let key = keys.ds_stream(&stream.level, stream.shard);
@@ -603,7 +613,7 @@ pub async fn next(
         batch.found.len() == n || bytes >= MAX_BYTES || batch.scanned >= MAX_SCAN
     };
     let oldest = Pos {
-        ms: now_ms().saturating_sub(ds.config.retention.as_millis() as u64),
+        ms: ds.config.kept_since(),
         seq: 0,
     };
     // Entries hold a persist call's messages each: ask for as many as the
@@ -721,7 +731,7 @@ async fn trim(
     let mut smembers = redis::cmd("SMEMBERS");
     smembers.arg(keys.ds_levels());
     let levels: Vec<Vec<u8>> = backend.query(&smembers).await?;
-    let min_id = now_ms().saturating_sub(config.retention.as_millis() as u64);
+    let min_id = config.kept_since();
     let cmds = levels
         .iter()
         .flat_map(|level| {

@@ -25,7 +25,7 @@ use crate::store::ds::Pos;
 /// The most bytes of entries one stream's tail holds, and all tails.
 const MAX_TAIL_BYTES: usize = 8 << 20;
 const MAX_BYTES: usize = 64 << 20;
-/// A tail not read for this long is dropped.
+/// A tail not read (nor extended) for this long is dropped.
 const IDLE: Duration = Duration::from_secs(10);
 /// Entries a reader behind a tail asks Redis for at once (the others wait).
 const FILL: usize = 1000;
@@ -82,9 +82,75 @@ impl Tail {
 
 #[derive(Default)]
 pub struct Tails {
-    tails: Mutex<HashMap<Vec<u8>, Tail>>,
+    held: Mutex<Held>,
     /// One reader at a time fills a stream's tail from behind.
     filling: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The tails, and the bytes they hold in all (kept as they change: no sum
+/// over every tail per read).
+#[derive(Default)]
+struct Held {
+    tails: HashMap<Vec<u8>, Tail>,
+    bytes: usize,
+}
+
+impl Held {
+    /// The stream's tail, unless it was not read for `IDLE` (then dropped).
+    fn live(&mut self, key: &[u8]) -> Option<&mut Tail> {
+        if self
+            .tails
+            .get(key)
+            .is_some_and(|tail| tail.read_at.elapsed() >= IDLE)
+        {
+            self.remove(key);
+        }
+        self.tails.get_mut(key)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Tail> {
+        let tail = self.tails.remove(key)?;
+        self.bytes -= tail.bytes;
+        Some(tail)
+    }
+
+    /// Counts what `change` does to the tail's size.
+    fn resize(&mut self, key: &[u8], change: impl FnOnce(&mut Tail)) {
+        if let Some(tail) = self.tails.get_mut(key) {
+            let before = tail.bytes;
+            change(tail);
+            self.bytes = self.bytes - before + tail.bytes;
+        }
+    }
+
+    /// While all tails hold more than `MAX_BYTES`: drops those not read for
+    /// `IDLE`, then the least lately read ones, but `keep`.
+    fn bound(&mut self, keep: &[u8]) {
+        if self.bytes <= MAX_BYTES {
+            return;
+        }
+        let idle: Vec<Vec<u8>> = self
+            .tails
+            .iter()
+            .filter(|(key, tail)| key.as_slice() != keep && tail.read_at.elapsed() >= IDLE)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            self.remove(&key);
+        }
+        while self.bytes > MAX_BYTES {
+            let Some(oldest) = self
+                .tails
+                .iter()
+                .filter(|(key, _)| key.as_slice() != keep)
+                .min_by_key(|(_, tail)| tail.read_at)
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+    }
 }
 
 impl Tails {
@@ -121,16 +187,18 @@ impl Tails {
         Ok((read, all))
     }
 
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn serve(&self, key: &[u8], from: Pos, count: usize, oldest: Pos) -> Option<Vec<Entry>> {
-        let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
-        tails.get_mut(key)?.serve(from, count, oldest)
+        self.held().live(key)?.serve(from, count, oldest)
     }
 
     /// Whether a read from `from` is behind the stream's tail (or the
     /// stream has none): such reads fill it.
     fn behind(&self, key: &[u8], from: Pos) -> bool {
-        let tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
-        tails.get(key).is_none_or(|tail| from < tail.start)
+        self.held().live(key).is_none_or(|tail| from < tail.start)
     }
 
     fn fill_lock(&self, key: &[u8]) -> Arc<tokio::sync::Mutex<()>> {
@@ -145,18 +213,17 @@ impl Tails {
         let Some((last, _)) = read.last() else {
             return;
         };
-        let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        let mut held = self.held();
         let mut tail = Tail {
             start: from,
             end: from,
             entries: VecDeque::new(),
             bytes: 0,
-            read_at: now,
+            read_at: Instant::now(),
         };
         tail.push_back(read);
         let reached_end = read.len() < asked;
-        if let Some(old) = tails.remove(key) {
+        if let Some(old) = held.remove(key) {
             if reached_end || *last >= old.start {
                 let newer: Vec<Entry> = old
                     .entries
@@ -167,38 +234,25 @@ impl Tails {
                 tail.end = tail.end.max(old.end);
             }
         }
-        tails.insert(key.to_vec(), tail);
-        bound(&mut tails, key);
+        held.bytes += tail.bytes;
+        held.tails.insert(key.to_vec(), tail);
+        held.bound(key);
     }
 
     /// Read from `from`, at or after the tail's start: what is new extends
     /// it if the read began inside it.
     fn extend(&self, key: &[u8], from: Pos, read: &[Entry]) {
-        let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tail) = tails.get_mut(key) {
-            if from <= tail.end {
-                tail.push_back(read);
-                bound(&mut tails, key);
-            }
+        if read.is_empty() {
+            return;
         }
-    }
-}
-
-/// Drops the tails not read for `IDLE`, then the least lately read ones
-/// (but `keep`) while all hold more than `MAX_BYTES`.
-fn bound(tails: &mut HashMap<Vec<u8>, Tail>, keep: &[u8]) {
-    let now = Instant::now();
-    tails.retain(|key, tail| key == keep || now.duration_since(tail.read_at) < IDLE);
-    while tails.values().map(|tail| tail.bytes).sum::<usize>() > MAX_BYTES {
-        let Some(oldest) = tails
-            .iter()
-            .filter(|(key, _)| key.as_slice() != keep)
-            .min_by_key(|(_, tail)| tail.read_at)
-            .map(|(key, _)| key.clone())
-        else {
-            break;
-        };
-        tails.remove(&oldest);
+        let mut held = self.held();
+        if held.live(key).is_some_and(|tail| from <= tail.end) {
+            held.resize(key, |tail| {
+                tail.push_back(read);
+                tail.read_at = Instant::now();
+            });
+            held.bound(key);
+        }
     }
 }
 
