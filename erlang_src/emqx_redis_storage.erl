@@ -169,7 +169,7 @@ q(Client, Command) ->
             {ok, [Name | _] = Args} ->
                 Upper = ascii_upper(Name),
                 Size = lists:sum([byte_size(A) || A <- Args]),
-                case lists:member(Upper, connection_state_commands()) of
+                case is_map_key(Upper, connection_state_commands()) of
                     true -> {error, {unsupported_command, Upper}};
                     false when Size > ?MAX_REQUEST_BYTES -> {error, {too_large, #{size => Size, max => ?MAX_REQUEST_BYTES}}};
                     false -> emqx_redis_storage_client:call(Client, q, [Args])
@@ -203,14 +203,16 @@ upper(C) -> C.
 %% Every call shares multiplexed connections with other callers, so commands
 %% that change a connection's state or block it would break theirs.
 connection_state_commands() ->
-    [
-        <<"MULTI">>, <<"EXEC">>, <<"DISCARD">>, <<"WATCH">>, <<"UNWATCH">>,
-        <<"SUBSCRIBE">>, <<"PSUBSCRIBE">>, <<"SSUBSCRIBE">>, <<"UNSUBSCRIBE">>,
-        <<"PUNSUBSCRIBE">>, <<"SUNSUBSCRIBE">>, <<"MONITOR">>, <<"SELECT">>,
-        <<"QUIT">>, <<"RESET">>, <<"AUTH">>, <<"HELLO">>, <<"CLIENT">>,
-        <<"BLPOP">>, <<"BRPOP">>, <<"BLMOVE">>, <<"BRPOPLPUSH">>, <<"BLMPOP">>,
-        <<"BZPOPMIN">>, <<"BZPOPMAX">>, <<"BZMPOP">>, <<"WAIT">>, <<"WAITAOF">>
-    ].
+    %% A literal map: one lookup per call, not a comparison with each name.
+    #{
+        <<"MULTI">> => [], <<"EXEC">> => [], <<"DISCARD">> => [], <<"WATCH">> => [],
+        <<"UNWATCH">> => [], <<"SUBSCRIBE">> => [], <<"PSUBSCRIBE">> => [], <<"SSUBSCRIBE">> => [],
+        <<"UNSUBSCRIBE">> => [], <<"PUNSUBSCRIBE">> => [], <<"SUNSUBSCRIBE">> => [], <<"MONITOR">> => [],
+        <<"SELECT">> => [], <<"QUIT">> => [], <<"RESET">> => [], <<"AUTH">> => [],
+        <<"HELLO">> => [], <<"CLIENT">> => [], <<"BLPOP">> => [], <<"BRPOP">> => [],
+        <<"BLMOVE">> => [], <<"BRPOPLPUSH">> => [], <<"BLMPOP">> => [], <<"BZPOPMIN">> => [],
+        <<"BZPOPMAX">> => [], <<"BZMPOP">> => [], <<"WAIT">> => [], <<"WAITAOF">> => []
+    }.
 
 to_arg(Bin) when is_binary(Bin) -> Bin;
 to_arg(Int) when is_integer(Int) -> integer_to_binary(Int);

@@ -26,6 +26,7 @@ all() ->
         redis_restarted_calls_work_again,
         many_concurrent_callers_get_their_own_replies,
         timed_out_replies_never_reach_the_mailbox,
+        replies_stay_in_step_after_timeouts,
         panic_in_a_task_is_answered
     ].
 
@@ -439,6 +440,58 @@ timed_out_replies_never_reach_the_mailbox(_Config) ->
     after
         redis_test_server:stop(Redis)
     end.
+
+%% Raw commands (answered from the connection's reader) and scripts and
+%% pipelines (awaited in tasks) share the pool's connections. Calls that
+%% time out while Redis is frozen leave their replies to come later; each
+%% must be dropped in its place, so that every later call, of either kind,
+%% still gets its own reply.
+replies_stay_in_step_after_timeouts(_Config) ->
+    Redis = redis_test_server:start(),
+    try
+        ok = emqx_redis_storage:start(#{
+            redis => #{servers => redis_test_server:address(Redis), command_timeout => 300}
+        }),
+        ok = emqx_redis_session:save_session(<<"kept">>, #{n => 1}),
+        ok = redis_test_server:pause(Redis),
+        Frozen = in_parallel(64, fun(P) ->
+            [
+                case I rem 2 of
+                    0 -> emqx_redis_storage:q([<<"ECHO">>, integer_to_binary(P * 1000 + I)]);
+                    1 -> emqx_redis_session:load_session(<<"kept">>)
+                end
+             || I <- lists:seq(1, 4)
+            ]
+        end),
+        ?assertEqual([{error, timeout}], lists:usort(lists:append(Frozen))),
+        ok = redis_test_server:resume(Redis),
+        Later = in_parallel(64, fun(P) ->
+            lists:all(
+                fun(I) ->
+                    Token = term_to_binary({P, I, make_ref()}),
+                    Echo = emqx_redis_storage:q([<<"ECHO">>, Token]),
+                    Session = emqx_redis_session:load_session(<<"kept">>),
+                    {Echo, Session} =:= {{ok, Token}, {ok, #{n => 1}}}
+                end,
+                lists:seq(1, 50)
+            )
+        end),
+        ?assertEqual([true], lists:usort(Later))
+    after
+        redis_test_server:stop(Redis)
+    end.
+
+%% Fun(P) for P in 1..N, each in its own process; the results in order.
+in_parallel(N, Fun) ->
+    Parent = self(),
+    Pids = [spawn_link(fun() -> Parent ! {self(), Fun(P)} end) || P <- lists:seq(1, N)],
+    [
+        receive
+            {Pid, Result} -> Result
+        after 60000 -> ct:fail({no_answer_from, Pid})
+        end
+     || Pid <- Pids
+    ].
 
 panic_in_a_task_is_answered(Config) ->
     ok = emqx_redis_storage:start(redis_config(Config)),

@@ -10,9 +10,9 @@ use emqx_redis_storage_core::store::ds::Durable;
 use emqx_redis_storage_core::store::limiter::Limiters;
 use emqx_redis_storage_core::store::router::Router;
 use emqx_redis_storage_core::Error;
-use rustler::{Binary, Encoder, Env, ResourceArc, Term};
+use rustler::{Binary, Encoder, Env, ListIterator, NifResult, ResourceArc, Term};
 
-use crate::runtime::{spawn_admitted, spawn_reply};
+use crate::runtime::{send_admitted, spawn_reply};
 use crate::term::{self, Out, Reason, Reply};
 
 mod atoms {
@@ -65,15 +65,24 @@ fn q<'a>(
     env: Env<'a>,
     client: ResourceArc<ClientRes>,
     reply_ref: Term<'a>,
-    args: Vec<Binary<'a>>,
-) -> Term<'a> {
-    let mut cmd = redis::Cmd::new();
+    args: ListIterator<'a>,
+) -> NifResult<Term<'a>> {
+    let args = args
+        .map(|arg| arg.decode::<Binary>())
+        .collect::<NifResult<Vec<Binary>>>()?;
+    let size = args.iter().map(|arg| arg.len()).sum();
+    let mut cmd = redis::Cmd::with_capacity(args.len(), size);
     for arg in &args {
         cmd.arg(arg.as_slice());
     }
-    spawn_admitted(env, client.admit("q"), reply_ref, async move {
-        client.query(&cmd).await.map(Reply).map_err(Error::raw)
-    })
+    Ok(send_admitted(
+        env,
+        &client,
+        client.admit("q"),
+        reply_ref,
+        cmd,
+        |reply| reply.map(Reply).map_err(Error::raw),
+    ))
 }
 
 /// `{Breaker, LastError | undefined, InFlight, [{Address, State, LastOkMs,

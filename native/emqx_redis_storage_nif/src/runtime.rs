@@ -9,13 +9,13 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
-use emqx_redis_storage_core::connection::Admitted;
+use emqx_redis_storage_core::connection::{Admitted, Client};
 use emqx_redis_storage_core::error::panic_message;
 use emqx_redis_storage_core::gate::ReplyGate;
 use emqx_redis_storage_core::{Error, Result};
 use futures::FutureExt;
-use rustler::env::OwnedEnv;
-use rustler::{Encoder, Env, ResourceArc, Term};
+use rustler::env::{OwnedEnv, SavedTerm};
+use rustler::{Encoder, Env, LocalPid, ResourceArc, Term};
 use tokio::runtime::Runtime;
 
 use crate::term::Reason;
@@ -89,6 +89,37 @@ where
     }
 }
 
+/// A call of one command with no task of its own (`Client::send`), for a
+/// call a client admitted: `convert` turns the reply into the answer, on
+/// the connection's reader. A panic in it is answered as an internal error.
+pub fn send_admitted<'a, T, C>(
+    env: Env<'a>,
+    client: &Client,
+    admitted: Result<Admitted>,
+    reply_ref: Term<'a>,
+    cmd: redis::Cmd,
+    convert: C,
+) -> Term<'a>
+where
+    T: Encoder,
+    C: FnOnce(Result<redis::Value>) -> Result<T> + Send + 'static,
+{
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(reason) => return (atoms::error(), Reason(&reason)).encode(env),
+    };
+    let (replier, ticket) = Replier::new(env, reply_ref);
+    // Where the call goes on, as a task, if it fails on its connection.
+    let _runtime = handle().enter();
+    client.send(cmd, move |reply| {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| convert(reply)))
+            .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
+        admitted.finish(&result);
+        replier.reply(&result);
+    });
+    ticket
+}
+
 /// Runs `work` on the runtime and answers the calling process with
 /// `{Ref, {ok, Value}}` or `{Ref, {error, Reason}}`. Never blocks.
 pub fn spawn_reply<'a, T, F>(env: Env<'a>, reply_ref: Term<'a>, work: F) -> Term<'a>
@@ -100,33 +131,62 @@ where
     // Tokio would otherwise copy all of it into the task and again when
     // the task's stage changes.
     let work = Box::pin(work);
-    let pid = env.pid();
-    let mut msg_env = OwnedEnv::new();
-    let saved_ref = msg_env.save(reply_ref);
-    let ticket = ResourceArc::new(Ticket(ReplyGate::new()));
-    let task_ticket = ticket.clone();
+    let (replier, ticket) = Replier::new(env, reply_ref);
     handle().spawn(async move {
         let result = AssertUnwindSafe(work)
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
-        if task_ticket.0.claim_for_reply() {
-            // The caller may have exited; then there is nobody to answer.
-            // Once claimed, the reply must go out: the caller may be waiting
-            // for it without a deadline. Even a panic while encoding it
-            // becomes an error reply.
-            let _ = msg_env.send_and_clear(&pid, |env| {
-                let body = std::panic::catch_unwind(AssertUnwindSafe(|| match &result {
-                    Ok(value) => (atoms::ok(), value).encode(env),
-                    Err(reason) => (atoms::error(), Reason(reason)).encode(env),
-                }))
-                .unwrap_or_else(|panic| {
-                    let reason = Error::Internal(panic_message(panic.as_ref()));
-                    (atoms::error(), Reason(&reason)).encode(env)
-                });
-                (saved_ref.load(env), body).encode(env)
-            });
-        }
+        replier.reply(&result);
     });
-    ticket.encode(env)
+    ticket
+}
+
+/// The answer to one call: `{Ref, {ok, Value} | {error, Reason}}` to the
+/// calling process, unless it cancelled its ticket. Sent from a runtime
+/// thread (never from a scheduler's).
+pub struct Replier {
+    pid: LocalPid,
+    env: OwnedEnv,
+    saved_ref: SavedTerm,
+    ticket: ResourceArc<Ticket>,
+}
+
+impl Replier {
+    /// The replier of the call `env` is in, and the ticket to return.
+    pub fn new<'a>(env: Env<'a>, reply_ref: Term<'a>) -> (Replier, Term<'a>) {
+        let owned = OwnedEnv::new();
+        let saved_ref = owned.save(reply_ref);
+        let ticket = ResourceArc::new(Ticket(ReplyGate::new()));
+        let term = ticket.encode(env);
+        let replier = Replier {
+            pid: env.pid(),
+            env: owned,
+            saved_ref,
+            ticket,
+        };
+        (replier, term)
+    }
+
+    pub fn reply<T: Encoder>(mut self, result: &Result<T>) {
+        if !self.ticket.0.claim_for_reply() {
+            return;
+        }
+        // The caller may have exited; then there is nobody to answer.
+        // Once claimed, the reply must go out: the caller may be waiting
+        // for it without a deadline. Even a panic while encoding it
+        // becomes an error reply.
+        let saved_ref = self.saved_ref;
+        let _ = self.env.send_and_clear(&self.pid, |env| {
+            let body = std::panic::catch_unwind(AssertUnwindSafe(|| match result {
+                Ok(value) => (atoms::ok(), value).encode(env),
+                Err(reason) => (atoms::error(), Reason(reason)).encode(env),
+            }))
+            .unwrap_or_else(|panic| {
+                let reason = Error::Internal(panic_message(panic.as_ref()));
+                (atoms::error(), Reason(&reason)).encode(env)
+            });
+            (saved_ref.load(env), body).encode(env)
+        });
+    }
 }

@@ -6,7 +6,7 @@ use emqx_redis_storage_core::store::session::{self, NotHeld, SaveArgs, Saved, Se
 use rustler::{Binary, Env, ResourceArc, Term};
 
 use crate::nif::ClientRes;
-use crate::runtime::spawn_admitted;
+use crate::runtime::{send_admitted, spawn_admitted};
 use crate::term::Out;
 
 fn info(i: SessionInfo) -> Out {
@@ -61,10 +61,15 @@ fn session_load<'a>(
     reply_ref: Term<'a>,
     client_id: Binary,
 ) -> Term<'a> {
-    let id = client_id.to_vec();
-    spawn_admitted(env, client.admit("session_load"), reply_ref, async move {
-        Ok(Out::bin_or(session::load(&client, &id).await?, "undefined"))
-    })
+    let cmd = session::load_cmd(&client, client_id.as_slice());
+    send_admitted(
+        env,
+        &client,
+        client.admit("session_load"),
+        reply_ref,
+        cmd,
+        |reply| Ok(Out::bin_or(session::loaded(reply)?, "undefined")),
+    )
 }
 
 #[rustler::nif]

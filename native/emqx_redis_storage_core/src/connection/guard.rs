@@ -128,6 +128,10 @@ impl Breaker {
         )))
     }
 
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
     pub fn state(&self) -> BreakerState {
         if !self.open.load(Ordering::Acquire) {
             return BreakerState::Closed;

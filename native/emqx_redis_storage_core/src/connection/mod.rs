@@ -27,16 +27,17 @@ mod sentinel;
 mod single;
 pub mod slots;
 pub mod transport;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::config::{address, ClientConfig, Mode};
 use crate::error::{Error, Result};
@@ -47,13 +48,14 @@ use guard::{Breaker, BreakerState, InFlight, Permit};
 use health::{HealthReport, ServerHealth};
 use scripts::Lua;
 use sentinel::find_master;
-use single::{pool_at, server, NodeConn, Pool};
+use single::{pool_at, server, Link, NodeConn, Pool};
 use slots::SLOTS;
 use transport::Transport;
+use wire::{Answer, Expect, Request};
 
 /// Consecutive calls that take the same connection of a pool: callers
 /// that arrive together share one connection, and so its writes (see
-/// `transport::Coalesce`), instead of each taking the next connection
+/// `wire.rs`), instead of each taking the next connection
 /// round robin. Measured at 64 processes, pool of 4: Redis read 19
 /// commands per read instead of 9, and the VM's CPU per `q` SET went from
 /// 8.8 to 7.1 µs (16 and 32 calls per connection measured between).
@@ -97,6 +99,41 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A call of `Backend::send` on a connection of the pool.
+struct Pending<F> {
+    cmd: Cmd,
+    conn: NodeConn,
+    backend: Backend,
+    started: Instant,
+    done: F,
+}
+
+impl<F: FnOnce(Result<Value>) + Send + 'static> Request for Pending<F> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.cmd.write_packed_command(out);
+    }
+}
+
+impl<F: FnOnce(Result<Value>) + Send + 'static> Answer for Pending<F> {
+    fn answer(self: Box<Self>, reply: RedisResult<Value>) {
+        let Pending {
+            cmd,
+            conn,
+            backend,
+            started,
+            done,
+        } = *self;
+        match conn.check(reply).and_then(Value::extract_error) {
+            Ok(value) => done(Ok(value)),
+            // An error reply that no retry or failover follows.
+            Err(e) if !matches!(e.code(), None | Some("LOADING" | "READONLY")) => {
+                done(Err(e.into()))
+            }
+            Err(e) => backend.go_on(cmd, Some(e), started, done),
+        }
+    }
+}
+
 /// `host:port,host:port`, as the config names them.
 fn addresses(servers: &[(String, u16)]) -> String {
     let all: Vec<String> = servers.iter().map(|(h, p)| address(h, *p)).collect();
@@ -109,13 +146,22 @@ enum Target {
     Cluster(RwLock<Arc<Cluster>>),
 }
 
-/// Everything needed to reach Redis; cheap to clone into background tasks.
+/// Everything needed to reach Redis; one reference, cheap to clone into
+/// background tasks and into the completion of each call.
 #[derive(Clone)]
-pub struct Backend {
+pub struct Backend(Arc<Reach>);
+
+impl std::ops::Deref for Backend {
+    type Target = Reach;
+    fn deref(&self) -> &Reach {
+        &self.0
+    }
+}
+
+pub struct Reach {
     target: Arc<Target>,
     config: Arc<ClientConfig>,
     transport: Arc<Transport>,
-    next: Arc<AtomicUsize>,
     /// Held while the sentinels are asked for a new master: one at a time.
     failover: Arc<tokio::sync::Mutex<()>>,
     /// When a timed-out call last made us ask the sentinels.
@@ -238,10 +284,9 @@ impl Backend {
                 connect_pool(&config, &transport).await?,
             ))),
         };
-        Ok(Backend {
+        Ok(Backend(Arc::new(Reach {
             target: Arc::new(target),
             transport,
-            next: Arc::new(AtomicUsize::new(0)),
             failover: Arc::new(tokio::sync::Mutex::new(())),
             last_recheck: Arc::new(std::sync::Mutex::new(None)),
             breaker: Arc::new(Breaker::new(servers.clone())),
@@ -250,7 +295,7 @@ impl Backend {
             metrics,
             config,
             shutdown,
-        })
+        })))
     }
 
     /// Completes when the client is dropped: background tasks end then.
@@ -279,14 +324,25 @@ impl Backend {
                 let cluster = cluster.read().unwrap_or_else(|e| e.into_inner());
                 return Ok(Conn::Cluster(cluster.conn.clone()));
             }
-            Target::Node(pool) => {
-                let pool = pool.read().unwrap_or_else(|e| e.into_inner());
-                let i =
-                    self.next.fetch_add(1, Ordering::Relaxed) / CALLS_PER_LINK % pool.links.len();
-                pool.links[i].clone()
-            }
+            Target::Node(pool) => self.link(pool),
         };
         Ok(Conn::Node(link.get().await?))
+    }
+
+    /// The pool's link for the next call: `CALLS_PER_LINK` calls of a
+    /// thread take the same one. Counted per thread: threads do not
+    /// contend on one counter.
+    fn link(&self, pool: &RwLock<Arc<Pool>>) -> Arc<Link> {
+        thread_local! {
+            static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        }
+        let n = CALLS.with(|calls| {
+            let n = calls.get();
+            calls.set(n.wrapping_add(1));
+            n
+        });
+        let pool = pool.read().unwrap_or_else(|e| e.into_inner());
+        pool.links[n / CALLS_PER_LINK % pool.links.len()].clone()
     }
 
     /// A pub/sub connection: to the current server, or to the `attempt`-th
@@ -347,16 +403,35 @@ impl Backend {
         Fut: Future<Output = RedisResult<T>>,
     {
         self.breaker.check()?;
+        self.attempts(op, None, Instant::now()).await
+    }
+
+    /// A call's tries until `started` + the command timeout: from the
+    /// start, or after `first`, a request that failed on the connection it
+    /// was handed to (`send`).
+    async fn attempts<T, F, Fut>(
+        &self,
+        op: F,
+        first: Option<RedisError>,
+        started: Instant,
+    ) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let attempts = async {
-            let started = Instant::now();
             let mut resent = false;
+            let mut first = first.map(|e| (Failure::of_request(e), true));
             let failure = loop {
-                let (failed, had_conn) = match self.conn().await {
-                    Ok(conn) => match self.sent(op(conn)).await {
-                        Ok(value) => return Ok(value),
-                        Err(e) => (Failure::of_request(e), true),
+                let (failed, had_conn) = match first.take() {
+                    Some(failed) => failed,
+                    None => match self.conn().await {
+                        Ok(conn) => match self.sent(op(conn)).await {
+                            Ok(value) => return Ok(value),
+                            Err(e) => (Failure::of_request(e), true),
+                        },
+                        Err(e) => (Failure::NotSent(e), false),
                     },
-                    Err(e) => (Failure::NotSent(e), false),
                 };
                 // A Redis that is loading its data refuses every command
                 // unexecuted for a moment: wait for it, within the deadline.
@@ -390,13 +465,74 @@ impl Backend {
             }
             Err(error)
         };
-        let result = tokio::time::timeout(self.config.command_timeout, attempts)
+        let deadline = started + self.config.command_timeout;
+        let result = tokio::time::timeout_at(deadline.into(), attempts)
             .await
             .unwrap_or(Err(Error::Timeout));
         if matches!(result, Err(Error::Timeout)) {
             self.recheck();
         }
         result
+    }
+
+    /// `query` of one command, answered by `done` on a runtime thread. On
+    /// an open connection of the pool the caller queues the request there
+    /// itself and the connection's reader hands the reply to `done`: the
+    /// call takes no task of its own. Elsewhere (a cluster, a connection
+    /// being made, the breaker open), and after a failure on the
+    /// connection, a task goes on as `query` does.
+    pub fn send<F: FnOnce(Result<Value>) + Send + 'static>(&self, cmd: Cmd, done: F) {
+        let started = Instant::now();
+        let conn = match &*self.target {
+            Target::Node(pool) if !self.breaker.is_open() => self.link(pool).open(),
+            _ => None,
+        };
+        let Some(conn) = conn else {
+            return self.go_on(cmd, None, started, done);
+        };
+        count(&self.metrics.connections.requests, 1);
+        let deadline = (started + self.config.command_timeout).into();
+        let request = Box::new(Pending {
+            cmd,
+            conn,
+            backend: self.clone(),
+            started,
+            done,
+        });
+        if let Err(request) = request
+            .conn
+            .wire()
+            .clone()
+            .send(request, Expect::One, deadline)
+        {
+            // The connection ended just now: the request never left.
+            request.answer(Err(wire::not_sent()));
+        }
+    }
+
+    /// The rest of a `send`, in a task, as `query`: from the start, or
+    /// after `failed`.
+    fn go_on(
+        &self,
+        cmd: Cmd,
+        failed: Option<RedisError>,
+        started: Instant,
+        done: impl FnOnce(Result<Value>) + Send + 'static,
+    ) {
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let result = match backend.breaker.check() {
+                Err(e) if failed.is_none() => Err(e),
+                _ => {
+                    let op = |mut conn: Conn| {
+                        let cmd = &cmd;
+                        async move { cmd.query_async::<Value>(&mut conn).await }
+                    };
+                    backend.attempts(op, failed, started).await
+                }
+            };
+            done(backend.logged(result));
+        });
     }
 
     /// `request`, counted as one request handed to a connection.
@@ -596,6 +732,12 @@ impl Client {
     /// One command; a Redis error reply becomes `Err(Error::Redis)`.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
         self.backend.query(cmd).await
+    }
+
+    /// `query` of one command, answered by `done` on a runtime thread;
+    /// without a task of its own on an open connection (`Backend::send`).
+    pub fn send(&self, cmd: Cmd, done: impl FnOnce(Result<Value>) + Send + 'static) {
+        self.backend.send(cmd, done)
     }
 
     /// A read-only script.

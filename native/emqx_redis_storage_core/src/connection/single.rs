@@ -1,19 +1,18 @@
 //! One Redis server: the single one, or the master the sentinels name
-//! (`sentinel.rs` finds it). A pool of `Link`s, each one multiplexed TCP (or
-//! TLS) connection that pipelines concurrent requests and is opened again
-//! after it broke.
+//! (`sentinel.rs` finds it). A pool of `Link`s, each one pipelined TCP (or
+//! TLS) connection of our own (`wire.rs`) that carries concurrent requests
+//! and is opened again after it broke.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{
-    AsyncConnectionConfig, Cmd, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult, Value,
-};
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult, Value};
 
 use super::guard::BreakerState;
 use super::health::ServerHealth;
 use super::transport::{Alive, Transport};
+use super::wire::{Expect, Wire};
 use super::{connect_error, count, ServerState, ServerStatus};
 use crate::config::{address, ClientConfig};
 use crate::error::Result;
@@ -33,22 +32,68 @@ pub(super) struct Server {
 }
 
 impl Server {
-    /// A new multiplexed connection; its reader/writer task ends when the
-    /// last clone of it is dropped or the server closes it.
-    pub(super) async fn dial(&self) -> RedisResult<(MultiplexedConnection, Alive)> {
+    /// A new connection, authenticated and on the configured database; its
+    /// tasks end when the last clone of it is dropped or the server closes it.
+    pub(super) async fn dial(&self) -> RedisResult<(Wire, Alive)> {
         let open = async {
             let (stream, alive) = self.transport.open(&self.host, self.port).await?;
-            let config =
-                AsyncConnectionConfig::new().set_response_timeout(Some(self.command_timeout));
-            let (conn, driver) =
-                MultiplexedConnection::new_with_config(&self.settings, stream, config).await?;
-            tokio::spawn(driver);
-            Ok((conn, alive))
+            let wire = Wire::start(stream, alive.clone(), self.command_timeout);
+            setup(&wire, &self.settings).await?;
+            Ok((wire, alive))
         };
         tokio::time::timeout(self.connect_timeout, open)
             .await
             .unwrap_or_else(|_| Err(connect_timeout()))
     }
+}
+
+/// What redis-rs sends when it opens a connection (RESP2): `AUTH`, `SELECT`
+/// and `CLIENT SETINFO` (whose errors are ignored, as the command asks), in
+/// one round trip, and its errors for a refused `AUTH` or `SELECT`.
+async fn setup(wire: &Wire, settings: &RedisConnectionInfo) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    if let Some(password) = settings.password() {
+        pipe.cmd("AUTH").arg(settings.username()).arg(password);
+    }
+    if settings.db() != 0 {
+        pipe.cmd("SELECT").arg(settings.db());
+    }
+    if let (Some(name), Some(version)) = (settings.lib_name(), settings.lib_ver()) {
+        pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-NAME").arg(name);
+        pipe.cmd("CLIENT")
+            .arg("SETINFO")
+            .arg("LIB-VER")
+            .arg(version);
+    }
+    let packed = pipe.get_packed_pipeline();
+    let expect = Expect::Many {
+        skip: 0,
+        keep: pipe.len(),
+    };
+    let Value::Array(replies) = wire
+        .call(|out| out.extend_from_slice(&packed), expect)
+        .await?
+    else {
+        unreachable!("a pipeline is answered with an array");
+    };
+    let mut replies = replies.into_iter();
+    if settings.password().is_some() {
+        if let Some(Value::ServerError(_)) = replies.next() {
+            return Err((
+                ErrorKind::AuthenticationFailed,
+                "Password authentication failed",
+            )
+                .into());
+        }
+    }
+    if settings.db() != 0 {
+        if let Some(Value::ServerError(e)) = replies.next() {
+            let detail = e.details().unwrap_or_default().to_string();
+            let kind = ErrorKind::Server(redis::ServerErrorKind::ResponseError);
+            return Err((kind, "Redis server refused to switch database", detail).into());
+        }
+    }
+    Ok(())
 }
 
 fn connect_timeout() -> redis::RedisError {
@@ -60,7 +105,7 @@ fn connect_timeout() -> redis::RedisError {
 pub(super) struct Link {
     pub(super) server: Server,
     /// The open connection, its generation, and whether its stream is open.
-    current: RwLock<Option<(u64, MultiplexedConnection, Alive)>>,
+    current: RwLock<Option<(u64, Wire, Alive)>>,
     /// Held while dialling, so that one call dials and the others wait for
     /// it; counts the connections made.
     dialing: tokio::sync::Mutex<u64>,
@@ -77,7 +122,7 @@ impl Link {
 
     /// The connection, unless there is none or its stream has closed: a
     /// request is never handed to a connection known to be broken.
-    fn open(self: &Arc<Self>) -> Option<NodeConn> {
+    pub(super) fn open(self: &Arc<Self>) -> Option<NodeConn> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         match current.as_ref() {
             Some((generation, conn, alive)) if alive.is_open() => Some(NodeConn {
@@ -129,11 +174,12 @@ impl Link {
 pub struct NodeConn {
     link: Arc<Link>,
     generation: u64,
-    conn: MultiplexedConnection,
+    conn: Wire,
 }
 
 impl NodeConn {
-    fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+    /// Notes in the server's health how a request fared.
+    pub(super) fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
         let health = &self.link.server.health;
         match &result {
             // An error reply is an answer too: the round trip worked.
@@ -147,6 +193,13 @@ impl NodeConn {
             }
         }
         result
+    }
+}
+
+impl NodeConn {
+    /// The connection itself.
+    pub(super) fn wire(&self) -> &Wire {
+        &self.conn
     }
 }
 

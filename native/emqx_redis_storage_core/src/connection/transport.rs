@@ -4,12 +4,11 @@
 //! redis-rs cannot do. The redis-rs cluster client still opens its node
 //! connections itself (see `cluster::connect_cluster`).
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -86,7 +85,7 @@ impl Transport {
         alive: Alive,
     ) -> redis::RedisResult<(Box<dyn Stream>, Alive)> {
         let Some((connector, name)) = &self.tls else {
-            let stream = Coalesce::new(stream, alive.clone(), self.metrics.clone());
+            let stream = Watched::new(stream, alive.clone(), self.metrics.clone());
             return Ok((Box::new(stream), alive));
         };
         let name = match name {
@@ -102,7 +101,7 @@ impl Transport {
         let tls = connector.connect(name, stream).await.inspect_err(|e| {
             tracing::warn!(server = %alive.server(), reason = %e, "tls_handshake_failed");
         })?;
-        let stream = Coalesce::new(tls, alive.clone(), self.metrics.clone());
+        let stream = Watched::new(tls, alive.clone(), self.metrics.clone());
         Ok((Box::new(stream), alive))
     }
 }
@@ -129,13 +128,13 @@ impl Alive {
     }
 
     /// True the first time only.
-    fn end(&self) -> bool {
+    pub(super) fn end(&self) -> bool {
         self.0 .0.swap(false, Ordering::AcqRel)
     }
 
     /// The stream ended without our asking: logged where the end is seen
     /// first, at that moment, and once.
-    fn lost(&self, reason: &dyn std::fmt::Display) {
+    pub(super) fn lost(&self, reason: &dyn std::fmt::Display) {
         if self.end() {
             tracing::warn!(server = %self.server(), reason = %reason, "connection_lost");
         }
@@ -156,58 +155,19 @@ impl Alive {
     }
 }
 
-/// Makes a connection's writer wait one turn of the runtime before each
-/// flush, so that the requests other callers queue meanwhile leave in the
-/// same write: one system call (and one read in Redis) for many requests
-/// instead of one each. redis-rs flushes as soon as its queue is empty.
-/// It also counts the connection's bytes, and the connection itself while
-/// it exists.
-struct Coalesce<S> {
+/// A stream that counts its bytes, and the connection itself while it
+/// exists, and notes its end in its `Alive`.
+struct Watched<S> {
     inner: S,
-    /// Where this flush stands in its wait.
-    turn: Turn,
     alive: Alive,
     metrics: Arc<Metrics>,
 }
 
-/// A flush's wait for its turn.
-enum Turn {
-    /// Not asked for yet.
-    Free,
-    /// Asked for; it has come when the waker was woken.
-    Waiting(Arc<TurnWaker>),
-    /// Come (or not needed): the flush writes.
-    Come,
-}
-
-/// Woken by the worker once it has run out of other work; then wakes the
-/// writer's task. Any other wake-up of that task (a caller queueing a
-/// request wakes it at once) does not end the wait.
-struct TurnWaker {
-    come: AtomicBool,
-    task: std::sync::Mutex<Waker>,
-}
-
-impl Wake for TurnWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.come.store(true, Ordering::Release);
-        self.task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .wake_by_ref();
-    }
-}
-
-impl<S> Coalesce<S> {
+impl<S> Watched<S> {
     fn new(inner: S, alive: Alive, metrics: Arc<Metrics>) -> Self {
         metrics.connections.open.fetch_add(1, Ordering::Relaxed);
-        Coalesce {
+        Watched {
             inner,
-            turn: Turn::Free,
             alive,
             metrics,
         }
@@ -219,49 +179,9 @@ impl<S> Coalesce<S> {
             counter.fetch_add(bytes(done) as u64, Ordering::Relaxed);
         }
     }
-
-    /// True (wait) once per flush, until the worker has run every other
-    /// task that is ready and polled for I/O: the callers among them queue
-    /// their requests meanwhile, and all leave in one write. Tokio's
-    /// `yield_now` hands the worker a waker that it wakes only then; a
-    /// waker woken at once would put the writer first in line again
-    /// (Tokio's LIFO slot), and so would each caller's request: it would
-    /// write after each one.
-    fn wait_turn(&mut self, cx: &mut Context<'_>) -> bool {
-        match &self.turn {
-            Turn::Come => return false,
-            Turn::Waiting(waker) => {
-                if waker.come.load(Ordering::Acquire) {
-                    self.turn = Turn::Come;
-                    return false;
-                }
-                let mut task = waker.task.lock().unwrap_or_else(|e| e.into_inner());
-                if !task.will_wake(cx.waker()) {
-                    task.clone_from(cx.waker());
-                }
-                return true;
-            }
-            Turn::Free => {}
-        }
-        let waker = Arc::new(TurnWaker {
-            come: AtomicBool::new(false),
-            task: std::sync::Mutex::new(cx.waker().clone()),
-        });
-        let turn_waker = Waker::from(waker.clone());
-        let yielded = std::pin::pin!(tokio::task::yield_now())
-            .poll(&mut Context::from_waker(&turn_waker))
-            .is_pending();
-        // Outside a runtime's worker the waker is woken at once.
-        if !yielded || waker.come.load(Ordering::Acquire) {
-            self.turn = Turn::Come;
-            return false;
-        }
-        self.turn = Turn::Waiting(waker);
-        true
-    }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -278,15 +198,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.wait_turn(cx) {
-            return Poll::Pending;
-        }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         Self::count(&polled, &self.metrics.connections.bytes_sent, |n| *n);
         self.alive.watch(polled, |n| *n == 0 && !buf.is_empty())
@@ -297,9 +214,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.wait_turn(cx) {
-            return Poll::Pending;
-        }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         Self::count(&polled, &self.metrics.connections.bytes_sent, |n| *n);
         self.alive
@@ -312,9 +226,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
-        if flushed.is_ready() {
-            self.turn = Turn::Free;
-        }
         self.alive.watch(flushed, |_| false)
     }
 
@@ -324,7 +235,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     }
 }
 
-impl<S> Drop for Coalesce<S> {
+impl<S> Drop for Watched<S> {
     fn drop(&mut self) {
         self.metrics
             .connections
@@ -465,24 +376,19 @@ mod tests {
         Arc::new(Metrics::new(std::time::Duration::from_secs(1)))
     }
 
-    /// Whatever the waiting, every byte passes, in order, both ways, and
-    /// is counted.
+    /// Every byte passes, in order, both ways, and is counted, and so is
+    /// the connection while it exists.
     #[test]
-    fn coalesce_passes_every_byte() {
+    fn watched_passes_and_counts_every_byte() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        // In a task, as the connections' drivers run: there the turn is
-        // handed to the worker, which ends it when it runs out of work.
-        let task = runtime.spawn(async {
+        runtime.block_on(async {
             let (near, mut far) = tokio::io::duplex(1 << 16);
             let alive = Alive::new("test".into());
             let metrics = metrics();
-            let mut near = Coalesce::new(near, alive.clone(), metrics.clone());
-            // Other tasks queued meanwhile make the writer wait its turn.
-            let busy: Vec<_> = (0..100).map(|_| tokio::spawn(async {})).collect();
+            let mut near = Watched::new(near, alive.clone(), metrics.clone());
             let mut sent = Vec::new();
             for i in 0..1000u32 {
                 let chunk = i.to_be_bytes();
@@ -497,9 +403,6 @@ mod tests {
             let mut reply = [0; 5];
             near.read_exact(&mut reply).await.unwrap();
             assert_eq!(&reply, b"reply");
-            for task in busy {
-                task.await.unwrap();
-            }
             assert!(alive.is_open());
             let counted = metrics.snapshot();
             assert_eq!(counted.bytes_sent, sent.len() as u64);
@@ -508,7 +411,6 @@ mod tests {
             drop(near);
             assert_eq!(metrics.snapshot().connections_open, 0);
         });
-        runtime.block_on(task).unwrap();
     }
 
     /// The far end closing is seen by the next read: the stream is known closed.
@@ -521,7 +423,7 @@ mod tests {
         runtime.block_on(async {
             let (near, far) = tokio::io::duplex(64);
             let alive = Alive::new("test".into());
-            let mut near = Coalesce::new(near, alive.clone(), metrics());
+            let mut near = Watched::new(near, alive.clone(), metrics());
             drop(far);
             let mut buf = [0; 8];
             assert_eq!(near.read(&mut buf).await.unwrap(), 0);

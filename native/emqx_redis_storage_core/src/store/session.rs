@@ -10,7 +10,7 @@
 
 use std::sync::LazyLock;
 
-use redis::Value;
+use redis::{Cmd, FromRedisValue, Value};
 
 use crate::connection::scripts::Lua;
 
@@ -131,10 +131,22 @@ pub async fn save(client: &Client, args: SaveArgs) -> Result<Saved> {
 /// The session's term; `None` if there is no session. A session hash with
 /// its times but without its term is corrupt.
 pub async fn load(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>> {
-    let key = client.keys().session(client_id);
-    let (data, created_at): (Option<Vec<u8>>, Option<Vec<u8>>) = client
-        .query(redis::cmd("HMGET").arg(key).arg(&["data", "created_at"]))
-        .await
+    loaded(client.query(&load_cmd(client, client_id)).await)
+}
+
+/// The one command that reads a session (`load`); `loaded` reads its reply.
+pub fn load_cmd(client: &Client, client_id: &[u8]) -> Cmd {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(client.keys().session(client_id))
+        .arg(&["data", "created_at"]);
+    cmd
+}
+
+pub fn loaded(reply: Result<Value>) -> Result<Option<Vec<u8>>> {
+    let (data, created_at): (Option<Vec<u8>>, Option<Vec<u8>>) = reply
+        .and_then(|value| {
+            FromRedisValue::from_redis_value(value).map_err(|e| redis::RedisError::from(e).into())
+        })
         .map_err(|e| e.of("session"))?;
     match (data, created_at) {
         (None, Some(_)) => Err(Error::corrupt("session", "data missing")),
