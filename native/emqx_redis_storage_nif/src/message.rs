@@ -1,12 +1,16 @@
 //! Message queue NIFs. Arguments are checked by `emqx_redis_message`; each
 //! NIF copies them and answers later with `{Ref, Result}`.
 
-use emqx_redis_storage_core::store::message::{self, NewMessage};
-use rustler::{Binary, Env, ResourceArc, Term};
+use emqx_redis_storage_core::store::message::{self, NewMessage, Queued};
+use rustler::{Binary, Encoder, Env, NewBinary, ResourceArc, Term};
 
 use crate::nif::ClientRes;
-use crate::runtime::spawn_admitted;
-use crate::term::Out;
+use crate::runtime::{spawn_admitted, Replier};
+use crate::term::{binary, Out, Reason};
+
+mod atoms {
+    rustler::atoms! { ok, error }
+}
 
 /// `messages` is `[{Id, TtlMs, Body}]`, in queue order.
 #[rustler::nif]
@@ -43,15 +47,55 @@ fn message_get<'a>(
     offset: u64,
     limit: u64,
 ) -> Term<'a> {
-    let id = client_id.to_vec();
-    spawn_admitted(env, client.admit("message_get"), reply_ref, async move {
-        let page = message::get(&client, &id, offset, limit).await?;
-        Ok(Out::List(
-            page.into_iter()
-                .map(|m| Out::Tuple(vec![Out::Bin(m.id), Out::Bin(m.body)]))
-                .collect(),
-        ))
-    })
+    let admitted = match client.admit("message_get") {
+        Ok(admitted) => admitted,
+        Err(reason) => return (atoms::error(), Reason(&reason)).encode(env),
+    };
+    if limit == 0 {
+        // An empty page: answered at once, without Redis.
+        admitted.finish(&Ok(()));
+        return (atoms::ok(), Vec::<Term>::new()).encode(env);
+    }
+    let (replier, ticket) = Replier::new(env, reply_ref);
+    // Where the call goes on, as a task, if it fails on its connection.
+    let _runtime = crate::runtime::handle().enter();
+    message::send_get(&client, client_id.as_slice(), offset, limit, |page| {
+        let result = page.map(Page);
+        admitted.finish(&result);
+        replier.reply(&result);
+    });
+    ticket
+}
+
+/// A page of messages: `[{Id, Body}]`, each body a sub-binary of one binary
+/// that holds them all (one allocation and copy for the page, not one per
+/// message); ids, short, in the reply's own heap.
+struct Page(Vec<Queued>);
+
+impl Encoder for Page {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let size = self.0.iter().map(|m| m.body().len()).sum();
+        let mut all = NewBinary::new(env, size);
+        let mut at = 0;
+        for m in &self.0 {
+            all.as_mut_slice()[at..at + m.body().len()].copy_from_slice(m.body());
+            at += m.body().len();
+        }
+        let all: Binary = all.into();
+        let mut at = 0;
+        let page: Vec<Term<'a>> = self
+            .0
+            .iter()
+            .map(|m| {
+                let body = all
+                    .make_subbinary(at, m.body().len())
+                    .map_or_else(|_| atoms::error().encode(env), |b| b.to_term(env));
+                at += m.body().len();
+                (binary(env, &m.id), body).encode(env)
+            })
+            .collect();
+        page.encode(env)
+    }
 }
 
 #[rustler::nif]

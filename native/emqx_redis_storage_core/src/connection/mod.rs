@@ -102,6 +102,7 @@ impl ConnectionLike for Conn {
 /// A call of `Backend::send` on a connection of the pool.
 struct Pending<F> {
     cmd: Cmd,
+    script: Option<&'static Lua>,
     conn: NodeConn,
     backend: Backend,
     started: Instant,
@@ -118,6 +119,7 @@ impl<F: FnOnce(Result<Value>) + Send + 'static> Answer for Pending<F> {
     fn answer(self: Box<Self>, reply: RedisResult<Value>) {
         let Pending {
             cmd,
+            script,
             conn,
             backend,
             started,
@@ -125,11 +127,12 @@ impl<F: FnOnce(Result<Value>) + Send + 'static> Answer for Pending<F> {
         } = *self;
         match conn.check(reply).and_then(Value::extract_error) {
             Ok(value) => done(Ok(value)),
-            // An error reply that no retry or failover follows.
-            Err(e) if !matches!(e.code(), None | Some("LOADING" | "READONLY")) => {
+            // An error reply that no retry, failover or script load follows.
+            Err(e) if !matches!(e.code(), None | Some("LOADING" | "READONLY" | "NOSCRIPT")) => {
                 done(Err(e.into()))
             }
-            Err(e) => backend.go_on(cmd, Some(e), started, done),
+            Err(e) if e.code() == Some("NOSCRIPT") && script.is_none() => done(Err(e.into())),
+            Err(e) => backend.go_on(cmd, script, Some(e), started, done),
         }
     }
 }
@@ -176,6 +179,9 @@ pub struct Reach {
     metrics: Arc<Metrics>,
     /// Completes when the client is dropped: background tasks end then.
     shutdown: tokio::sync::watch::Receiver<()>,
+    /// When each script (by SHA) was last loaded again after NOSCRIPT; one
+    /// load at a time (`reload_script`).
+    reloads: tokio::sync::Mutex<HashMap<String, Instant>>,
 }
 
 pub struct Client {
@@ -184,9 +190,6 @@ pub struct Client {
     groups: Groups,
     /// A bound on the calls in flight.
     in_flight: InFlight,
-    /// When each script (by SHA) was last loaded again after NOSCRIPT; one
-    /// load at a time (`reload_script`).
-    reloads: tokio::sync::Mutex<HashMap<String, Instant>>,
     /// Dropped with the client; background tasks end then (`Backend::closed`).
     _shutdown: tokio::sync::watch::Sender<()>,
 }
@@ -295,6 +298,7 @@ impl Backend {
             metrics,
             config,
             shutdown,
+            reloads: tokio::sync::Mutex::new(HashMap::new()),
         })))
     }
 
@@ -481,19 +485,27 @@ impl Backend {
     /// call takes no task of its own. Elsewhere (a cluster, a connection
     /// being made, the breaker open), and after a failure on the
     /// connection, a task goes on as `query` does.
-    pub fn send<F: FnOnce(Result<Value>) + Send + 'static>(&self, cmd: Cmd, done: F) {
+    /// `script`: the script `cmd` calls (its `EVALSHA`), loaded again and
+    /// retried after NOSCRIPT.
+    pub fn send<F: FnOnce(Result<Value>) + Send + 'static>(
+        &self,
+        cmd: Cmd,
+        script: Option<&'static Lua>,
+        done: F,
+    ) {
         let started = Instant::now();
         let conn = match &*self.target {
             Target::Node(pool) if !self.breaker.is_open() => self.link(pool).open(),
             _ => None,
         };
         let Some(conn) = conn else {
-            return self.go_on(cmd, None, started, done);
+            return self.go_on(cmd, script, None, started, done);
         };
         count(&self.metrics.connections.requests, 1);
         let deadline = (started + self.config.command_timeout).into();
         let request = Box::new(Pending {
             cmd,
+            script,
             conn,
             backend: self.clone(),
             started,
@@ -510,11 +522,12 @@ impl Backend {
         }
     }
 
-    /// The rest of a `send`, in a task, as `query`: from the start, or
-    /// after `failed`.
+    /// The rest of a `send`, in a task, as `query` (or a script's `eval`):
+    /// from the start, or after `failed`.
     fn go_on(
         &self,
         cmd: Cmd,
+        script: Option<&'static Lua>,
         failed: Option<RedisError>,
         started: Instant,
         done: impl FnOnce(Result<Value>) + Send + 'static,
@@ -531,7 +544,17 @@ impl Backend {
                     backend.attempts(op, failed, started).await
                 }
             };
-            done(backend.logged(result));
+            let result = backend.logged(result);
+            let result = match (script, result) {
+                (Some(script), Err(Error::Redis(msg))) if msg.starts_with("NOSCRIPT") => {
+                    match backend.reload_script(script).await {
+                        Ok(()) => backend.eval(script, &cmd).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                (_, result) => result,
+            };
+            done(result);
         });
     }
 
@@ -629,6 +652,63 @@ impl Backend {
             .await
     }
 
+    /// A script's call, `cmd` (its `EVALSHA`), loading the script first
+    /// when Redis does not know it.
+    async fn eval<T: FromRedisValue>(&self, script: &Lua, cmd: &Cmd) -> Result<T> {
+        let mut reloads = 0;
+        loop {
+            match self.query(cmd).await {
+                // Redis restarted, failed over or flushed its scripts: load,
+                // retry. Again if a Cluster's topology changed in between (the
+                // load went to the masters it knew then).
+                Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") && reloads < MAX_RELOADS => {
+                    reloads += 1;
+                    self.reload_script(script).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Loads a script on every node that may run it.
+    pub async fn load_script(&self, script: &Lua) -> Result<()> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(script.source());
+        match self.cluster_conn() {
+            None => {
+                self.query::<Value>(&load).await?;
+            }
+            Some(mut conn) => {
+                let route = redis::cluster_routing::RoutingInfo::MultiNode((
+                    redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                    Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+                ));
+                tokio::time::timeout(self.config.command_timeout, conn.route_command(load, route))
+                    .await
+                    .map_err(|_| Error::Timeout)??;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads a script again after Redis answered NOSCRIPT: it restarted
+    /// or failed over, or its script cache was flushed. Once for all the
+    /// calls that met NOSCRIPT meanwhile: a call that finds the script
+    /// loaded after its answer came only tries again (when many sessions
+    /// resume at once on a Redis without the script, one load, not
+    /// hundreds).
+    pub async fn reload_script(&self, script: &Lua) -> Result<()> {
+        let answered = Instant::now();
+        let mut reloads = self.reloads.lock().await;
+        if reloads.get(script.hash()).is_some_and(|&at| at > answered) {
+            return Ok(());
+        }
+        self.load_script(script).await?;
+        reloads.insert(script.hash().to_string(), Instant::now());
+        tracing::info!(sha = script.hash(), "script_reloaded");
+        Ok(())
+    }
+
     /// A pipeline on one connection. On a cluster all its keys must share a
     /// slot (it goes to the node of its first key).
     pub async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
@@ -685,7 +765,6 @@ impl Client {
             backend,
             groups: Groups::default(),
             in_flight: InFlight::new(config.max_inflight),
-            reloads: tokio::sync::Mutex::new(HashMap::new()),
             _shutdown: shutdown,
         };
         // A connection is made even when Redis then refuses every command
@@ -737,7 +816,7 @@ impl Client {
     /// `query` of one command, answered by `done` on a runtime thread;
     /// without a task of its own on an open connection (`Backend::send`).
     pub fn send(&self, cmd: Cmd, done: impl FnOnce(Result<Value>) + Send + 'static) {
-        self.backend.send(cmd, done)
+        self.backend.send(cmd, None, done)
     }
 
     /// A read-only script.
@@ -747,20 +826,22 @@ impl Client {
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T> {
-        let cmd = evalsha(script, keys, args);
-        let mut reloads = 0;
-        loop {
-            match self.query(&cmd).await {
-                // Redis restarted, failed over or flushed its scripts: load,
-                // retry. Again if a Cluster's topology changed in between (the
-                // load went to the masters it knew then).
-                Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") && reloads < MAX_RELOADS => {
-                    reloads += 1;
-                    self.reload_script(script).await?;
-                }
-                other => return other,
-            }
-        }
+        self.backend
+            .eval(script, &evalsha(script, keys, args))
+            .await
+    }
+
+    /// `eval`, answered by `done` on a runtime thread; without a task of
+    /// its own on an open connection (`Backend::send`).
+    pub fn send_eval(
+        &self,
+        script: &'static Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        done: impl FnOnce(Result<Value>) + Send + 'static,
+    ) {
+        self.backend
+            .send(evalsha(script, keys, args), Some(script), done)
     }
 
     /// A script that writes. With `wait_replicas` set, it is followed on the
@@ -837,44 +918,13 @@ impl Client {
 
     /// Loads a script on every node that may run it.
     pub async fn load_script(&self, script: &Lua) -> Result<()> {
-        let mut load = redis::cmd("SCRIPT");
-        load.arg("LOAD").arg(script.source());
-        match self.backend.cluster_conn() {
-            None => {
-                self.query::<Value>(&load).await?;
-            }
-            Some(mut conn) => {
-                let route = redis::cluster_routing::RoutingInfo::MultiNode((
-                    redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
-                    Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
-                ));
-                tokio::time::timeout(
-                    self.backend.config.command_timeout,
-                    conn.route_command(load, route),
-                )
-                .await
-                .map_err(|_| Error::Timeout)??;
-            }
-        }
-        Ok(())
+        self.backend.load_script(script).await
     }
 
-    /// Loads a script again after Redis answered NOSCRIPT: it restarted
-    /// or failed over, or its script cache was flushed. Once for all the
-    /// calls that met NOSCRIPT meanwhile: a call that finds the script
-    /// loaded after its answer came only tries again (when many sessions
-    /// resume at once on a Redis without the script, one load, not
-    /// hundreds).
+    /// Loads a script again after Redis answered NOSCRIPT (see
+    /// `Backend::reload_script`).
     pub async fn reload_script(&self, script: &Lua) -> Result<()> {
-        let answered = Instant::now();
-        let mut reloads = self.reloads.lock().await;
-        if reloads.get(script.hash()).is_some_and(|&at| at > answered) {
-            return Ok(());
-        }
-        self.load_script(script).await?;
-        reloads.insert(script.hash().to_string(), Instant::now());
-        tracing::info!(sha = script.hash(), "script_reloaded");
-        Ok(())
+        self.backend.reload_script(script).await
     }
 
     /// Redis's clock in Unix milliseconds: the one clock every node agrees on.

@@ -24,6 +24,7 @@ use crate::connection::Client;
 use crate::error::{Error, Result};
 use crate::store::keys::ClientKeys;
 use crate::store::session::unexpected;
+use redis::{FromRedisValue, Value};
 
 /// Each script is the shared prelude followed by its own part.
 fn script(own: &str) -> Lua {
@@ -55,9 +56,19 @@ pub struct NewMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     pub id: Vec<u8>,
+    /// As stored: a header (checked to be whole), then the body.
+    stored: Vec<u8>,
+}
+
+impl Queued {
     /// When it was stored, Unix ms (Redis's clock).
-    pub stored_at: i64,
-    pub body: Vec<u8>,
+    pub fn stored_at(&self) -> i64 {
+        stored_at(&self.stored).expect("checked when read")
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.stored[HEADER_LEN..]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,14 +136,46 @@ pub async fn get(
     offset: u64,
     limit: u64,
 ) -> Result<Vec<Queued>> {
-    let Some(last) = last_rank(offset, limit) else {
+    let Some([first, last]) = page_ranks(offset, limit) else {
         return Ok(Vec::new());
     };
     let q = QueueKeys::of(client, client_id);
-    let (first, last) = (offset.to_string(), last.to_string());
-    let flat: Vec<Vec<u8>> = client
+    let reply = client
         .eval(&GET, &q.keys(), &[first.as_bytes(), last.as_bytes()])
-        .await
+        .await;
+    page(reply)
+}
+
+/// `get`, answered by `done` on a runtime thread: without a task of its
+/// own (`Client::send_eval`). An empty page (`limit` 0) asks Redis nothing
+/// and is answered at once, on the caller's thread.
+pub fn send_get(
+    client: &Client,
+    client_id: &[u8],
+    offset: u64,
+    limit: u64,
+    done: impl FnOnce(Result<Vec<Queued>>) + Send + 'static,
+) {
+    let Some([first, last]) = page_ranks(offset, limit) else {
+        return done(Ok(Vec::new()));
+    };
+    let q = QueueKeys::of(client, client_id);
+    let args = [first.as_bytes(), last.as_bytes()];
+    client.send_eval(&GET, &q.keys(), &args, move |reply| done(page(reply)));
+}
+
+/// The first and last rank of a page, as the script's arguments.
+fn page_ranks(offset: u64, limit: u64) -> Option<[String; 2]> {
+    let last = last_rank(offset, limit)?;
+    Some([offset.to_string(), last.to_string()])
+}
+
+/// The get script's reply: id, stored, id, stored...
+fn page(reply: Result<Value>) -> Result<Vec<Queued>> {
+    let flat: Vec<Vec<u8>> = reply
+        .and_then(|value| {
+            FromRedisValue::from_redis_value(value).map_err(|e| redis::RedisError::from(e).into())
+        })
         .map_err(|e| e.of("queue"))?;
     if !flat.len().is_multiple_of(2) {
         return Err(unexpected("message_get", &flat.len()));
@@ -140,17 +183,13 @@ pub async fn get(
     let mut page = Vec::with_capacity(flat.len() / 2);
     let mut flat = flat.into_iter();
     while let (Some(id), Some(stored)) = (flat.next(), flat.next()) {
-        let Some((stored_at, body)) = split_header(stored) else {
+        if stored_at(&stored).is_none() {
             return Err(Error::corrupt(
                 "message",
                 format!("{}shorter than its header", named(&id)),
             ));
-        };
-        page.push(Queued {
-            id,
-            stored_at,
-            body,
-        });
+        }
+        page.push(Queued { id, stored });
     }
     Ok(page)
 }
@@ -214,13 +253,6 @@ fn stored_at(stored: &[u8]) -> Option<i64> {
     Some(i64::from_be_bytes(header))
 }
 
-/// A stored body as its stored-at time and the caller's bytes.
-fn split_header(mut stored: Vec<u8>) -> Option<(i64, Vec<u8>)> {
-    let at = stored_at(&stored)?;
-    stored.drain(..HEADER_LEN);
-    Some((at, stored))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +261,20 @@ mod tests {
     /// What message_store.lua writes in front of a body.
     fn header(at: i64) -> Vec<u8> {
         at.to_be_bytes().to_vec()
+    }
+
+    /// A stored message as the get script's reply gives it, read as `get`
+    /// reads it: its time and its body.
+    fn split_header(stored: Vec<u8>) -> Option<(i64, Vec<u8>)> {
+        let reply = Value::Array(vec![
+            Value::BulkString(b"m".to_vec()),
+            Value::BulkString(stored),
+        ]);
+        let page = page(Ok(reply)).ok()?;
+        let [m] = &page[..] else {
+            return None;
+        };
+        Some((m.stored_at(), m.body().to_vec()))
     }
 
     #[test]
