@@ -5,7 +5,7 @@ use emqx_redis_storage_core::store::message::{self, NewMessage, Queued};
 use rustler::{Binary, Encoder, Env, NewBinary, ResourceArc, Term};
 
 use crate::nif::ClientRes;
-use crate::runtime::{spawn_admitted, Replier};
+use crate::runtime::{answered, spawn_admitted};
 use crate::term::{binary, Out, Reason};
 
 mod atoms {
@@ -22,7 +22,6 @@ fn message_store<'a>(
     messages: Vec<(Binary, u64, Binary)>,
     max_len: u64,
 ) -> Term<'a> {
-    let id = client_id.to_vec();
     let messages: Vec<NewMessage> = messages
         .into_iter()
         .map(|(id, ttl_ms, body)| NewMessage {
@@ -31,9 +30,11 @@ fn message_store<'a>(
             body: body.to_vec(),
         })
         .collect();
-    spawn_admitted(env, client.admit("message_store"), reply_ref, async move {
-        message::store(&client, &id, messages, max_len).await?;
-        Ok(Out::Atom("ok"))
+    answered(env, client.admit("message_store"), reply_ref, |answer| {
+        let id = client_id.as_slice();
+        message::store(&client, id, messages, max_len, move |stored| {
+            answer.answer(|| stored.map(|_| Out::Atom("ok")))
+        })
     })
 }
 
@@ -47,24 +48,22 @@ fn message_get<'a>(
     offset: u64,
     limit: u64,
 ) -> Term<'a> {
-    let admitted = match client.admit("message_get") {
-        Ok(admitted) => admitted,
-        Err(reason) => return (atoms::error(), Reason(&reason)).encode(env),
-    };
     if limit == 0 {
         // An empty page: answered at once, without Redis.
-        admitted.finish(&Ok(()));
-        return (atoms::ok(), Vec::<Term>::new()).encode(env);
+        return match client.admit("message_get") {
+            Ok(admitted) => {
+                admitted.finish(&Ok(()));
+                (atoms::ok(), Vec::<Term>::new()).encode(env)
+            }
+            Err(reason) => (atoms::error(), Reason(&reason)).encode(env),
+        };
     }
-    let (replier, ticket) = Replier::new(env, reply_ref);
-    // Where the call goes on, as a task, if it fails on its connection.
-    let _runtime = crate::runtime::handle().enter();
-    message::send_get(&client, client_id.as_slice(), offset, limit, |page| {
-        let result = page.map(Page);
-        admitted.finish(&result);
-        replier.reply(&result);
-    });
-    ticket
+    answered(env, client.admit("message_get"), reply_ref, |answer| {
+        let id = client_id.as_slice();
+        message::send_get(&client, id, offset, limit, move |page| {
+            answer.answer(|| page.map(Page))
+        })
+    })
 }
 
 /// A page of messages: `[{Id, Body}]`, each body a sub-binary of one binary

@@ -12,7 +12,7 @@ use emqx_redis_storage_core::store::router::Router;
 use emqx_redis_storage_core::Error;
 use rustler::{Binary, Encoder, Env, ListIterator, NifResult, ResourceArc, Term};
 
-use crate::runtime::{send_admitted, spawn_reply};
+use crate::runtime::{answered, spawn_reply};
 use crate::term::{self, Out, Reason, Reply};
 
 mod atoms {
@@ -75,14 +75,12 @@ fn q<'a>(
     for arg in &args {
         cmd.arg(arg.as_slice());
     }
-    Ok(send_admitted(
-        env,
-        &client,
-        client.admit("q"),
-        reply_ref,
-        cmd,
-        |reply| reply.map(Reply).map_err(Error::raw),
-    ))
+    // No task of its own: answered from the connection's reader.
+    Ok(answered(env, client.admit("q"), reply_ref, |answer| {
+        client.send(cmd, move |reply| {
+            answer.answer(|| reply.map(Reply).map_err(Error::raw))
+        })
+    }))
 }
 
 /// `{Breaker, LastError | undefined, InFlight, [{Address, State, LastOkMs,

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
-use emqx_redis_storage_core::connection::{Admitted, Client};
+use emqx_redis_storage_core::connection::Admitted;
 use emqx_redis_storage_core::error::panic_message;
 use emqx_redis_storage_core::gate::ReplyGate;
 use emqx_redis_storage_core::{Error, Result};
@@ -89,35 +89,42 @@ where
     }
 }
 
-/// A call of one command with no task of its own (`Client::send`), for a
-/// call a client admitted: `convert` turns the reply into the answer, on
-/// the connection's reader. A panic in it is answered as an internal error.
-pub fn send_admitted<'a, T, C>(
+/// A call a client admitted that takes no task of its own: `start` starts
+/// it (e.g. `Client::send`) with the `Answerer` whose answer, given later on
+/// a runtime thread, goes to the caller. `{error, overloaded}` at once if
+/// it was not admitted.
+pub fn answered<'a>(
     env: Env<'a>,
-    client: &Client,
     admitted: Result<Admitted>,
     reply_ref: Term<'a>,
-    cmd: redis::Cmd,
-    convert: C,
-) -> Term<'a>
-where
-    T: Encoder,
-    C: FnOnce(Result<redis::Value>) -> Result<T> + Send + 'static,
-{
+    start: impl FnOnce(Answerer),
+) -> Term<'a> {
     let admitted = match admitted {
         Ok(admitted) => admitted,
         Err(reason) => return (atoms::error(), Reason(&reason)).encode(env),
     };
     let (replier, ticket) = Replier::new(env, reply_ref);
-    // Where the call goes on, as a task, if it fails on its connection.
+    // Where a call goes on, as a task, if it fails on its connection.
     let _runtime = handle().enter();
-    client.send(cmd, move |reply| {
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| convert(reply)))
-            .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
-        admitted.finish(&result);
-        replier.reply(&result);
-    });
+    start(Answerer { admitted, replier });
     ticket
+}
+
+/// Answers one admitted call (`answered`).
+pub struct Answerer {
+    admitted: Admitted,
+    replier: Replier,
+}
+
+impl Answerer {
+    /// Answers with what `result` gives; a panic in it is answered as an
+    /// internal error. Never on a scheduler thread.
+    pub fn answer<T: Encoder>(self, result: impl FnOnce() -> Result<T>) {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(result))
+            .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
+        self.admitted.finish(&result);
+        self.replier.reply(&result);
+    }
 }
 
 /// Runs `work` on the runtime and answers the calling process with

@@ -6,7 +6,7 @@ use emqx_redis_storage_core::store::session::{self, NotHeld, SaveArgs, Saved, Se
 use rustler::{Binary, Env, ResourceArc, Term};
 
 use crate::nif::ClientRes;
-use crate::runtime::{send_admitted, spawn_admitted};
+use crate::runtime::{answered, spawn_admitted};
 use crate::term::Out;
 
 fn info(i: SessionInfo) -> Out {
@@ -46,10 +46,14 @@ fn session_save<'a>(
         node: node.to_vec(),
         fence,
     };
-    spawn_admitted(env, client.admit("session_save"), reply_ref, async move {
-        Ok(match session::save(&client, args).await? {
-            Saved::Ok(i) => info(i),
-            Saved::StaleFence => Out::Atom("stale_fence"),
+    answered(env, client.admit("session_save"), reply_ref, |answer| {
+        session::save(&client, args, move |saved| {
+            answer.answer(|| {
+                Ok(match saved? {
+                    Saved::Ok(i) => info(i),
+                    Saved::StaleFence => Out::Atom("stale_fence"),
+                })
+            })
         })
     })
 }
@@ -62,14 +66,11 @@ fn session_load<'a>(
     client_id: Binary,
 ) -> Term<'a> {
     let cmd = session::load_cmd(&client, client_id.as_slice());
-    send_admitted(
-        env,
-        &client,
-        client.admit("session_load"),
-        reply_ref,
-        cmd,
-        |reply| Ok(Out::bin_or(session::loaded(reply)?, "undefined")),
-    )
+    answered(env, client.admit("session_load"), reply_ref, |answer| {
+        client.send(cmd, move |reply| {
+            answer.answer(|| Ok(Out::bin_or(session::loaded(reply)?, "undefined")))
+        })
+    })
 }
 
 #[rustler::nif]

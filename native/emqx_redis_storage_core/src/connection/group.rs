@@ -3,28 +3,29 @@
 //! Redis pays a fixed cost for every script call (finding the script,
 //! building its KEYS and ARGV, the reply), and the client one request and
 //! one reply. When calls of the same script arrive while others are under
-//! way, they wait in a queue; the next call to go takes the queue with it
+//! way, they wait in a queue; the next group to go takes the queue with it
 //! and runs the script's group form (`Lua::group`) once for all of them:
 //! each one's keys and arguments, each one's reply or error. One call's
 //! corrupt key or stale fence fails only that call.
 //!
 //! A call that finds fewer than [`RUNNING`] groups of its script under way
 //! goes at once, alone if nobody waits: a lone caller never waits for
-//! company. When a group comes back, its leader answers the others and hands
-//! the lead to the first call that waits, which takes the queue with it.
+//! company. When a group's reply comes, the next group goes with the calls
+//! that waited meanwhile, then the group's calls are answered. All of it
+//! happens in the calls' completions (`Backend::send`): no task waits.
 //!
 //! On a cluster every key of a script call must be in one slot, so calls
 //! are grouped per script and slot of their first key.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use redis::Value;
-use tokio::sync::oneshot;
 
 use crate::connection::scripts::Lua;
-use crate::connection::Client;
+use crate::connection::Backend;
 use crate::error::{Error, Result};
 
 /// Groups of one script (and slot) under way at once. Two: while Redis runs
@@ -47,15 +48,12 @@ impl Call {
     }
 }
 
-/// What a waiting call gets: its reply, or the lead of the next group.
-enum Turn {
-    Done(Result<Value>),
-    Lead(Call),
-}
+/// Where a call's reply goes; called once, on a runtime thread.
+pub type Done = Box<dyn FnOnce(Result<Value>) + Send>;
 
 struct Waiting {
     call: Call,
-    turn: oneshot::Sender<Turn>,
+    done: Done,
 }
 
 #[derive(Default)]
@@ -73,70 +71,36 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// Runs `call` of `script` on `client`, alone (the script itself) or
-    /// in a group (its group form).
-    pub async fn call(
-        &self,
-        client: &Client,
-        script: &'static Lua,
-        slot: u16,
-        call: Call,
-    ) -> Result<Value> {
+    /// Runs `call` of `script` through `backend`, alone (the script
+    /// itself) or in a group (its group form); `done` gets its reply.
+    pub fn send(&self, backend: &Backend, script: &'static Lua, slot: u16, call: Call, done: Done) {
         let key = (script as *const Lua as usize, slot);
-        let call = {
+        let own = Waiting { call, done };
+        let own = {
             let mut queues = self.lock();
             let queue = queues.entry(key).or_default();
             if queue.running < RUNNING {
                 queue.running += 1;
-                Ok(call)
+                Some(own)
             } else {
-                let (turn, wait) = oneshot::channel();
-                queue.waiting.push_back(Waiting { call, turn });
-                Err(wait)
+                queue.waiting.push_back(own);
+                None
             }
         };
-        let own = match call {
-            Ok(call) => call,
-            Err(wait) => match wait.await {
-                Ok(Turn::Done(reply)) => return reply,
-                Ok(Turn::Lead(call)) => call,
-                Err(_) => return Err(Error::ConnectionLost("its group was cancelled".into())),
-            },
-        };
-        // From here this call leads a group; the guard hands the lead on
-        // when it is done (or dropped).
-        let lead = Lead { groups: self, key };
-        let others = lead.take(own.size());
-        let mut replies = if others.is_empty() {
-            let (keys, args) = (refs(&own.keys), refs(&own.args));
-            vec![client.write_eval(script, &keys, &args).await]
-        } else {
-            run_group(client, script, &own, &others).await
-        };
-        let own_reply = replies.remove(0);
-        for (waiting, reply) in others.into_iter().zip(replies) {
-            let _ = waiting.turn.send(Turn::Done(reply));
+        if let Some(own) = own {
+            lead(backend, script, key, own);
         }
-        own_reply
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Queue>> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-/// The lead of one group of `key`; handed on when dropped.
-struct Lead<'a> {
-    groups: &'a Groups,
-    key: Key,
-}
-
-impl Lead<'_> {
     /// The waiting calls that join a group whose leader's call has `size`
     /// bytes, oldest first, within the group's bounds.
-    fn take(&self, mut size: usize) -> Vec<Waiting> {
-        let mut queues = self.groups.lock();
-        let Some(queue) = queues.get_mut(&self.key) else {
+    fn take(&self, key: Key, mut size: usize) -> Vec<Waiting> {
+        let mut queues = self.lock();
+        let Some(queue) = queues.get_mut(&key) else {
             return Vec::new();
         };
         let mut taken = Vec::new();
@@ -149,70 +113,91 @@ impl Lead<'_> {
         }
         taken
     }
-}
 
-impl Drop for Lead<'_> {
-    fn drop(&mut self) {
-        let mut queues = self.groups.lock();
-        let Some(queue) = queues.get_mut(&self.key) else {
-            return;
-        };
-        // The first waiting call still waiting leads next.
-        while let Some(waiting) = queue.waiting.pop_front() {
-            if waiting.turn.send(Turn::Lead(waiting.call)).is_ok() {
-                return;
+    /// A group of `key` is done: the first call waiting leads the next one,
+    /// else one group fewer runs.
+    fn hand_on(&self, key: Key) -> Option<Waiting> {
+        let mut queues = self.lock();
+        let queue = queues.get_mut(&key)?;
+        let next = queue.waiting.pop_front();
+        if next.is_none() {
+            queue.running -= 1;
+            if queue.running == 0 {
+                queues.remove(&key);
             }
         }
-        queue.running -= 1;
-        if queue.running == 0 {
-            queues.remove(&self.key);
+        next
+    }
+}
+
+/// Sends a group led by `own`, with the calls waiting that fit in it.
+fn lead(backend: &Backend, script: &'static Lua, key: Key, own: Waiting) {
+    let others = backend.groups.take(key, own.call.size());
+    let mut calls: Vec<Waiting> = Vec::with_capacity(1 + others.len());
+    calls.push(own);
+    calls.extend(others);
+    let n = calls.len();
+    let (sent, keys, args) = if n == 1 {
+        let call = &mut calls[0].call;
+        (
+            script,
+            std::mem::take(&mut call.keys),
+            std::mem::take(&mut call.args),
+        )
+    } else {
+        let (keys, args) = group_form(&mut calls);
+        let counters = &backend.metrics.connections;
+        counters.group_commits.fetch_add(1, Relaxed);
+        counters.grouped_calls.fetch_add(n as u64, Relaxed);
+        (script.group(), keys, args)
+    };
+    let dones: Vec<Done> = calls.into_iter().map(|w| w.done).collect();
+    let next = backend.clone();
+    backend.send_write(sent, keys, args, move |reply| {
+        // The next group goes first; then this one's calls are answered.
+        if let Some(first) = next.groups.hand_on(key) {
+            lead(&next, script, key, first);
         }
-    }
+        let replies = if n == 1 {
+            vec![reply]
+        } else {
+            group_replies(reply, n)
+        };
+        for (done, reply) in dones.into_iter().zip(replies) {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| done(reply)));
+        }
+    });
 }
 
-fn refs(items: &[Vec<u8>]) -> Vec<&[u8]> {
-    items.iter().map(Vec::as_slice).collect()
+/// The group form's KEYS and ARGV: all keys in order; the number of calls,
+/// each one's number of keys and of arguments, then all arguments in order.
+/// The calls' keys and arguments are moved, not copied.
+fn group_form(calls: &mut [Waiting]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut keys = Vec::new();
+    let mut args = vec![calls.len().to_string().into_bytes()];
+    for Waiting { call, .. } in calls.iter() {
+        args.push(call.keys.len().to_string().into_bytes());
+        args.push(call.args.len().to_string().into_bytes());
+    }
+    for Waiting { call, .. } in calls {
+        keys.append(&mut call.keys);
+        args.append(&mut call.args);
+    }
+    (keys, args)
 }
 
-/// One call of the group form of `script` for `own` and `others`; a reply
-/// per call, in that order.
-async fn run_group(
-    client: &Client,
-    script: &Lua,
-    own: &Call,
-    others: &[Waiting],
-) -> Vec<Result<Value>> {
-    let calls: Vec<&Call> = std::iter::once(own)
-        .chain(others.iter().map(|w| &w.call))
-        .collect();
-    // ARGV: the number of calls, each one's number of keys and of
-    // arguments, then all arguments in order; KEYS: all keys in order.
-    let mut header = vec![calls.len().to_string()];
-    for call in &calls {
-        header.push(call.keys.len().to_string());
-        header.push(call.args.len().to_string());
-    }
-    let keys: Vec<&[u8]> = calls.iter().flat_map(|c| refs(&c.keys)).collect();
-    let args: Vec<&[u8]> = header
-        .iter()
-        .map(String::as_bytes)
-        .chain(calls.iter().flat_map(|c| refs(&c.args)))
-        .collect();
-    let counters = &client.backend().metrics().connections;
-    counters.group_commits.fetch_add(1, Relaxed);
-    counters
-        .grouped_calls
-        .fetch_add(calls.len() as u64, Relaxed);
-    match client.write_eval(script.group(), &keys, &args).await {
-        Ok(Value::Array(replies)) if replies.len() == 2 * calls.len() => {
+/// A reply per call of a group's reply, in order.
+fn group_replies(reply: Result<Value>, n: usize) -> Vec<Result<Value>> {
+    match reply {
+        Ok(Value::Array(replies)) if replies.len() == 2 * n => {
             let mut replies = replies.into_iter();
             std::iter::from_fn(|| Some(one_reply(replies.next()?, replies.next()?))).collect()
         }
         Ok(other) => {
             let error = Error::Internal(format!("group reply of another shape: {other:?}"));
-            vec![Err(error); calls.len()]
+            vec![Err(error); n]
         }
-        Err(error) => vec![Err(error); calls.len()],
+        Err(error) => vec![Err(error); n],
     }
 }
 

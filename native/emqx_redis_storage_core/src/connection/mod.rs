@@ -182,12 +182,12 @@ pub struct Reach {
     /// When each script (by SHA) was last loaded again after NOSCRIPT; one
     /// load at a time (`reload_script`).
     reloads: tokio::sync::Mutex<HashMap<String, Instant>>,
+    /// Calls of one script that wait to go as one group (group commit).
+    groups: Groups,
 }
 
 pub struct Client {
     backend: Backend,
-    /// Calls of one script that wait to go as one group (group commit).
-    groups: Groups,
     /// A bound on the calls in flight.
     in_flight: InFlight,
     /// Dropped with the client; background tasks end then (`Backend::closed`).
@@ -299,6 +299,7 @@ impl Backend {
             config,
             shutdown,
             reloads: tokio::sync::Mutex::new(HashMap::new()),
+            groups: Groups::default(),
         })))
     }
 
@@ -670,6 +671,59 @@ impl Backend {
         }
     }
 
+    /// See `Client::write_eval`.
+    async fn write_eval<T: FromRedisValue>(
+        &self,
+        script: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<T> {
+        let wanted = self.config.wait_replicas;
+        if wanted == 0 {
+            return self.eval(script, &evalsha(script, keys, args)).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(evalsha(script, keys, args))
+            .cmd("WAIT")
+            .arg(wanted)
+            .arg(self.config.wait_timeout.as_millis() as u64);
+        let mut reloads = 0;
+        let (value, acked): (T, u32) = loop {
+            match self.pipeline(&pipe).await {
+                // A script in a pipeline is not loaded on demand: load, retry.
+                Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") && reloads < MAX_RELOADS => {
+                    reloads += 1;
+                    self.reload_script(script).await?;
+                }
+                other => break other?,
+            }
+        };
+        if acked < wanted {
+            return Err(Error::NotReplicated { acked, wanted });
+        }
+        Ok(value)
+    }
+
+    /// `write_eval`, answered by `done` on a runtime thread: on the fast
+    /// path of `send` unless it must wait for replicas.
+    fn send_write(
+        &self,
+        script: &'static Lua,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+        done: impl FnOnce(Result<Value>) + Send + 'static,
+    ) {
+        if self.config.wait_replicas == 0 {
+            let cmd = evalsha(script, &refs(&keys), &refs(&args));
+            return self.send(cmd, Some(script), done);
+        }
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let reply = backend.write_eval(script, &refs(&keys), &refs(&args)).await;
+            done(reply);
+        });
+    }
+
     /// Loads a script on every node that may run it.
     pub async fn load_script(&self, script: &Lua) -> Result<()> {
         let mut load = redis::cmd("SCRIPT");
@@ -763,7 +817,6 @@ impl Client {
         let backend = Backend::connect(config.clone(), shutdown_rx).await?;
         let client = Client {
             backend,
-            groups: Groups::default(),
             in_flight: InFlight::new(config.max_inflight),
             _shutdown: shutdown,
         };
@@ -853,30 +906,7 @@ impl Client {
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T> {
-        let wanted = self.backend.config.wait_replicas;
-        if wanted == 0 {
-            return self.eval(script, keys, args).await;
-        }
-        let mut pipe = redis::pipe();
-        pipe.add_command(evalsha(script, keys, args))
-            .cmd("WAIT")
-            .arg(wanted)
-            .arg(self.backend.config.wait_timeout.as_millis() as u64);
-        let mut reloads = 0;
-        let (value, acked): (T, u32) = loop {
-            match self.backend.pipeline(&pipe).await {
-                // A script in a pipeline is not loaded on demand: load, retry.
-                Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") && reloads < MAX_RELOADS => {
-                    reloads += 1;
-                    self.reload_script(script).await?;
-                }
-                other => break other?,
-            }
-        };
-        if acked < wanted {
-            return Err(Error::NotReplicated { acked, wanted });
-        }
-        Ok(value)
+        self.backend.write_eval(script, keys, args).await
     }
 
     /// `write_eval`, with calls of the same script that arrive meanwhile
@@ -887,15 +917,33 @@ impl Client {
         keys: Vec<Vec<u8>>,
         args: Vec<Vec<u8>>,
     ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send_grouped_write_eval(script, keys, args, move |reply| {
+            let _ = tx.send(reply);
+        });
+        let reply = rx
+            .await
+            .unwrap_or_else(|_| Err(Error::ConnectionLost("its group was cancelled".into())));
+        from_reply(reply)
+    }
+
+    /// `grouped_write_eval`, answered by `done` on a runtime thread; no
+    /// task waits for the group (`group.rs`, `Backend::send`).
+    pub fn send_grouped_write_eval(
+        &self,
+        script: &'static Lua,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+        done: impl FnOnce(Result<Value>) + Send + 'static,
+    ) {
         let slot = match (&*self.backend.target, keys.first()) {
             (Target::Cluster(_), Some(key)) => slots::key_slot(key),
             _ => 0,
         };
-        let value = self
+        let call = GroupCall { keys, args };
+        self.backend
             .groups
-            .call(self, script, slot, GroupCall { keys, args })
-            .await?;
-        T::from_redis_value(value).map_err(|e| redis::RedisError::from(e).into())
+            .send(&self.backend, script, slot, call, Box::new(done));
     }
 
     /// A command that writes; see `write_eval`.
@@ -1012,6 +1060,16 @@ impl Client {
 }
 
 /// `EVALSHA` of `script` with its keys and arguments, copied once.
+/// A reply as `T` (a reply of another shape is a corrupt reply, as from
+/// `query`).
+pub fn from_reply<T: FromRedisValue>(reply: Result<Value>) -> Result<T> {
+    T::from_redis_value(reply?).map_err(|e| redis::RedisError::from(e).into())
+}
+
+fn refs(items: &[Vec<u8>]) -> Vec<&[u8]> {
+    items.iter().map(Vec::as_slice).collect()
+}
+
 fn evalsha(script: &Lua, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
     let size = keys.iter().chain(args).map(|a| a.len()).sum::<usize>();
     let mut cmd = Cmd::with_capacity(2 + keys.len() + args.len(), 64 + size);

@@ -18,13 +18,13 @@
 
 use std::sync::LazyLock;
 
-use crate::connection::scripts::Lua;
+use redis::Value;
 
-use crate::connection::Client;
+use crate::connection::scripts::Lua;
+use crate::connection::{from_reply, Client};
 use crate::error::{Error, Result};
 use crate::store::keys::ClientKeys;
 use crate::store::session::unexpected;
-use redis::{FromRedisValue, Value};
 
 /// Each script is the shared prelude followed by its own part.
 fn script(own: &str) -> Lua {
@@ -103,19 +103,21 @@ impl QueueKeys {
 }
 
 /// Queues `messages` after those already queued, in their order, in one
-/// round trip. An id already queued is left as it is. Returns the queue
-/// length afterwards (at most `max_len`: the oldest are dropped).
-pub async fn store(
+/// round trip (in a group commit). An id already queued is left as it is.
+/// `done` gets the queue length afterwards (at most `max_len`: the oldest
+/// are dropped), on a runtime thread.
+pub fn store(
     client: &Client,
     client_id: &[u8],
     messages: Vec<NewMessage>,
     max_len: u64,
-) -> Result<u64> {
+    done: impl FnOnce(Result<u64>) + Send + 'static,
+) {
     let q = QueueKeys::of(client, client_id);
-    client
-        .grouped_write_eval(&STORE, Vec::from(q.0), store_argv(max_len, messages))
-        .await
-        .map_err(|e| e.of("queue"))
+    let argv = store_argv(max_len, messages);
+    client.send_grouped_write_eval(&STORE, Vec::from(q.0), argv, move |reply| {
+        done(from_reply(reply).map_err(|e| e.of("queue")))
+    });
 }
 
 /// The store script's ARGV: max length, then id, ttl and body of each
@@ -172,11 +174,7 @@ fn page_ranks(offset: u64, limit: u64) -> Option<[String; 2]> {
 
 /// The get script's reply: id, stored, id, stored...
 fn page(reply: Result<Value>) -> Result<Vec<Queued>> {
-    let flat: Vec<Vec<u8>> = reply
-        .and_then(|value| {
-            FromRedisValue::from_redis_value(value).map_err(|e| redis::RedisError::from(e).into())
-        })
-        .map_err(|e| e.of("queue"))?;
+    let flat: Vec<Vec<u8>> = from_reply(reply).map_err(|e| e.of("queue"))?;
     if !flat.len().is_multiple_of(2) {
         return Err(unexpected("message_get", &flat.len()));
     }

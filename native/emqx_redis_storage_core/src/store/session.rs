@@ -10,12 +10,12 @@
 
 use std::sync::LazyLock;
 
-use redis::{Cmd, FromRedisValue, Value};
+use redis::{Cmd, Value};
 
 use crate::connection::scripts::Lua;
 
 use crate::connection::slots::SLOTS;
-use crate::connection::Client;
+use crate::connection::{from_reply, Client};
 use crate::error::{stored_int, Error, Result};
 use crate::store::keys::{client_slot, ClientKeys, Keys};
 
@@ -93,7 +93,9 @@ pub struct SaveArgs {
     pub fence: Option<i64>,
 }
 
-pub async fn save(client: &Client, args: SaveArgs) -> Result<Saved> {
+/// Saves a session (in a group commit); `done` gets the outcome, on a
+/// runtime thread.
+pub fn save(client: &Client, args: SaveArgs, done: impl FnOnce(Result<Saved>) + Send + 'static) {
     let keys = client.keys();
     let id = &args.client_id;
     let slot = client_slot(id);
@@ -102,20 +104,20 @@ pub async fn save(client: &Client, args: SaveArgs) -> Result<Saved> {
     let node = args.node.clone();
     let ttl = args.ttl_ms.to_string().into_bytes();
     let fence = args.fence.map(|f| f.to_string()).unwrap_or_default();
-    let reply: Vec<i64> = client
-        .grouped_write_eval(
-            &SAVE,
-            script_keys,
-            vec![
-                args.client_id,
-                args.data,
-                ttl,
-                args.node,
-                fence.into_bytes(),
-            ],
-        )
-        .await
-        .map_err(|e| e.of("session"))?;
+    let argv = vec![
+        args.client_id,
+        args.data,
+        ttl,
+        args.node,
+        fence.into_bytes(),
+    ];
+    client.send_grouped_write_eval(&SAVE, script_keys, argv, move |reply| {
+        done(saved(reply, node))
+    });
+}
+
+fn saved(reply: Result<Value>, node: Vec<u8>) -> Result<Saved> {
+    let reply: Vec<i64> = from_reply(reply).map_err(|e| e.of("session"))?;
     match reply.as_slice() {
         [1, created_at, updated_at, expires_at] => Ok(Saved::Ok(SessionInfo {
             created_at: *created_at,
@@ -143,11 +145,8 @@ pub fn load_cmd(client: &Client, client_id: &[u8]) -> Cmd {
 }
 
 pub fn loaded(reply: Result<Value>) -> Result<Option<Vec<u8>>> {
-    let (data, created_at): (Option<Vec<u8>>, Option<Vec<u8>>) = reply
-        .and_then(|value| {
-            FromRedisValue::from_redis_value(value).map_err(|e| redis::RedisError::from(e).into())
-        })
-        .map_err(|e| e.of("session"))?;
+    let (data, created_at): (Option<Vec<u8>>, Option<Vec<u8>>) =
+        from_reply(reply).map_err(|e| e.of("session"))?;
     match (data, created_at) {
         (None, Some(_)) => Err(Error::corrupt("session", "data missing")),
         (data, _) => Ok(data),
