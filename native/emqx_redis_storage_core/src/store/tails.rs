@@ -27,7 +27,11 @@ const MAX_TAIL_BYTES: usize = 8 << 20;
 const MAX_BYTES: usize = 64 << 20;
 /// A tail not read (nor extended) for this long is dropped.
 const IDLE: Duration = Duration::from_secs(10);
-/// Entries a reader behind a tail asks Redis for at once (the others wait).
+/// Entries a reader behind a tail asks Redis for at once (the others
+/// wait); fewer when, by the size of the entries the tail holds, that many
+/// would be more than a quarter of `MAX_TAIL_BYTES`: a fill of large
+/// entries that the bound drops again at once would leave the next reader
+/// behind, and so on.
 const FILL: usize = 1000;
 
 /// An entry: its id and its one field's value (a persist call's messages).
@@ -175,7 +179,7 @@ impl Tails {
             if let Some(held) = self.serve(key, from, count, oldest) {
                 return Ok((held, false));
             }
-            let asked = count.max(FILL);
+            let asked = count.max(self.fill_count(key));
             let read = xrange(client, key, from, asked).await?;
             self.fill(key, from, &read, asked);
             let all = read.len() < asked;
@@ -199,6 +203,18 @@ impl Tails {
     /// stream has none): such reads fill it.
     fn behind(&self, key: &[u8], from: Pos) -> bool {
         self.held().live(key).is_none_or(|tail| from < tail.start)
+    }
+
+    /// How many entries a fill asks for (see `FILL`).
+    fn fill_count(&self, key: &[u8]) -> usize {
+        let held = self.held();
+        match held.tails.get(key) {
+            Some(tail) if !tail.entries.is_empty() => {
+                let entry_bytes = (tail.bytes / tail.entries.len()).max(1);
+                (MAX_TAIL_BYTES / 4 / entry_bytes).clamp(1, FILL)
+            }
+            _ => FILL,
+        }
     }
 
     fn fill_lock(&self, key: &[u8]) -> Arc<tokio::sync::Mutex<()>> {
@@ -283,4 +299,32 @@ async fn xrange(client: &Client, key: &[u8], from: Pos, count: usize) -> Result<
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: u64, size: usize) -> Vec<Entry> {
+        let value = Arc::new(vec![0u8; size]);
+        (1..=n)
+            .map(|ms| (Pos { ms, seq: 0 }, value.clone()))
+            .collect()
+    }
+
+    /// A stream of small entries is filled 1,000 entries at a time; one of
+    /// large entries by as many as a quarter of a tail's bound holds, so
+    /// that the bound does not drop a fill at once.
+    #[test]
+    fn fills_of_large_entries_fit_the_bound() {
+        let tails = Tails::default();
+        let start = Pos { ms: 1, seq: 0 };
+        assert_eq!(tails.fill_count(b"none"), FILL);
+        tails.fill(b"small", start, &entries(10, 200), 10);
+        assert_eq!(tails.fill_count(b"small"), FILL);
+        tails.fill(b"large", start, &entries(10, 16 << 10), 10);
+        assert_eq!(tails.fill_count(b"large"), MAX_TAIL_BYTES / 4 / (16 << 10));
+        tails.fill(b"huge", start, &entries(2, 4 << 20), 2);
+        assert_eq!(tails.fill_count(b"huge"), 1);
+    }
 }
