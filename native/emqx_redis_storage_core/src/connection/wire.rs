@@ -42,6 +42,10 @@ pub trait Request: Answer {
 
 type Done = Box<dyn Answer>;
 
+/// The most a connection's buffers keep between uses; a large request or
+/// reply grows them beyond, for its time only.
+const KEPT_CAPACITY: usize = 1 << 20;
+
 /// What `push` queues: encodes itself, and becomes the answer.
 trait Queued {
     fn queue(self, out: &mut Vec<u8>) -> Done;
@@ -371,15 +375,19 @@ async fn write(shared: Arc<Shared>, mut stream: impl tokio::io::AsyncWrite + Unp
             shared.end(e.kind(), &e.to_string(), true);
             return;
         }
-        // Kept for its capacity: the next batch is swapped into it.
+        // Kept for its capacity (the next batch is swapped into it), unless
+        // a large request grew it: that is given back.
         batch.clear();
+        if batch.capacity() > KEPT_CAPACITY {
+            batch = Vec::new();
+        }
     }
 }
 
 /// Reads and parses replies and answers the callers; answers the late ones
 /// with a timeout.
 async fn read(shared: Arc<Shared>, mut stream: impl tokio::io::AsyncRead + Unpin) {
-    const ROOM: usize = 16 * 1024;
+    const ROOM: usize = 64 * 1024;
     let mut buf = BytesMut::with_capacity(4 * ROOM);
     let mut codec = ValueCodec::default();
     let mut replies = Vec::new();
@@ -402,6 +410,10 @@ async fn read(shared: Arc<Shared>, mut stream: impl tokio::io::AsyncRead + Unpin
             let reason = "a reply to no request: out of step with the server";
             shared.end(io::ErrorKind::InvalidData, reason, true);
             return;
+        }
+        if buf.is_empty() && buf.capacity() > KEPT_CAPACITY {
+            // A large reply grew it: given back.
+            buf = BytesMut::with_capacity(4 * ROOM);
         }
         if buf.capacity() - buf.len() < ROOM {
             buf.reserve(4 * ROOM);
