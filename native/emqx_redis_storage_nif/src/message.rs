@@ -60,7 +60,7 @@ fn message_get<'a>(
     }
     answered(env, client.admit("message_get"), reply_ref, |answer| {
         let id = client_id.as_slice();
-        message::send_get(&client, id, offset, limit, move |page| {
+        message::get(&client, id, offset, limit, move |page| {
             answer.answer(|| page.map(Page))
         })
     })

@@ -127,12 +127,20 @@ impl<F: FnOnce(Result<Value>) + Send + 'static> Answer for Pending<F> {
         } = *self;
         match conn.check(reply).and_then(Value::extract_error) {
             Ok(value) => done(Ok(value)),
-            // An error reply that no retry, failover or script load follows.
-            Err(e) if !matches!(e.code(), None | Some("LOADING" | "READONLY" | "NOSCRIPT")) => {
-                done(Err(e.into()))
+            Err(e) => {
+                // What a retry, a failover or loading the script follows;
+                // any other error reply is the answer.
+                let goes_on = match e.code() {
+                    None | Some("LOADING" | "READONLY") => true,
+                    Some("NOSCRIPT") => script.is_some(),
+                    Some(_) => false,
+                };
+                if goes_on {
+                    backend.go_on(cmd, script, Some(e), started, done)
+                } else {
+                    done(Err(e.into()))
+                }
             }
-            Err(e) if e.code() == Some("NOSCRIPT") && script.is_none() => done(Err(e.into())),
-            Err(e) => backend.go_on(cmd, script, Some(e), started, done),
         }
     }
 }
@@ -656,12 +664,21 @@ impl Backend {
     /// A script's call, `cmd` (its `EVALSHA`), loading the script first
     /// when Redis does not know it.
     async fn eval<T: FromRedisValue>(&self, script: &Lua, cmd: &Cmd) -> Result<T> {
+        self.reloading(script, || self.query(cmd)).await
+    }
+
+    /// `call` (a call of `script`), again after loading the script when
+    /// Redis answered NOSCRIPT: it restarted, failed over or flushed its
+    /// scripts (a script in a pipeline is not loaded on demand either).
+    /// Again if a Cluster's topology changed in between (the load went to
+    /// the masters it knew then), up to `MAX_RELOADS` loads.
+    async fn reloading<T, Fut>(&self, script: &Lua, call: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
         let mut reloads = 0;
         loop {
-            match self.query(cmd).await {
-                // Redis restarted, failed over or flushed its scripts: load,
-                // retry. Again if a Cluster's topology changed in between (the
-                // load went to the masters it knew then).
+            match call().await {
                 Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") && reloads < MAX_RELOADS => {
                     reloads += 1;
                     self.reload_script(script).await?;
@@ -687,17 +704,7 @@ impl Backend {
             .cmd("WAIT")
             .arg(wanted)
             .arg(self.config.wait_timeout.as_millis() as u64);
-        let mut reloads = 0;
-        let (value, acked): (T, u32) = loop {
-            match self.pipeline(&pipe).await {
-                // A script in a pipeline is not loaded on demand: load, retry.
-                Err(Error::Redis(msg)) if msg.starts_with("NOSCRIPT") && reloads < MAX_RELOADS => {
-                    reloads += 1;
-                    self.reload_script(script).await?;
-                }
-                other => break other?,
-            }
-        };
+        let (value, acked): (T, u32) = self.reloading(script, || self.pipeline(&pipe)).await?;
         if acked < wanted {
             return Err(Error::NotReplicated { acked, wanted });
         }
@@ -1059,17 +1066,18 @@ impl Client {
     }
 }
 
-/// `EVALSHA` of `script` with its keys and arguments, copied once.
 /// A reply as `T` (a reply of another shape is a corrupt reply, as from
 /// `query`).
 pub fn from_reply<T: FromRedisValue>(reply: Result<Value>) -> Result<T> {
     T::from_redis_value(reply?).map_err(|e| redis::RedisError::from(e).into())
 }
 
-fn refs(items: &[Vec<u8>]) -> Vec<&[u8]> {
+/// Owned keys or arguments as the slices `eval` and `write_eval` take.
+pub fn refs(items: &[Vec<u8>]) -> Vec<&[u8]> {
     items.iter().map(Vec::as_slice).collect()
 }
 
+/// `EVALSHA` of `script` with its keys and arguments, copied once.
 fn evalsha(script: &Lua, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
     let size = keys.iter().chain(args).map(|a| a.len()).sum::<usize>();
     let mut cmd = Cmd::with_capacity(2 + keys.len() + args.len(), 64 + size);

@@ -194,9 +194,7 @@ impl NodeConn {
         }
         result
     }
-}
 
-impl NodeConn {
     /// The connection itself.
     pub(super) fn wire(&self) -> &Wire {
         &self.conn

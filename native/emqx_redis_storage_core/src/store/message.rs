@@ -131,45 +131,24 @@ fn store_argv(max_len: u64, messages: Vec<NewMessage>) -> Vec<Vec<u8>> {
     argv
 }
 
-/// Up to `limit` live messages from rank `offset` on, oldest first.
-pub async fn get(
-    client: &Client,
-    client_id: &[u8],
-    offset: u64,
-    limit: u64,
-) -> Result<Vec<Queued>> {
-    let Some([first, last]) = page_ranks(offset, limit) else {
-        return Ok(Vec::new());
-    };
-    let q = QueueKeys::of(client, client_id);
-    let reply = client
-        .eval(&GET, &q.keys(), &[first.as_bytes(), last.as_bytes()])
-        .await;
-    page(reply)
-}
-
-/// `get`, answered by `done` on a runtime thread: without a task of its
-/// own (`Client::send_eval`). An empty page (`limit` 0) asks Redis nothing
-/// and is answered at once, on the caller's thread.
-pub fn send_get(
+/// Up to `limit` live messages from rank `offset` on, oldest first, to
+/// `done` on a runtime thread: without a task of its own
+/// (`Client::send_eval`). An empty page (`limit` 0) asks Redis nothing and
+/// is answered at once, on the caller's thread.
+pub fn get(
     client: &Client,
     client_id: &[u8],
     offset: u64,
     limit: u64,
     done: impl FnOnce(Result<Vec<Queued>>) + Send + 'static,
 ) {
-    let Some([first, last]) = page_ranks(offset, limit) else {
+    let Some(last) = last_rank(offset, limit) else {
         return done(Ok(Vec::new()));
     };
     let q = QueueKeys::of(client, client_id);
+    let (first, last) = (offset.to_string(), last.to_string());
     let args = [first.as_bytes(), last.as_bytes()];
     client.send_eval(&GET, &q.keys(), &args, move |reply| done(page(reply)));
-}
-
-/// The first and last rank of a page, as the script's arguments.
-fn page_ranks(offset: u64, limit: u64) -> Option<[String; 2]> {
-    let last = last_rank(offset, limit)?;
-    Some([offset.to_string(), last.to_string()])
 }
 
 /// The get script's reply: id, stored, id, stored...

@@ -28,7 +28,7 @@ use std::sync::LazyLock;
 use redis::Value;
 
 use crate::connection::scripts::Lua;
-use crate::connection::Client;
+use crate::connection::{refs, Client};
 use crate::error::{Error, Result};
 use crate::store::keys::ClientKeys;
 use crate::store::router::{self, Router};
@@ -106,10 +106,6 @@ fn membership(client: &Client) -> [Vec<u8>; 5] {
         k.reap_counts(),
         k.node_sequence(),
     ]
-}
-
-fn refs(keys: &[Vec<u8>]) -> Vec<&[u8]> {
-    keys.iter().map(Vec::as_slice).collect()
 }
 
 fn view_of(script: &str, reply: &[Value]) -> Result<(bool, View)> {

@@ -15,7 +15,7 @@ use redis::{Cmd, Value};
 use crate::connection::scripts::Lua;
 
 use crate::connection::slots::SLOTS;
-use crate::connection::{from_reply, Client};
+use crate::connection::{from_reply, refs, Client};
 use crate::error::{stored_int, Error, Result};
 use crate::store::keys::{client_slot, ClientKeys, Keys};
 
@@ -130,13 +130,7 @@ fn saved(reply: Result<Value>, node: Vec<u8>) -> Result<Saved> {
     }
 }
 
-/// The session's term; `None` if there is no session. A session hash with
-/// its times but without its term is corrupt.
-pub async fn load(client: &Client, client_id: &[u8]) -> Result<Option<Vec<u8>>> {
-    loaded(client.query(&load_cmd(client, client_id)).await)
-}
-
-/// The one command that reads a session (`load`); `loaded` reads its reply.
+/// The one command that reads a session; `loaded` reads its reply.
 pub fn load_cmd(client: &Client, client_id: &[u8]) -> Cmd {
     let mut cmd = redis::cmd("HMGET");
     cmd.arg(client.keys().session(client_id))
@@ -144,6 +138,8 @@ pub fn load_cmd(client: &Client, client_id: &[u8]) -> Cmd {
     cmd
 }
 
+/// The session's term; `None` if there is no session. A session hash with
+/// its times but without its term is corrupt.
 pub fn loaded(reply: Result<Value>) -> Result<Option<Vec<u8>>> {
     let (data, created_at): (Option<Vec<u8>>, Option<Vec<u8>>) =
         from_reply(reply).map_err(|e| e.of("session"))?;
@@ -159,7 +155,7 @@ pub async fn delete(client: &Client, client_id: &[u8]) -> Result<bool> {
     let mut script_keys = vec![keys.session(client_id), keys.session_index(slot)];
     script_keys.extend(counter_keys(client, &keys, slot));
     let deleted: i64 = client
-        .write_eval(&DELETE, &as_slices(&script_keys), &[client_id])
+        .write_eval(&DELETE, &refs(&script_keys), &[client_id])
         .await
         .map_err(|e| e.of("session_index"))?;
     Ok(deleted == 1)
@@ -325,7 +321,7 @@ async fn sweep(client: &Client, keys: &Keys, now: i64) -> Result<u64> {
         .chain((0..SLOTS).map(|slot| keys.session_count(slot)))
         .collect();
     client
-        .write_eval(&TOTAL, &as_slices(&total_keys), &[now.as_bytes()])
+        .write_eval(&TOTAL, &refs(&total_keys), &[now.as_bytes()])
         .await
         .map_err(|e| e.of("session_count"))
 }
@@ -372,7 +368,7 @@ async fn reap(client: &Client, client_id: &[u8]) -> Result<i64> {
     let mut script_keys = vec![keys.session_index(slot), keys.session(client_id)];
     script_keys.extend(counter_keys(client, &keys, slot));
     client
-        .write_eval(&REAP, &as_slices(&script_keys), &[client_id])
+        .write_eval(&REAP, &refs(&script_keys), &[client_id])
         .await
         .map_err(|e| e.of("session_index"))
 }
@@ -559,8 +555,4 @@ fn lease_outcome(script: &str, reply: Vec<Value>) -> Result<std::result::Result<
 
 pub(crate) fn unexpected(script: &str, reply: &impl std::fmt::Debug) -> Error {
     Error::Internal(format!("unexpected reply from {script}: {reply:?}"))
-}
-
-fn as_slices(keys: &[Vec<u8>]) -> Vec<&[u8]> {
-    keys.iter().map(Vec::as_slice).collect()
 }
