@@ -252,9 +252,15 @@ reconnects_grow_after_a_redis_restart(_Config) ->
         ?assertMatch(#{reconnects := 0, connections := 3, route_index_resyncs := 1}, Before),
         ok = redis_test_server:restart(Redis),
         ok = test_util:wait_until(fun() -> ?ST:q(Client, [<<"PING">>]) =:= {ok, <<"PONG">>} end, 5000),
-        %% 64 consecutive calls take one connection of the pool: these
-        %% reach both.
-        [{ok, <<"PONG">>} = ?ST:q(Client, [<<"PING">>]) || _ <- lists:seq(1, 2 * 64)],
+        %% a connection dials again on its next use; 64 consecutive calls
+        %% of a scheduler thread take one, so calls go on until both have
+        ok = test_util:wait_until(
+            fun() ->
+                [{ok, <<"PONG">>} = ?ST:q(Client, [<<"PING">>]) || _ <- lists:seq(1, 64)],
+                maps:get(reconnects, ?ST:metrics(Client)) >= 2
+            end,
+            10000
+        ),
         ok = test_util:wait_until(fun() -> ?R:index_ready(Client) end, 10000),
         After = ?ST:metrics(Client),
         ?assertMatch(#{reconnects := 2, connections := 3}, After),

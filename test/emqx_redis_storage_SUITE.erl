@@ -384,9 +384,17 @@ redis_restarted_calls_work_again(_Config) ->
         ok = redis_test_server:restart(Redis),
         %% the pool reconnects by itself; a call may fail while it does
         ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"PING">>]) =:= {ok, <<"PONG">>} end, 5000),
-        %% every connection of the pool (4, each taking 64 consecutive
-        %% calls) works again, not just one
-        [?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])) || _ <- lists:seq(1, 4 * 64 + 20)],
+        %% every connection of the pool (4; 64 consecutive calls of a
+        %% scheduler thread take one) dials again and answers, not just one
+        ok = test_util:wait_until(
+            fun() ->
+                [?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])) || _ <- lists:seq(1, 64)],
+                maps:get(reconnects, emqx_redis_storage:metrics()) >= 4
+            end,
+            10000
+        ),
+        ?assertMatch(#{reconnects := 4}, emqx_redis_storage:metrics()),
+        [?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])) || _ <- lists:seq(1, 4 * 64)],
         ?assertMatch(#{connected := true}, emqx_redis_storage:status())
     after
         redis_test_server:stop(Redis)
