@@ -27,6 +27,7 @@ all() ->
         many_concurrent_callers_get_their_own_replies,
         timed_out_replies_never_reach_the_mailbox,
         replies_stay_in_step_after_timeouts,
+        calls_behind_a_slow_call_are_answered,
         panic_in_a_task_is_answered
     ].
 
@@ -488,6 +489,31 @@ replies_stay_in_step_after_timeouts(_Config) ->
     after
         redis_test_server:stop(Redis)
     end.
+
+%% One connection: while a script keeps Redis busy for 300 ms, 100 callers
+%% queue their calls on the connection behind it (they leave when its reply
+%% comes); each gets its own answer.
+calls_behind_a_slow_call_are_answered(Config) ->
+    ok = emqx_redis_storage:start(#{
+        redis => #{servers => redis_test_server:address(?config(redis, Config)), pool_size => 1}
+    }),
+    Busy = <<"local s = redis.call('TIME') local t repeat t = redis.call('TIME') "
+             "until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 300000 return 'done'">>,
+    Parent = self(),
+    Started = erlang:monotonic_time(millisecond),
+    Slow = spawn_link(fun() -> Parent ! {slow, emqx_redis_storage:q([<<"EVAL">>, Busy, <<"0">>])} end),
+    timer:sleep(50),
+    Behind = in_parallel(100, fun(P) ->
+        Token = integer_to_binary(P),
+        {emqx_redis_storage:q([<<"ECHO">>, Token]) =:= {ok, Token}, erlang:monotonic_time(millisecond)}
+    end),
+    receive
+        {slow, Reply} -> ?assertEqual({ok, <<"done">>}, Reply)
+    after 10000 -> ct:fail({no_answer_from, Slow})
+    end,
+    ?assertEqual([true], lists:usort([Matched || {Matched, _} <- Behind])),
+    %% They were behind it: Redis answered none while the script ran.
+    ?assert(lists:min([At || {_, At} <- Behind]) >= Started + 300).
 
 %% Fun(P) for P in 1..N, each in its own process; the results in order.
 in_parallel(N, Fun) ->

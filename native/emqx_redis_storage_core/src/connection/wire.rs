@@ -96,6 +96,8 @@ struct Waiter {
 struct Queue {
     /// Requests encoded, not yet taken by the writer.
     out: Vec<u8>,
+    /// How many of the waiting requests are in `out` (the newest ones).
+    unsent: usize,
     /// Requests sent or to be sent, oldest first: replies come in this order.
     waiting: VecDeque<Waiter>,
     /// The connection has ended: nothing more is taken.
@@ -173,8 +175,15 @@ impl Wire {
         if waiting.ended {
             return Err(queue);
         }
-        let first = waiting.out.is_empty();
+        // Who sends this request: the writer was told when the buffer
+        // became non-empty; while a request that left waits for its reply,
+        // the reader tells the writer when that reply comes (`deliver`).
+        // Redis runs a connection's requests in order, so one sent now
+        // would wait there instead; meanwhile the buffer gathers the
+        // requests of other callers, and no thread is woken for them.
+        let wake = waiting.out.is_empty() && waiting.waiting.len() == waiting.unsent;
         let done = queue.queue(&mut waiting.out);
+        waiting.unsent += 1;
         waiting.waiting.push_back(Waiter {
             skip,
             left,
@@ -183,8 +192,7 @@ impl Wire {
             done: Some(done),
         });
         drop(waiting);
-        // The writer was told when the buffer became non-empty.
-        if first {
+        if wake {
             shared.write.notify_one();
         }
         Ok(())
@@ -276,6 +284,7 @@ impl Shared {
             }
             queue.ended = true;
             queue.out = Vec::new();
+            queue.unsent = 0;
             std::mem::take(&mut queue.waiting)
         };
         if log {
@@ -317,6 +326,10 @@ impl Shared {
                         ready.push((done, Value::Array(kept)));
                     }
                 }
+            }
+            // Requests queued while these were under way (`push`).
+            if !queue.out.is_empty() {
+                self.write.notify_one();
             }
         }
         for (done, reply) in ready.drain(..) {
@@ -363,6 +376,7 @@ async fn write(shared: Arc<Shared>, mut stream: impl tokio::io::AsyncWrite + Unp
                 return;
             }
             std::mem::swap(&mut queue.out, &mut batch);
+            queue.unsent = 0;
         }
         if batch.is_empty() {
             continue;
