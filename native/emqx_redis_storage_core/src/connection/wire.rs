@@ -327,13 +327,15 @@ impl Shared {
                     }
                 }
             }
-            // Requests queued while these were under way (`push`).
-            if !queue.out.is_empty() {
-                self.write.notify_one();
-            }
         }
         for (done, reply) in ready.drain(..) {
             answer(done, Ok(reply));
+        }
+        // Requests queued while these were under way (`push`), and those
+        // the answers queued (a group commit's next group): they leave
+        // together.
+        if !self.lock().out.is_empty() {
+            self.write.notify_one();
         }
         true
     }
