@@ -28,6 +28,7 @@ all() ->
         timed_out_replies_never_reach_the_mailbox,
         replies_stay_in_step_after_timeouts,
         calls_behind_a_slow_call_are_answered,
+        calls_queued_behind_a_lost_connection_are_not_done,
         panic_in_a_task_is_answered
     ].
 
@@ -514,6 +515,48 @@ calls_behind_a_slow_call_are_answered(Config) ->
     ?assertEqual([true], lists:usort([Matched || {Matched, _} <- Behind])),
     %% They were behind it: Redis answered none while the script ran.
     ?assert(lists:min([At || {_, At} <- Behind]) >= Started + 300).
+
+%% Redis dies while a script runs: that call's outcome is unknown
+%% (`connection_lost'); the calls queued behind it on the connection never
+%% left, so they are not done (`connection': Redis is unreachable when they
+%% are sent again).
+calls_queued_behind_a_lost_connection_are_not_done(_Config) ->
+    Redis = redis_test_server:start(),
+    try
+        {ok, Client} = emqx_redis_storage:connect(#{
+            redis => #{
+                servers => redis_test_server:address(Redis),
+                pool_size => 1,
+                command_timeout => 5000,
+                connect_timeout => 300
+            }
+        }),
+        {ok, <<"PONG">>} = emqx_redis_storage:q(Client, [<<"PING">>]),
+        Busy = <<"local s = redis.call('TIME') local t repeat t = redis.call('TIME') "
+                 "until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 2000000 return 'done'">>,
+        Parent = self(),
+        _ = spawn_link(fun() -> Parent ! {slow, emqx_redis_storage:q(Client, [<<"EVAL">>, Busy, <<"0">>])} end),
+        timer:sleep(100),
+        Keys = [<<"behind-", (integer_to_binary(P))/binary>> || P <- lists:seq(1, 20)],
+        Pids = [spawn_link(fun() -> Parent ! {self(), emqx_redis_storage:q(Client, [<<"SET">>, Key, <<"x">>])} end) || Key <- Keys],
+        timer:sleep(200),
+        redis_test_server:kill(Redis),
+        receive
+            {slow, Slow} -> ?assertMatch({error, {connection_lost, _}}, Slow)
+        after 10000 -> ct:fail(no_answer_to_the_script)
+        end,
+        Behind = [
+            receive
+                {Pid, Result} -> Result
+            after 10000 -> ct:fail({no_answer_from, Pid})
+            end
+         || Pid <- Pids
+        ],
+        ?assertEqual([connection], lists:usort([Kind || {error, {Kind, _}} <- Behind])),
+        ?assertEqual(length(Pids), length([E || {error, _} = E <- Behind]))
+    after
+        redis_test_server:stop(Redis)
+    end.
 
 %% Fun(P) for P in 1..N, each in its own process; the results in order.
 in_parallel(N, Fun) ->

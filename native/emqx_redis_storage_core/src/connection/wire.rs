@@ -275,17 +275,18 @@ impl Shared {
     }
 
     /// Ends the connection: every request waiting is answered with the
-    /// error (`log`: the end is logged as a lost connection).
+    /// error, but those still in the write buffer, which provably never
+    /// left, as not sent (`log`: the end is logged as a lost connection).
     fn end(&self, kind: io::ErrorKind, reason: &str, log: bool) {
-        let waiting = {
+        let (waiting, sent) = {
             let mut queue = self.lock();
             if queue.ended {
                 return;
             }
             queue.ended = true;
             queue.out = Vec::new();
-            queue.unsent = 0;
-            std::mem::take(&mut queue.waiting)
+            let sent = queue.waiting.len() - std::mem::take(&mut queue.unsent);
+            (std::mem::take(&mut queue.waiting), sent)
         };
         if log {
             self.alive.lost(&reason);
@@ -294,9 +295,14 @@ impl Shared {
         }
         self.write.notify_one();
         self.stop.notify_one();
-        for waiter in waiting {
+        for (i, waiter) in waiting.into_iter().enumerate() {
             if let Some(done) = waiter.done {
-                answer(done, Err(io_error(kind, reason)));
+                let error = if i < sent {
+                    io_error(kind, reason)
+                } else {
+                    not_sent()
+                };
+                answer(done, Err(error));
             }
         }
     }
