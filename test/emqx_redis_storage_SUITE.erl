@@ -498,8 +498,7 @@ calls_behind_a_slow_call_are_answered(Config) ->
     ok = emqx_redis_storage:start(#{
         redis => #{servers => redis_test_server:address(?config(redis, Config)), pool_size => 1}
     }),
-    Busy = <<"local s = redis.call('TIME') local t repeat t = redis.call('TIME') "
-             "until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 300000 return 'done'">>,
+    Busy = busy_script(300000),
     Parent = self(),
     Started = erlang:monotonic_time(millisecond),
     Slow = spawn_link(fun() -> Parent ! {slow, emqx_redis_storage:q([<<"EVAL">>, Busy, <<"0">>])} end),
@@ -532,8 +531,7 @@ calls_queued_behind_a_lost_connection_are_not_done(_Config) ->
             }
         }),
         {ok, <<"PONG">>} = emqx_redis_storage:q(Client, [<<"PING">>]),
-        Busy = <<"local s = redis.call('TIME') local t repeat t = redis.call('TIME') "
-                 "until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 2000000 return 'done'">>,
+        Busy = busy_script(2000000),
         Parent = self(),
         _ = spawn_link(fun() -> Parent ! {slow, emqx_redis_storage:q(Client, [<<"EVAL">>, Busy, <<"0">>])} end),
         timer:sleep(100),
@@ -557,6 +555,12 @@ calls_queued_behind_a_lost_connection_are_not_done(_Config) ->
     after
         redis_test_server:stop(Redis)
     end.
+
+%% A script that keeps Redis busy for `Micros' and returns `done'.
+busy_script(Micros) ->
+    <<"local s = redis.call('TIME') local t repeat t = redis.call('TIME') "
+      "until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > ", (integer_to_binary(Micros))/binary,
+      " return 'done'">>.
 
 %% Fun(P) for P in 1..N, each in its own process; the results in order.
 in_parallel(N, Fun) ->

@@ -175,13 +175,14 @@ impl Wire {
         if waiting.ended {
             return Err(queue);
         }
-        // Who sends this request: the writer was told when the buffer
-        // became non-empty; while a request that left waits for its reply,
-        // the reader tells the writer when that reply comes (`deliver`).
-        // Redis runs a connection's requests in order, so one sent now
-        // would wait there instead; meanwhile the buffer gathers the
-        // requests of other callers, and no thread is woken for them.
-        let wake = waiting.out.is_empty() && waiting.waiting.len() == waiting.unsent;
+        // Who sends this request: the caller wakes the writer only when
+        // nothing is under way. Otherwise the writer was told already (a
+        // request waits in the buffer), or the reader tells it when the
+        // reply to a request that left comes (`deliver`): Redis runs a
+        // connection's requests in order, so one sent now would wait there
+        // instead; meanwhile the buffer gathers the requests of other
+        // callers, and no thread is woken for them.
+        let wake = waiting.waiting.is_empty();
         let done = queue.queue(&mut waiting.out);
         waiting.unsent += 1;
         waiting.waiting.push_back(Waiter {
