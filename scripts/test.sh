@@ -37,6 +37,17 @@ ct_passed=$(grep -Eo 'All [0-9]+ tests passed|Passed [0-9]+ tests' "$log" | grep
 ct_failed=$(grep -Eo 'Failed [0-9]+ tests' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
 
 echo
+# The failed Common Test cases by name, with the first lines of why: the
+# end of the output is what a CI log shows.
+if [ -d _build/test/logs ]; then
+    run=$(ls -td _build/test/logs/ct_run.* 2>/dev/null | head -1)
+    for suite_log in "$run"/*/run.*/suite.log; do
+        [ -f "$suite_log" ] || continue
+        awk '/^=case/ { c = $2 } /^=/ { n = 0 }
+             /^=result +failed/ { print "failed case: " c; print "    " $0; n = 8; next }
+             n > 0 { print "    " $0; n-- }' "$suite_log" | cut -c1-300
+    done
+fi
 if [ ${#failed_steps[@]} -gt 0 ]; then
     printf 'failed step: %s\n' "${failed_steps[@]}"
 fi
