@@ -11,24 +11,30 @@
 local queue, expiry, meta, bodies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms()
 
--- Calls fn(...) with the items in slices: unpack is bounded by Lua's C stack.
-local function in_slices(items, fn)
-    for i = 1, #items, 1000 do
-        fn(unpack(items, i, math.min(i + 999, #items)))
+-- `cmd key item...` for all items, in slices of 1000 (unpack is bounded by
+-- Lua's C stack), each a checked read (the first write of a script is
+-- checked too: a key of the wrong type fails it before anything changed).
+-- Returns the replies of a single slice as they are, or of several as one
+-- list (ZMSCORE, HMGET); for integer replies (HSET, ZADD, ZREM), their sum.
+-- No items: no command, an empty list.
+local function each(cmd, key, items)
+    if #items == 0 then
+        return {}
+    elseif #items <= 1000 then
+        return read('queue', cmd, key, unpack(items))
     end
-end
-
--- The replies of `cmd key item` for each item (ZMSCORE, HMGET), checked
--- reads in slices, as one list.
-local function read_each(cmd, key, items)
-    local replies = {}
+    local replies, sum = {}, 0
     for i = 1, #items, 1000 do
-        local slice = read('queue', cmd, key, unpack(items, i, math.min(i + 999, #items)))
-        for j = 1, #slice do
-            replies[i + j - 1] = slice[j]
+        local reply = read('queue', cmd, key, unpack(items, i, math.min(i + 999, #items)))
+        if type(reply) == 'number' then
+            sum = sum + reply
+        else
+            for j = 1, #reply do
+                replies[i + j - 1] = reply[j]
+            end
         end
     end
-    return replies
+    return #replies > 0 and replies or sum
 end
 
 -- The ids whose expiry has passed, as a list and as a set.
@@ -93,12 +99,12 @@ end
 -- (read() names it) before anything changed. Returns how many ids left the
 -- queue.
 local function remove(ids)
-    local removed = 0
-    in_slices(ids, function(...) read('queue', 'HDEL', bodies, ...) end)
-    in_slices(ids, function(...)
-        removed = removed + redis.call('ZREM', queue, ...)
-        redis.call('ZREM', expiry, ...)
-    end)
+    if #ids == 0 then
+        return 0
+    end
+    each('HDEL', bodies, ids)
+    local removed = each('ZREM', queue, ids)
+    each('ZREM', expiry, ids)
     return removed
 end
 
