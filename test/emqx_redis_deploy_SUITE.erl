@@ -172,6 +172,9 @@ writer(Parent, Stop, W, I, Acked) ->
 master_killed_replica_promoted_nothing_lost(Config) ->
     Nodes = ?config(nodes, Config),
     ok = emqx_redis_storage:stop(),
+    %% the master frozen in the case before rejoins as a replica and
+    %% resynchronises first: until then WAIT would rightly say not_replicated
+    ok = test_util:wait_until(fun() -> replicas_in_sync(Nodes) end, 30000),
     ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{wait_replicas => 1, wait_timeout => 2000}})),
     Ids = [<<"durable-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
     [ok = emqx_redis_session:save_session(Id, {kept, Id}) || Id <- Ids],
@@ -240,6 +243,13 @@ master_frozen_replica_promoted(Config) ->
         ok = logger:remove_handler(test_util),
         redis_test_server:resume(Victim)
     end.
+
+%% Every master has its replica and every replica's link is up.
+replicas_in_sync(Nodes) ->
+    Masters = masters(Nodes),
+    Replicas = Nodes -- Masters,
+    length(Masters) =:= length(Replicas) andalso lists:all(fun has_replica/1, Masters) andalso
+        lists:all(fun(R) -> string:find(redis_test_server:cmd(R, ["INFO", "replication"]), "master_link_status:up") =/= nomatch end, Replicas).
 
 has_replica(Node) ->
     string:find(redis_test_server:cmd(Node, ["INFO", "replication"]), "connected_slaves:1") =/= nomatch.
