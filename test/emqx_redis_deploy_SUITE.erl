@@ -212,6 +212,7 @@ master_killed_replica_promoted_nothing_lost(Config) ->
 %% time out instead of failing, until the client learns the new topology.
 master_frozen_replica_promoted(Config) ->
     Nodes = ?config(nodes, Config),
+    ok = test_util:wait_until(fun() -> replicas_in_sync(Nodes) end, 30000),
     ok = emqx_redis_storage:stop(),
     ok = emqx_redis_storage:start(cluster_config(Nodes, #{redis => #{wait_replicas => 1, wait_timeout => 2000}})),
     Ids = [<<"frozen-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
