@@ -250,7 +250,7 @@ replicas_in_sync(Nodes) ->
     Masters = masters(Nodes),
     Replicas = Nodes -- Masters,
     length(Masters) =:= length(Replicas) andalso lists:all(fun has_replica/1, Masters) andalso
-        lists:all(fun(R) -> string:find(redis_test_server:cmd(R, ["INFO", "replication"]), "master_link_status:up") =/= nomatch end, Replicas).
+        lists:all(fun redis_test_server:replica_in_sync/1, Replicas).
 
 has_replica(Node) ->
     string:find(redis_test_server:cmd(Node, ["INFO", "replication"]), "connected_slaves:1") =/= nomatch.
@@ -333,7 +333,7 @@ sentinels_and_master_with_passwords(_Config) ->
     end.
 
 replica_in_sync(#{replica := Replica}) ->
-    string:find(redis_test_server:cmd(Replica, ["INFO", "replication"]), "master_link_status:up") =/= nomatch.
+    redis_test_server:replica_in_sync(Replica).
 
 %%--------------------------------------------------------------------
 %% TLS

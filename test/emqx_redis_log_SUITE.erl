@@ -167,7 +167,7 @@ killed_and_restarted(Redis, Address, ClientConfig) ->
 sentinel_failover_followed(_Config) ->
     #{master := Master, replica := Replica} = Sentinel = redis_test_server:start_sentinel(#{}),
     try
-        ok = test_util:wait_until(fun() -> replica_in_sync(Replica) end, 20000),
+        ok = test_util:wait_until(fun() -> redis_test_server:replica_in_sync(Replica) end, 20000),
         {ok, Client} = emqx_redis_storage:connect(#{
             redis => #{
                 redis_type => sentinel,
@@ -197,9 +197,6 @@ sentinel_failover_followed(_Config) ->
     after
         redis_test_server:stop_sentinel(Sentinel)
     end.
-
-replica_in_sync(Replica) ->
-    string:find(redis_test_server:cmd(Replica, ["INFO", "replication"]), "master_link_status:up") =/= nomatch.
 
 %% The route-events subscription dropped by Redis, then an event that
 %% reveals a gap: each makes the local index load every route again.

@@ -4,7 +4,7 @@
 -module(redis_test_server).
 
 -export([start/0, start/1, stop/1, kill/1, pause/1, resume/1, restart/1]).
--export([port/1, address/1, socket/1, dir/1, cmd/2, tmp_root/0]).
+-export([port/1, address/1, socket/1, dir/1, cmd/2, tmp_root/0, replica_in_sync/1]).
 -export([certs/0, start_cluster/1, stop_cluster/1, start_sentinel/1, stop_sentinel/1]).
 
 -type server() :: #{
@@ -216,6 +216,11 @@ dir(#{dir := Dir}) -> Dir.
 -spec cmd(server(), [string()]) -> string().
 cmd(Server, Args) ->
     string:trim(os:cmd(lists:flatten([cli(Server), [[" '", A, "'"] || A <- Args], " 2>&1"]))).
+
+%% @doc Whether the server is a replica whose link to its master is up.
+-spec replica_in_sync(server()) -> boolean().
+replica_in_sync(Server) ->
+    string:find(cmd(Server, ["INFO", "replication"]), "master_link_status:up") =/= nomatch.
 
 cli(#{port := Port} = Server) ->
     ["redis-cli -h 127.0.0.1 -p ", integer_to_list(Port), cli_tls(maps:get(tls, Server, undefined))].
