@@ -1242,8 +1242,14 @@ markdown(Ctx, Run) ->
         "# emqx_redis_storage benchmark\n\n",
         io_lib:format(
             "Run ~s, ~b s in all. Machine: ~b cores (~s), ~s RAM. "
-            "Load average (1/5/15 min) before: ~s, after: ~s.\n\n",
-            [Started, round(Wall), erlang:system_info(logical_processors_available), cpu_model(), mem_total(), L0, L1]
+            "Load average (1/5/15 min) before: ~s, after: ~s.~s\n\n",
+            [
+                Started, round(Wall), erlang:system_info(logical_processors), cpu_model(), mem_total(), L0, L1,
+                case os:getenv("BENCH_PINNED") of
+                    false -> " Redis and the VM share the cores.";
+                    Pinned -> [" ", Pinned, "."]
+                end
+            ]
         ),
         io_lib:format(
             "Each case: ~s s measured after ~s s of warm-up, at ~s processes, each in a closed loop. "

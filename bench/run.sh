@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 usage() {
     cat <<'EOF'
 usage: bench/run.sh [--duration S] [--warmup S] [--concurrency N,N,..] [--filters N,N,..]
-                    [--pool-size N] [--only OP,..] [--out DIR]
+                    [--pool-size N] [--only OP,..] [--out DIR] [--pin]
 
   --duration S        measured seconds per case (BENCH_DURATION, default 3)
   --warmup S          warm-up seconds before each case (BENCH_WARMUP, default 0.5)
@@ -26,6 +26,10 @@ usage: bench/run.sh [--duration S] [--warmup S] [--concurrency N,N,..] [--filter
   --only LIST         run only the ops whose names start with one of these
                       (BENCH_ONLY), e.g. save_session,match_local_100k
   --out DIR           where the results go (BENCH_OUT, default bench/results)
+  --pin               redis-server on the last CPU, the Erlang VM (and
+                      redis-benchmark) on the others (BENCH_PIN=1; needs 2
+                      CPUs or more): Redis as on a host of its own, not
+                      taking the VM's cores nor preempting its threads
 
 Extra flags for the Erlang VM: BENCH_ERL_FLAGS (e.g. "+sbwt none").
 BENCH_SIDE_BY_SIDE: a file of `op,ops_per_s' lines, the earlier design's
@@ -46,6 +50,7 @@ while [ $# -gt 0 ]; do
         --pool-size) BENCH_POOL_SIZE=$2; shift 2 ;;
         --only) BENCH_ONLY=$2; shift 2 ;;
         --out) BENCH_OUT=$2; shift 2 ;;
+        --pin) BENCH_PIN=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -53,6 +58,19 @@ done
 export BENCH_DURATION=${BENCH_DURATION:-3} BENCH_WARMUP=${BENCH_WARMUP:-0.5}
 export BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-1,64,256} BENCH_FILTERS=${BENCH_FILTERS:-1000,10000,100000}
 export BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-4} BENCH_ONLY=${BENCH_ONLY:-} BENCH_OUT=${BENCH_OUT:-bench/results}
+
+redis_pin=()
+vm_pin=()
+if [ "${BENCH_PIN:-0}" = 1 ]; then
+    last=$(($(nproc) - 1))
+    [ "$last" -ge 1 ] || { echo "bench: --pin needs 2 CPUs or more" >&2; exit 2; }
+    command -v taskset >/dev/null || { echo "bench: --pin needs taskset (util-linux)" >&2; exit 1; }
+    vm_cpus=0
+    [ "$last" -eq 1 ] || vm_cpus=0-$((last - 1))
+    redis_pin=(taskset -c "$last")
+    vm_pin=(taskset -c "$vm_cpus")
+    export BENCH_PINNED="Redis on CPU $last, the VM and redis-benchmark on CPU $vm_cpus (--pin)"
+fi
 
 for tool in erl erlc redis-server redis-cli redis-benchmark timeout; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (make deps installs it)" >&2; exit 1; }
@@ -87,7 +105,7 @@ erlc -o "$bench_ebin" bench/emqx_redis_bench.erl test/loopback_port.erl test/lim
 # may be taken by an outgoing connection. Another one if it is taken anyway.
 for attempt in $(seq 1 20); do
     port=$(erl -noshell -pa "$bench_ebin" -eval 'io:format("~b", [loopback_port:free()]), halt().')
-    redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
+    "${redis_pin[@]}" redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
         --unixsocket "$tmp/redis.sock" --unixsocketperm 700 \
         --dir "$tmp" --logfile "$tmp/redis.log" --daemonize no &
     redis_pid=$!
@@ -113,7 +131,7 @@ echo "bench: redis-server pid $redis_pid on 127.0.0.1:$port ($tmp)" >&2
 # In the background: bash runs a trap (Ctrl-C, SIGTERM) during `wait`, but
 # only after a foreground command has finished.
 BENCH_REDIS_PORT=$port BENCH_REDIS_SOCKET=$tmp/redis.sock BENCH_REDIS_PID=$redis_pid \
-    erl -noshell ${BENCH_ERL_FLAGS:-} -pa "$app_ebin" -pa "$bench_ebin" -eval 'emqx_redis_bench:main()' &
+    "${vm_pin[@]}" erl -noshell ${BENCH_ERL_FLAGS:-} -pa "$app_ebin" -pa "$bench_ebin" -eval 'emqx_redis_bench:main()' &
 erl_pid=$!
 status=0
 wait "$erl_pid" || status=$?
