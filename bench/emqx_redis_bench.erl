@@ -873,7 +873,7 @@ run_case(#{sysmon := Sysmon, warmup_ms := Warmup, duration_ms := Duration} = Ctx
     Done = collect(Op, Workers, done),
     Cpu1 = cpu_sample(Ctx),
     {Commits, Grouped} = diff(groups(), Groups0),
-    ExecUs = redis_exec_us(),
+    {ExecUs, CmdsUs} = redis_exec_us(),
     Sysmon ! {label, idle},
     LastEnd = lists:max([From | [E || {_, E, _, _} <- Done]]),
     Errors = lists:sum([N || {_, _, N, _} <- Done]),
@@ -898,6 +898,7 @@ run_case(#{sysmon := Sysmon, warmup_ms := Warmup, duration_ms := Duration} = Ctx
             vm_us => PerItem(VmCpu / 100 * Elapsed * 1.0e6),
             redis_us => PerItem(RedisCpu / 100 * Elapsed * 1.0e6),
             redis_exec_us => PerItem(ExecUs),
+            redis_cmds_us => PerItem(CmdsUs),
             %% Calls per script call that carried a group (group commit).
             per_group => case Commits of 0 -> undefined; _ -> Grouped / Commits end,
             notes => [lists:sublist(lists:flatten(io_lib:format("first error: ~0p", [E])), 300) || {_, _, _, E} <- lists:sublist([D || {_, _, N, _} = D <- Done, N > 0], 1)]
@@ -1040,7 +1041,7 @@ redis_benchmark(Ctx, Port, Clients, Pipeline, Requests) ->
     Cpu0 = cpu_sample(Ctx),
     Out = os:cmd(lists:flatten(Cmd)),
     Cpu1 = cpu_sample(Ctx),
-    ExecUs = redis_exec_us(),
+    {ExecUs, _} = redis_exec_us(),
     Seconds = (element(1, Cpu1) - element(1, Cpu0)) / 1.0e9,
     %% "other" includes redis-benchmark itself.
     Cpu = cpu_usage(Ctx, Cpu0, Cpu1),
@@ -1116,9 +1117,11 @@ info_field(Section, Field) ->
     Value.
 
 %% Microseconds Redis spent executing commands since CONFIG RESETSTAT
-%% (INFO commandstats: execution only, no network I/O). The commands that
-%% a script calls are counted both on their own and in the script's time,
-%% so when scripts ran, only the scripts count.
+%% (INFO commandstats: execution only, no network I/O), and the part of it
+%% in the commands themselves. The commands that a script calls are counted
+%% both on their own and in the script's time, so when scripts ran, only the
+%% scripts count in the first, and the rest (the script's own Lua, and what
+%% each redis.call costs beyond its command) is the first less the second.
 redis_exec_us() ->
     {ok, Info} = emqx_redis_storage:q([<<"INFO">>, <<"commandstats">>]),
     Stats =
@@ -1126,9 +1129,11 @@ redis_exec_us() ->
             {match, Matches} -> [{Cmd, binary_to_integer(Us)} || [Cmd, Us] <- Matches];
             nomatch -> []
         end,
-    case [Us || {Cmd, Us} <- Stats, lists:member(Cmd, [<<"eval">>, <<"evalsha">>, <<"eval_ro">>, <<"evalsha_ro">>])] of
-        [] -> lists:sum([Us || {_, Us} <- Stats]);
-        Scripts -> lists:sum(Scripts)
+    IsScript = fun(Cmd) -> lists:member(Cmd, [<<"eval">>, <<"evalsha">>, <<"eval_ro">>, <<"evalsha_ro">>]) end,
+    Commands = lists:sum([Us || {Cmd, Us} <- Stats, not IsScript(Cmd)]),
+    case [Us || {Cmd, Us} <- Stats, IsScript(Cmd)] of
+        [] -> {Commands, Commands};
+        Scripts -> {lists:sum(Scripts), Commands}
     end.
 
 %%--------------------------------------------------------------------
@@ -1268,12 +1273,13 @@ markdown(Ctx, Run) ->
         "\"other\" being every other process on the machine. µs/op: CPU time per op (per message for "
         "batch ops) of the VM and of Redis (at 1 process mostly threads spinning or waking up between "
         "calls); \"exec\": the part of it Redis spent executing commands "
-        "(INFO commandstats, no network I/O). calls/group: the calls a script call carried when it "
+        "(INFO commandstats, no network I/O); \"cmds\": the part of exec in the commands themselves "
+        "(for a script, the rest is its own Lua and what each redis.call costs beyond its command). calls/group: the calls a script call carried when it "
         "carried several (group commit). long sched: long_schedule events > 1 ms "
         "during the case.\n\n",
         table(
             ["op", "procs", "ops/s", "msg/s", "p50 µs", "p99 µs", "ceiling", "ratio", "VM CPU", "Redis CPU",
-             "other CPU", "VM µs/op", "Redis µs/op", "exec µs/op", "calls/group", "long sched", "errors"],
+             "other CPU", "VM µs/op", "Redis µs/op", "exec µs/op", "cmds µs/op", "calls/group", "long sched", "errors"],
             [row_md(R, Run) || R <- Rows]
         ),
         notes_md(Rows),
@@ -1317,6 +1323,7 @@ row_md(#{op := Op, procs := P, items := Items, ops := Ops, items_s := ItemsS, p5
         fmt_us(P50), fmt_us(P99), atom_to_list(Ceiling), io_lib:format("~.2f", [Ratio]),
         fmt_pct(Vm), fmt_pct(Redis), fmt_pct(Other),
         fmt_us(maps:get(vm_us, Row)), fmt_us(maps:get(redis_us, Row)), fmt_us(maps:get(redis_exec_us, Row)),
+        fmt_us(maps:get(redis_cmds_us, Row)),
         case maps:get(per_group, Row) of undefined -> ""; G -> io_lib:format("~.1f", [G]) end,
         integer_to_list(length([E || {{O, N}, _, _} = E <- Events, O =:= Op, N =:= P])),
         integer_to_list(Errors) ++ case maps:get(notes, Row) of [] -> ""; _ -> " *" end
@@ -1515,8 +1522,8 @@ targets_md(#{rows := Rows, events := Events}) ->
     Verdict = fun(true) -> "met"; (false) -> "**missed**" end,
     %% The write path's targets, at 64 processes; what bounds each: the CPU
     %% per op (per message for batch ops) of the VM and of Redis.
-    Bound = fun(#{vm_us := Vm, redis_us := Redis, redis_exec_us := Exec}) ->
-        io_lib:format("VM ~s µs, Redis ~s µs (exec ~s)", [fmt_us(Vm), fmt_us(Redis), fmt_us(Exec)])
+    Bound = fun(#{vm_us := Vm, redis_us := Redis, redis_exec_us := Exec, redis_cmds_us := Cmds}) ->
+        io_lib:format("VM ~s µs, Redis ~s µs (exec ~s, in commands ~s)", [fmt_us(Vm), fmt_us(Redis), fmt_us(Exec), fmt_us(Cmds)])
     end,
     Write = [
         [io_lib:format("~p >= ~s~s at 64 procs", [Op, fmt_int(Goal), Unit]),
@@ -1653,12 +1660,12 @@ csv(#{rows := Rows, ceilings := C, events := Events}) ->
     Header = Line([
         "kind", "op", "procs", "items_per_call", "calls", "elapsed_s", "ops_per_s", "items_per_s", "p50_us",
         "p99_us", "max_us", "ceiling", "ratio", "vm_cpu_pct", "redis_cpu_pct", "other_cpu_pct",
-        "vm_us_per_item", "redis_us_per_item", "redis_exec_us_per_item", "long_schedule", "errors"
+        "vm_us_per_item", "redis_us_per_item", "redis_exec_us_per_item", "redis_cmds_us_per_item", "long_schedule", "errors"
     ]),
     %% redis-benchmark: procs are its clients; ops_per_s counts each SET, pipelined or not.
     Ceilings = [
         Line(["ceiling", atom_to_list(Name), Num(Cl), "1", Num(N), "", Num(Rps), Num(Rps), Num(P50), Num(P99), "",
-              "", "", "", Num(Cpu), Num(Other), "", "", "", "", ""])
+              "", "", "", Num(Cpu), Num(Other), "", "", "", "", "", ""])
      || {Name, _, _, _} <- ceiling_specs(),
         #{clients := Cl, requests := N, rps := Rps, p50_us := P50, p99_us := P99, redis_cpu := Cpu,
           other_cpu := Other} <- [maps:get(Name, C)]
@@ -1666,11 +1673,11 @@ csv(#{rows := Rows, ceilings := C, events := Events}) ->
     Cases = [
         Line(["case", atom_to_list(Op), Num(P), Num(I), Num(Calls), Num(E), Num(Ops), Num(IS), Num(P50), Num(P99),
               Num(Max), atom_to_list(Ceil), Num(Ratio), Num(Vm), Num(Redis), Num(Other), Num(VmUs),
-              Num(RedisUs), Num(ExecUs), Num(length([x || {{O, N}, _, _} <- Events, O =:= Op, N =:= P])), Num(Errors)])
+              Num(RedisUs), Num(ExecUs), Num(CmdsUs), Num(length([x || {{O, N}, _, _} <- Events, O =:= Op, N =:= P])), Num(Errors)])
      || #{op := Op, procs := P, items := I, calls := Calls, elapsed_s := E, ops := Ops, items_s := IS,
           p50_us := P50, p99_us := P99, max_us := Max, ceiling := Ceil, ratio := Ratio, vm_cpu := Vm,
           redis_cpu := Redis, other_cpu := Other, vm_us := VmUs, redis_us := RedisUs, redis_exec_us := ExecUs,
-          errors := Errors} <- Rows
+          redis_cmds_us := CmdsUs, errors := Errors} <- Rows
     ],
     [Header, Ceilings, Cases].
 
