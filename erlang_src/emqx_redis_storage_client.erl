@@ -119,14 +119,10 @@ tls(#{cacertfile := Ca, certfile := Cert, keyfile := Key, verify := Verify, serv
 public_info(#{redis_type := Mode, servers := Servers, database := Db, pool_size := Pool}) ->
     #{
         mode => Mode,
-        servers => [address(Server) || Server <- Servers],
+        servers => [emqx_redis_storage_url:address(Server) || Server <- Servers],
         database => Db,
         pool_size => Pool
     }.
-
-%% `host:port', or a unix socket's path.
-address({Socket, 0}) -> Socket;
-address({Host, Port}) -> iolist_to_binary([Host, $:, integer_to_binary(Port)]).
 
 %% @doc `ok' for a client made by `connect/2'; the API functions that take a
 %% client check it first, so a wrong one is a plain error.

@@ -444,20 +444,14 @@ parse_server(Path, ?NONE) ->
 parse_server(_Path, <<"/", _/binary>> = Socket) ->
     {Socket, 0};
 parse_server(Path, Entry) ->
-    {Host, PortText} =
-        case binary:split(string:trim(Entry), <<":">>, [global]) of
-            [H] -> {H, <<"6379">>};
-            [H, P] -> {H, P};
-            _ -> invalid(Path, servers_expected())
-        end,
-    case {Host, catch binary_to_integer(PortText)} of
-        {<<>>, _} -> invalid(Path, servers_expected());
-        {_, Port} when is_integer(Port), Port > 0, Port < 65536 -> {Host, Port};
-        _ -> invalid(Path, servers_expected())
+    case emqx_redis_storage_url:host_port(string:trim(Entry), <<"6379">>) of
+        {ok, HostPort} -> HostPort;
+        error -> invalid(Path, servers_expected())
     end.
 
 servers_expected() ->
-    <<"\"host[:port]\" or \"host[:port],host[:port],...\" with ports 1..65535, or a unix socket's absolute path">>.
+    <<"\"host[:port]\" or \"host[:port],host[:port],...\" with ports 1..65535 (an IPv6 address in brackets: "
+      "\"[::1]:6379\"), or a unix socket's absolute path">>.
 
 text_or_none(Bin) when is_binary(Bin) ->
     Bin;

@@ -10,13 +10,15 @@
 %% rediss+sentinel://..., rediss+cluster://...           the same over TLS
 %% unix://[user[:password]@]/path/redis.sock[?db=N]      a local unix socket
 %% '''
+%% A host is a name, an IPv4 address or an IPv6 address in brackets
+%% (`redis://[::1]:6379'); `servers' takes hosts the same way (host_port/2).
 %% The user and password are the data nodes' (a Sentinel's own are
 %% `sentinel_username'/`sentinel_password'); characters such as `@', `:',
 %% `/', `,' in them are percent-encoded. An error says what is wrong and never
 %% repeats the URL, which may hold the password.
 -module(emqx_redis_storage_url).
 
--export([parse/1]).
+-export([parse/1, host_port/2, address/1]).
 
 -type fields() :: #{atom() => term()}.
 
@@ -129,16 +131,56 @@ servers(Type, Hosts) ->
     [server(E, DefaultPort) || E <- Entries].
 
 server(Entry, DefaultPort) ->
-    {Host, Port} =
-        case binary:split(Entry, <<":">>) of
-            [H] -> {H, DefaultPort};
-            [H, P] -> {H, P}
-        end,
-    Host =/= <<>> andalso binary:match(Host, [<<":">>, <<"[">>, <<"/">>]) =:= nomatch orelse
-        bad(<<"host[:port] for each host (a name or an IPv4 address)">>),
-    case catch binary_to_integer(Port) of
-        N when is_integer(N), N > 0, N < 65536 -> <<Host/binary, ":", Port/binary>>;
-        _ -> bad(<<"a port from 1 to 65535 for each host">>)
+    case host_port(Entry, DefaultPort) of
+        {ok, HostPort} -> address(HostPort);
+        error -> bad(<<"host[:port] for each host (a name, an IPv4 address or an IPv6 address in brackets), "
+                       "with a port from 1 to 65535">>)
+    end.
+
+%% @doc `host[:port]' (a name, an IPv4 address, or an IPv6 address in
+%% brackets: `[::1]:6379') as `{Host, Port}', the brackets dropped.
+-spec host_port(binary(), binary()) -> {ok, {binary(), inet:port_number()}} | error.
+host_port(<<"[", Rest/binary>>, DefaultPort) ->
+    case binary:split(Rest, <<"]">>) of
+        [Ip, <<>>] -> ipv6_port(Ip, DefaultPort);
+        [Ip, <<":", Port/binary>>] -> ipv6_port(Ip, Port);
+        _ -> error
+    end;
+host_port(Entry, DefaultPort) ->
+    case binary:split(Entry, <<":">>, [global]) of
+        [Host] -> checked(Host, DefaultPort);
+        [Host, Port] -> checked(Host, Port);
+        _ -> error
+    end.
+
+%% No zone (`fe80::1%eth0'): the address is dialled as it is written.
+ipv6_port(Ip, Port) ->
+    case binary:match(Ip, <<"%">>) =:= nomatch andalso inet:parse_ipv6strict_address(binary_to_list(Ip)) of
+        {ok, _} -> checked(Ip, Port);
+        _ -> error
+    end.
+
+checked(<<>>, _Port) ->
+    error;
+checked(Host, Port) ->
+    case binary:match(Host, [<<"[">>, <<"]">>]) of
+        nomatch ->
+            case catch binary_to_integer(Port) of
+                N when is_integer(N), N > 0, N < 65536 -> {ok, {Host, N}};
+                _ -> error
+            end;
+        _ ->
+            error
+    end.
+
+%% @doc `host:port' as the `servers' field takes it and as logs and status
+%% show it: an IPv6 address in brackets; a unix socket (port 0) as its path.
+-spec address({binary(), inet:port_number()}) -> binary().
+address({Socket, 0}) -> Socket;
+address({Host, Port}) ->
+    case binary:match(Host, <<":">>) of
+        nomatch -> <<Host/binary, ":", (integer_to_binary(Port))/binary>>;
+        _ -> <<"[", Host/binary, "]:", (integer_to_binary(Port))/binary>>
     end.
 
 credentials(Info) ->

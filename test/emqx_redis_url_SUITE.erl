@@ -1,7 +1,7 @@
 %% `redis.url': the parsing table (what each form stands for, what is
 %% refused and why), then every form connecting for real: single with an ACL
-%% user and a database, TLS, Sentinel, Cluster and a unix socket; a password
-%% in a URL never shown.
+%% user and a database, TLS, Sentinel, Cluster and a unix socket, and the
+%% three over IPv6 (`[::1]'); a password in a URL never shown.
 -module(emqx_redis_url_SUITE).
 
 -compile([export_all, nowarn_export_all]).
@@ -21,6 +21,9 @@ all() ->
         sentinel_url,
         cluster_url,
         tls_sentinel_and_cluster_urls,
+        ipv6_single,
+        ipv6_sentinel,
+        ipv6_cluster,
         password_in_url_never_shown
     ].
 
@@ -65,7 +68,14 @@ url_forms_table(_Config) ->
         {<<"unix:///var/run/redis/redis.sock">>,
             #{redis_type => single, servers => [{<<"/var/run/redis/redis.sock">>, 0}], database => 0}},
         {<<"unix:///tmp/r.sock?db=7">>, #{servers => [{<<"/tmp/r.sock">>, 0}], database => 7}},
-        {<<"unix://app:pw@/tmp/r.sock">>, #{username => <<"app">>, password => <<"pw">>}}
+        {<<"unix://app:pw@/tmp/r.sock">>, #{username => <<"app">>, password => <<"pw">>}},
+        %% IPv6 addresses in brackets, kept without them
+        {<<"redis://[::1]:7000/2">>, #{servers => [{<<"::1">>, 7000}], database => 2}},
+        {<<"redis://u:pw@[2001:db8::5]">>, #{servers => [{<<"2001:db8::5">>, 6379}], username => <<"u">>}},
+        {<<"redis+sentinel://[::1]:26380,[fd00::2]/m">>,
+            #{sentinel => <<"m">>, servers => [{<<"::1">>, 26380}, {<<"fd00::2">>, 26379}]}},
+        {<<"redis+cluster://[::ffff:10.0.0.1]:7000,h:7001">>,
+            #{servers => [{<<"::ffff:10.0.0.1">>, 7000}, {<<"h">>, 7001}]}}
     ],
     [check_form(Url, Expected) || {Url, Expected} <- Table],
     %% binary keys (HOCON), a list URL; fields the URL leaves out may be set
@@ -77,7 +87,13 @@ url_forms_table(_Config) ->
         redis(#{url => <<"rediss://h">>, ssl => #{verify => verify_none}})
     ),
     %% a unix socket path in servers
-    ?assertMatch(#{servers := [{<<"/tmp/r.sock">>, 0}]}, redis(#{servers => <<"/tmp/r.sock">>})).
+    ?assertMatch(#{servers := [{<<"/tmp/r.sock">>, 0}]}, redis(#{servers => <<"/tmp/r.sock">>})),
+    %% IPv6 addresses in servers, in brackets
+    ?assertMatch(
+        #{servers := [{<<"::1">>, 7000}, {<<"fd00::2">>, 6379}, {<<"h">>, 1}]},
+        redis(#{servers => <<"[::1]:7000,[fd00::2],h:1">>})
+    ),
+    ?assertMatch(#{servers := [{<<"::1">>, 6379}]}, redis(#{servers => ["[::1]"]})).
 
 check_form(Url, Expected) ->
     Got = redis(#{url => Url}),
@@ -104,7 +120,19 @@ bad_urls_are_refused(_Config) ->
         {#{url => <<"redis://h/1/2">>}, Url},
         {#{url => <<"redis://h?db=1">>}, Url},
         {#{url => <<"redis://a,b">>}, Url},
-        {#{url => <<"redis://[::1]:6379">>}, Url},
+        %% an IPv6 address only in brackets, and a valid one
+        {#{url => <<"redis://::1:6379">>}, Url},
+        {#{url => <<"redis://[::1">>}, Url},
+        {#{url => <<"redis://[::1]6379">>}, Url},
+        {#{url => <<"redis://[::1]:">>}, Url},
+        {#{url => <<"redis://[zz::1]:6379">>}, Url},
+        {#{url => <<"redis://[127.0.0.1]:6379">>}, Url},
+        {#{url => <<"redis://[]:6379">>}, Url},
+        {#{url => <<"redis+cluster://[::1]:7000,[::2">>}, Url},
+        {#{servers => <<"::1:6379">>}, <<"redis.servers">>},
+        {#{servers => <<"[::1]:0">>}, <<"redis.servers">>},
+        {#{servers => <<"[fe80::1%eth0]:6379">>}, <<"redis.servers">>},
+        {#{servers => <<"[::1]]:6379">>}, <<"redis.servers">>},
         {#{url => <<"redis://u:bad%zz@h">>}, Url},
         {#{url => <<"redis+sentinel://s1">>}, Url},
         {#{url => <<"redis+sentinel://s1/m/x">>}, Url},
@@ -254,6 +282,89 @@ tls_sentinel_and_cluster_urls(_Config) ->
         [ok = emqx_redis_session:save_session(C, C) || C <- [<<"a">>, <<"b">>, <<"c">>, <<"d">>]],
         ?assertEqual({ok, 4}, emqx_redis_session:count_sessions()),
         ?assertMatch(#{mode := cluster, healthy := true}, emqx_redis_storage:status())
+    after
+        redis_test_server:stop_cluster(Nodes)
+    end.
+
+%% A Redis on ::1, by URL and by servers: the API works, status shows the
+%% address in brackets, a restart is dialled again; over TLS the
+%% certificate is checked against the IPv6 address.
+ipv6_single(_Config) ->
+    Certs = redis_test_server:certs(),
+    Tls = redis_test_server:start(#{host => "::1", tls => Certs}),
+    try
+        Url = <<"rediss://", (redis_test_server:address(Tls))/binary>>,
+        ok = emqx_redis_storage:start(#{redis => #{url => Url, ssl => #{cacertfile => maps:get(ca, Certs)}}}),
+        ?assertEqual({ok, <<"PONG">>}, emqx_redis_storage:q([<<"PING">>])),
+        ok = emqx_redis_storage:stop()
+    after
+        redis_test_server:stop(Tls)
+    end,
+    %% a server whose certificate does not name ::1 is refused
+    NameCerts = Certs#{server_cert := maps:get(name_cert, Certs), server_key := maps:get(name_key, Certs)},
+    Named = redis_test_server:start(#{host => "::1", tls => NameCerts}),
+    try
+        NamedUrl = <<"rediss://", (redis_test_server:address(Named))/binary>>,
+        ?assertMatch(
+            {error, {connection, _}},
+            emqx_redis_storage:start(#{redis => #{url => NamedUrl, connect_timeout => 1000,
+                ssl => #{cacertfile => maps:get(ca, Certs)}}})
+        )
+    after
+        redis_test_server:stop(Named)
+    end,
+    Redis = redis_test_server:start(#{host => "::1", conf => ["requirepass " ?PASSWORD]}),
+    try
+        Address = redis_test_server:address(Redis),
+        ?assertMatch(<<"[::1]:", _/binary>>, Address),
+        ok = emqx_redis_storage:start(#{redis => #{url => <<"redis://:" ?PASSWORD "@", Address/binary, "/2">>}}),
+        ok = emqx_redis_session:save_session(<<"c6">>, #{v => 6}),
+        ?assertEqual({ok, #{v => 6}}, emqx_redis_session:load_session(<<"c6">>)),
+        ?assertMatch(#{servers := [Address], connected := true, healthy := true, database := 2}, emqx_redis_storage:status()),
+        ?assertNotEqual("", redis_test_server:cmd(Redis, ["-a", ?PASSWORD, "--no-auth-warning", "-n", "2", "KEYS", "*c6*"])),
+        ok = emqx_redis_storage:stop(),
+        ok = emqx_redis_storage:start(#{redis => #{servers => Address, password => <<?PASSWORD>>, database => 2}}),
+        ?assertEqual({ok, #{v => 6}}, emqx_redis_session:load_session(<<"c6">>)),
+        redis_test_server:restart(Redis),
+        ok = test_util:wait_until(fun() -> emqx_redis_storage:q([<<"PING">>]) =:= {ok, <<"PONG">>} end, 10000)
+    after
+        redis_test_server:stop(Redis)
+    end.
+
+%% Sentinels on ::1 that name an IPv6 master, and a failover to its replica.
+ipv6_sentinel(_Config) ->
+    Sentinel = redis_test_server:start_sentinel(#{host => "::1"}),
+    try
+        #{master := Master, replica := Replica, sentinels := Sentinels} = Sentinel,
+        Hosts = lists:join(",", [redis_test_server:address(S) || S <- Sentinels]),
+        ok = emqx_redis_storage:start(#{redis => #{url => iolist_to_binary(["redis+sentinel://", Hosts, "/mymaster"])}}),
+        ok = emqx_redis_session:save_session(<<"s6">>, s6),
+        ?assertEqual([redis_test_server:address(Master)], servers_up()),
+        %% the session has reached the replica before the master dies
+        ok = test_util:wait_until(fun() -> redis_test_server:cmd(Replica, ["KEYS", "*s6*"]) =/= "" end, 10000),
+        redis_test_server:kill(Master),
+        ok = test_util:wait_until(fun() -> emqx_redis_session:save_session(<<"s6b">>, s6b) =:= ok end, 30000),
+        ?assertEqual({ok, s6}, emqx_redis_session:load_session(<<"s6">>)),
+        ok = test_util:wait_until(fun() -> servers_up() =:= [redis_test_server:address(Replica)] end, 10000)
+    after
+        redis_test_server:stop_sentinel(Sentinel)
+    end.
+
+servers_up() ->
+    [S || #{server := S, state := up} <- maps:get(server_states, emqx_redis_storage:status())].
+
+%% A Redis Cluster whose nodes are on ::1 (CLUSTER SLOTS names IPv6
+%% addresses): keys in every slot range, and status names each node.
+ipv6_cluster(_Config) ->
+    Nodes = redis_test_server:start_cluster(#{host => "::1", replicas => 0}),
+    try
+        Hosts = lists:join(",", [redis_test_server:address(N) || N <- lists:sublist(Nodes, 2)]),
+        ok = emqx_redis_storage:start(#{redis => #{url => iolist_to_binary(["redis+cluster://", Hosts])}}),
+        Clients = [integer_to_binary(I) || I <- lists:seq(1, 30)],
+        [ok = emqx_redis_session:save_session(C, C) || C <- Clients],
+        ?assertEqual({ok, 30}, emqx_redis_session:count_sessions()),
+        [?assertEqual({ok, C}, emqx_redis_session:load_session(C)) || C <- Clients],
+        ?assertEqual(lists:sort([redis_test_server:address(N) || N <- Nodes]), lists:sort(servers_up()))
     after
         redis_test_server:stop_cluster(Nodes)
     end.

@@ -8,6 +8,7 @@
 -export([certs/0, start_cluster/1, stop_cluster/1, start_sentinel/1, stop_sentinel/1]).
 
 -type server() :: #{
+    host := string(),
     port := inet:port_number(),
     dir := file:filename(),
     conf := [string()],
@@ -20,7 +21,8 @@
 %% ["requirepass secret"]; a later line overrides an earlier one, so
 %% ["appendonly yes"] turns the AOF on), `tls' (the map from `certs/0': the
 %% server then speaks only TLS on its port), `exe' (the program,
-%% redis-server or redis-sentinel). The port is a free one below the
+%% redis-server or redis-sentinel), `host' (the loopback address it binds:
+%% "127.0.0.1", the default, or "::1"). The port is a free one below the
 %% ephemeral range (see loopback_port); another one if it was taken before
 %% the server could bind it.
 -spec start() -> server().
@@ -50,6 +52,7 @@ try_start(Port, Opts) ->
             false -> []
         end,
     Server = #{
+        host => maps:get(host, Opts, "127.0.0.1"),
         port => Port,
         dir => Dir,
         conf => Socket ++ maps:get(conf, Opts, []),
@@ -61,7 +64,7 @@ try_start(Port, Opts) ->
         {error, _} = Error -> Error
     end.
 
-launch(#{port := Port, dir := Dir, conf := Extra, tls := Tls, exe := Exe} = Server) ->
+launch(#{host := Host, port := Port, dir := Dir, conf := Extra, tls := Tls, exe := Exe} = Server) ->
     Conf = filename:join(Dir, "redis.conf"),
     Listen =
         case Tls of
@@ -80,7 +83,7 @@ launch(#{port := Port, dir := Dir, conf := Extra, tls := Tls, exe := Exe} = Serv
                 ]
         end,
     Lines = Listen ++ [
-        "bind 127.0.0.1",
+        "bind " ++ Host,
         "protected-mode no",
         "daemonize yes",
         "pidfile " ++ pidfile(Server),
@@ -114,8 +117,9 @@ wait_ready(Server, Out, LogStart, N) ->
 ping(#{tls := #{} = Tls} = Server) ->
     string:find(cmd(Server#{tls := Tls}, ["PING"]), "PONG") =/= nomatch orelse
         string:find(cmd(Server, ["PING"]), "NOAUTH") =/= nomatch;
-ping(#{port := Port}) ->
-    case gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 500) of
+ping(#{port := Port} = Server) ->
+    {ok, Ip} = inet:parse_address(host(Server)),
+    case gen_tcp:connect(Ip, Port, [binary, {active, false}], 500) of
         {ok, S} ->
             ok = gen_tcp:send(S, <<"PING\r\n">>),
             Reply = gen_tcp:recv(S, 0, 1000),
@@ -201,9 +205,19 @@ restart(Server) ->
 -spec port(server()) -> inet:port_number().
 port(#{port := Port}) -> Port.
 
-%% @doc `<<"127.0.0.1:Port">>', as the `servers' config field takes it.
+%% @doc `<<"127.0.0.1:Port">>' (`<<"[::1]:Port">>'), as the `servers' config
+%% field takes it.
 -spec address(server()) -> binary().
-address(#{port := Port}) -> iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]).
+address(#{port := Port} = Server) ->
+    case host(Server) of
+        "::1" -> iolist_to_binary(["[::1]:", integer_to_list(Port)]);
+        Host -> iolist_to_binary([Host, ":", integer_to_list(Port)])
+    end.
+
+host(Server) -> maps:get(host, Server, "127.0.0.1").
+
+%% `Host Port', as replicaof and sentinel monitor take a server.
+host_port(#{port := Port} = Server) -> host(Server) ++ " " ++ integer_to_list(Port).
 
 %% @doc The unix socket a server started with `unixsocket' listens on.
 -spec socket(#{dir := file:filename(), _ => _}) -> file:filename().
@@ -223,7 +237,7 @@ replica_in_sync(Server) ->
     string:find(cmd(Server, ["INFO", "replication"]), "master_link_status:up") =/= nomatch.
 
 cli(#{port := Port} = Server) ->
-    ["redis-cli -h 127.0.0.1 -p ", integer_to_list(Port), cli_tls(maps:get(tls, Server, undefined))].
+    ["redis-cli -h ", host(Server), " -p ", integer_to_list(Port), cli_tls(maps:get(tls, Server, undefined))].
 
 cli_tls(undefined) ->
     "";
@@ -261,7 +275,7 @@ signal(Sig, Pid) ->
 %%--------------------------------------------------------------------
 %% TLS
 
-%% @doc A CA, a server certificate for 127.0.0.1/localhost signed by it, a
+%% @doc A CA, a server certificate for 127.0.0.1/::1/localhost signed by it, a
 %% second server certificate that names only redis.test (`name_cert',
 %% `name_key'), a client certificate, and a second, unrelated CA; made with
 %% openssl once per test run.
@@ -278,13 +292,15 @@ certs() ->
         name_cert => filename:join(Dir, "name.pem"),
         name_key => filename:join(Dir, "name.key")
     },
-    case filelib:is_regular(maps:get(name_cert, Files)) of
+    San = <<"subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n">>,
+    Ext = filename:join(Dir, "san.ext"),
+    %% made again when an earlier run made them for other names
+    case filelib:is_regular(maps:get(name_cert, Files)) andalso file:read_file(Ext) =:= {ok, San} of
         true ->
             Files;
         false ->
             ok = filelib:ensure_path(Dir),
-            Ext = filename:join(Dir, "san.ext"),
-            ok = file:write_file(Ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+            ok = file:write_file(Ext, San),
             ok = file:write_file(filename:join(Dir, "name.ext"), "subjectAltName=DNS:redis.test\n"),
             ok = file:write_file(filename:join(Dir, "client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"),
             Steps = [
@@ -312,13 +328,14 @@ run_in(Dir, Cmd) ->
 %% Redis Cluster
 
 %% @doc A real Redis Cluster of `masters' masters with `replicas' replicas
-%% each (defaults 3 and 1), made by `redis-cli --cluster create'. `tls' as
-%% for start/1. Returns the servers, masters first.
+%% each (defaults 3 and 1), made by `redis-cli --cluster create'. `tls' and
+%% `host' as for start/1. Returns the servers, masters first.
 -spec start_cluster(map()) -> [server()].
 start_cluster(Opts) ->
     Masters = maps:get(masters, Opts, 3),
     Replicas = maps:get(replicas, Opts, 1),
     Tls = maps:get(tls, Opts, undefined),
+    Host = maps:get(host, Opts, "127.0.0.1"),
     Conf = [
         "cluster-enabled yes",
         "cluster-config-file nodes.conf",
@@ -331,10 +348,10 @@ start_cluster(Opts) ->
     ],
     Servers = [
         %% a cluster node also listens on its port + 10000 (the cluster bus)
-        start_on_free_port(#{conf => Conf, tls => Tls}, [10000], 5)
+        start_on_free_port(#{conf => Conf, tls => Tls, host => Host}, [10000], 5)
      || _ <- lists:seq(1, Masters * (1 + Replicas))
     ],
-    Addrs = [["127.0.0.1:", integer_to_list(port(S))] || S <- Servers],
+    Addrs = [[Host, ":", integer_to_list(port(S))] || S <- Servers],
     Out = os:cmd(lists:flatten([
         "redis-cli", cli_tls(Tls), " --cluster create ", lists:join(" ", Addrs),
         " --cluster-replicas ", integer_to_list(Replicas), " --cluster-yes 2>&1"
@@ -362,25 +379,28 @@ stop_cluster(Servers) ->
 %% Sentinel
 
 %% @doc A master, one replica and three sentinels watching them as
-%% `mymaster'. Returns `#{master, replica, sentinels}'.
+%% `mymaster'; `tls' and `host' as for start/1. Returns `#{master, replica,
+%% sentinels}'.
 -spec start_sentinel(map()) -> map().
 start_sentinel(Opts) ->
     Tls = maps:get(tls, Opts, undefined),
+    Host = maps:get(host, Opts, "127.0.0.1"),
     Extra = maps:get(conf, Opts, []),
-    Master = start(#{conf => ["appendonly yes", "appendfsync always" | Extra], tls => Tls}),
+    Master = start(#{conf => ["appendonly yes", "appendfsync always" | Extra], tls => Tls, host => Host}),
     Replica = start(#{
-        conf => ["appendonly yes", "appendfsync always", "replicaof 127.0.0.1 " ++ integer_to_list(port(Master)) | Extra],
-        tls => Tls
+        conf => ["appendonly yes", "appendfsync always", "replicaof " ++ host_port(Master) | Extra],
+        tls => Tls,
+        host => Host
     }),
     SentinelConf = [
-        "sentinel monitor mymaster 127.0.0.1 " ++ integer_to_list(port(Master)) ++ " 2",
+        "sentinel monitor mymaster " ++ host_port(Master) ++ " 2",
         "sentinel down-after-milliseconds mymaster 500",
         "sentinel failover-timeout mymaster 3000",
         "sentinel parallel-syncs mymaster 1"
         | maps:get(sentinel_conf, Opts, [])
     ],
     Sentinels = [
-        start(#{exe => "redis-sentinel", conf => SentinelConf, tls => Tls})
+        start(#{exe => "redis-sentinel", conf => SentinelConf, tls => Tls, host => Host})
      || _ <- lists:seq(1, 3)
     ],
     #{master => Master, replica => Replica, sentinels => Sentinels}.

@@ -72,10 +72,13 @@ pub fn is_unix(host: &str) -> bool {
     host.starts_with('/')
 }
 
-/// `host:port`, or the socket's path, as the log and `status` show a server.
+/// `host:port` (an IPv6 address in brackets: `[::1]:6379`), or the
+/// socket's path, as the log and `status` show a server.
 pub fn address(host: &str, port: u16) -> String {
     if is_unix(host) {
         host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     }
@@ -115,9 +118,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_path_is_a_unix_socket() {
+    fn a_path_is_a_unix_socket_and_an_ipv6_address_is_in_brackets() {
         assert_eq!(address("/run/redis.sock", 0), "/run/redis.sock");
         assert_eq!(address("127.0.0.1", 6379), "127.0.0.1:6379");
+        assert_eq!(address("::1", 6379), "[::1]:6379");
         assert!(!is_unix("redis.local"));
     }
 

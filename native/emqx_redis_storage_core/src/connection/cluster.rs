@@ -15,7 +15,7 @@ use redis::{
 
 use super::health::ServerHealth;
 use super::{connect_error, count, slots, Backend, ServerState, ServerStatus, Target};
-use crate::config::{ClientConfig, ServerNameCheck, Tls};
+use crate::config::{address, ClientConfig, ServerNameCheck, Tls};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -134,7 +134,7 @@ impl Backend {
         let pings = addresses.into_iter().map(|(host, port)| {
             let mut conn = current.conn.clone();
             let timeout = self.config.connect_timeout;
-            let health = self.cluster_server_health(&format!("{host}:{port}"));
+            let health = self.cluster_server_health(&address(&host, port));
             async move {
                 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
@@ -157,7 +157,7 @@ impl Backend {
                     health.answered();
                 }
                 ServerStatus {
-                    address: format!("{host}:{port}"),
+                    address: address(&host, port),
                     state: if up {
                         ServerState::Up
                     } else {
@@ -327,7 +327,7 @@ async fn slot_masters(conn: &ClusterConnection) -> RedisResult<Vec<SlotMaster>> 
 fn slot_master_addresses(masters: &[SlotMaster]) -> String {
     let all: Vec<String> = masters
         .iter()
-        .map(|(first, last, host, port)| format!("{first}-{last}={host}:{port}"))
+        .map(|(first, last, host, port)| format!("{first}-{last}={}", address(host, *port)))
         .collect();
     all.join(",")
 }

@@ -10,7 +10,7 @@ use redis::RedisConnectionInfo;
 use super::single::{pool_at, server, Server};
 use super::transport::Transport;
 use super::{count, Backend, Target};
-use crate::config::{ClientConfig, Mode};
+use crate::config::{address, ClientConfig, Mode};
 use crate::error::{Error, Result};
 
 /// Asks the sentinels, in order, for the address of the master; the first
@@ -94,8 +94,8 @@ impl Backend {
         match pool_at(&self.config, &self.transport, &host, port).await {
             Ok(fresh) => {
                 *pool.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
-                let old = format!("{}:{}", current.host, current.port);
-                let new = format!("{host}:{port}");
+                let old = address(&current.host, current.port);
+                let new = address(&host, port);
                 // Also called after a lost connection to a master that stayed.
                 if old != new {
                     count(&self.metrics.connections.failovers, 1);
