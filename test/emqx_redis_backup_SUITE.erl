@@ -4,8 +4,10 @@
 %% prefix, then read back equal through every API; iterators continue; a
 %% lease taken after the restore gets a higher fence. Truncated, bit-flipped
 %% and foreign files are refused before anything is written; a restore into
-%% a deployment holding data is refused; a restore interrupted by a killed
-%% Redis runs again to completion; the command-line tool and cmd/1.
+%% a deployment holding data is refused; a deployment under a longer prefix
+%% (`emqx:eu:' under `emqx:') is neither backed up nor counted as data; a
+%% restore interrupted by a killed Redis runs again to completion; the
+%% command-line tool and cmd/1.
 -module(emqx_redis_backup_SUITE).
 
 -compile([export_all, nowarn_export_all]).
@@ -22,6 +24,7 @@ all() ->
         round_trips_between_deployments,
         bad_files_are_refused_before_any_write,
         restore_into_data_is_refused,
+        nested_prefix_is_left_out,
         interrupted_restore_runs_again,
         command_line_and_cmd
     ].
@@ -272,16 +275,48 @@ restore_into_data_is_refused(Config) ->
     {ok, 1} = emqx_redis_storage:q(Empty, [<<"HSET">>, <<P/binary, "lown:{x}">>, <<"c">>, <<"n1">>]),
     ?assertMatch({ok, _}, emqx_redis_storage:restore(Empty, File, #{})).
 
+%% Two deployments on one Redis, one's prefix inside the other's: the outer
+%% one's backup holds its own keys only, and restores next to an inner
+%% deployment's data without calling it its own.
+nested_prefix_is_left_out(Config) ->
+    Outer = client(Config, single, prefix(<<"n">>)),
+    Inner = client(Config, single, <<(prefix_of(Outer))/binary, "eu:">>),
+    Mine = [<<"m", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 3)],
+    Theirs = [<<"t", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 5)],
+    [ok = emqx_redis_session:save_session(Outer, Id, Id, #{}) || Id <- Mine],
+    [ok = emqx_redis_session:save_session(Inner, Id, Id, #{}) || Id <- Theirs],
+    ok = emqx_redis_message:store_messages(Inner, <<"t1">>, [#{id => <<"x">>}]),
+    ok = emqx_redis_router:add_route(Inner, <<"eu/+">>, node()),
+    ok = emqx_redis_limiter:define(Inner, <<"conn">>, #{rate => 10, burst => 10}),
+    {ok, 9} = emqx_redis_limiter:check(Inner, <<"conn">>, <<"t1">>, 1),
+    InnerKeys = keys_under(Inner),
+    OuterOnly = keys_under(Outer) -- InnerKeys,
+    File = file(Config, "nested.bak"),
+    {ok, #{keys := N}} = emqx_redis_storage:backup(Outer, File, #{}),
+    ?assertEqual(length(OuterOnly), N),
+    %% restored under a prefix whose own nested deployment holds data
+    Dst = client(Config, single, prefix(<<"d">>)),
+    DstInner = client(Config, single, <<(prefix_of(Dst))/binary, "eu:">>),
+    ok = emqx_redis_session:save_session(DstInner, <<"t1">>, other, #{}),
+    ?assertEqual({ok, #{keys => N}}, emqx_redis_storage:restore(Dst, File, #{})),
+    ?assertEqual({ok, 3}, emqx_redis_session:count_sessions(Dst)),
+    [?assertEqual({ok, Id}, emqx_redis_session:load_session(Dst, Id)) || Id <- Mine],
+    ?assertEqual({error, not_found}, emqx_redis_session:load_session(Dst, <<"t1">>)),
+    ?assertEqual({ok, other}, emqx_redis_session:load_session(DstInner, <<"t1">>)),
+    [?assertEqual({ok, Id}, emqx_redis_session:load_session(Inner, Id)) || Id <- Theirs].
+
 %% The target is frozen (behind a proxy) at the first progress report of
 %% the restore, then killed; restarted (from its AOF), the same restore is
 %% run again and completes, in the default mode: the marker says it is the
 %% same restore.
 interrupted_restore_runs_again(Config) ->
     %% Many keys, so that the restore lasts long enough to be interrupted.
-    Source = redis_test_server:start(#{conf => ["enable-debug-command yes"]}),
+    Source = redis_test_server:start(),
     SrcPrefix = prefix(<<"s">>),
     {ok, Src} = emqx_redis_storage:connect(#{redis => #{servers => redis_test_server:address(Source)}, key_prefix => SrcPrefix}),
-    "OK" = redis_test_server:cmd(Source, ["DEBUG", "POPULATE", "200000", binary_to_list(SrcPrefix) ++ "k", "100"]),
+    %% keys of the layout (a backup takes no other): 200,000 fence counters
+    Populate = "for i = 1, 200000 do redis.call(\"SET\", ARGV[1] .. \"fence:{k\" .. i .. \"}\", string.rep(\"x\", 100)) end",
+    "" = redis_test_server:cmd(Source, ["EVAL", Populate, "0", binary_to_list(SrcPrefix)]),
     Sessions = 100,
     [ok = emqx_redis_session:save_session(Src, integer_to_binary(I), I, #{}) || I <- lists:seq(1, Sessions)],
     File = file(Config, "interrupted.bak"),

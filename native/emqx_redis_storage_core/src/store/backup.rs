@@ -7,7 +7,9 @@
 //! fill: memory stays a block and a batch, whatever the data. Leases, their
 //! owners and node membership are the running deployment's state and left
 //! out; fences are data and kept, so a fence issued after a restore is above
-//! every fence issued before the backup.
+//! every fence issued before the backup. Only keys of the layout are taken
+//! (`Keys::is_backed_up`): a deployment whose prefix starts with this one's
+//! keeps its keys out of this one's backups.
 //!
 //! A restore reads the whole file once to check it (blocks, trailer, the
 //! target's Redis version) before its first write, then `RESTORE`s each key
@@ -278,7 +280,7 @@ async fn open(path: &Path) -> Outcome<Reader<BufReader<File>>> {
         .map_err(|e| read_refusal(path, e))
 }
 
-/// A key under `prefix` that is data (not deployment state), if any;
+/// A key under `prefix` that a backup would take, if any;
 /// reports phase `check` after each SCAN page (the pages so far, 0).
 async fn first_data_key(
     client: &Client,
@@ -297,7 +299,7 @@ async fn first_data_key(
     Ok(None)
 }
 
-/// The keys under a prefix that hold data (not deployment state), a SCAN
+/// The keys under a prefix that a backup takes (`Keys::is_backed_up`), a SCAN
 /// page at a time, over every server (each master of a cluster).
 struct DataKeys<'a> {
     client: &'a Client,
@@ -338,7 +340,7 @@ impl<'a> DataKeys<'a> {
         Ok(Some(
             found
                 .into_iter()
-                .filter(|k| k.starts_with(prefix) && !Keys::is_deployment_state(&k[prefix.len()..]))
+                .filter(|k| k.starts_with(prefix) && Keys::is_backed_up(&k[prefix.len()..]))
                 .collect(),
         ))
     }

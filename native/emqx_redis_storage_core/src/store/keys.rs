@@ -193,14 +193,27 @@ impl Keys {
         self.global("restore:{b}")
     }
 
-    /// Whether the key `name` (the prefix removed) holds the state of the
-    /// running deployment rather than its data: leases and their owners,
-    /// node membership, a restore's marker, the session sweep mark. A
-    /// backup leaves these out.
-    pub fn is_deployment_state(name: &[u8]) -> bool {
-        [&b"lease:"[..], b"lown:", b"nodes:", b"restore:", b"ssweep"]
-            .iter()
-            .any(|kind| name.starts_with(kind))
+    /// Whether the key `name` (the prefix removed) is data that a backup
+    /// takes: a key of this layout that is not the running deployment's
+    /// state (leases and their owners, node membership, a restore's marker,
+    /// the session sweep mark). A key of another deployment whose prefix
+    /// starts with this one's (`emqx:eu:sess:{c}` under `emqx:`) is not.
+    pub fn is_backed_up(name: &[u8]) -> bool {
+        const TAGGED: [&[u8]; 15] = [
+            b"sess", b"fence", b"q", b"qx", b"qm", b"qb", b"sidx", b"scnt", b"chan", b"rt",
+            b"rtrie", b"ds:sub", b"ds:f", b"ds:h", b"ds:m",
+        ];
+        let tagged = |kind: &[u8]| {
+            name.strip_prefix(kind)
+                .is_some_and(|rest| rest.starts_with(b":{"))
+        };
+        // `lim:<name>:{key}`: the limiter's name is escaped, so holds no `{`
+        let limiter = name.strip_prefix(b"lim:").is_some_and(|rest| {
+            rest.iter()
+                .position(|&b| b == b'{')
+                .is_some_and(|at| at > 0 && rest[at - 1] == b':')
+        });
+        TAGGED.into_iter().any(tagged) || limiter || name == b"scount" || name == b"ds:levels"
     }
 
     /// `kind:{<table><shard>}`: the keys of one shard of a table share a tag.
@@ -360,30 +373,58 @@ mod tests {
         assert_eq!(k.reap_counts(), b"emqx:nodes:reaped:{n}");
         assert_eq!(k.node_sequence(), b"emqx:nodes:seq:{n}");
         assert_eq!(k.restore_marker(), b"emqx:restore:{b}");
-        let state = |key: Vec<u8>| Keys::is_deployment_state(&key[b"emqx:".len()..]);
+        assert_eq!(k.limiter(b"conn", b"alice"), b"emqx:lim:conn:{alice}");
+        assert_eq!(k.limiter(b"a{:}", b"b{c}"), b"emqx:lim:a%7B:%7D:{b%7Bc%7D}");
+    }
+
+    /// Every data key of the layout is backed up; the deployment's state is
+    /// not, nor the keys of a deployment under a longer prefix.
+    #[test]
+    fn a_backup_takes_the_data_of_its_own_prefix() {
+        let backed_up = |key: Vec<u8>| Keys::is_backed_up(&key[b"emqx:".len()..]);
+        let data = |k: &Keys| {
+            vec![
+                k.session(b"c"),
+                k.fence(b"c"),
+                k.queue(b"c"),
+                k.queue_expiry(b"c"),
+                k.queue_meta(b"c"),
+                k.queue_bodies(b"c"),
+                k.session_index(1),
+                k.session_count(1),
+                k.session_total(),
+                k.channels(1),
+                k.routes(1),
+                k.route_trie(1),
+                k.ds_subscriptions(b"c"),
+                k.ds_filters(1),
+                k.ds_holders(1, b"a/+"),
+                k.ds_stream(b"a", 0),
+                k.ds_levels(),
+                k.limiter(b"conn", b"alice"),
+                k.limiter(b"", b"x"),
+            ]
+        };
+        let k = Keys::new(b"emqx:");
+        for key in data(&k) {
+            assert!(backed_up(key.clone()), "{}", key.escape_ascii());
+        }
         for key in [
             k.lease(b"c"),
             k.lease_owners(1),
             k.members(),
+            k.incarnations(),
+            k.reap_leases(),
+            k.reap_counts(),
             k.node_sequence(),
             k.restore_marker(),
             k.session_sweep(),
         ] {
-            assert!(state(key));
+            assert!(!backed_up(key.clone()), "{}", key.escape_ascii());
         }
-        for key in [
-            k.session(b"c"),
-            k.fence(b"c"),
-            k.queue_bodies(b"c"),
-            k.ds_stream(b"a", 0),
-            k.routes(1),
-            k.session_count(1),
-            k.session_total(),
-        ] {
-            assert!(!state(key));
+        for key in data(&Keys::new(b"emqx:eu:")) {
+            assert!(!backed_up(key.clone()), "{}", key.escape_ascii());
         }
-        assert_eq!(k.limiter(b"conn", b"alice"), b"emqx:lim:conn:{alice}");
-        assert_eq!(k.limiter(b"a{:}", b"b{c}"), b"emqx:lim:a%7B:%7D:{b%7Bc%7D}");
     }
 
     #[test]
