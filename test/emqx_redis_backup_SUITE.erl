@@ -6,8 +6,10 @@
 %% and foreign files are refused before anything is written; a restore into
 %% a deployment holding data is refused; a deployment under a longer prefix
 %% (`emqx:eu:' under `emqx:') is neither backed up nor counted as data; a
-%% restore interrupted by a killed Redis runs again to completion; the
-%% command-line tool and cmd/1.
+%% restore interrupted by a killed Redis runs again to completion; with
+%% wait_replicas, a restore returns once the replicas hold it (Sentinel and
+%% Cluster), or fails while they are frozen; the command-line tool and
+%% cmd/1.
 -module(emqx_redis_backup_SUITE).
 
 -compile([export_all, nowarn_export_all]).
@@ -26,6 +28,7 @@ all() ->
         restore_into_data_is_refused,
         nested_prefix_is_left_out,
         interrupted_restore_runs_again,
+        restore_waits_for_replicas,
         command_line_and_cmd
     ].
 
@@ -36,7 +39,7 @@ init_per_suite(Config) ->
     Acl = redis_test_server:start(#{conf => [?ACL_USER]}),
     Tls = redis_test_server:start(#{tls => Certs}),
     Sentinel = redis_test_server:start_sentinel(#{}),
-    Cluster = redis_test_server:start_cluster(#{replicas => 0}),
+    Cluster = redis_test_server:start_cluster(#{}),
     Deployments = #{
         single => #{servers => redis_test_server:address(Single)},
         acl => #{servers => redis_test_server:address(Acl), username => <<"app">>, password => <<"apppass">>},
@@ -359,6 +362,41 @@ interrupted_restore_runs_again(Config) ->
         tcp_proxy:stop(Proxy),
         redis_test_server:stop(Target)
     end.
+
+%% With wait_replicas => 1, on Sentinel and on a Cluster (3 masters, a
+%% replica each): with every replica frozen the restore fails with
+%% not_replicated, and keeps its marker; once they are back it runs again
+%% (the marker: not refused as not_empty) and, as it returns, the replicas
+%% hold every key it restored.
+restore_waits_for_replicas(Config) ->
+    Src = client(Config, single, prefix(<<"s">>)),
+    [ok = emqx_redis_session:save_session(Src, Id, Id, #{}) || Id <- ids()],
+    ok = emqx_redis_message:store_messages(Src, <<"c1">>, [#{id => integer_to_binary(M)} || M <- lists:seq(1, 10)]),
+    File = file(Config, "replicated.bak"),
+    {ok, #{keys := Keys}} = emqx_redis_storage:backup(Src, File, #{}),
+    #{replica := SentinelReplica} = ?config(sentinel, Config),
+    [_, _, _ | ClusterReplicas] = ?config(cluster, Config),
+    [restored_on_replicas(Config, File, Keys, Kind, Replicas)
+     || {Kind, Replicas} <- [{sentinel, [SentinelReplica]}, {cluster, ClusterReplicas}]].
+
+restored_on_replicas(Config, File, Keys, Kind, Replicas) ->
+    Redis = maps:merge(maps:get(Kind, ?config(deployments, Config)), #{wait_replicas => 1, wait_timeout => 300}),
+    Prefix = prefix(<<"r">>),
+    {ok, Dst} = emqx_redis_storage:connect(#{redis => Redis, key_prefix => Prefix}),
+    InSync = fun() -> lists:all(fun redis_test_server:replica_in_sync/1, Replicas) end,
+    ok = test_util:wait_until(InSync, 30000),
+    [ok = redis_test_server:pause(R) || R <- Replicas],
+    Frozen =
+        try
+            emqx_redis_storage:restore(Dst, File, #{})
+        after
+            [ok = redis_test_server:resume(R) || R <- Replicas]
+        end,
+    ?assertMatch({error, {not_replicated, #{acked := 0, wanted := 1}}}, Frozen, Kind),
+    ok = test_util:wait_until(InSync, 30000),
+    ?assertEqual({ok, #{keys => Keys}}, emqx_redis_storage:restore(Dst, File, #{}), Kind),
+    OnReplicas = lists:sum([length(string:lexemes(redis_test_server:cmd(R, ["KEYS", binary_to_list(Prefix) ++ "*"]), "\n")) || R <- Replicas]),
+    ?assertEqual(Keys, OnReplicas, Kind).
 
 %%--------------------------------------------------------------------
 %% The command-line tool and cmd/1

@@ -14,7 +14,9 @@ use redis::{
 };
 
 use super::health::ServerHealth;
-use super::{connect_error, count, slots, Backend, ServerState, ServerStatus, Target};
+use super::{
+    connect_error, count, from_reply, slots, take_acked, Backend, ServerState, ServerStatus, Target,
+};
 use crate::config::{address, ClientConfig, ServerNameCheck, Tls};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -245,30 +247,41 @@ impl Backend {
         Ok(T::from_redis_value(reply).map_err(redis::RedisError::from)?)
     }
 
+    /// `Backend::each` (`wait`: `Backend::each_write`'s `WAIT`) on a cluster.
     pub(super) async fn each_by_master<T: FromRedisValue>(
         &self,
         conn: ClusterConnection,
         cmds: Vec<Cmd>,
+        wait: Option<Cmd>,
     ) -> Result<Vec<T>> {
         self.breaker.check()?;
         let work = async {
-            let values = match by_master(&conn, &cmds, &self.metrics).await {
-                Ok(values) => values,
+            let (values, acked) = match by_master(&conn, &cmds, wait.as_ref(), &self.metrics).await
+            {
+                Ok(replies) => replies,
                 // The topology moved under us (MOVED, a failover): one by one,
-                // which follows redirections.
+                // which follows redirections; each with its own WAIT.
                 Err(_) => {
-                    futures::future::try_join_all(cmds.iter().map(|cmd| {
+                    let replies = futures::future::try_join_all(cmds.iter().map(|cmd| {
                         let mut conn = conn.clone();
-                        self.sent(async move { cmd.query_async::<Value>(&mut conn).await })
+                        let mut pipe = redis::pipe();
+                        pipe.add_command(cmd.clone());
+                        let waits = wait.is_some();
+                        if let Some(wait) = &wait {
+                            pipe.add_command(wait.clone());
+                        }
+                        self.sent(async move {
+                            let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                            let acked = take_acked(&mut values, waits)?;
+                            Ok::<_, redis::RedisError>((values.pop().unwrap_or(Value::Nil), acked))
+                        })
                     }))
-                    .await?
+                    .await?;
+                    let acked = replies.iter().filter_map(|r| r.1).min();
+                    (replies.into_iter().map(|r| r.0).collect(), acked)
                 }
             };
-            values
-                .into_iter()
-                .map(|v| T::from_redis_value(v))
-                .collect::<std::result::Result<Vec<T>, _>>()
-                .map_err(redis::RedisError::from)
+            Ok::<_, redis::RedisError>((values, acked))
         };
         let result = tokio::time::timeout(self.config.command_timeout, work)
             .await
@@ -277,7 +290,11 @@ impl Backend {
         if matches!(result, Err(Error::Timeout)) {
             self.recheck();
         }
-        result
+        let (values, acked) = result?;
+        if let Some(acked) = acked {
+            self.replicated(acked)?;
+        }
+        values.into_iter().map(|v| from_reply(Ok(v))).collect()
     }
 
     /// The current cluster connection; None if not a cluster.
@@ -291,14 +308,15 @@ impl Backend {
 }
 
 /// The masters of the cluster's slots, from `CLUSTER SLOTS` asked of a
-/// random node, in slot order.
+/// random master (a replica may hang while its master answers), in slot
+/// order.
 async fn slot_masters(conn: &ClusterConnection) -> RedisResult<Vec<SlotMaster>> {
     use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
     let reply = conn
         .clone()
         .route_command(
             redis::cmd("CLUSTER").arg("SLOTS").clone(),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
         )
         .await?;
     let entries: Vec<Vec<Value>> = FromRedisValue::from_redis_value(reply)?;
@@ -334,11 +352,14 @@ fn slot_master_addresses(masters: &[SlotMaster]) -> String {
 
 /// Sends `cmds` as one pipeline per master (from `CLUSTER SLOTS`), each
 /// command to the master of its key's slot; replies in the order of `cmds`.
+/// `cmds` in one pipeline per master, each ended by `wait` if given; the
+/// replies in order, and the fewest replicas a `WAIT` saw.
 async fn by_master(
     conn: &ClusterConnection,
     cmds: &[Cmd],
+    wait: Option<&Cmd>,
     metrics: &Metrics,
-) -> RedisResult<Vec<Value>> {
+) -> RedisResult<(Vec<Value>, Option<u32>)> {
     use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
     let ranges: Vec<(u16, u16)> = slot_masters(conn)
         .await?
@@ -376,23 +397,35 @@ async fn by_master(
     }
     count(&metrics.connections.requests, groups.len() as u64);
     let replies =
-        futures::future::try_join_all(groups.into_iter().map(|(start, pipe, positions)| {
+        futures::future::try_join_all(groups.into_iter().map(|(start, mut pipe, positions)| {
             let mut conn = conn.clone();
             async move {
                 let count = positions.len();
+                if let Some(wait) = wait {
+                    pipe.add_command(wait.clone());
+                }
                 let route =
                     SingleNodeRoutingInfo::SpecificNode(Route::new(start, SlotAddr::Master));
-                let values = conn.route_pipeline(pipe, 0, count, route).await?;
-                Ok::<_, redis::RedisError>(positions.into_iter().zip(values))
+                let mut values = conn
+                    .route_pipeline(pipe, 0, count + usize::from(wait.is_some()), route)
+                    .await?;
+                let acked = take_acked(&mut values, wait.is_some())?;
+                Ok::<_, redis::RedisError>((positions.into_iter().zip(values), acked))
             }
         }))
         .await?;
     let mut out = vec![Value::Nil; cmds.len()];
-    for (i, value) in replies.into_iter().flatten() {
-        if let Value::ServerError(e) = value {
-            return Err(e.into());
+    let mut fewest = None;
+    for (values, acked) in replies {
+        if let Some(acked) = acked {
+            fewest = Some(fewest.map_or(acked, |fewest: u32| fewest.min(acked)));
         }
-        out[i] = value;
+        for (i, value) in values {
+            if let Value::ServerError(e) = value {
+                return Err(e.into());
+            }
+            out[i] = value;
+        }
     }
-    Ok(out)
+    Ok((out, fewest))
 }

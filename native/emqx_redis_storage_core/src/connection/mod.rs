@@ -75,7 +75,17 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Node(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            // A command of one word (PING, TIME, HELLO) has no key: redis-rs
+            // would send it to any node, a replica too, and a replica that
+            // hangs would stall it. It goes to a master.
+            Conn::Cluster(c) => {
+                if cmd.args_iter().nth(1).is_some() {
+                    return c.req_packed_command(cmd);
+                }
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                Box::pin(c.route_command(cmd.clone(), route))
+            }
         }
     }
 
@@ -695,20 +705,37 @@ impl Backend {
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T> {
-        let wanted = self.config.wait_replicas;
-        if wanted == 0 {
+        let Some(wait) = self.wait_cmd() else {
             return self.eval(script, &evalsha(script, keys, args)).await;
-        }
+        };
         let mut pipe = redis::pipe();
         pipe.add_command(evalsha(script, keys, args))
-            .cmd("WAIT")
-            .arg(wanted)
-            .arg(self.config.wait_timeout.as_millis() as u64);
+            .add_command(wait);
         let (value, acked): (T, u32) = self.reloading(script, || self.pipeline(&pipe)).await?;
+        self.replicated(acked)?;
+        Ok(value)
+    }
+
+    /// `WAIT` for `wait_replicas` replicas within `wait_timeout`; none when
+    /// writes do not wait. It waits for the writes made before it on the
+    /// same connection (and so for all made before those on that server).
+    fn wait_cmd(&self) -> Option<Cmd> {
+        let wanted = self.config.wait_replicas;
+        (wanted > 0).then(|| {
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(wanted)
+                .arg(self.config.wait_timeout.as_millis() as u64);
+            wait
+        })
+    }
+
+    /// `WAIT`'s reply, `acked` replicas: enough, or `NotReplicated`.
+    pub(super) fn replicated(&self, acked: u32) -> Result<()> {
+        let wanted = self.config.wait_replicas;
         if acked < wanted {
             return Err(Error::NotReplicated { acked, wanted });
         }
-        Ok(value)
+        Ok(())
     }
 
     /// `write_eval`, answered by `done` on a runtime thread: on the fast
@@ -782,17 +809,39 @@ impl Backend {
     /// pipeline on a single server; on a cluster one pipeline per master,
     /// for the commands whose key slot it serves.
     pub async fn each<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>> {
+        self.each_waiting(cmds, None).await
+    }
+
+    /// `each` for writes: with `wait_replicas` set, each server's pipeline
+    /// ends with `WAIT`, and the call fails with `NotReplicated` unless
+    /// every server had enough replicas confirm its writes.
+    pub async fn each_write<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>> {
+        self.each_waiting(cmds, self.wait_cmd()).await
+    }
+
+    async fn each_waiting<T: FromRedisValue>(
+        &self,
+        cmds: Vec<Cmd>,
+        wait: Option<Cmd>,
+    ) -> Result<Vec<T>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
         let Some(conn) = self.cluster_conn() else {
-            let mut pipe = Pipeline::with_capacity(cmds.len());
+            let mut pipe = Pipeline::with_capacity(cmds.len() + 1);
             for cmd in cmds {
                 pipe.add_command(cmd);
             }
-            return self.pipeline(&pipe).await;
+            let Some(wait) = wait else {
+                return self.pipeline(&pipe).await;
+            };
+            pipe.add_command(wait);
+            let mut values: Vec<Value> = self.pipeline(&pipe).await?;
+            let acked = take_acked(&mut values, true)?;
+            self.replicated(acked.unwrap_or(0))?;
+            return values.into_iter().map(|v| from_reply(Ok(v))).collect();
         };
-        self.logged(self.each_by_master(conn, cmds).await)
+        self.logged(self.each_by_master(conn, cmds, wait).await)
     }
 }
 
@@ -955,19 +1004,13 @@ impl Client {
 
     /// A command that writes; see `write_eval`.
     pub async fn write_query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        let wanted = self.backend.config.wait_replicas;
-        if wanted == 0 {
+        let Some(wait) = self.backend.wait_cmd() else {
             return self.query(cmd).await;
-        }
+        };
         let mut pipe = redis::pipe();
-        pipe.add_command(cmd.clone())
-            .cmd("WAIT")
-            .arg(wanted)
-            .arg(self.backend.config.wait_timeout.as_millis() as u64);
+        pipe.add_command(cmd.clone()).add_command(wait);
         let (value, acked): (T, u32) = self.backend.pipeline(&pipe).await?;
-        if acked < wanted {
-            return Err(Error::NotReplicated { acked, wanted });
-        }
+        self.backend.replicated(acked)?;
         Ok(value)
     }
 
@@ -1030,6 +1073,11 @@ impl Client {
         self.backend.each(cmds).await
     }
 
+    /// `each` for writes; see `Backend::each_write`.
+    pub async fn each_write<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>> {
+        self.backend.each_write(cmds).await
+    }
+
     /// The same kind of command for each slot; replies in order.
     pub async fn for_slots<T: FromRedisValue>(
         &self,
@@ -1070,6 +1118,17 @@ impl Client {
 /// `query`).
 pub fn from_reply<T: FromRedisValue>(reply: Result<Value>) -> Result<T> {
     T::from_redis_value(reply?).map_err(|e| redis::RedisError::from(e).into())
+}
+
+/// `WAIT`'s reply (replicas that confirmed), taken off the end of a
+/// pipeline's replies if the pipeline ended with one.
+fn take_acked(values: &mut Vec<Value>, waited: bool) -> RedisResult<Option<u32>> {
+    if !waited {
+        return Ok(None);
+    }
+    Ok(Some(u32::from_redis_value(
+        values.pop().unwrap_or(Value::Nil),
+    )?))
 }
 
 /// Owned keys or arguments as the slices `eval` and `write_eval` take.

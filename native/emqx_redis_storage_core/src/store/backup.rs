@@ -15,7 +15,10 @@
 //! target's Redis version) before its first write, then `RESTORE`s each key
 //! under the target's prefix (`REPLACE`, with its absolute expiry). A marker
 //! key names the backup while it runs: a restore interrupted part-way runs
-//! again to completion.
+//! again to completion. With `wait_replicas` set, each round trip of
+//! RESTOREs ends with `WAIT` on every server it wrote to: a restore returns
+//! once that many replicas hold it, or fails with `NotReplicated` (its
+//! marker kept, so it runs again).
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -231,7 +234,7 @@ pub async fn restore(
                 .iter()
                 .map(|r| restore_cmd(keys.prefix(), r))
                 .collect();
-            client.each::<Value>(cmds).await?;
+            client.each_write::<Value>(cmds).await?;
         }
         let (n, bytes) = reader.read();
         progress("restore", n, bytes);
@@ -240,9 +243,11 @@ pub async fn restore(
     // first count_sessions after a restore rebuilds them from the indexes
     // (a count sweeps when it finds no sweep mark; session.rs).
     client
-        .query::<()>(redis::cmd("DEL").arg(keys.session_sweep()))
+        .write_query::<()>(redis::cmd("DEL").arg(keys.session_sweep()))
         .await?;
-    client.query::<()>(redis::cmd("DEL").arg(&marker)).await?;
+    client
+        .write_query::<()>(redis::cmd("DEL").arg(&marker))
+        .await?;
     Ok(Ok(reader.read().0))
 }
 
