@@ -24,6 +24,7 @@ groups() ->
             main_cases,
             global_views_span_all_shards,
             durable_streams_spread_over_masters,
+            replicas_frozen_main_cases,
             slot_migration_while_writers_run,
             master_frozen_replica_promoted,
             master_killed_replica_promoted_nothing_lost
@@ -207,6 +208,29 @@ master_killed_replica_promoted_nothing_lost(Config) ->
     ok = emqx_redis_storage:stop(),
     ok = emqx_redis_storage:start(cluster_config(Nodes, #{})),
     ok = storage_checks:all().
+
+%% Every replica frozen (SIGSTOP, so it answers nothing and closes no
+%% connection) while the main cases run: the library's own commands go to
+%% masters only, those without a key (TIME, HELLO, CLUSTER SLOTS) included,
+%% so none waits on a hung replica.
+replicas_frozen_main_cases(Config) ->
+    Nodes = ?config(nodes, Config),
+    Masters = masters(Nodes),
+    Replicas = Nodes -- Masters,
+    ?assertEqual(3, length(Replicas)),
+    InSync = fun() -> lists:all(fun redis_test_server:replica_in_sync/1, Replicas) end,
+    ok = test_util:wait_until(InSync, 30000),
+    %% a client of its own, connected to every node
+    {ok, C} = emqx_redis_storage:connect(cluster_config(Nodes, #{})),
+    [ok = redis_test_server:pause(R) || R <- Replicas],
+    try
+        ok = storage_checks:all(),
+        %% (each asks a master which masters serve the slots)
+        [?assertMatch({ok, _}, emqx_redis_session:count_sessions(C)) || _ <- lists:seq(1, 20)]
+    after
+        [ok = redis_test_server:resume(R) || R <- Replicas]
+    end,
+    ok = test_util:wait_until(InSync, 30000).
 
 %% A master that freezes (SIGSTOP) closes no connection: calls to its slots
 %% time out instead of failing, until the client learns the new topology.

@@ -75,17 +75,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Node(c) => c.req_packed_command(cmd),
-            // A command of one word (PING, TIME, HELLO) has no key: redis-rs
-            // would send it to any node, a replica too, and a replica that
-            // hangs would stall it. It goes to a master.
-            Conn::Cluster(c) => {
-                if cmd.args_iter().nth(1).is_some() {
-                    return c.req_packed_command(cmd);
-                }
-                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
-                Box::pin(c.route_command(cmd.clone(), route))
-            }
+            Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -671,6 +661,24 @@ impl Backend {
             .await
     }
 
+    /// `query` of a command without a key (TIME, HELLO): on a cluster it
+    /// goes to a master, where redis-rs would send it to a random node it
+    /// is connected to, a replica that hangs included.
+    pub async fn query_master<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        self.run(|conn| async move {
+            match conn {
+                Conn::Node(mut node) => cmd.query_async(&mut node).await,
+                Conn::Cluster(mut cluster) => {
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                    let reply = cluster.route_command(cmd.clone(), route).await?;
+                    Ok(T::from_redis_value(reply).map_err(RedisError::from)?)
+                }
+            }
+        })
+        .await
+    }
+
     /// A script's call, `cmd` (its `EVALSHA`), loading the script first
     /// when Redis does not know it.
     async fn eval<T: FromRedisValue>(&self, script: &Lua, cmd: &Cmd) -> Result<T> {
@@ -1025,9 +1033,15 @@ impl Client {
         self.backend.reload_script(script).await
     }
 
+    /// See `Backend::query_master`.
+    pub async fn query_master<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        self.backend.query_master(cmd).await
+    }
+
     /// Redis's clock in Unix milliseconds: the one clock every node agrees on.
     pub async fn now_ms(&self) -> Result<i64> {
-        let (secs, micros): (i64, i64) = self.query(&redis::cmd("TIME")).await?;
+        let time = redis::cmd("TIME");
+        let (secs, micros): (i64, i64) = self.backend.query_master(&time).await?;
         Ok(secs * 1000 + micros / 1000)
     }
 

@@ -354,7 +354,7 @@ impl<'a> DataKeys<'a> {
 /// The server's version, from `HELLO` (no rights needed beyond
 /// `@connection`, unlike `INFO`).
 async fn redis_version(client: &Client) -> Result<String> {
-    let hello: Vec<Value> = client.query(&redis::cmd("HELLO")).await?;
+    let hello: Vec<Value> = client.query_master(&redis::cmd("HELLO")).await?;
     let version = hello
         .chunks(2)
         .find_map(|pair| match pair {
