@@ -351,9 +351,9 @@ fn slot_master_addresses(masters: &[SlotMaster]) -> String {
 }
 
 /// Sends `cmds` as one pipeline per master (from `CLUSTER SLOTS`), each
-/// command to the master of its key's slot; replies in the order of `cmds`.
-/// `cmds` in one pipeline per master, each ended by `wait` if given; the
-/// replies in order, and the fewest replicas a `WAIT` saw.
+/// command to the master of its key's slot, each pipeline ended by `wait`
+/// if given; replies in the order of `cmds`, and the fewest replicas a
+/// `WAIT` saw.
 async fn by_master(
     conn: &ClusterConnection,
     cmds: &[Cmd],
