@@ -120,7 +120,8 @@ durable_streams_spread_over_masters(Config) ->
     ?assert(length([N || N <- Per, N > 0]) >= 2, Per),
     ok = emqx_redis_ds:unsubscribe(<<"spread">>, <<"busy/#">>).
 
-%% Sessions spread over every master; counting and listing see them all.
+%% Sessions spread over every master; counting, listing and a raw DBSIZE
+%% see them all.
 global_views_span_all_shards(Config) ->
     Ids = [<<"spread-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
     [ok = emqx_redis_session:save_session(Id, x) || Id <- Ids],
@@ -128,6 +129,10 @@ global_views_span_all_shards(Config) ->
     Per = [list_to_integer(redis_test_server:cmd(M, ["DBSIZE"])) || M <- Masters],
     ct:log("keys per master: ~p", [Per]),
     ?assert(lists:all(fun(N) -> N > 0 end, Per)),
+    %% a raw command without a key that redis-rs asks every master (and
+    %% sums), not one of them
+    {ok, Total} = emqx_redis_storage:q([<<"DBSIZE">>]),
+    ?assert(Total > lists:max(Per) + 50, {Total, Per}),
     {ok, N} = emqx_redis_session:count_sessions(),
     ?assert(N >= 300),
     {ok, Listed} = emqx_redis_session:list_sessions(10000, 0),
