@@ -272,7 +272,7 @@ impl Backend {
                         }
                         self.sent(async move {
                             let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
-                            let acked = take_acked(&mut values, waits)?;
+                            let acked = waits.then(|| take_acked(&mut values)).transpose()?;
                             Ok::<_, redis::RedisError>((values.pop().unwrap_or(Value::Nil), acked))
                         })
                     }))
@@ -409,17 +409,14 @@ async fn by_master(
                 let mut values = conn
                     .route_pipeline(pipe, 0, count + usize::from(wait.is_some()), route)
                     .await?;
-                let acked = take_acked(&mut values, wait.is_some())?;
+                let acked = wait.map(|_| take_acked(&mut values)).transpose()?;
                 Ok::<_, redis::RedisError>((positions.into_iter().zip(values), acked))
             }
         }))
         .await?;
+    let fewest = replies.iter().filter_map(|r| r.1).min();
     let mut out = vec![Value::Nil; cmds.len()];
-    let mut fewest = None;
-    for (values, acked) in replies {
-        if let Some(acked) = acked {
-            fewest = Some(fewest.map_or(acked, |fewest: u32| fewest.min(acked)));
-        }
+    for (values, _) in replies {
         for (i, value) in values {
             if let Value::ServerError(e) = value {
                 return Err(e.into());

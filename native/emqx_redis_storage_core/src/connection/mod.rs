@@ -719,7 +719,13 @@ impl Backend {
         let mut pipe = redis::pipe();
         pipe.add_command(evalsha(script, keys, args))
             .add_command(wait);
-        let (value, acked): (T, u32) = self.reloading(script, || self.pipeline(&pipe)).await?;
+        self.reloading(script, || self.waited(&pipe)).await
+    }
+
+    /// A pipeline of a write and `WAIT` (`wait_cmd`): the write's reply,
+    /// once enough replicas confirmed it.
+    async fn waited<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
+        let (value, acked): (T, u32) = self.pipeline(pipe).await?;
         self.replicated(acked)?;
         Ok(value)
     }
@@ -845,8 +851,7 @@ impl Backend {
             };
             pipe.add_command(wait);
             let mut values: Vec<Value> = self.pipeline(&pipe).await?;
-            let acked = take_acked(&mut values, true)?;
-            self.replicated(acked.unwrap_or(0))?;
+            self.replicated(take_acked(&mut values)?)?;
             return values.into_iter().map(|v| from_reply(Ok(v))).collect();
         };
         self.logged(self.each_by_master(conn, cmds, wait).await)
@@ -1017,9 +1022,7 @@ impl Client {
         };
         let mut pipe = redis::pipe();
         pipe.add_command(cmd.clone()).add_command(wait);
-        let (value, acked): (T, u32) = self.backend.pipeline(&pipe).await?;
-        self.backend.replicated(acked)?;
-        Ok(value)
+        self.backend.waited(&pipe).await
     }
 
     /// Loads a script on every node that may run it.
@@ -1040,8 +1043,7 @@ impl Client {
 
     /// Redis's clock in Unix milliseconds: the one clock every node agrees on.
     pub async fn now_ms(&self) -> Result<i64> {
-        let time = redis::cmd("TIME");
-        let (secs, micros): (i64, i64) = self.backend.query_master(&time).await?;
+        let (secs, micros): (i64, i64) = self.query_master(&redis::cmd("TIME")).await?;
         Ok(secs * 1000 + micros / 1000)
     }
 
@@ -1134,15 +1136,10 @@ pub fn from_reply<T: FromRedisValue>(reply: Result<Value>) -> Result<T> {
     T::from_redis_value(reply?).map_err(|e| redis::RedisError::from(e).into())
 }
 
-/// `WAIT`'s reply (replicas that confirmed), taken off the end of a
-/// pipeline's replies if the pipeline ended with one.
-fn take_acked(values: &mut Vec<Value>, waited: bool) -> RedisResult<Option<u32>> {
-    if !waited {
-        return Ok(None);
-    }
-    Ok(Some(u32::from_redis_value(
-        values.pop().unwrap_or(Value::Nil),
-    )?))
+/// `WAIT`'s reply (replicas that confirmed), taken off the end of the
+/// replies of a pipeline that ended with it.
+fn take_acked(values: &mut Vec<Value>) -> RedisResult<u32> {
+    Ok(u32::from_redis_value(values.pop().unwrap_or(Value::Nil))?)
 }
 
 /// Owned keys or arguments as the slices `eval` and `write_eval` take.
